@@ -1,0 +1,172 @@
+"""The centralized MM-Lego pipeline: the same folds, blocks, merge and fuse as the federation,
+on one machine. Used as the baseline the federation must match and by users without Flower."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.lego import LegoMerge
+from fedlego.common.training import TrainConfig
+from fedlego.common.workflow import FuseConfig, ModelConfig, evaluate_all, fuse_blocks, train_block
+
+
+@dataclass
+class CentralizedConfig:
+    """Everything that defines a centralized run (stored in results.json)."""
+
+    dataset: str
+    modalities: list[str]
+    n_folds: int = 5
+    seed: int = 0
+    latent_merge: str = "harmonic"
+    head_merge: str = "slerp"
+    weighting: str = "uniform"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_fold(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    split,
+    log: Callable[[str], None],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One fold: fit preprocessing and blocks on training patients, evaluate on test patients."""
+    torch.manual_seed(config.seed + split.fold)
+    preprocessors = fit_preprocessors(dataset, split.train, config.preprocessing)
+    task = task_for(dataset.labels, split.train)
+    train = make_tensor_set(dataset, preprocessors, split.train)
+    validation = make_tensor_set(dataset, preprocessors, split.validation)
+    complete = dataset.complete_case_ids(config.modalities)
+    test = make_tensor_set(dataset, preprocessors, [i for i in split.test if i in set(complete)])
+    blocks, reports = {}, {}
+    for modality in config.modalities:
+        start = time.perf_counter()
+        blocks[modality], report = train_block(
+            modality, dataset.modalities[modality].kind, train, validation, task,
+            config.model, config.training, progress,
+        )
+        reports[modality] = {"best_epoch": report.best_epoch, "seconds": time.perf_counter() - start,
+                             "n_train": blocks[modality].n_samples}
+        log(f"  fold {split.fold}: block {modality} trained on {blocks[modality].n_samples} patients "
+            f"(best epoch {report.best_epoch}, validation {task.metric_name} "
+            f"{blocks[modality].validation_score:.3f})")
+    merged = LegoMerge(blocks, config.latent_merge, config.head_merge, config.weighting)
+    paired = set(dataset.complete_case_ids(config.modalities))
+    paired_train = train.subset([i for i, pid in enumerate(train.ids) if pid in paired])
+    paired_validation = validation.subset([i for i, pid in enumerate(validation.ids) if pid in paired])
+    fused, fuse_report = fuse_blocks(
+        blocks, paired_train, paired_validation if len(paired_validation) else None, task, config.fuse,
+        config.head_merge, config.weighting, progress,
+    )
+    results = evaluate_all(blocks, merged, fused, test, task)
+    log(f"  fold {split.fold}: " + ", ".join(f"{k} {v['metric']:.3f}" for k, v in results.items()))
+    return {
+        "fold": split.fold,
+        "n_train": len(split.train),
+        "n_validation": len(split.validation),
+        "n_test": len(test),
+        "n_paired_train": len(paired_train),
+        "blocks": reports,
+        "fuse": {"best_epoch": fuse_report.best_epoch, **fused.parameter_counts()},
+        "models": results,
+    }
+
+
+def summarise(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation over folds of every model's metric (NaN folds skipped)."""
+    names = list(folds[0]["models"])
+    summary = {}
+    for name in names:
+        values = np.array([f["models"][name]["metric"] for f in folds], dtype=float)
+        values = values[~np.isnan(values)]
+        summary[name] = {
+            "mean": float(values.mean()) if values.size else float("nan"),
+            "std": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+            "n_folds": int(values.size),
+        }
+    return summary
+
+
+def uplift(summary: dict[str, dict[str, float]], model: str = "merge") -> float:
+    """Relative gain (%) of a model's mean metric over the best single block's."""
+    best = max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
+    return 100.0 * (summary[model]["mean"] - best) / best
+
+
+def format_table(summary: dict[str, dict[str, float]], metric_name: str, title: str) -> str:
+    """The poster-shaped table: blocks, ensemble, merge, uplift, fuse."""
+    def cell(name: str) -> str:
+        v = summary[name]
+        std = "n/a" if math.isnan(v["std"]) else f"{v['std']:.3f}"
+        return f"{v['mean']:.3f} ± {std}"
+
+    rows = [(f"LegoBlock ({k.split(':', 1)[1]})", cell(k)) for k in summary if k.startswith("block:")]
+    rows.append(("Ensemble (mean prediction)", cell("ensemble")))
+    rows.append(("LegoMerge", cell("merge")))
+    rows.append(("Uplift (merge vs best block)", f"{uplift(summary, 'merge'):+.1f}%"))
+    if "fuse" in summary:
+        rows.append(("LegoFuse", cell("fuse")))
+        rows.append(("Uplift (fuse vs best block)", f"{uplift(summary, 'fuse'):+.1f}%"))
+    width = max(len(r[0]) for r in rows)
+    lines = [title, f"{'model'.ljust(width)}  {metric_name} (mean ± std over folds)", "-" * (width + 30)]
+    lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def run_centralized(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    out_dir: Path | None = None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
+    progress: bool = False,
+) -> dict[str, Any]:
+    """All folds; writes ``out_dir/results.json`` when given, returns the same document."""
+    missing = [m for m in config.modalities if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"dataset {dataset.name!r} has no modalities {missing}; it has {sorted(dataset.modalities)}")
+    dataset = dataset.subset(dataset.patient_ids(), config.modalities)
+    splits = dataset_splits(dataset, n_folds=config.n_folds, seed=config.seed)
+    start = time.perf_counter()
+    folds = []
+    for split in splits:
+        log(f"fold {split.fold + 1}/{len(splits)}: {len(split.train)} train, "
+            f"{len(split.validation)} validation, {len(split.test)} test patients")
+        folds.append(run_fold(dataset, config, split, log, progress))
+    summary = summarise(folds)
+    metric_name = "c-index" if dataset.labels.task == "survival" else "AUC"
+    document = {
+        "kind": "centralized",
+        "config": asdict(config),
+        "dataset": {"name": dataset.name, "task": dataset.labels.task, "n_patients": len(dataset.patient_ids()),
+                    "n_complete": len(dataset.complete_case_ids(config.modalities))},
+        "metric": metric_name,
+        "folds": folds,
+        "summary": summary,
+        "uplift_merge_vs_best_block_percent": uplift(summary, "merge"),
+        "uplift_fuse_vs_best_block_percent": uplift(summary, "fuse"),
+        "wall_seconds": time.perf_counter() - start,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "machine": platform.machine(), "threads": torch.get_num_threads()},
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(document, indent=2, allow_nan=True))
+    return document

@@ -1,0 +1,393 @@
+"""Preprocessors fitted on a site's training patients that turn ModalityData into tensors.
+
+A preprocessor's whole state is a JSON-serialisable dict (``to_dict`` / ``preprocessor_from_dict``)
+so that it can travel inside a model package between hospitals; nothing is pickled.
+
+``transform(data, ids)`` returns ``(tensors, present)``: float32 tensors whose first dimension
+follows ``ids`` (patients without this modality get zeros) and a bool array marking who has it.
+Encoders are called as ``encoder(**tensors)``. Tensor keys per kind:
+
+- ``tabular``: ``x`` (n, F)
+- ``timeseries``: ``values`` (n, T, V), ``observed`` (n, T, V), ``times`` (n, T) in years,
+  ``mask`` (n, T)
+- ``image``: ``x`` (n, C, H, W)
+- ``bags``: ``x`` (n, B, F), ``mask`` (n, B)
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .dataset import ModalityData
+from .errors import SiteDataError
+
+Tensors = dict[str, torch.Tensor]
+MIN_STD = 1e-12
+DAYS_PER_YEAR = 365.25
+
+
+def _train_ids(data: ModalityData, train_ids: Sequence[str]) -> list[str]:
+    """The training patients that have this modality (an error if there are none)."""
+    have = set(data.patient_ids())
+    ids = [i for i in dict.fromkeys(train_ids) if i in have]
+    if not ids:
+        raise SiteDataError(
+            data.source,
+            f"modality '{data.name}': none of the {len(train_ids)} training patients has data, "
+            "so its preprocessor cannot be fitted",
+        )
+    return ids
+
+
+def _std(values: np.ndarray | float) -> list[float]:
+    """Standard deviations as floats, with (near) zero replaced by 1."""
+    std = np.atleast_1d(np.asarray(values, dtype=float))
+    return [float(s) if s > MIN_STD else 1.0 for s in std]
+
+
+def _log_names(option: bool | Sequence[str], names: Sequence[str]) -> list[str]:
+    """The names to log1p-transform: all for True, none for False, else those listed."""
+    if isinstance(option, bool):
+        return list(names) if option else []
+    return [n for n in names if n in set(option)]
+
+
+def _float_matrix(frame: pd.DataFrame, log: Sequence[bool]) -> np.ndarray:
+    """Columns as a float matrix (non-numbers, missing -> NaN), log1p-transforming ``log`` ones."""
+    if not all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
+        frame = frame.apply(pd.to_numeric, errors="coerce")
+    x = frame.to_numpy(dtype=float, na_value=np.nan, copy=True)
+    log = np.asarray(log, dtype=bool)
+    x[:, log] = _log1p(x[:, log])
+    return x
+
+
+def _log1p(values: np.ndarray) -> np.ndarray:
+    return np.log1p(np.clip(values, 0.0, None))
+
+
+class Preprocessor(ABC):
+    """Base class: ``state`` = ``{"kind", "options", "fit"}``, ``fit`` None until fitted."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.state: dict[str, Any] = {"kind": self.kind, "options": options, "fit": None}
+
+    @abstractmethod
+    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> Preprocessor:
+        """Learn the transformation from the training patients' data only."""
+
+    @abstractmethod
+    def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
+        """Tensors for ``ids`` (in that order) and a bool array marking who has this modality."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, list[int | None]]:
+        """Per-patient shape of each tensor (None for dimensions that vary between batches)."""
+
+    @property
+    def fitted(self) -> dict[str, Any]:
+        """The fitted part of the state (raises if not fitted yet)."""
+        if self.state["fit"] is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        return self.state["fit"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state as a JSON-serialisable dict."""
+        _ = self.fitted
+        return copy.deepcopy(self.state)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Preprocessor:
+        """A fitted preprocessor from ``to_dict()`` output."""
+        if state.get("kind") != cls.kind:
+            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.__name__}")
+        preprocessor = cls(**state["options"])
+        preprocessor.state = copy.deepcopy(state)
+        return preprocessor
+
+
+class TabularPreprocessor(Preprocessor):
+    """Numeric columns: optional log1p (negatives clipped to 0), median imputation, standardisation.
+    Categorical columns: one-hot over the ``max_categories`` most frequent training categories
+    (unknown or missing -> all zeros). ``log_transform`` is a bool or a list of column names.
+    ``x`` holds the numeric columns first, then the one-hot blocks, in the fitted column order."""
+
+    kind = "tabular"
+
+    def __init__(self, log_transform: bool | Sequence[str] = False, max_categories: int = 20):
+        log = log_transform if isinstance(log_transform, bool) else list(log_transform)
+        super().__init__(log_transform=log, max_categories=max_categories)
+
+    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> TabularPreprocessor:
+        assert data.table is not None
+        table = data.table.loc[_train_ids(data, train_ids)]
+        options = self.state["options"]
+        names = [c for c, dtype in table.dtypes.items() if pd.api.types.is_numeric_dtype(dtype)]
+        logged = set(_log_names(options["log_transform"], names))
+        log = [name in logged for name in names]
+        x = _float_matrix(table[names], log)
+        with warnings.catch_warnings():  # all-missing columns get median 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nan_to_num(np.nanmedian(x, axis=0), nan=0.0)
+        x = np.where(np.isnan(x), median, x)
+        categorical = []
+        for name in table.columns.difference(names, sort=False):
+            counts = table[name].dropna().map(str).value_counts()
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            categories = [c for c, _ in ranked[: options["max_categories"]]]
+            categorical.append({"name": name, "categories": categories})
+        numeric = {"names": names, "log": log, "median": median.tolist()}
+        numeric |= {"mean": x.mean(axis=0).tolist(), "std": _std(x.std(axis=0))}
+        self.state["fit"] = {"numeric": numeric, "categorical": categorical}
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Width F of ``x``."""
+        fit = self.fitted
+        return len(fit["numeric"]["names"]) + sum(len(c["categories"]) for c in fit["categorical"])
+
+    def describe(self) -> dict[str, list[int | None]]:
+        return {"x": [self.feature_dim]}
+
+    def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
+        assert data.table is not None
+        numeric, categorical = self.fitted["numeric"], self.fitted["categorical"]
+        needed = numeric["names"] + [c["name"] for c in categorical]
+        missing = [name for name in needed if name not in data.table.columns]
+        if missing:
+            message = "column missing (the preprocessor was fitted with it)"
+            raise SiteDataError(data.source, message, ", ".join(missing))
+        present = pd.Index(list(ids), dtype=object).isin(data.table.index)
+        rows = data.table.reindex(list(ids))
+        x = _float_matrix(rows[numeric["names"]], numeric["log"])
+        x = np.where(np.isnan(x), np.array(numeric["median"]), x)
+        blocks = [(x - np.array(numeric["mean"])) / np.array(numeric["std"])]
+        for column in categorical:
+            text = rows[column["name"]].map(str, na_action="ignore").to_numpy(dtype=object)
+            categories = np.array(column["categories"], dtype=object)
+            blocks.append(text[:, None] == categories[None, :])
+        x = np.concatenate(blocks, axis=1).astype(np.float32)
+        x[~present] = 0.0
+        return {"x": torch.from_numpy(x)}, present
+
+
+class TimeSeriesPreprocessor(Preprocessor):
+    """One row per distinct visit time of a patient (sorted), one column per training variable
+    (sorted names); values optionally log1p-transformed (bool or list of variables) then
+    standardised with training statistics. Repeated measurements at one time are averaged;
+    variables unseen in training are ignored, and patients with no remaining observation are
+    absent."""
+
+    kind = "timeseries"
+
+    def __init__(self, log_transform: bool | Sequence[str] = False):
+        log = log_transform if isinstance(log_transform, bool) else list(log_transform)
+        super().__init__(log_transform=log)
+
+    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> TimeSeriesPreprocessor:
+        assert data.table is not None
+        table = data.table[data.table["id"].isin(_train_ids(data, train_ids))]
+        variables = sorted(table["variable"].unique())
+        logged = _log_names(self.state["options"]["log_transform"], variables)
+        values = table["value"].to_numpy(dtype=float)
+        values = np.where(table["variable"].isin(logged), _log1p(values), values)
+        grouped = pd.Series(values, index=table.index).groupby(table["variable"])
+        self.state["fit"] = {
+            "variables": variables,
+            "log": logged,
+            "mean": [float(grouped.mean()[v]) for v in variables],
+            "std": _std(grouped.std(ddof=0).reindex(variables).to_numpy()),
+        }
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Number V of variables."""
+        return len(self.fitted["variables"])
+
+    def describe(self) -> dict[str, list[int | None]]:
+        v = self.feature_dim
+        return {"values": [None, v], "observed": [None, v], "times": [None], "mask": [None]}
+
+    def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
+        assert data.table is not None
+        fit = self.fitted
+        column = {v: k for k, v in enumerate(fit["variables"])}
+        table = data.table
+        table = table[table["id"].isin(list(ids)) & table["variable"].isin(list(column))]
+        obs = table.groupby(["id", "time", "variable"], as_index=False)["value"].mean()
+        patients = sorted(obs["id"].unique())
+        row = {p: k for k, p in enumerate(patients)}
+        p = obs["id"].map(row).to_numpy(dtype=int)
+        t = obs.groupby("id")["time"].rank(method="dense").to_numpy(dtype=int) - 1
+        v = obs["variable"].map(column).to_numpy(dtype=int)
+        values = obs["value"].to_numpy(dtype=float)
+        values = np.where(obs["variable"].isin(fit["log"]), _log1p(values), values)
+        values = (values - np.array(fit["mean"])[v]) / np.array(fit["std"])[v]
+
+        n_visits = int(t.max()) + 1 if len(t) else 1
+        shape = (len(patients), n_visits, len(column))
+        out = {"values": np.zeros(shape), "observed": np.zeros(shape)}
+        out["values"][p, t, v] = values
+        out["observed"][p, t, v] = 1.0
+        out["times"] = np.zeros(shape[:2])
+        out["times"][p, t] = obs["time"].to_numpy(dtype=float) / DAYS_PER_YEAR
+        out["mask"] = np.zeros(shape[:2])
+        out["mask"][p, t] = 1.0
+
+        index = np.array([row.get(i, -1) for i in ids], dtype=int)
+        present = index >= 0
+        tensors = {}
+        for key, array in out.items():
+            result = np.zeros((len(ids), *array.shape[1:]), dtype=np.float32)
+            result[present] = array[index[present]]
+            tensors[key] = torch.from_numpy(result)
+        return tensors, present
+
+
+def _chw_shape(image: np.ndarray) -> tuple[int, ...]:
+    """The (C, H, W) shape of an (H, W) or (H, W, C) image."""
+    return (1, *image.shape) if image.ndim == 2 else (image.shape[2], *image.shape[:2])
+
+
+def _image_chw(image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W) or (H, W, C) image as float (C, H, W) in [0, 1]."""
+    x = image.astype(np.float32) / 255.0
+    return x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+
+
+class ImagePreprocessor(Preprocessor):
+    """Scale uint8 pixels to [0, 1], then standardise each channel with training statistics.
+    Every image must have the (C, H, W) shape seen at fit time."""
+
+    kind = "image"
+
+    def _checked(self, data: ModalityData, ids: Sequence[str], shape: tuple[int, ...]) -> None:
+        assert data.arrays is not None
+        odd = [i for i in ids if i in data.arrays and _chw_shape(data.arrays[i]) != shape]
+        if odd:
+            raise SiteDataError(
+                data.source, f"images differ from the (C, H, W) shape {shape}", rows=odd
+            )
+
+    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> ImagePreprocessor:
+        assert data.arrays is not None
+        ids = _train_ids(data, train_ids)
+        shape = _chw_shape(data.arrays[ids[0]])
+        self._checked(data, ids, shape)
+        total, squares = np.zeros(shape[0]), np.zeros(shape[0])
+        for i in ids:
+            x = _image_chw(data.arrays[i]).astype(float)
+            total += x.sum(axis=(1, 2))
+            squares += (x**2).sum(axis=(1, 2))
+        count = len(ids) * shape[1] * shape[2]
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        self.state["fit"] = {"shape": list(shape), "mean": mean.tolist(), "std": _std(std)}
+        return self
+
+    def describe(self) -> dict[str, list[int | None]]:
+        return {"x": list(self.fitted["shape"])}
+
+    def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
+        assert data.arrays is not None
+        fit = self.fitted
+        shape = tuple(fit["shape"])
+        self._checked(data, ids, shape)
+        mean = np.array(fit["mean"], dtype=np.float32)[:, None, None]
+        std = np.array(fit["std"], dtype=np.float32)[:, None, None]
+        present = np.array([i in data.arrays for i in ids], dtype=bool)
+        x = np.zeros((len(ids), *shape), dtype=np.float32)
+        for k, i in enumerate(ids):
+            if present[k]:
+                x[k] = (_image_chw(data.arrays[i]) - mean) / std
+        return {"x": torch.from_numpy(x)}, present
+
+
+class BagPreprocessor(Preprocessor):
+    """Standardise each instance feature with training statistics; pad bags to the largest
+    requested bag B (``mask`` marks real instances)."""
+
+    kind = "bags"
+
+    def _checked(self, data: ModalityData, ids: Sequence[str], width: int) -> None:
+        assert data.arrays is not None
+        odd = [i for i in ids if i in data.arrays and data.arrays[i].shape[1] != width]
+        if odd:
+            raise SiteDataError(
+                data.source, f"bags differ from the feature count {width}", rows=odd
+            )
+
+    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> BagPreprocessor:
+        assert data.arrays is not None
+        ids = _train_ids(data, train_ids)
+        width = data.arrays[ids[0]].shape[1]
+        self._checked(data, ids, width)
+        total, squares, count = np.zeros(width), np.zeros(width), 0
+        for i in ids:
+            x = data.arrays[i].astype(float)
+            total += x.sum(axis=0)
+            squares += (x**2).sum(axis=0)
+            count += len(x)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        self.state["fit"] = {"mean": mean.tolist(), "std": _std(std)}
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Number F of features per instance."""
+        return len(self.fitted["mean"])
+
+    def describe(self) -> dict[str, list[int | None]]:
+        return {"x": [None, self.feature_dim], "mask": [None]}
+
+    def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
+        assert data.arrays is not None
+        fit = self.fitted
+        self._checked(data, ids, self.feature_dim)
+        mean, std = np.array(fit["mean"]), np.array(fit["std"])
+        present = np.array([i in data.arrays for i in ids], dtype=bool)
+        largest = max((len(data.arrays[i]) for i in ids if i in data.arrays), default=1)
+        x = np.zeros((len(ids), largest, self.feature_dim), dtype=np.float32)
+        mask = np.zeros((len(ids), largest), dtype=np.float32)
+        for k, i in enumerate(ids):
+            if present[k]:
+                bag = data.arrays[i]
+                x[k, : len(bag)] = (bag - mean) / std
+                mask[k, : len(bag)] = 1.0
+        return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask)}, present
+
+
+PREPROCESSORS: dict[str, type[Preprocessor]] = {
+    "tabular": TabularPreprocessor,
+    "timeseries": TimeSeriesPreprocessor,
+    "image": ImagePreprocessor,
+    "bags": BagPreprocessor,
+}
+
+
+def make_preprocessor(kind: str, **options: Any) -> Preprocessor:
+    """An unfitted preprocessor for a modality kind (options as in its class)."""
+    if kind not in PREPROCESSORS:
+        raise ValueError(f"unknown modality kind {kind!r}; expected one of {list(PREPROCESSORS)}")
+    return PREPROCESSORS[kind](**options)
+
+
+def preprocessor_from_dict(state: dict[str, Any]) -> Preprocessor:
+    """A fitted preprocessor from the dict made by ``to_dict()``."""
+    kind = state.get("kind")
+    if kind not in PREPROCESSORS:
+        raise ValueError(f"unknown preprocessor kind {kind!r}")
+    return PREPROCESSORS[kind].from_dict(state)

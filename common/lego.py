@@ -1,0 +1,365 @@
+"""LegoBlock, LegoMerge and LegoFuse (MM-Lego, Hemker et al., ICLR 2025), for N modalities.
+
+Shapes use einops-style names: b = batch, n = tokens, w = encoder width, c = latent channels,
+d = latent dimension. Every multimodal model takes ``dict[modality, input]``; an input is a
+tensor or a dict of tensors passed to the encoder as keyword arguments, and a missing key or
+``None`` means the modality is absent for that batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedlego.common.layers import LatentUpdate, TaskHead
+from fedlego.common.merging import merge_latents, merge_state_dicts
+
+ModalityInput = torch.Tensor | Mapping[str, torch.Tensor]
+MultimodalInput = Mapping[str, ModalityInput | None]
+
+
+@dataclass(frozen=True)
+class LatentContract:
+    """What every block of one federation shares, so that blocks can be merged and fused.
+
+    ``seed`` fixes the initial latent array and task head of every block: blocks that start from
+    the same point in weight space merge with less interference.
+    """
+
+    channels: int = 32
+    dim: int = 32
+    n_outputs: int = 1
+    task: str = "survival"
+    seed: int = 0
+
+    def differences(self, other: LatentContract) -> list[str]:
+        """Human-readable list of the fields where ``other`` differs from this contract."""
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{k}: expected {mine[k]!r}, got {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+def _call_encoder(encoder: nn.Module, inputs: ModalityInput) -> torch.Tensor | tuple:
+    if isinstance(inputs, Mapping):
+        return encoder(**inputs)
+    return encoder(inputs)
+
+
+def _batch_size(inputs: ModalityInput) -> int:
+    if isinstance(inputs, Mapping):
+        return next(iter(inputs.values())).shape[0]
+    return inputs.shape[0]
+
+
+class RawTokens(nn.Module):
+    """Encoder-free mode: the raw input is used as tokens (a (b, f) input is one token)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | tuple:
+        return x if mask is None else (x, mask)
+
+
+class LegoBlock(nn.Module):
+    """One modality's encoder plus the shared latent contract, trainable on that modality alone.
+
+    The encoder may be any module; it returns tokens (b, n, w) or a single embedding (b, w),
+    optionally with a token mask (b, n) as ``(tokens, mask)``. Its width w is found by running it
+    on ``example_input``. A learned latent array (c, d) is refined over ``steps`` updates of
+    cross-attention to the tokens plus feed-forward. With ``frequency=True`` (the method's
+    default) each update L2-normalises the latent along c, Fourier-transforms it along c, updates
+    the real part and carries the imaginary part; the inverse transform follows every update but
+    the last, so the block's final latent is complex and frequency-domain. ``encoder=None`` runs
+    attention directly on the raw input tokens.
+    """
+
+    def __init__(
+        self,
+        modality: str,
+        encoder: nn.Module | None,
+        contract: LatentContract,
+        example_input: ModalityInput,
+        *,
+        steps: int = 2,
+        heads: int = 4,
+        head_dim: int = 16,
+        frequency: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError("a LegoBlock needs at least one update step")
+        self.modality = modality
+        self.contract = contract
+        self.frequency = frequency
+        self.encoder = encoder if encoder is not None else RawTokens()
+        self.encoder_free = encoder is None
+        self.token_width = self._infer_width(example_input)
+        self.updates = nn.ModuleList(
+            LatentUpdate(contract.dim, self.token_width, heads, head_dim, dropout) for _ in range(steps)
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(contract.seed)
+            self.latent = nn.Parameter(torch.randn(contract.channels, contract.dim) * 0.02)
+            self.head = TaskHead(contract.dim, contract.n_outputs)
+        self.n_samples = 0
+        self.validation_score: float | None = None
+
+    def _infer_width(self, example_input: ModalityInput) -> int:
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            tokens, _ = self.tokens(example_input)
+        self.encoder.train(was_training)
+        return int(tokens.shape[-1])
+
+    def tokens(self, inputs: ModalityInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder: tokens (b, n, w) and an optional boolean token mask (b, n)."""
+        out = _call_encoder(self.encoder, inputs)
+        mask = None
+        if isinstance(out, tuple):
+            out, mask = out
+        if out.dim() == 2:
+            out = out.unsqueeze(1)
+            mask = None
+        if out.dim() != 3:
+            raise ValueError(
+                f"encoder of modality {self.modality!r} returned shape {tuple(out.shape)}; "
+                "expected (batch, width) or (batch, tokens, width)"
+            )
+        return out, None if mask is None else mask.bool()
+
+    def initial_latent(self, batch: int) -> torch.Tensor:
+        """The learned latent array repeated over the batch (a view, the Parameter stays put)."""
+        return self.latent.expand(batch, -1, -1)
+
+    def apply_update(
+        self, index: int, latent: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None, final: bool
+    ) -> torch.Tensor:
+        """Update ``index`` on a spatial latent; returns the frequency latent when ``final``."""
+        update = self.updates[index]
+        if not self.frequency:
+            return update(latent, tokens, mask)
+        spectrum = torch.fft.fft(F.normalize(latent, dim=1), dim=1)
+        spectrum = torch.complex(update(spectrum.real, tokens, mask), spectrum.imag)
+        return spectrum if final else torch.fft.ifft(spectrum, dim=1).real
+
+    def refine(self, latent: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """All updates of this block, starting from a given spatial latent (b, c, d)."""
+        last = len(self.updates) - 1
+        for index in range(len(self.updates)):
+            latent = self.apply_update(index, latent, tokens, mask, final=index == last)
+        return latent
+
+    def encode(self, inputs: ModalityInput) -> torch.Tensor:
+        """The block's final latent (b, c, d): complex in frequency mode, real otherwise."""
+        tokens, mask = self.tokens(inputs)
+        return self.refine(self.initial_latent(tokens.shape[0]), tokens, mask)
+
+    def forward(self, inputs: ModalityInput) -> torch.Tensor:
+        return self.head(self.encode(inputs))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the wrapped encoder (frozen by parameter-efficient fusion)."""
+        return list(self.encoder.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """Architecture summary for manifests and reports."""
+        return {
+            "modality": self.modality,
+            "encoder": "raw-tokens" if self.encoder_free else type(self.encoder).__name__,
+            "token_width": self.token_width,
+            "steps": len(self.updates),
+            "frequency": self.frequency,
+            "contract": asdict(self.contract),
+            "n_samples": self.n_samples,
+            "validation_score": self.validation_score,
+        }
+
+
+def to_spatial(latent: torch.Tensor) -> torch.Tensor:
+    """Back from a block's final (frequency) latent to the spatial domain along channels."""
+    return torch.fft.ifft(latent, dim=1).real if latent.is_complex() else latent
+
+
+def _as_block_dict(blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock]) -> dict[str, LegoBlock]:
+    items = dict(blocks) if isinstance(blocks, Mapping) else {b.modality: b for b in blocks}
+    if not items:
+        raise ValueError("need at least one LegoBlock")
+    if not isinstance(blocks, Mapping) and len(items) != len(blocks):
+        raise ValueError("two blocks share one modality name: merge them per modality first")
+    first = next(iter(items.values()))
+    for name, block in items.items():
+        diff = first.contract.differences(block.contract)
+        if diff:
+            raise ValueError(f"block {name!r} breaks the latent contract: {'; '.join(diff)}")
+        if block.frequency != first.frequency:
+            raise ValueError(f"block {name!r} mixes frequency and spatial domains")
+    return dict(sorted(items.items()))
+
+
+def present_modalities(blocks: Mapping[str, nn.Module], inputs: MultimodalInput) -> list[str]:
+    """Modalities with a block and a non-None input (inputs the model has no block for are
+    ignored), or an error naming the accepted modalities if there are none."""
+    present = [m for m in blocks if inputs.get(m) is not None]
+    if not present:
+        raise ValueError(
+            f"none of the model's modalities {sorted(blocks)} is present in the input "
+            f"(got {sorted(m for m, x in inputs.items() if x is not None)})"
+        )
+    return present
+
+
+def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
+    """Merge weights per modality: uniform, by sample count, by validation score, or given.
+
+    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC.
+    """
+    if isinstance(scheme, Mapping):
+        missing = set(blocks) - set(scheme)
+        if missing:
+            raise ValueError(f"merge weights missing for {sorted(missing)}")
+        return {m: float(scheme[m]) for m in blocks}
+    if scheme == "uniform":
+        return dict.fromkeys(blocks, 1.0)
+    if scheme == "samples":
+        return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
+    if scheme == "validation":
+        return {m: max((b.validation_score or 0.5) - 0.5, 0.01) for m, b in blocks.items()}
+    raise ValueError(f"unknown weighting {scheme!r}; choose uniform, samples or validation")
+
+
+class LegoMerge(nn.Module):
+    """N blocks merged without training: latents merged per input, task heads merged once.
+
+    At inference only the present modalities' latents are merged (weights renormalised over
+    them), so any non-empty subset of modalities works. One block merged alone is that block.
+    """
+
+    def __init__(
+        self,
+        blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock],
+        latent_merge: str = "harmonic",
+        head_merge: str = "slerp",
+        weighting: str | Mapping[str, float] = "uniform",
+    ) -> None:
+        super().__init__()
+        items = _as_block_dict(blocks)
+        self.blocks = nn.ModuleDict(items)
+        self.latent_merge = latent_merge
+        self.head_merge = head_merge
+        self.weights = block_weights(items, weighting)
+        first = next(iter(items.values()))
+        self.contract = first.contract
+        self.head = TaskHead(first.contract.dim, first.contract.n_outputs)
+        merged = merge_state_dicts(
+            head_merge, [b.head.state_dict() for b in items.values()], list(self.weights.values())
+        )
+        self.head.load_state_dict(merged)
+
+    def encode(self, inputs: MultimodalInput) -> torch.Tensor:
+        """Merged latent of the modalities present in ``inputs``."""
+        present = present_modalities(self.blocks, inputs)
+        latents = [self.blocks[m].encode(inputs[m]) for m in present]
+        return merge_latents(self.latent_merge, latents, [self.weights[m] for m in present])
+
+    def forward(self, inputs: MultimodalInput) -> torch.Tensor:
+        return self.head(self.encode(inputs))
+
+
+class LegoFuse(nn.Module):
+    """Blocks fused for fine-tuning on paired data, by stacking or weaving their updates.
+
+    - ``stack``: the latent state passes from block to block (in ``order``), each running all
+      its updates from the previous block's output latent.
+    - ``weave``: update step s of every block in turn, then step s + 1, on one shared state.
+
+    Both start from the mean of the present blocks' latent arrays. The blocks' own heads are
+    frozen and unused: one fused head, initialised by merging them, reads the final latent.
+
+    The blocks are copied (the merged model stays intact). The head starts from the merged
+    heads. With ``freeze_encoders`` only the fusion parameters (latents, attention, feed-forward,
+    head) train: those are what a federation sends each round. Missing modalities are skipped.
+    """
+
+    def __init__(
+        self,
+        blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock],
+        mode: str = "stack",
+        *,
+        order: Sequence[str] | None = None,
+        head_merge: str = "slerp",
+        weighting: str | Mapping[str, float] = "uniform",
+        freeze_encoders: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in ("stack", "weave"):
+            raise ValueError(f"unknown fusion mode {mode!r}; choose stack or weave")
+        items = _as_block_dict(blocks)
+        self.mode = mode
+        self.order = list(order) if order is not None else list(items)
+        if sorted(self.order) != sorted(items):
+            raise ValueError(f"order {self.order} must list exactly the modalities {sorted(items)}")
+        self.blocks = nn.ModuleDict({m: copy.deepcopy(b) for m, b in items.items()})
+        self.contract = next(iter(items.values())).contract
+        weights = block_weights(items, weighting)
+        self.head = TaskHead(self.contract.dim, self.contract.n_outputs)
+        self.head.load_state_dict(
+            merge_state_dicts(head_merge, [b.head.state_dict() for b in items.values()], list(weights.values()))
+        )
+        self.freeze_encoders = freeze_encoders
+        for block in self.blocks.values():
+            block.head.requires_grad_(False)  # replaced by the fused head
+        if freeze_encoders:
+            for block in self.blocks.values():
+                for parameter in block.encoder_parameters():
+                    parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LegoFuse:
+        """Training mode, except frozen encoders stay in eval mode (no dropout/batch stats)."""
+        super().train(mode)
+        if self.freeze_encoders:
+            for block in self.blocks.values():
+                block.encoder.eval()
+        return self
+
+    def _present_in_order(self, inputs: MultimodalInput) -> list[str]:
+        present = set(present_modalities(self.blocks, inputs))
+        return [m for m in self.order if m in present]
+
+    def encode(self, inputs: MultimodalInput) -> torch.Tensor:
+        """Fused latent of the modalities present in ``inputs``."""
+        present = self._present_in_order(inputs)
+        tokens = {m: self.blocks[m].tokens(inputs[m]) for m in present}
+        batch = next(iter(tokens.values()))[0].shape[0]
+        state = torch.stack([self.blocks[m].latent for m in present]).mean(dim=0).expand(batch, -1, -1)
+        if self.mode == "stack":
+            for position, m in enumerate(present):
+                latent = self.blocks[m].refine(state, *tokens[m])
+                if position < len(present) - 1:
+                    state = to_spatial(latent)
+            return latent
+        schedule = [
+            (step, m) for step in range(max(len(self.blocks[m].updates) for m in present))
+            for m in present if step < len(self.blocks[m].updates)
+        ]
+        for position, (step, m) in enumerate(schedule):
+            state = self.blocks[m].apply_update(step, state, *tokens[m], final=position == len(schedule) - 1)
+        return state
+
+    def forward(self, inputs: MultimodalInput) -> torch.Tensor:
+        return self.head(self.encode(inputs))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable and total parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": total}
+
+    def fusion_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable parameters only: what federated fine-tuning exchanges each round."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}

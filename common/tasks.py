@@ -1,0 +1,141 @@
+"""Prediction tasks: targets, losses, scores and metrics.
+
+- Survival: discrete-time logistic hazard (one output per time bin; bins cut at quantiles of
+  the uncensored training times); risk = minus the expected number of bins survived;
+  metric: Harrell's concordance index (scikit-survival).
+- Binary and multi-class classification: cross-entropy; metric: ROC AUC from predicted
+  probabilities (scikit-learn; macro one-vs-rest for several classes), never from hard labels.
+
+Targets are dicts of tensors: ``{"time", "event"}`` for survival, ``{"label"}`` otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from sksurv.metrics import concordance_index_censored
+
+Targets = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SurvivalTask:
+    """Discrete-time survival with a logistic hazard per bin (Gensheimer & Narasimhan, 2019)."""
+
+    cut_points: tuple[float, ...]
+    kind: str = "survival"
+    metric_name: str = "c-index"
+
+    @classmethod
+    def from_training(cls, times: np.ndarray, events: np.ndarray, n_bins: int = 4) -> SurvivalTask:
+        """Bins from quantiles of the uncensored training times (all times if none died)."""
+        times = np.asarray(times, dtype=float)
+        uncensored = times[np.asarray(events).astype(bool)]
+        reference = uncensored if uncensored.size >= n_bins else times
+        cuts = np.unique(np.quantile(reference, np.linspace(0, 1, n_bins + 1)[1:-1]))
+        return cls(tuple(float(c) for c in cuts))
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.cut_points) + 1
+
+    def bins(self, times: torch.Tensor) -> torch.Tensor:
+        """Index of the time bin holding each time."""
+        cuts = torch.tensor(self.cut_points, dtype=times.dtype, device=times.device)
+        return torch.bucketize(times, cuts, right=True)
+
+    def loss(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """Negative log-likelihood: survive every bin before the event bin, then fail (events) or
+        survive it too (censored)."""
+        k = self.bins(targets["time"])
+        event = targets["event"].float()
+        log_survive = F.logsigmoid(-logits)
+        before = torch.arange(logits.shape[1], device=logits.device)[None, :] < k[:, None]
+        survived = (log_survive * before).sum(dim=1)
+        at_bin_hazard = F.logsigmoid(logits.gather(1, k[:, None]).squeeze(1))
+        at_bin_survive = log_survive.gather(1, k[:, None]).squeeze(1)
+        likelihood = survived + event * at_bin_hazard + (1 - event) * at_bin_survive
+        return -likelihood.mean()
+
+    def scores(self, logits: torch.Tensor) -> np.ndarray:
+        """Risk score: minus the sum over bins of the survival curve (higher = riskier)."""
+        survival = torch.cumprod(torch.sigmoid(-logits), dim=1)
+        return (-survival.sum(dim=1)).detach().cpu().numpy()
+
+    def metric(self, scores: np.ndarray, targets: Targets) -> float:
+        """Harrell's c-index, NaN when no pair is comparable."""
+        event = targets["event"].cpu().numpy().astype(bool)
+        time = targets["time"].cpu().numpy().astype(float)
+        if not event.any():
+            return float("nan")
+        return float(concordance_index_censored(event, time, np.asarray(scores, dtype=float))[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cut_points": list(self.cut_points)}
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """Binary (one logit) or multi-class (one logit per class) classification."""
+
+    n_classes: int
+    metric_name: str = "auc"
+
+    @property
+    def kind(self) -> str:
+        return "binary" if self.n_classes == 2 else "multiclass"
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    def loss(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        label = targets["label"]
+        if self.n_classes == 2:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), label.float())
+        return F.cross_entropy(logits, label.long())
+
+    def scores(self, logits: torch.Tensor) -> np.ndarray:
+        """Probability of the positive class (binary) or class probabilities (b, K)."""
+        if self.n_classes == 2:
+            return torch.sigmoid(logits.squeeze(1)).detach().cpu().numpy()
+        return torch.softmax(logits, dim=1).detach().cpu().numpy()
+
+    def metric(self, scores: np.ndarray, targets: Targets) -> float:
+        """ROC AUC from scores (macro one-vs-rest for several classes), NaN for a single class."""
+        label = targets["label"].cpu().numpy().astype(int)
+        if np.unique(label).size < 2:
+            return float("nan")
+        if self.n_classes == 2:
+            return float(roc_auc_score(label, scores))
+        present = np.unique(label)
+        if present.size < self.n_classes:
+            probabilities = scores[:, present] / scores[:, present].sum(axis=1, keepdims=True)
+            if present.size == 2:
+                return float(roc_auc_score(label == present[1], probabilities[:, 1]))
+            return float(roc_auc_score(label, probabilities, multi_class="ovr", average="macro", labels=present))
+        return float(roc_auc_score(label, scores, multi_class="ovr", average="macro"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_classes": self.n_classes}
+
+
+Task = SurvivalTask | ClassificationTask
+
+
+def task_from_dict(state: dict[str, Any]) -> Task:
+    """Rebuild a task from ``to_dict`` output."""
+    if state["kind"] == "survival":
+        return SurvivalTask(tuple(state["cut_points"]))
+    return ClassificationTask(int(state["n_classes"]))
+
+
+def average_scores(scores: list[np.ndarray]) -> np.ndarray:
+    """Prediction-averaging ensemble. For survival the mean risk equals the risk of the mean
+    survival curve (risk is linear in the curve); for classification it averages probabilities."""
+    return np.mean(np.stack(scores), axis=0)

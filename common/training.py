@@ -1,0 +1,189 @@
+"""One local training loop for any multimodal model, with validation-based early stopping.
+
+Data travel as a ``TensorSet``: per-modality tensors for a list of patients plus which patients
+hold which modality. Batches are drawn within groups of patients sharing the same set of
+present modalities, so every model sees a dict in which absent modalities are None.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedlego.common.tasks import Targets, Task
+
+Batch = tuple[dict[str, dict[str, torch.Tensor] | None], Targets]
+
+
+@dataclass
+class TensorSet:
+    """Tensors of some patients: ``inputs[modality][key]`` and ``present[modality]`` have one row
+    per patient (rows of absent patients are ignored), ``targets`` one entry per patient."""
+
+    ids: list[str]
+    inputs: dict[str, dict[str, torch.Tensor]]
+    present: dict[str, torch.Tensor]
+    targets: Targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: np.ndarray | list[int]) -> TensorSet:
+        """The same data for some rows only."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return TensorSet(
+            ids=[self.ids[i] for i in index.tolist()],
+            inputs={m: {k: v[index] for k, v in t.items()} for m, t in self.inputs.items()},
+            present={m: p[index] for m, p in self.present.items()},
+            targets={k: v[index] for k, v in self.targets.items()},
+        )
+
+    def restrict(self, modalities: list[str]) -> TensorSet:
+        """Only some modalities, and only the patients holding at least one of them."""
+        present = torch.zeros(len(self), dtype=torch.bool)
+        for m in modalities:
+            present |= self.present[m]
+        kept = TensorSet(
+            self.ids,
+            {m: self.inputs[m] for m in modalities},
+            {m: self.present[m] for m in modalities},
+            self.targets,
+        )
+        return kept.subset(torch.nonzero(present).squeeze(1).numpy())
+
+    def patterns(self) -> dict[tuple[str, ...], np.ndarray]:
+        """Rows grouped by the tuple of modalities they hold (rows holding none are dropped)."""
+        names = sorted(self.present)
+        matrix = torch.stack([self.present[m] for m in names], dim=1).numpy() if names else np.zeros((len(self), 0))
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, flags in enumerate(matrix):
+            key = tuple(m for m, flag in zip(names, flags, strict=True) if flag)
+            if key:
+                groups.setdefault(key, []).append(row)
+        return {k: np.asarray(v) for k, v in groups.items()}
+
+    def batch(self, rows: np.ndarray, modalities: tuple[str, ...]) -> Batch:
+        """Inputs of the given rows (all holding ``modalities``) and their targets."""
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        inputs: dict[str, dict[str, torch.Tensor] | None] = dict.fromkeys(self.inputs)
+        for m in modalities:
+            inputs[m] = {k: v[index] for k, v in self.inputs[m].items()}
+        return inputs, {k: v[index] for k, v in self.targets.items()}
+
+    def batches(self, batch_size: int, generator: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, Batch]]:
+        """Batches within presence patterns; shuffled when a generator is given."""
+        chunks: list[tuple[tuple[str, ...], np.ndarray]] = []
+        for key, rows in self.patterns().items():
+            order = generator.permutation(rows) if generator is not None else rows
+            chunks += [(key, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        if generator is not None:
+            chunks = [chunks[i] for i in generator.permutation(len(chunks))]
+        for key, rows in chunks:
+            yield rows, self.batch(rows, key)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for one local training run."""
+
+    epochs: int = 50
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    patience: int = 10
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    """What happened during training: the restored epoch and the loss curves."""
+
+    best_epoch: int
+    best_validation_loss: float | None
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+
+
+Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]
+
+
+def predict(model: nn.Module, data: TensorSet, forward: Forward | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs for every row of ``data`` (rows holding no modality give NaN)."""
+    forward = forward or model
+    model.eval()
+    outputs: torch.Tensor | None = None
+    with torch.no_grad():
+        for rows, (inputs, _) in data.batches(batch_size):
+            logits = forward(inputs)
+            if outputs is None:
+                outputs = torch.full((len(data), logits.shape[1]), float("nan"))
+            outputs[torch.as_tensor(rows)] = logits.float()
+    if outputs is None:
+        raise ValueError("no patient in this set holds any modality the model accepts")
+    return outputs
+
+
+def evaluate_loss(model: nn.Module, data: TensorSet, task: Task, forward: Forward | None = None) -> float:
+    """Task loss on a whole set (used for early stopping)."""
+    logits = predict(model, data, forward)
+    keep = ~torch.isnan(logits).any(dim=1)
+    return float(task.loss(logits[keep], {k: v[keep] for k, v in data.targets.items()}))
+
+
+def fit(
+    model: nn.Module,
+    train: TensorSet,
+    validation: TensorSet | None,
+    task: Task,
+    config: TrainConfig,
+    *,
+    forward: Forward | None = None,
+    description: str = "training",
+    progress: bool = False,
+) -> TrainReport:
+    """Adam on the trainable parameters; with validation data, keep the epoch of lowest
+    validation loss and stop after ``patience`` epochs without improvement."""
+    forward = forward or model
+    torch.manual_seed(config.seed)
+    generator = np.random.default_rng(config.seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
+    best_state = None
+    stale = 0
+    bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for _, (inputs, targets) in train.batches(config.batch_size, generator):
+            if len(targets[next(iter(targets))]) < 2:
+                continue  # a single-row batch gives no usable survival ranking signal
+            optimiser.zero_grad()
+            loss = task.loss(forward(inputs), targets)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss))
+        report.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        if validation is None or len(validation) == 0:
+            continue
+        validation_loss = evaluate_loss(model, validation, task, forward)
+        report.validation_loss.append(validation_loss)
+        bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
+        if report.best_validation_loss is None or validation_loss < report.best_validation_loss:
+            report.best_validation_loss = validation_loss
+            report.best_epoch = epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return report

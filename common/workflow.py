@@ -1,0 +1,155 @@
+"""The steps a site or the centralized pipeline runs: build and train a block, fuse, evaluate.
+
+Each step is one function over ``TensorSet``s so that the centralized pipeline and the
+federated sites share exactly the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlego.common.encoders import reference_encoder
+from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.tasks import Task, average_scores
+from fedlego.common.training import TensorSet, TrainConfig, TrainReport, fit, predict
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of every block of a run (the latent contract comes from here)."""
+
+    latent_channels: int = 32
+    latent_dim: int = 32
+    steps: int = 2
+    heads: int = 4
+    head_dim: int = 16
+    encoder_width: int = 64
+    dropout: float = 0.1
+    frequency: bool = True
+    seed: int = 0
+
+    def contract(self, task: Task) -> LatentContract:
+        """The latent contract blocks of this run must share."""
+        return LatentContract(self.latent_channels, self.latent_dim, task.n_outputs, task.kind, self.seed)
+
+
+@dataclass
+class FuseConfig:
+    """LegoFuse settings: a short fine-tune (the poster's "2 epochs") on paired data."""
+
+    mode: str = "stack"
+    epochs: int = 2
+    learning_rate: float = 1e-3
+    freeze_encoders: bool = True
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, patience=2))
+
+
+def build_block(modality: str, kind: str, example: dict[str, torch.Tensor], task: Task, config: ModelConfig) -> LegoBlock:
+    """A fresh block with the reference encoder for ``kind``, seeded for reproducibility."""
+    torch.manual_seed(config.seed)
+    encoder = reference_encoder(kind, example, width=config.encoder_width, dropout=config.dropout)
+    return LegoBlock(
+        modality,
+        encoder,
+        config.contract(task),
+        example,
+        steps=config.steps,
+        heads=config.heads,
+        head_dim=config.head_dim,
+        frequency=config.frequency,
+        dropout=config.dropout,
+    )
+
+
+def unimodal_forward(block: LegoBlock):
+    """Adapter: a block called on a multimodal dict uses only its own modality."""
+    return lambda inputs: block(inputs[block.modality])
+
+
+def train_block(
+    modality: str,
+    kind: str,
+    train: TensorSet,
+    validation: TensorSet,
+    task: Task,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    progress: bool = False,
+) -> tuple[LegoBlock, TrainReport]:
+    """Train one modality's block on the patients holding it; early stopping on validation."""
+    train_m = train.restrict([modality])
+    validation_m = validation.restrict([modality])
+    if len(train_m) == 0:
+        raise ValueError(f"no training patient holds modality {modality!r}")
+    example = {k: v[:2] for k, v in train_m.inputs[modality].items()}
+    block = build_block(modality, kind, example, task, model_config)
+    report = fit(
+        block, train_m, validation_m if len(validation_m) else None, task, train_config,
+        forward=unimodal_forward(block), description=f"block {modality}", progress=progress,
+    )
+    block.n_samples = len(train_m)
+    if len(validation_m):
+        block.validation_score = evaluate(block, validation_m, task, unimodal_forward(block))["metric"]
+    return block, report
+
+
+def fuse_blocks(
+    blocks: dict[str, LegoBlock],
+    train: TensorSet,
+    validation: TensorSet | None,
+    task: Task,
+    config: FuseConfig,
+    head_merge: str = "slerp",
+    weighting: str = "uniform",
+    progress: bool = False,
+) -> tuple[LegoFuse, TrainReport]:
+    """LegoFuse of the blocks, fine-tuned for a few epochs on the paired training patients."""
+    model = LegoFuse(
+        blocks, config.mode, head_merge=head_merge, weighting=weighting, freeze_encoders=config.freeze_encoders
+    )
+    training = TrainConfig(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.training.weight_decay,
+        batch_size=config.training.batch_size,
+        patience=config.training.patience,
+        seed=config.training.seed,
+    )
+    report = fit(model, train, validation, task, training, description="fuse", progress=progress)
+    return model, report
+
+
+def scores_of(model: nn.Module, data: TensorSet, task: Task, forward=None) -> np.ndarray:
+    """Task scores (risk or probabilities) of every row of ``data``."""
+    return task.scores(predict(model, data, forward))
+
+
+def evaluate(model: nn.Module, data: TensorSet, task: Task, forward=None) -> dict[str, float]:
+    """The task metric of a model on a set, with the number of patients."""
+    return {"metric": task.metric(scores_of(model, data, task, forward), data.targets), "n": len(data)}
+
+
+def evaluate_all(
+    blocks: dict[str, LegoBlock],
+    merged: LegoMerge,
+    fused: LegoFuse | None,
+    test: TensorSet,
+    task: Task,
+) -> dict[str, dict[str, float]]:
+    """Every block, the prediction-averaging ensemble, the merge and the fuse on one test set
+    (patients holding every modality, so that all rows are scored on the same patients)."""
+    results: dict[str, dict[str, float]] = {}
+    block_scores = {}
+    for modality, block in blocks.items():
+        block_scores[modality] = scores_of(block, test, task, unimodal_forward(block))
+        results[f"block:{modality}"] = {"metric": task.metric(block_scores[modality], test.targets), "n": len(test)}
+    ensemble = average_scores(list(block_scores.values()))
+    results["ensemble"] = {"metric": task.metric(ensemble, test.targets), "n": len(test)}
+    results["merge"] = evaluate(merged, test, task)
+    if fused is not None:
+        results["fuse"] = evaluate(fused, test, task)
+    return results
