@@ -145,7 +145,9 @@ def slerp_head_merge(
     return (merged_norm * direction).reshape(shape).to(tensors[0].dtype)
 
 
-def merge_latents(method: str, latents: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def merge_latents(
+    method: str, latents: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """Merge latents with a registered method; weights are renormalised over the given latents."""
     if method not in LATENT_MERGES:
         raise ValueError(f"unknown latent merge {method!r}; choose from {sorted(LATENT_MERGES)}")

@@ -76,7 +76,9 @@ class TensorSet:
             inputs[m] = {k: v[index] for k, v in self.inputs[m].items()}
         return inputs, {k: v[index] for k, v in self.targets.items()}
 
-    def batches(self, batch_size: int, generator: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, Batch]]:
+    def batches(
+        self, batch_size: int, generator: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, Batch]]:
         """Batches within presence patterns; shuffled when a generator is given."""
         chunks: list[tuple[tuple[str, ...], np.ndarray]] = []
         for key, rows in self.patterns().items():
@@ -168,7 +170,7 @@ def fit(
             loss = task.loss(forward(inputs), targets)
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         report.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         if validation is None or len(validation) == 0:
             continue

@@ -48,7 +48,9 @@ class FuseConfig:
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, patience=2))
 
 
-def build_block(modality: str, kind: str, example: dict[str, torch.Tensor], task: Task, config: ModelConfig) -> LegoBlock:
+def build_block(
+    modality: str, kind: str, example: dict[str, torch.Tensor], task: Task, config: ModelConfig
+) -> LegoBlock:
     """A fresh block with the reference encoder for ``kind``, seeded for reproducibility."""
     torch.manual_seed(config.seed)
     encoder = reference_encoder(kind, example, width=config.encoder_width, dropout=config.dropout)

@@ -6,6 +6,7 @@ from importlib.resources import files
 
 import pandas as pd
 import pytest
+
 from fedlego.common.data.bundled import load_dataset, load_pbc, load_tcga_acc
 
 FORBIDDEN = {

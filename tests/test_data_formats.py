@@ -321,9 +321,7 @@ def test_labels_round_trip(tmp_path):
     path = write_csv(tmp_path / "y.csv", "id,label\na,0\nb,2\nc,1.0\n")
     labels = read_labels(path, "multiclass")
     assert labels.table["label"].tolist() == [0, 2, 1] and labels.n_classes == 3
-    assert (
-        read_labels(write_csv(tmp_path / "b.csv", "id,label\na,0\nb,1\n"), "binary").n_classes == 2
-    )
+    assert read_labels(write_csv(tmp_path / "b.csv", "id,label\na,0\nb,1\n"), "binary").n_classes == 2
 
 
 @pytest.mark.parametrize(
@@ -362,9 +360,7 @@ def test_unknown_task_and_kind(tmp_path):
 
 
 def make_dataset(label_ids: list[str], modality_ids: list[str]) -> MultimodalDataset:
-    labels = Labels(
-        "binary", pd.DataFrame({"label": [0] * len(label_ids)}, index=label_ids), "y.csv"
-    )
+    labels = Labels("binary", pd.DataFrame({"label": [0] * len(label_ids)}, index=label_ids), "y.csv")
     table = pd.DataFrame({"x": [1.0] * len(modality_ids)}, index=modality_ids)
     modality = ModalityData("clinical", "tabular", "clinical.csv", table=table)
     return MultimodalDataset("site", labels, {"clinical": modality})

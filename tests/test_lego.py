@@ -206,7 +206,8 @@ def test_fuse_trains_every_fusion_parameter_in_place(mode):
         if p.requires_grad:
             assert p.grad is not None, f"{name} received no gradient"
             # attention over the single token of a pooled (SNN, MIL) embedding ignores its queries
-            single_token_query = name.split(".")[1] in ("omics", "slides") and (".to_q." in name or ".latent_norm." in name)
+            pooled = name.split(".")[1] in ("omics", "slides")
+            single_token_query = pooled and (".to_q." in name or ".latent_norm." in name)
             if not single_token_query:
                 assert not torch.equal(p.detach(), before[name][1]), f"{name} did not change"
         else:

@@ -53,9 +53,7 @@ def images() -> ModalityData:
 
 def bags() -> ModalityData:
     rng = np.random.default_rng(1)
-    arrays = {
-        i: rng.normal(size=(n, 3)).astype(np.float32) for i, n in [("a", 2), ("b", 4), ("t", 5)]
-    }
+    arrays = {i: rng.normal(size=(n, 3)).astype(np.float32) for i, n in [("a", 2), ("b", 4), ("t", 5)]}
     return ModalityData("wsi", "bags", "wsi.npz", arrays=arrays)
 
 
@@ -201,9 +199,7 @@ def test_timeseries_duplicates_averaged_and_log():
     tensors = fitted.transform(data, ["b"])[0]
     assert tensors["mask"].tolist() == [[1.0]]
     fit = fitted.to_dict()["fit"]
-    assert tensors["values"][0, 0, 0].item() == pytest.approx(
-        (6.0 - fit["mean"][0]) / fit["std"][0], rel=1e-5
-    )
+    assert tensors["values"][0, 0, 0].item() == pytest.approx((6.0 - fit["mean"][0]) / fit["std"][0], rel=1e-5)
 
 
 # --------------------------------------------------------------------------- images, bags

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedlego.common.data.scenarios import (
     build_scenario,
     dataset_splits,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sksurv.metrics import concordance_index_censored
+
 from fedlego.common.data.synthetic import (
     SyntheticModality,
     default_synthetic_modalities,
     make_synthetic,
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_score
-from sksurv.metrics import concordance_index_censored
 
 
 def test_deterministic_for_seed():

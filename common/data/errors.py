@@ -15,9 +15,7 @@ class SiteDataError(ValueError):
     ``str()`` reads like ``clinical.csv: column 'age': non-numeric values ('abc') in rows [3, 7]``.
     """
 
-    def __init__(
-        self, file: str, message: str, column: str | None = None, rows: Iterable[object] = ()
-    ) -> None:
+    def __init__(self, file: str, message: str, column: str | None = None, rows: Iterable[object] = ()) -> None:
         self.file = str(file)
         self.column = column
         self.rows = list(rows)

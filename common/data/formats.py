@@ -74,13 +74,9 @@ def _require_columns(df: pd.DataFrame, file: str, columns: tuple[str, ...]) -> N
         raise SiteDataError(file, f"required column missing (columns: {found})", ", ".join(missing))
 
 
-def _to_numeric(
-    values: pd.Series, file: str, column: str, rows: np.ndarray, required: bool = False
-) -> pd.Series:
+def _to_numeric(values: pd.Series, file: str, column: str, rows: np.ndarray, required: bool = False) -> pd.Series:
     """``values`` as floats; non-numeric or infinite values (and, if required, missing) raise."""
-    numbers = (
-        values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
-    )
+    numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
     numbers = numbers.astype(float)
     bad = (numbers.isna() & values.notna()).to_numpy()
     if bad.any():
@@ -90,9 +86,7 @@ def _to_numeric(
     if infinite.any():
         raise SiteDataError(file, "non-finite values (inf)", column, rows[infinite].tolist())
     if required and numbers.isna().any():
-        raise SiteDataError(
-            file, "missing values", column, rows[numbers.isna().to_numpy()].tolist()
-        )
+        raise SiteDataError(file, "missing values", column, rows[numbers.isna().to_numpy()].tolist())
     return numbers
 
 
@@ -143,9 +137,7 @@ def read_timeseries(path: str | Path, name: str) -> ModalityData:
     if variable.isna().any():
         missing = variable.isna().to_numpy()
         raise SiteDataError(file, "missing variable names", "variable", rows[missing].tolist())
-    table = pd.DataFrame(
-        {"id": df["id"], "time": time, "variable": variable.map(str), "value": value}
-    )
+    table = pd.DataFrame({"id": df["id"], "time": time, "variable": variable.map(str), "value": value})
     table = table[value.notna()].reset_index(drop=True)
     if table.empty:
         raise SiteDataError(file, "no observed values (every value is missing)", "value")
@@ -174,9 +166,7 @@ def _check_same_shape(arrays: dict[str, np.ndarray], file: str, what: str) -> No
     odd = sorted(i for i, a in arrays.items() if a.shape != common)
     if odd:
         found = sorted({arrays[i].shape for i in odd})
-        raise SiteDataError(
-            file, f"{what} shapes differ: most are {common}, also {found}", rows=odd
-        )
+        raise SiteDataError(file, f"{what} shapes differ: most are {common}, also {found}", rows=odd)
 
 
 def _read_image_file(path: Path) -> np.ndarray:
@@ -223,8 +213,7 @@ def _images_from_npz(path: Path) -> dict[str, np.ndarray]:
     if ids.ndim != 1 or images.ndim not in (3, 4) or len(ids) != len(images):
         raise SiteDataError(
             file,
-            f"expected 'ids' (N,) and 'images' (N,H,W) or (N,H,W,C), got "
-            f"{ids.shape} and {images.shape}",
+            f"expected 'ids' (N,) and 'images' (N,H,W) or (N,H,W,C), got {ids.shape} and {images.shape}",
         )
     if images.dtype != np.uint8:
         raise SiteDataError(file, f"'images' must be uint8 (0-255), got {images.dtype}")
@@ -274,9 +263,7 @@ def read_bags(path: str | Path, name: str) -> ModalityData:
         raise SiteDataError(file, "no bags")
     wrong = sorted(i for i, a in raw.items() if a.ndim != 2 or a.shape[0] == 0)
     if wrong:
-        raise SiteDataError(
-            file, "bags must be non-empty 2-D (instances, features) arrays", rows=wrong
-        )
+        raise SiteDataError(file, "bags must be non-empty 2-D (instances, features) arrays", rows=wrong)
     not_numeric = sorted(i for i, a in raw.items() if not np.issubdtype(a.dtype, np.number))
     if not_numeric:
         raise SiteDataError(file, "bags must hold numbers", rows=not_numeric)
@@ -333,9 +320,7 @@ def read_labels(path: str | Path, task: str, id_column: str = "id") -> Labels:
         if task == "binary":
             check("label", ~label.isin([0, 1]), "binary labels must be 0 or 1")
         else:
-            check(
-                "label", (label < 0) | (label % 1 != 0), "multiclass labels must be integers >= 0"
-            )
+            check("label", (label < 0) | (label % 1 != 0), "multiclass labels must be integers >= 0")
         out = {"label": label.astype(int)}
     return Labels(task, pd.DataFrame(out, index=table.index), file)
 

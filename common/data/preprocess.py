@@ -57,7 +57,8 @@ def _log_names(option: bool | Sequence[str], names: Sequence[str]) -> list[str]:
     """The names to log1p-transform: all for True, none for False, else those listed."""
     if isinstance(option, bool):
         return list(names) if option else []
-    return [n for n in names if n in set(option)]
+    wanted = set(option)
+    return [n for n in names if n in wanted]
 
 
 def _float_matrix(frame: pd.DataFrame, log: Sequence[bool]) -> np.ndarray:
@@ -277,9 +278,7 @@ class ImagePreprocessor(Preprocessor):
         assert data.arrays is not None
         odd = [i for i in ids if i in data.arrays and _chw_shape(data.arrays[i]) != shape]
         if odd:
-            raise SiteDataError(
-                data.source, f"images differ from the (C, H, W) shape {shape}", rows=odd
-            )
+            raise SiteDataError(data.source, f"images differ from the (C, H, W) shape {shape}", rows=odd)
 
     def fit(self, data: ModalityData, train_ids: Sequence[str]) -> ImagePreprocessor:
         assert data.arrays is not None
@@ -325,9 +324,7 @@ class BagPreprocessor(Preprocessor):
         assert data.arrays is not None
         odd = [i for i in ids if i in data.arrays and data.arrays[i].shape[1] != width]
         if odd:
-            raise SiteDataError(
-                data.source, f"bags differ from the feature count {width}", rows=odd
-            )
+            raise SiteDataError(data.source, f"bags differ from the feature count {width}", rows=odd)
 
     def fit(self, data: ModalityData, train_ids: Sequence[str]) -> BagPreprocessor:
         assert data.arrays is not None
