@@ -77,6 +77,7 @@ def run_fold(
         config.head_merge, config.weighting, progress,
     )
     results = evaluate_all(blocks, merged, fused, test, task)
+    validation_results = evaluate_all(blocks, merged, fused, paired_validation, task) if len(paired_validation) else {}
     log(f"  fold {split.fold}: " + ", ".join(f"{k} {v['metric']:.3f}" for k, v in results.items()))
     return {
         "fold": split.fold,
@@ -87,6 +88,7 @@ def run_fold(
         "blocks": reports,
         "fuse": {"best_epoch": fuse_report.best_epoch, **fused.parameter_counts()},
         "models": results,
+        "validation_models": validation_results,
     }
 
 

@@ -100,6 +100,9 @@ class TrainConfig:
     batch_size: int = 32
     patience: int = 10
     seed: int = 0
+    keep_initial: bool = False
+    """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
+    improves the validation loss returns the model unchanged (used for LegoFuse)."""
 
 
 @dataclass
@@ -159,6 +162,10 @@ def fit(
     report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
     best_state = None
     stale = 0
+    if validation is not None and len(validation) and config.keep_initial:
+        report.best_validation_loss = evaluate_loss(model, validation, task, forward)
+        report.best_epoch = 0
+        best_state = copy.deepcopy(model.state_dict())
     bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
     for epoch in bar:
         model.train()

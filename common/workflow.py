@@ -120,6 +120,7 @@ def fuse_blocks(
         batch_size=config.training.batch_size,
         patience=config.training.patience,
         seed=config.training.seed,
+        keep_initial=True,
     )
     report = fit(model, train, validation, task, training, description="fuse", progress=progress)
     return model, report
