@@ -61,7 +61,7 @@ def run_fold(
         start = time.perf_counter()
         blocks[modality], report = train_block(
             modality, dataset.modalities[modality].kind, train, validation, task,
-            config.model, config.training, progress,
+            config.model, config.training, preprocessors[modality].to_dict(), progress,
         )
         reports[modality] = {"best_epoch": report.best_epoch, "seconds": time.perf_counter() - start,
                              "n_train": blocks[modality].n_samples}

@@ -107,6 +107,9 @@ class LegoBlock(nn.Module):
             self.head = TaskHead(contract.dim, contract.n_outputs)
         self.n_samples = 0
         self.validation_score: float | None = None
+        self.preprocessing: dict[str, Any] | None = None
+        """State of the preprocessor fitted on this block's training patients (JSON-ready), so
+        that prediction applies the same transform; see ``data.preprocess``."""
 
     def _infer_width(self, example_input: ModalityInput) -> int:
         was_training = self.encoder.training
@@ -177,6 +180,7 @@ class LegoBlock(nn.Module):
             "contract": asdict(self.contract),
             "n_samples": self.n_samples,
             "validation_score": self.validation_score,
+            "preprocessing": self.preprocessing,
         }
 
 

@@ -6,7 +6,8 @@ federated sites share exactly the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,9 @@ class FuseConfig:
     mode: str = "stack"
     epochs: int = 2
     learning_rate: float = 1e-3
+    batch_size: int = 32
     freeze_encoders: bool = True
-    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, patience=2))
+    seed: int = 0
 
 
 def build_block(
@@ -80,9 +82,13 @@ def train_block(
     task: Task,
     model_config: ModelConfig,
     train_config: TrainConfig,
+    preprocessing: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> tuple[LegoBlock, TrainReport]:
-    """Train one modality's block on the patients holding it; early stopping on validation."""
+    """Train one modality's block on the patients holding it; early stopping on validation.
+
+    ``preprocessing`` is the fitted preprocessor state that produced the tensors; it is stored
+    with the block."""
     train_m = train.restrict([modality])
     validation_m = validation.restrict([modality])
     if len(train_m) == 0:
@@ -94,6 +100,7 @@ def train_block(
         forward=unimodal_forward(block), description=f"block {modality}", progress=progress,
     )
     block.n_samples = len(train_m)
+    block.preprocessing = preprocessing
     if len(validation_m):
         block.validation_score = evaluate(block, validation_m, task, unimodal_forward(block))["metric"]
     return block, report
@@ -116,10 +123,9 @@ def fuse_blocks(
     training = TrainConfig(
         epochs=config.epochs,
         learning_rate=config.learning_rate,
-        weight_decay=config.training.weight_decay,
-        batch_size=config.training.batch_size,
-        patience=config.training.patience,
-        seed=config.training.seed,
+        batch_size=config.batch_size,
+        patience=config.epochs,
+        seed=config.seed,
         keep_initial=True,
     )
     report = fit(model, train, validation, task, training, description="fuse", progress=progress)

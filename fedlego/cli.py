@@ -79,7 +79,7 @@ def _centralized(args: argparse.Namespace) -> int:
         weighting=args.weighting,
         model=ModelConfig(frequency=not args.spatial, seed=args.seed),
         training=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed),
-        fuse=FuseConfig(mode=args.fuse_mode, epochs=args.fuse_epochs),
+        fuse=FuseConfig(mode=args.fuse_mode, epochs=args.fuse_epochs, seed=args.seed),
         preprocessing=preset["preprocessing"],
     )
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)

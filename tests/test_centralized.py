@@ -110,3 +110,30 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
     code = main(args)
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_blocks_carry_their_fitted_preprocessing(dataset):
+    """A block stores the preprocessor fitted on its training patients; rebuilding it from that
+    state reproduces the tensors the block was trained on."""
+    import json as json_module
+
+    import torch
+
+    from fedlego.common.data.preprocess import preprocessor_from_dict
+    from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+    from fedlego.common.workflow import train_block
+
+    split = dataset_splits(dataset, n_folds=1, seed=0)[0]
+    fitted = fit_preprocessors(dataset, split.train)
+    train = make_tensor_set(dataset, fitted, split.train)
+    validation = make_tensor_set(dataset, fitted, split.validation)
+    config = small_config()
+    block, _ = train_block(
+        "omics", "tabular", train, validation, task_for(dataset.labels, split.train),
+        config.model, TrainConfig(epochs=1), fitted["omics"].to_dict(),
+    )
+    state = json_module.loads(json_module.dumps(block.describe()["preprocessing"]))
+    rebuilt = preprocessor_from_dict(state)
+    expected, _ = fitted["omics"].transform(dataset.modalities["omics"], split.test)
+    actual, _ = rebuilt.transform(dataset.modalities["omics"], split.test)
+    torch.testing.assert_close(actual["x"], expected["x"])
