@@ -53,8 +53,15 @@ def markdown(records: dict[str, dict], machine: str, date: str) -> str:
         title = f"## {name}: {doc['dataset']['task']}, {doc['dataset']['n_patients']} patients"
         lines += [title, "", f"Command: `{record['command']}`", "", "```"]
         lines.append(format_table(doc["summary"], doc["metric"], f"{doc['metric']} on test folds"))
+        summary = doc["summary"]
+        best_block = max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
+        merge, fuse = summary["merge"]["mean"], summary["fuse"]["mean"]
         lines += [
             "```",
+            "",
+            f"Targets: LegoMerge >= best block: {'met' if merge >= best_block else 'MISSED'} "
+            f"({merge:.3f} vs {best_block:.3f}); LegoFuse >= LegoMerge: "
+            f"{'met' if fuse >= merge else 'MISSED'} ({fuse:.3f} vs {merge:.3f}).",
             "",
             f"Wall time: {record['process_wall_seconds']:.1f} s for the whole command "
             f"({doc['wall_seconds']:.1f} s inside the pipeline).",
