@@ -123,14 +123,57 @@ class SmallCNN(nn.Module):
         return self.net(x).flatten(2).transpose(1, 2)
 
 
+ENCODER_FACTORIES: dict[str, type[nn.Module]] = {
+    "snn": SNN,
+    "gated-attention-mil": GatedAttentionMIL,
+    "irregular-time-series": IrregularTimeSeriesEncoder,
+    "small-cnn": SmallCNN,
+}
+"""Encoders a package may name. Packages never carry code: a receiver rebuilds an encoder only
+from this registry, so unknown names are refused instead of imported."""
+
+
+def register_encoder(name: str, factory: type[nn.Module]) -> None:
+    """Make a user encoder class rebuildable from packages (every site must register it)."""
+    ENCODER_FACTORIES[name] = factory
+
+
+def reference_encoder_spec(
+    kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1
+) -> dict:
+    """Spec of the reference encoder for ``kind``, sized from an example batch of its tensors.
+
+    A spec is ``{"name", "kwargs", "example"}``: the factory name, its keyword arguments and the
+    per-patient shape of every input tensor (for rebuilding the block elsewhere)."""
+    example = {key: list(value.shape[1:]) for key, value in tensors.items()}
+    if kind == "tabular":
+        name, kwargs = "snn", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
+    elif kind == "bags":
+        name, kwargs = "gated-attention-mil", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
+    elif kind == "timeseries":
+        n_variables = tensors["values"].shape[-1]
+        name, kwargs = "irregular-time-series", {"n_variables": n_variables, "width": width, "dropout": dropout}
+    elif kind == "image":
+        name, kwargs = "small-cnn", {"in_channels": tensors["x"].shape[1], "width": min(width, 32)}
+    else:
+        raise ValueError(f"no reference encoder for modality kind {kind!r}")
+    return {"name": name, "kwargs": {k: int(v) if isinstance(v, int) else v for k, v in kwargs.items()},
+            "example": example}
+
+
+def build_encoder(spec: dict) -> nn.Module:
+    """The encoder a spec describes, from the registry only."""
+    name = spec.get("name")
+    if name not in ENCODER_FACTORIES:
+        raise ValueError(f"unknown encoder {name!r}; registered: {sorted(ENCODER_FACTORIES)}")
+    return ENCODER_FACTORIES[name](**spec.get("kwargs", {}))
+
+
+def example_input(spec: dict) -> dict[str, torch.Tensor]:
+    """A batch of two all-zero inputs shaped as in the spec (enough to infer widths)."""
+    return {key: torch.zeros(2, *shape) for key, shape in spec["example"].items()}
+
+
 def reference_encoder(kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1) -> nn.Module:
     """The reference encoder for a modality kind, sized from an example batch of its tensors."""
-    if kind == "tabular":
-        return SNN(tensors["x"].shape[-1], width=width, dropout=dropout)
-    if kind == "bags":
-        return GatedAttentionMIL(tensors["x"].shape[-1], width=width, dropout=dropout)
-    if kind == "timeseries":
-        return IrregularTimeSeriesEncoder(tensors["values"].shape[-1], width=width, dropout=dropout)
-    if kind == "image":
-        return SmallCNN(tensors["x"].shape[1], width=min(width, 32))
-    raise ValueError(f"no reference encoder for modality kind {kind!r}")
+    return build_encoder(reference_encoder_spec(kind, tensors, width, dropout))

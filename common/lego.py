@@ -73,7 +73,8 @@ class LegoBlock(nn.Module):
     default) each update L2-normalises the latent along c, Fourier-transforms it along c, updates
     the real part and carries the imaginary part; the inverse transform follows every update but
     the last, so the block's final latent is complex and frequency-domain. ``encoder=None`` runs
-    attention directly on the raw input tokens.
+    attention directly on the raw input tokens. ``encoder_spec`` (see ``encoders.build_encoder``)
+    lets the block travel as a package and be rebuilt elsewhere.
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class LegoBlock(nn.Module):
         head_dim: int = 16,
         frequency: bool = True,
         dropout: float = 0.1,
+        encoder_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -98,6 +100,10 @@ class LegoBlock(nn.Module):
         self.encoder = encoder if encoder is not None else RawTokens()
         self.encoder_free = encoder is None
         self.token_width = self._infer_width(example_input)
+        self.encoder_spec = encoder_spec
+        """How to rebuild the encoder from ``encoders.ENCODER_FACTORIES`` (None: not packable)."""
+        self.hyperparameters = {"steps": steps, "heads": heads, "head_dim": head_dim,
+                                "frequency": frequency, "dropout": dropout}
         self.updates = nn.ModuleList(
             LatentUpdate(contract.dim, self.token_width, heads, head_dim, dropout) for _ in range(steps)
         )

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlego.common.encoders import reference_encoder
+from fedlego.common.encoders import build_encoder, reference_encoder_spec
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.tasks import Task, average_scores
 from fedlego.common.training import TensorSet, TrainConfig, TrainReport, fit, predict
@@ -55,10 +55,10 @@ def build_block(
 ) -> LegoBlock:
     """A fresh block with the reference encoder for ``kind``, seeded for reproducibility."""
     torch.manual_seed(config.seed)
-    encoder = reference_encoder(kind, example, width=config.encoder_width, dropout=config.dropout)
-    return LegoBlock(
+    spec = reference_encoder_spec(kind, example, width=config.encoder_width, dropout=config.dropout)
+    block = LegoBlock(
         modality,
-        encoder,
+        build_encoder(spec),
         config.contract(task),
         example,
         steps=config.steps,
@@ -66,7 +66,9 @@ def build_block(
         head_dim=config.head_dim,
         frequency=config.frequency,
         dropout=config.dropout,
+        encoder_spec=spec,
     )
+    return block
 
 
 def unimodal_forward(block: LegoBlock):

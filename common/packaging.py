@@ -1,0 +1,282 @@
+"""Block and model packages <-> protobuf bytes: building, hashing, checking, rebuilding.
+
+The format is ``proto/fedlego.proto``. Packages carry weights and a manifest only, never code
+(encoders are rebuilt from ``encoders.ENCODER_FACTORIES``) and never patient data. The content
+hash is SHA-256 over the deterministic serialisation with the hash and signature cleared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from fedlego.common.encoders import build_encoder, example_input
+from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.tasks import Task, task_from_dict
+from fedlego.proto import fedlego_pb2 as pb
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+DEFAULT_MAX_PACKAGE_BYTES = 256 * 1024 * 1024
+ALLOWED_DTYPES = frozenset({"float32", "float64", "float16", "int64", "int32", "bool"})
+
+
+class PackageError(ValueError):
+    """A package that cannot be used, with the reason (and the site and modality when known)."""
+
+
+def _tensor_to_proto(name: str, value: torch.Tensor) -> pb.Tensor:
+    array = value.detach().cpu().contiguous().numpy()
+    return pb.Tensor(name=name, dtype=str(array.dtype), shape=list(array.shape),
+                     data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def _tensor_from_proto(tensor: pb.Tensor, where: str) -> torch.Tensor:
+    if tensor.dtype not in ALLOWED_DTYPES:
+        raise PackageError(f"{where}: tensor {tensor.name!r} has unsupported dtype {tensor.dtype!r}")
+    dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    expected = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
+    if any(d < 0 for d in tensor.shape) or len(tensor.data) != expected:
+        raise PackageError(
+            f"{where}: tensor {tensor.name!r} declares shape {list(tensor.shape)} ({tensor.dtype}) "
+            f"= {expected} bytes but carries {len(tensor.data)}"
+        )
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape)).astype(dtype.newbyteorder("="))
+    return torch.from_numpy(array.copy())
+
+
+def state_to_proto(state: Mapping[str, torch.Tensor]) -> list[pb.Tensor]:
+    """A state dict as a list of protobuf tensors (in key order)."""
+    return [_tensor_to_proto(name, value) for name, value in state.items()]
+
+
+def state_from_proto(tensors, where: str) -> dict[str, torch.Tensor]:
+    """Protobuf tensors back to a state dict, checking dtypes, sizes and duplicate names."""
+    state: dict[str, torch.Tensor] = {}
+    for tensor in tensors:
+        if tensor.name in state:
+            raise PackageError(f"{where}: tensor {tensor.name!r} appears twice")
+        state[tensor.name] = _tensor_from_proto(tensor, where)
+    return state
+
+
+def content_hash(package: pb.BlockPackage | pb.ModelPackage) -> bytes:
+    """SHA-256 of the package's deterministic serialisation without hash and signature."""
+    copy = type(package)()
+    copy.CopyFrom(package)
+    copy.ClearField("content_hash")
+    copy.ClearField("signature")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+
+
+def _contract_to_proto(contract: LatentContract) -> pb.LatentContract:
+    return pb.LatentContract(**asdict(contract))
+
+
+def _contract_from_proto(contract: pb.LatentContract) -> LatentContract:
+    return LatentContract(contract.channels, contract.dim, contract.n_outputs, contract.task, contract.seed)
+
+
+def block_to_package(
+    block: LegoBlock, task: Task, *, site: str, run_id: str, metrics: Mapping[str, float] | None = None
+) -> pb.BlockPackage:
+    """A site's block as a package (hash set, signature left empty)."""
+    if block.encoder_spec is None:
+        raise PackageError(
+            f"block {block.modality!r} wraps an encoder without encoder_spec: register the encoder "
+            "class with encoders.register_encoder and pass encoder_spec to LegoBlock"
+        )
+    architecture = {"encoder": block.encoder_spec, **block.hyperparameters}
+    metric_values = {k: float(v) for k, v in (metrics or {}).items()}
+    if block.validation_score is not None:
+        metric_values.setdefault("validation_score", float(block.validation_score))
+    package = pb.BlockPackage(
+        schema_version=SCHEMA_VERSION,
+        modality=block.modality,
+        site=site,
+        run_id=run_id,
+        architecture_json=json.dumps(architecture, sort_keys=True),
+        contract=_contract_to_proto(block.contract),
+        tensors=state_to_proto(block.state_dict()),
+        metrics=metric_values,
+        n_samples=int(block.n_samples),
+        preprocessing_json=json.dumps(block.preprocessing, sort_keys=True) if block.preprocessing else "",
+        task_json=json.dumps(task.to_dict(), sort_keys=True),
+    )
+    package.content_hash = content_hash(package)
+    return package
+
+
+def _where(package: pb.BlockPackage) -> str:
+    return f"block package of site {package.site or '?'!r}, modality {package.modality or '?'!r}"
+
+
+def _json_field(package: pb.BlockPackage, field: str) -> Any:
+    text = getattr(package, field)
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as error:
+        raise PackageError(f"{_where(package)}: field {field} is not valid JSON ({error})") from error
+
+
+def block_from_package(package: pb.BlockPackage) -> LegoBlock:
+    """Rebuild a block from its package; refuses unknown encoders and mismatching tensors."""
+    where = _where(package)
+    architecture = _json_field(package, "architecture_json")
+    if not isinstance(architecture, dict) or "encoder" not in architecture:
+        raise PackageError(f"{where}: architecture_json has no encoder spec")
+    try:
+        encoder = build_encoder(architecture["encoder"])
+        block = LegoBlock(
+            package.modality,
+            encoder,
+            _contract_from_proto(package.contract),
+            example_input(architecture["encoder"]),
+            steps=int(architecture["steps"]),
+            heads=int(architecture["heads"]),
+            head_dim=int(architecture["head_dim"]),
+            frequency=bool(architecture["frequency"]),
+            dropout=float(architecture["dropout"]),
+            encoder_spec=architecture["encoder"],
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise PackageError(f"{where}: cannot rebuild the block from its architecture ({error})") from error
+    state = state_from_proto(package.tensors, where)
+    expected = block.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise PackageError(f"{where}: tensors do not match the architecture (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+    for name, value in state.items():
+        if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
+            raise PackageError(f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
+                               f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}")
+    block.load_state_dict(state)
+    block.n_samples = int(package.n_samples)
+    block.validation_score = package.metrics.get("validation_score")
+    block.preprocessing = _json_field(package, "preprocessing_json")
+    return block
+
+
+def package_task(package: pb.BlockPackage) -> Task:
+    """The task a block was trained for."""
+    state = _json_field(package, "task_json")
+    if not isinstance(state, dict):
+        raise PackageError(f"{_where(package)}: task_json is missing")
+    return task_from_dict(state)
+
+
+def check_block_package(
+    package: pb.BlockPackage,
+    contract: LatentContract | None = None,
+    task: Task | None = None,
+    max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
+) -> LegoBlock:
+    """Everything the coordinator checks before merging; returns the rebuilt block.
+
+    Schema version, size, content hash, latent contract, task, tensor names/shapes/dtypes and
+    finite values. Raises ``PackageError`` with the first reason found."""
+    where = _where(package)
+    if package.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise PackageError(f"{where}: schema version {package.schema_version} is not supported "
+                           f"(this coordinator reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})")
+    size = package.ByteSize()
+    if size > max_bytes:
+        raise PackageError(f"{where}: package is {size} bytes, over the limit of {max_bytes}")
+    if package.content_hash != content_hash(package):
+        raise PackageError(f"{where}: content hash does not match the content (tampered or corrupted)")
+    if contract is not None:
+        differences = contract.differences(_contract_from_proto(package.contract))
+        if differences:
+            raise PackageError(f"{where}: latent contract mismatch: {'; '.join(differences)}")
+    if task is not None and package_task(package) != task:
+        raise PackageError(f"{where}: task {package_task(package).to_dict()} differs from the run's {task.to_dict()}")
+    block = block_from_package(package)
+    for name, value in block.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise PackageError(f"{where}: tensor {name!r} holds non-finite values")
+    return block
+
+
+def serialize(package: pb.BlockPackage | pb.ModelPackage) -> bytes:
+    """Deterministic bytes of a package."""
+    return package.SerializeToString(deterministic=True)
+
+
+def parse_block_package(data: bytes, source: str = "package") -> pb.BlockPackage:
+    """Bytes to a block package, with a clear error for garbage."""
+    package = pb.BlockPackage()
+    try:
+        package.ParseFromString(bytes(data))
+    except DecodeError as error:
+        raise PackageError(f"{source}: not a fedlego block package ({error})") from error
+    return package
+
+
+def parse_model_package(data: bytes, source: str = "package") -> pb.ModelPackage:
+    """Bytes to a model package, with a clear error for garbage."""
+    package = pb.ModelPackage()
+    try:
+        package.ParseFromString(bytes(data))
+    except DecodeError as error:
+        raise PackageError(f"{source}: not a fedlego model package ({error})") from error
+    return package
+
+
+def merged_to_package(model: LegoMerge, blocks: Mapping[str, pb.BlockPackage], run_id: str) -> pb.ModelPackage:
+    """A LegoMerge model as a package: its block packages, recipe and merged head."""
+    recipe = {"latent_merge": model.latent_merge, "head_merge": model.head_merge, "weights": model.weights}
+    return _model_package("merged", model.head.state_dict(), blocks, recipe, run_id, "head.")
+
+
+def fused_to_package(model: LegoFuse, blocks: Mapping[str, pb.BlockPackage], run_id: str) -> pb.ModelPackage:
+    """A LegoFuse model as a package: its block packages, recipe and all fused weights that
+    differ from the blocks (the fusion parameters and head)."""
+    recipe = {"mode": model.mode, "order": model.order, "freeze_encoders": model.freeze_encoders}
+    return _model_package("fused", model.state_dict(), blocks, recipe, run_id, "")
+
+
+def _model_package(kind, state, blocks, recipe, run_id, prefix) -> pb.ModelPackage:
+    package = pb.ModelPackage(
+        schema_version=SCHEMA_VERSION,
+        kind=kind,
+        run_id=run_id,
+        blocks=[blocks[m] for m in sorted(blocks)],
+        recipe_json=json.dumps(recipe, sort_keys=True),
+        tensors=state_to_proto({prefix + k: v for k, v in state.items()}),
+    )
+    package.content_hash = content_hash(package)
+    return package
+
+
+def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
+    """Rebuild a merged or fused model from its package (blocks checked as for a merge)."""
+    where = f"{package.kind or 'model'} package of run {package.run_id!r}"
+    if package.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise PackageError(f"{where}: schema version {package.schema_version} is not supported")
+    if package.content_hash != content_hash(package):
+        raise PackageError(f"{where}: content hash does not match the content (tampered or corrupted)")
+    blocks = {p.modality: check_block_package(p) for p in package.blocks}
+    if not blocks:
+        raise PackageError(f"{where}: holds no block")
+    try:
+        recipe = json.loads(package.recipe_json)
+    except json.JSONDecodeError as error:
+        raise PackageError(f"{where}: recipe_json is not valid JSON ({error})") from error
+    state = state_from_proto(package.tensors, where)
+    if package.kind == "merged":
+        model: LegoMerge | LegoFuse = LegoMerge(blocks, recipe["latent_merge"], recipe["head_merge"], recipe["weights"])
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+    elif package.kind == "fused":
+        model = LegoFuse(blocks, recipe["mode"], order=recipe["order"], freeze_encoders=recipe["freeze_encoders"])
+        model.load_state_dict(state)
+    else:
+        raise PackageError(f"{where}: unknown model kind {package.kind!r}")
+    return model.eval()

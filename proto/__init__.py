@@ -1,0 +1,1 @@
+"""Generated protobuf code for the fedlego package format (see fedlego.proto)."""

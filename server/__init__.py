@@ -1,0 +1,1 @@
+"""fedlego coordinator: the Flower ServerApp orchestrating the phases (no science here)."""

@@ -1,0 +1,184 @@
+"""Block and model packages: round trips and every refusal of a bad package."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedlego.common.lego import LatentContract, LegoFuse, LegoMerge
+from fedlego.common.packaging import (
+    PackageError,
+    block_to_package,
+    check_block_package,
+    content_hash,
+    fused_to_package,
+    merged_to_package,
+    model_from_package,
+    parse_block_package,
+    parse_model_package,
+    serialize,
+)
+from fedlego.common.tasks import SurvivalTask
+from fedlego.common.workflow import ModelConfig, build_block
+
+TASK = SurvivalTask((1.0, 2.0))
+CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)
+EXAMPLES = {
+    "omics": ("tabular", {"x": torch.randn(4, 12)}),
+    "labs": ("timeseries", {"values": torch.randn(4, 3, 5), "observed": torch.ones(4, 3, 5),
+                            "times": torch.rand(4, 3), "mask": torch.ones(4, 3)}),
+    "slides": ("bags", {"x": torch.randn(4, 6, 7), "mask": torch.ones(4, 6)}),
+    "scan": ("image", {"x": torch.randn(4, 1, 16, 16)}),
+}
+
+
+def trained_like_blocks():
+    blocks = {}
+    for modality, (kind, example) in EXAMPLES.items():
+        block = build_block(modality, kind, example, TASK, CONFIG)
+        with torch.no_grad():
+            for p in block.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        block.n_samples = 10
+        block.validation_score = 0.7
+        block.preprocessing = {"kind": kind, "options": {}, "fit": {"mean": [0.5]}}
+        blocks[modality] = block.eval()
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    return trained_like_blocks()
+
+
+@pytest.fixture(scope="module")
+def packages(blocks):
+    return {m: block_to_package(b, TASK, site=f"site-{m}", run_id="run-1") for m, b in blocks.items()}
+
+
+def reparsed(package):
+    return parse_block_package(serialize(package))
+
+
+def test_block_round_trip_through_bytes_gives_the_same_predictions(blocks, packages):
+    for modality, block in blocks.items():
+        rebuilt = check_block_package(reparsed(packages[modality]), block.contract, TASK).eval()
+        x = EXAMPLES[modality][1]
+        torch.testing.assert_close(rebuilt(x), block(x))
+        assert rebuilt.n_samples == 10 and rebuilt.validation_score == pytest.approx(0.7)
+        assert rebuilt.preprocessing == block.preprocessing
+
+
+def test_manifest_carries_no_patient_data(packages):
+    package = packages["omics"]
+    assert set(json.loads(package.architecture_json)) == {"encoder", "steps", "heads", "head_dim", "frequency",
+                                                         "dropout"}
+    assert package.site == "site-omics" and package.run_id == "run-1" and len(package.content_hash) == 32
+
+
+def test_serialisation_is_deterministic(packages):
+    assert serialize(packages["labs"]) == serialize(reparsed(packages["labs"]))
+
+
+def tampered(packages, mutate, rehash=True):
+    package = reparsed(packages["omics"])
+    mutate(package)
+    if rehash:
+        package.content_hash = content_hash(package)
+    return package
+
+
+def test_tampered_content_is_refused(packages):
+    def flip(package):
+        data = bytearray(package.tensors[0].data)
+        data[0] ^= 0xFF
+        package.tensors[0].data = bytes(data)
+
+    with pytest.raises(PackageError, match="content hash does not match"):
+        check_block_package(tampered(packages, flip, rehash=False))
+
+
+def test_unknown_schema_version_is_refused(packages):
+    with pytest.raises(PackageError, match="schema version 99 is not supported"):
+        check_block_package(tampered(packages, lambda p: setattr(p, "schema_version", 99)))
+
+
+def test_contract_mismatch_names_the_field(packages):
+    with pytest.raises(PackageError, match="channels: expected 4, got 8"):
+        check_block_package(reparsed(packages["omics"]), LatentContract(4, 16, 3, "survival", 0))
+
+
+def test_task_mismatch_is_refused(packages):
+    with pytest.raises(PackageError, match="task"):
+        check_block_package(reparsed(packages["omics"]), task=SurvivalTask((5.0,)))
+
+
+def test_wrong_shape_is_refused(packages):
+    def reshape(package):
+        package.tensors[0].shape[:] = [1, int(np.prod(package.tensors[0].shape))]
+
+    with pytest.raises(PackageError, match="the architecture needs"):
+        check_block_package(tampered(packages, reshape))
+
+
+def test_truncated_tensor_data_is_refused(packages):
+    def truncate(package):
+        package.tensors[0].data = package.tensors[0].data[:-4]
+
+    with pytest.raises(PackageError, match="declares shape"):
+        check_block_package(tampered(packages, truncate))
+
+
+def test_unsupported_dtype_is_refused(packages):
+    with pytest.raises(PackageError, match="unsupported dtype"):
+        check_block_package(tampered(packages, lambda p: setattr(p.tensors[0], "dtype", "object")))
+
+
+def test_non_finite_values_are_refused(packages):
+    def poison(package):
+        array = np.frombuffer(package.tensors[-1].data, dtype="<f4").copy()
+        array[0] = np.nan
+        package.tensors[-1].data = array.tobytes()
+
+    with pytest.raises(PackageError, match="non-finite"):
+        check_block_package(tampered(packages, poison))
+
+
+def test_oversized_package_is_refused(packages):
+    with pytest.raises(PackageError, match="over the limit"):
+        check_block_package(reparsed(packages["omics"]), max_bytes=1000)
+
+
+def test_unknown_encoder_is_refused_not_imported(packages):
+    def rename(package):
+        architecture = json.loads(package.architecture_json)
+        architecture["encoder"]["name"] = "os:system"
+        package.architecture_json = json.dumps(architecture)
+
+    with pytest.raises(PackageError, match="unknown encoder 'os:system'"):
+        check_block_package(tampered(packages, rename))
+
+
+def test_garbage_bytes_are_a_clear_error():
+    with pytest.raises(PackageError, match="not a fedlego block package"):
+        parse_block_package(b"\xff\xff\xff\xff not protobuf", "upload from site-x")
+
+
+def test_merged_and_fused_packages_round_trip(blocks, packages):
+    x = {m: example for m, (_, example) in EXAMPLES.items()}
+    merged = LegoMerge(blocks, weighting="samples").eval()
+    package = parse_model_package(serialize(merged_to_package(merged, packages, "run-1")))
+    torch.testing.assert_close(model_from_package(package)(x), merged(x))
+    fused = LegoFuse(blocks, "weave").eval()
+    with torch.no_grad():
+        fused.head.linear.bias.add_(1.0)
+    package = parse_model_package(serialize(fused_to_package(fused, packages, "run-1")))
+    torch.testing.assert_close(model_from_package(package)(x), fused(x))
+
+
+def test_tampered_model_package_is_refused(blocks, packages):
+    package = merged_to_package(LegoMerge(blocks), packages, "run-1")
+    package.recipe_json = package.recipe_json.replace("slerp", "linear")
+    with pytest.raises(PackageError, match="content hash"):
+        model_from_package(package)
