@@ -60,21 +60,39 @@ def run_fold(
     for modality in config.modalities:
         start = time.perf_counter()
         blocks[modality], report = train_block(
-            modality, dataset.modalities[modality].kind, train, validation, task,
-            config.model, config.training, preprocessors[modality].to_dict(), progress,
+            modality,
+            dataset.modalities[modality].kind,
+            train,
+            validation,
+            task,
+            config.model,
+            config.training,
+            preprocessors[modality].to_dict(),
+            progress,
         )
-        reports[modality] = {"best_epoch": report.best_epoch, "seconds": time.perf_counter() - start,
-                             "n_train": blocks[modality].n_samples}
-        log(f"  fold {split.fold}: block {modality} trained on {blocks[modality].n_samples} patients "
+        reports[modality] = {
+            "best_epoch": report.best_epoch,
+            "seconds": time.perf_counter() - start,
+            "n_train": blocks[modality].n_samples,
+        }
+        log(
+            f"  fold {split.fold}: block {modality} trained on {blocks[modality].n_samples} patients "
             f"(best epoch {report.best_epoch}, validation {task.metric_name} "
-            f"{blocks[modality].validation_score:.3f})")
+            f"{blocks[modality].validation_score:.3f})"
+        )
     merged = LegoMerge(blocks, config.latent_merge, config.head_merge, config.weighting)
     paired = set(dataset.complete_case_ids(config.modalities))
     paired_train = train.subset([i for i, pid in enumerate(train.ids) if pid in paired])
     paired_validation = validation.subset([i for i, pid in enumerate(validation.ids) if pid in paired])
     fused, fuse_report = fuse_blocks(
-        blocks, paired_train, paired_validation if len(paired_validation) else None, task, config.fuse,
-        config.head_merge, config.weighting, progress,
+        blocks,
+        paired_train,
+        paired_validation if len(paired_validation) else None,
+        task,
+        config.fuse,
+        config.head_merge,
+        config.weighting,
+        progress,
     )
     results = evaluate_all(blocks, merged, fused, test, task)
     validation_results = evaluate_all(blocks, merged, fused, paired_validation, task) if len(paired_validation) else {}
@@ -115,6 +133,7 @@ def uplift(summary: dict[str, dict[str, float]], model: str = "merge") -> float:
 
 def format_table(summary: dict[str, dict[str, float]], metric_name: str, title: str) -> str:
     """The poster-shaped table: blocks, ensemble, merge, uplift, fuse."""
+
     def cell(name: str) -> str:
         v = summary[name]
         std = "n/a" if math.isnan(v["std"]) else f"{v['std']:.3f}"
@@ -149,24 +168,34 @@ def run_centralized(
     start = time.perf_counter()
     folds = []
     for split in splits:
-        log(f"fold {split.fold + 1}/{len(splits)}: {len(split.train)} train, "
-            f"{len(split.validation)} validation, {len(split.test)} test patients")
+        log(
+            f"fold {split.fold + 1}/{len(splits)}: {len(split.train)} train, "
+            f"{len(split.validation)} validation, {len(split.test)} test patients"
+        )
         folds.append(run_fold(dataset, config, split, log, progress))
     summary = summarise(folds)
     metric_name = "c-index" if dataset.labels.task == "survival" else "AUC"
     document = {
         "kind": "centralized",
         "config": asdict(config),
-        "dataset": {"name": dataset.name, "task": dataset.labels.task, "n_patients": len(dataset.patient_ids()),
-                    "n_complete": len(dataset.complete_case_ids(config.modalities))},
+        "dataset": {
+            "name": dataset.name,
+            "task": dataset.labels.task,
+            "n_patients": len(dataset.patient_ids()),
+            "n_complete": len(dataset.complete_case_ids(config.modalities)),
+        },
         "metric": metric_name,
         "folds": folds,
         "summary": summary,
         "uplift_merge_vs_best_block_percent": uplift(summary, "merge"),
         "uplift_fuse_vs_best_block_percent": uplift(summary, "fuse"),
         "wall_seconds": time.perf_counter() - start,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "machine": platform.machine(), "threads": torch.get_num_threads()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,7 @@ def register_encoder(name: str, factory: type[nn.Module]) -> None:
     ENCODER_FACTORIES[name] = factory
 
 
-def reference_encoder_spec(
-    kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1
-) -> dict:
+def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1) -> dict:
     """Spec of the reference encoder for ``kind``, sized from an example batch of its tensors.
 
     A spec is ``{"name", "kwargs", "example"}``: the factory name, its keyword arguments and the
@@ -149,7 +147,10 @@ def reference_encoder_spec(
     if kind == "tabular":
         name, kwargs = "snn", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
     elif kind == "bags":
-        name, kwargs = "gated-attention-mil", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
+        name, kwargs = (
+            "gated-attention-mil",
+            {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout},
+        )
     elif kind == "timeseries":
         n_variables = tensors["values"].shape[-1]
         name, kwargs = "irregular-time-series", {"n_variables": n_variables, "width": width, "dropout": dropout}
@@ -157,8 +158,11 @@ def reference_encoder_spec(
         name, kwargs = "small-cnn", {"in_channels": tensors["x"].shape[1], "width": min(width, 32)}
     else:
         raise ValueError(f"no reference encoder for modality kind {kind!r}")
-    return {"name": name, "kwargs": {k: int(v) if isinstance(v, int) else v for k, v in kwargs.items()},
-            "example": example}
+    return {
+        "name": name,
+        "kwargs": {k: int(v) if isinstance(v, int) else v for k, v in kwargs.items()},
+        "example": example,
+    }
 
 
 def build_encoder(spec: dict) -> nn.Module:

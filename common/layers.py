@@ -66,9 +66,7 @@ class FeedForward(nn.Module):
 class LatentUpdate(nn.Module):
     """One update step of a latent array: residual cross-attention then residual feed-forward."""
 
-    def __init__(
-        self, latent_dim: int, token_width: int, heads: int, head_dim: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, latent_dim: int, token_width: int, heads: int, head_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.attend = CrossAttention(latent_dim, token_width, heads, head_dim)
         self.feed_forward = FeedForward(latent_dim, dropout=dropout)

@@ -102,8 +102,13 @@ class LegoBlock(nn.Module):
         self.token_width = self._infer_width(example_input)
         self.encoder_spec = encoder_spec
         """How to rebuild the encoder from ``encoders.ENCODER_FACTORIES`` (None: not packable)."""
-        self.hyperparameters = {"steps": steps, "heads": heads, "head_dim": head_dim,
-                                "frequency": frequency, "dropout": dropout}
+        self.hyperparameters = {
+            "steps": steps,
+            "heads": heads,
+            "head_dim": head_dim,
+            "frequency": frequency,
+            "dropout": dropout,
+        }
         self.updates = nn.ModuleList(
             LatentUpdate(contract.dim, self.token_width, heads, head_dim, dropout) for _ in range(steps)
         )
@@ -353,8 +358,10 @@ class LegoFuse(nn.Module):
                     state = to_spatial(latent)
             return latent
         schedule = [
-            (step, m) for step in range(max(len(self.blocks[m].updates) for m in present))
-            for m in present if step < len(self.blocks[m].updates)
+            (step, m)
+            for step in range(max(len(self.blocks[m].updates) for m in present))
+            for m in present
+            if step < len(self.blocks[m].updates)
         ]
         for position, (step, m) in enumerate(schedule):
             state = self.blocks[m].apply_update(step, state, *tokens[m], final=position == len(schedule) - 1)

@@ -34,8 +34,12 @@ class PackageError(ValueError):
 
 def _tensor_to_proto(name: str, value: torch.Tensor) -> pb.Tensor:
     array = value.detach().cpu().contiguous().numpy()
-    return pb.Tensor(name=name, dtype=str(array.dtype), shape=list(array.shape),
-                     data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return pb.Tensor(
+        name=name,
+        dtype=str(array.dtype),
+        shape=list(array.shape),
+        data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(),
+    )
 
 
 def _tensor_from_proto(tensor: pb.Tensor, where: str) -> torch.Tensor:
@@ -152,12 +156,15 @@ def block_from_package(package: pb.BlockPackage) -> LegoBlock:
     expected = block.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise PackageError(f"{where}: tensors do not match the architecture (missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+        raise PackageError(
+            f"{where}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     for name, value in state.items():
         if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
-            raise PackageError(f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
-                               f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}")
+            raise PackageError(
+                f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
+                f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}"
+            )
     block.load_state_dict(state)
     block.n_samples = int(package.n_samples)
     block.validation_score = package.metrics.get("validation_score")
@@ -185,8 +192,10 @@ def check_block_package(
     finite values. Raises ``PackageError`` with the first reason found."""
     where = _where(package)
     if package.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise PackageError(f"{where}: schema version {package.schema_version} is not supported "
-                           f"(this coordinator reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})")
+        raise PackageError(
+            f"{where}: schema version {package.schema_version} is not supported "
+            f"(this coordinator reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+        )
     size = package.ByteSize()
     if size > max_bytes:
         raise PackageError(f"{where}: package is {size} bytes, over the limit of {max_bytes}")

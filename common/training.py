@@ -151,9 +151,11 @@ def fit(
     forward: Forward | None = None,
     description: str = "training",
     progress: bool = False,
+    regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> TrainReport:
     """Adam on the trainable parameters; with validation data, keep the epoch of lowest
-    validation loss and stop after ``patience`` epochs without improvement."""
+    validation loss and stop after ``patience`` epochs without improvement. ``regulariser`` adds
+    a penalty to every batch loss (e.g. FedProx's proximal term)."""
     forward = forward or model
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
@@ -175,6 +177,8 @@ def fit(
                 continue  # a single-row batch gives no usable survival ranking signal
             optimiser.zero_grad()
             loss = task.loss(forward(inputs), targets)
+            if regulariser is not None:
+                loss = loss + regulariser()
             loss.backward()
             optimiser.step()
             losses.append(loss.item())

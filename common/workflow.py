@@ -98,8 +98,14 @@ def train_block(
     example = {k: v[:2] for k, v in train_m.inputs[modality].items()}
     block = build_block(modality, kind, example, task, model_config)
     report = fit(
-        block, train_m, validation_m if len(validation_m) else None, task, train_config,
-        forward=unimodal_forward(block), description=f"block {modality}", progress=progress,
+        block,
+        train_m,
+        validation_m if len(validation_m) else None,
+        task,
+        train_config,
+        forward=unimodal_forward(block),
+        description=f"block {modality}",
+        progress=progress,
     )
     block.n_samples = len(train_m)
     block.preprocessing = preprocessing

@@ -84,11 +84,98 @@ def _centralized(args: argparse.Namespace) -> int:
     )
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)
     document = run_centralized(dataset, config, args.out, progress=args.progress)
-    title = (f"{dataset.name} ({document['dataset']['task']}), {args.folds} patient-level folds, "
-             f"test on patients with all of {modalities}")
+    title = (
+        f"{dataset.name} ({document['dataset']['task']}), {args.folds} patient-level folds, "
+        f"test on patients with all of {modalities}"
+    )
     print(format_table(document["summary"], document["metric"], title))
     print(f"wall time {document['wall_seconds']:.1f} s; results in {args.out / 'results.json'}")
     return 0
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="run the federation on Flower's simulation engine with sites built from a scenario",
+        description="Simulated federation: describe, block (+ FedAvg per shared modality), merge, evaluate, "
+        "federated LegoFuse rounds, evaluate. One simulated site per scenario site. Writes OUT/results.json "
+        "and OUT/packages/.",
+    )
+    p.add_argument("--scenario", choices=sorted(PRESETS), default="tcga-acc", help="dataset the sites come from")
+    p.add_argument("--modalities", help="comma-separated modalities (default: the dataset's preset)")
+    p.add_argument("--task", choices=["survival", "binary"], default="survival", help="PBC only: outcome")
+    p.add_argument("--layout", default="modality-sites", help="modality-sites (default) or pooled")
+    p.add_argument("--sites-per-modality", type=int, default=1)
+    p.add_argument("--paired-sites", type=int, default=1)
+    p.add_argument("--paired-fraction", type=float, default=0.3)
+    p.add_argument("--overlap", type=float, default=0.0)
+    p.add_argument("--block-rounds", type=int, default=2, help="FedAvg rounds per modality held by several sites")
+    p.add_argument("--fuse-rounds", type=int, default=2)
+    p.add_argument("--fuse-aggregation", choices=["fedavg", "fedprox"], default="fedavg")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="which patient-level fold (same as centralized)")
+    p.add_argument("--gpu-fraction", type=float, default=0.0, help="GPU share per simulated site (CUDA machines)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run-config key (see fedlego/flwr_app/pyproject.toml), repeatable",
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_simulate)
+
+
+def _parse_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fedlego.common.coordinator import format_federation_table
+    from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
+    from fedlego.simulation import run_simulation
+
+    overrides = {
+        "dataset": args.scenario,
+        "task": args.task,
+        "layout": args.layout,
+        "sites-per-modality": args.sites_per_modality,
+        "paired-sites": args.paired_sites,
+        "paired-fraction": args.paired_fraction,
+        "overlap": args.overlap,
+        "block-rounds": args.block_rounds,
+        "fuse-rounds": args.fuse_rounds,
+        "fuse-aggregation": args.fuse_aggregation,
+        "seed": args.seed,
+        "fold": args.fold,
+    }
+    if args.modalities:
+        overrides["modalities"] = args.modalities
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    settings = FederationSettings.from_run_config(overrides)
+    if settings.extra:
+        raise ValueError(f"unknown run-config keys {sorted(settings.extra)}")
+    scenario = simulated_scenario(settings, scenario_dataset(settings))
+    print(
+        f"fedlego simulate: {args.scenario}, {len(scenario.sites)} sites "
+        f"({', '.join(s.name + ':' + '+'.join(s.modalities) for s in scenario.sites)})",
+        flush=True,
+    )
+    results = run_simulation(overrides, len(scenario.sites), args.out, gpu_fraction=args.gpu_fraction)
+    print(format_federation_table(results))
+    phases = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in results["phases"].items())
+    print(f"status {results['status']}; wall time {results['wall_seconds']:.1f} s ({phases})")
+    print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
+    return 0 if results["status"] == "completed" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlego", description="Federated multimodal model merging (MM-Lego).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
+    _add_simulate(subparsers)
     return parser
 
 
@@ -104,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         print(f"fedlego: error: {error}", file=sys.stderr)
         return 2
 

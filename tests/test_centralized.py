@@ -95,10 +95,23 @@ def test_unknown_modality_is_a_clear_error(dataset):
 
 
 def test_cli_runs_and_writes_results(tmp_path, capsys):
-    code = main([
-        "centralized", "--dataset", "synthetic", "--synthetic-patients", "120", "--synthetic-modalities", "2",
-        "--folds", "1", "--epochs", "3", "--out", str(tmp_path),
-    ])
+    code = main(
+        [
+            "centralized",
+            "--dataset",
+            "synthetic",
+            "--synthetic-patients",
+            "120",
+            "--synthetic-modalities",
+            "2",
+            "--folds",
+            "1",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "LegoMerge" in printed and "wall time" in printed
@@ -129,8 +142,14 @@ def test_blocks_carry_their_fitted_preprocessing(dataset):
     validation = make_tensor_set(dataset, fitted, split.validation)
     config = small_config()
     block, _ = train_block(
-        "omics", "tabular", train, validation, task_for(dataset.labels, split.train),
-        config.model, TrainConfig(epochs=1), fitted["omics"].to_dict(),
+        "omics",
+        "tabular",
+        train,
+        validation,
+        task_for(dataset.labels, split.train),
+        config.model,
+        TrainConfig(epochs=1),
+        fitted["omics"].to_dict(),
     )
     state = json_module.loads(json_module.dumps(block.describe()["preprocessing"]))
     rebuilt = preprocessor_from_dict(state)

@@ -53,8 +53,12 @@ def test_cnn_and_snn_shapes_and_factory():
     examples = {
         "tabular": {"x": torch.randn(2, 7)},
         "bags": {"x": torch.randn(2, 3, 5), "mask": torch.ones(2, 3)},
-        "timeseries": {"values": torch.randn(2, 4, 3), "observed": torch.ones(2, 4, 3),
-                       "times": torch.zeros(2, 4), "mask": torch.ones(2, 4)},
+        "timeseries": {
+            "values": torch.randn(2, 4, 3),
+            "observed": torch.ones(2, 4, 3),
+            "times": torch.zeros(2, 4),
+            "mask": torch.ones(2, 4),
+        },
         "image": {"x": torch.randn(2, 1, 16, 16)},
     }
     for kind, example in examples.items():

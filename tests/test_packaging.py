@@ -26,8 +26,15 @@ TASK = SurvivalTask((1.0, 2.0))
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)
 EXAMPLES = {
     "omics": ("tabular", {"x": torch.randn(4, 12)}),
-    "labs": ("timeseries", {"values": torch.randn(4, 3, 5), "observed": torch.ones(4, 3, 5),
-                            "times": torch.rand(4, 3), "mask": torch.ones(4, 3)}),
+    "labs": (
+        "timeseries",
+        {
+            "values": torch.randn(4, 3, 5),
+            "observed": torch.ones(4, 3, 5),
+            "times": torch.rand(4, 3),
+            "mask": torch.ones(4, 3),
+        },
+    ),
     "slides": ("bags", {"x": torch.randn(4, 6, 7), "mask": torch.ones(4, 6)}),
     "scan": ("image", {"x": torch.randn(4, 1, 16, 16)}),
 }
@@ -72,8 +79,14 @@ def test_block_round_trip_through_bytes_gives_the_same_predictions(blocks, packa
 
 def test_manifest_carries_no_patient_data(packages):
     package = packages["omics"]
-    assert set(json.loads(package.architecture_json)) == {"encoder", "steps", "heads", "head_dim", "frequency",
-                                                         "dropout"}
+    assert set(json.loads(package.architecture_json)) == {
+        "encoder",
+        "steps",
+        "heads",
+        "head_dim",
+        "frequency",
+        "dropout",
+    }
     assert package.site == "site-omics" and package.run_id == "run-1" and len(package.content_hash) == 32
 
 

@@ -20,9 +20,7 @@ def test_deterministic_for_seed():
     a, b = make_synthetic(80, seed=3), make_synthetic(80, seed=3)
     pd.testing.assert_frame_equal(a.labels.table, b.labels.table)
     pd.testing.assert_frame_equal(a.modalities["tabular_0"].table, b.modalities["tabular_0"].table)
-    pd.testing.assert_frame_equal(
-        a.modalities["timeseries_1"].table, b.modalities["timeseries_1"].table
-    )
+    pd.testing.assert_frame_equal(a.modalities["timeseries_1"].table, b.modalities["timeseries_1"].table)
     for name in ("image_2", "bags_3"):
         assert a.modalities[name].arrays.keys() == b.modalities[name].arrays.keys()
         for pid, array in a.modalities[name].arrays.items():

@@ -245,9 +245,7 @@ def _pbc_description(task: str, landmark: float, horizon: float) -> str:
     )
 
 
-def load_pbc(
-    task: str = "survival", landmark_days: float = 365.0, horizon_days: float = 730.0
-) -> MultimodalDataset:
+def load_pbc(task: str = "survival", landmark_days: float = 365.0, horizon_days: float = 730.0) -> MultimodalDataset:
     """Mayo PBC trial as a landmark problem with ``baseline`` (tabular) and ``labs`` (timeseries).
 
     Cohort: the 312 trial patients still followed at ``landmark_days``. Outcome from ``pbc.csv``
@@ -270,9 +268,7 @@ def load_pbc(
         "pbc",
         labels,
         {
-            "baseline": ModalityData(
-                "baseline", "tabular", _source("pbc/pbc.csv.gz"), table=baseline
-            ),
+            "baseline": ModalityData("baseline", "tabular", _source("pbc/pbc.csv.gz"), table=baseline),
             "labs": ModalityData("labs", "timeseries", _source("pbc/pbcseq.csv.gz"), table=labs),
         },
         description=description,

@@ -30,14 +30,10 @@ class FoldSplit:
     test: list[str]
 
 
-def _split(
-    ids: list[str], strata: list[int] | None, test_size: float, seed: int
-) -> tuple[list[str], list[str]]:
+def _split(ids: list[str], strata: list[int] | None, test_size: float, seed: int) -> tuple[list[str], list[str]]:
     """Stratified split when every stratum can be split, unstratified otherwise."""
     try:
-        first, second = train_test_split(
-            ids, test_size=test_size, random_state=seed, stratify=strata
-        )
+        first, second = train_test_split(ids, test_size=test_size, random_state=seed, stratify=strata)
     except ValueError:
         first, second = train_test_split(ids, test_size=test_size, random_state=seed)
     return sorted(first), sorted(second)
@@ -114,9 +110,7 @@ class Scenario:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_knobs(
-    layout: str, paired_fraction: float, overlap: float, missing_rate: float, imbalance: float
-) -> None:
+def _check_knobs(layout: str, paired_fraction: float, overlap: float, missing_rate: float, imbalance: float) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {list(LAYOUTS)}")
     for name, value in (
@@ -225,13 +219,9 @@ def build_scenario(
     rng = np.random.default_rng(seed)
     permuted = [ids[i] for i in rng.permutation(len(ids))]
     n_paired = round(paired_fraction * len(ids)) if paired_sites > 0 else 0
-    sites = _unimodal_sites(
-        dataset, sorted(permuted[n_paired:]), sites_per_modality, overlap, imbalance, rng
-    )
+    sites = _unimodal_sites(dataset, sorted(permuted[n_paired:]), sites_per_modality, overlap, imbalance, rng)
     if n_paired:
-        sites += _paired_sites(
-            dataset, sorted(permuted[:n_paired]), paired_sites, missing_rate, rng
-        )
+        sites += _paired_sites(dataset, sorted(permuted[:n_paired]), paired_sites, missing_rate, rng)
     settings = {
         "layout": layout,
         "paired_sites": paired_sites,
@@ -257,9 +247,7 @@ def site_dataset(dataset: MultimodalDataset, site: SiteSpec) -> MultimodalDatase
     return local
 
 
-def site_split(
-    site: SiteSpec, dataset: MultimodalDataset, split: FoldSplit
-) -> dict[str, list[str]]:
+def site_split(site: SiteSpec, dataset: MultimodalDataset, split: FoldSplit) -> dict[str, list[str]]:
     """The site's patients (holding at least one of its modalities) in each role of ``split``."""
     present = set(site_dataset(dataset, site).patient_ids())
     return {
@@ -269,9 +257,7 @@ def site_split(
     }
 
 
-def describe_scenario(
-    scenario: Scenario, dataset: MultimodalDataset | None = None
-) -> list[dict[str, Any]]:
+def describe_scenario(scenario: Scenario, dataset: MultimodalDataset | None = None) -> list[dict[str, Any]]:
     """Per-site summary without ids: modalities and patient counts.
 
     With ``dataset``, also the number of the site's patients that actually hold each modality.

@@ -85,9 +85,7 @@ def _unit(rng: np.random.Generator, size: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def _tabular(
-    spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator
-) -> ModalityData:
+def _tabular(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator) -> ModalityData:
     a = rng.normal(size=(spec.n_features, LATENT_DIM))
     b = rng.normal(size=(spec.n_features, LATENT_DIM))
     values = z @ a.T + 0.5 * np.tanh(z @ b.T) + rng.normal(scale=0.5, size=(len(ids), a.shape[0]))
@@ -96,9 +94,7 @@ def _tabular(
     return ModalityData(spec.name, "tabular", SOURCE, table=table)
 
 
-def _timeseries(
-    spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator
-) -> ModalityData:
+def _timeseries(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator) -> ModalityData:
     n_vars = spec.n_features
     level_w = rng.normal(size=(n_vars, LATENT_DIM))
     slope_w = rng.normal(size=(n_vars, LATENT_DIM))
@@ -121,9 +117,7 @@ def _timeseries(
     return ModalityData(spec.name, "timeseries", SOURCE, table=table)
 
 
-def _images(
-    spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator
-) -> ModalityData:
+def _images(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator) -> ModalityData:
     grid = np.arange(IMAGE_SIZE, dtype=float)
     rows, cols = np.meshgrid(grid, grid, indexing="ij")
     arrays: dict[str, np.ndarray] = {}
@@ -138,9 +132,7 @@ def _images(
     return ModalityData(spec.name, "image", SOURCE, arrays=arrays)
 
 
-def _bags(
-    spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator
-) -> ModalityData:
+def _bags(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.random.Generator) -> ModalityData:
     shift_w = 1.5 * rng.normal(size=(spec.n_features, LATENT_DIM)) / np.sqrt(LATENT_DIM)
     arrays: dict[str, np.ndarray] = {}
     for i, pid in enumerate(ids):
@@ -247,9 +239,7 @@ def make_synthetic(
         data[spec.name] = _GENERATORS[spec.kind](spec, z[keep], [ids[i] for i in keep], rng)
     scores = scores if task == "multiclass" else scores[:, 0]
     table, oracle = _outcome(task, scores, ids, np.random.default_rng(outcome_seq))
-    summary = ", ".join(
-        f"{s.name} ({s.kind}, signal {s.signal:g}, missing {s.missing_rate:g})" for s in specs
-    )
+    summary = ", ".join(f"{s.name} ({s.kind}, signal {s.signal:g}, missing {s.missing_rate:g})" for s in specs)
     return MultimodalDataset(
         name="synthetic",
         labels=Labels(task, table, SOURCE),  # type: ignore[arg-type]

@@ -1,0 +1,248 @@
+"""A hospital's *site folder*: the data a Flower SuperNode reads, with a ``site.json`` manifest.
+
+Layout (see ``docs/data-formats.md`` for the file formats)::
+
+    site.json      {"name": ..., "task": "survival" | "binary" | "multiclass",
+                    "labels": "labels.csv",
+                    "modalities": {"<name>": {"kind": "tabular" | "timeseries" | "image" | "bags",
+                                              "path": "<file or folder, relative to the site folder>"}}}
+    labels.csv     id + time,event (survival) or id + label
+    <name>.csv     tabular (wide, id first) or timeseries (long: id,time,variable,value)
+    <name>.npz     image (arrays ids, images uint8) or bags (one array per patient id)
+    split.csv      optional: id,role with role in train/validation/test
+
+Without ``split.csv`` every patient gets a role from :func:`hash_roles`. Hand-written folders may
+point ``path`` at any file or folder the readers in ``formats.py`` accept (Parquet, image folders).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
+from .errors import SiteDataError
+from .formats import LABEL_COLUMNS, _read_table, _require_columns, read_labels, read_modality, validate_dataset
+from .scenarios import FoldSplit, SiteSpec, site_dataset, site_split
+
+MANIFEST = "site.json"
+LABELS_FILE = "labels.csv"
+SPLIT_FILE = "split.csv"
+ROLES: tuple[str, ...] = ("train", "validation", "test")
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
+DEFAULT_ROLE_SALT = "fedlego-roles-v1"
+"""Federation-wide salt of :func:`hash_roles`; every site of one federation must use the same one."""
+SUFFIXES = {"tabular": ".csv", "timeseries": ".csv", "image": ".npz", "bags": ".npz"}
+RESERVED_NAMES = frozenset({"labels", "split"})
+"""Modality names whose files would clash with ``labels.csv`` / ``split.csv``."""
+
+
+@dataclass
+class SiteData:
+    """A site folder as read: its name, its data and the patient ids in each role."""
+
+    name: str
+    dataset: MultimodalDataset
+    roles: dict[str, list[str]]
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def _unit_interval(salt: str, patient: str) -> float:
+    """SHA-256 of ``salt:patient`` mapped to [0, 1) (first 8 bytes / 2**64)."""
+    digest = hashlib.sha256(f"{salt}:{patient}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_roles(
+    ids: list[str], salt: str, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> dict[str, list[str]]:
+    """Deterministic patient-level train/validation/test roles, with no coordination between sites.
+
+    A patient's role depends only on ``salt`` and its own id: SHA-256 of ``f"{salt}:{id}"`` is
+    mapped to ``u`` in [0, 1), and ``u < fractions[0]`` is train, ``u < fractions[0] + fractions[1]``
+    validation, otherwise test. Hence the same patient gets the same role at every hospital that
+    holds any of its data (no test patient is trained on anywhere), whatever other ids a site has
+    and in whatever order, and without exchanging patient ids. Fractions hold in expectation only
+    (no stratification). Use the same ``salt`` across a federation; another salt gives another
+    split. Each role's ids are sorted.
+    """
+    if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    cuts = np.cumsum(fractions[:2])
+    roles: dict[str, list[str]] = {role: [] for role in ROLES}
+    for patient in sorted(set(map(str, ids))):
+        index = int(np.searchsorted(cuts, _unit_interval(salt, patient), side="right"))
+        roles[ROLES[index]].append(patient)
+    return roles
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_labels(labels: Labels, path: Path) -> None:
+    table = labels.table.loc[:, list(LABEL_COLUMNS[labels.task])]
+    table.to_csv(path, index_label="id")
+
+
+def _write_modality(data: ModalityData, path: Path) -> None:
+    """One modality in its documented format (``path`` has the suffix of ``SUFFIXES[kind]``)."""
+    if data.kind == "tabular":
+        assert data.table is not None
+        data.table.to_csv(path, index_label="id")
+    elif data.kind == "timeseries":
+        assert data.table is not None
+        data.table.loc[:, ["id", "time", "variable", "value"]].to_csv(path, index=False)
+    elif data.kind == "image":
+        assert data.arrays is not None
+        ids = sorted(data.arrays)
+        images = np.stack([data.arrays[i] for i in ids])
+        if images.dtype != np.uint8:
+            raise ValueError(f"images of modality '{data.name}' must be uint8, got {images.dtype}")
+        np.savez(path, ids=np.asarray(ids, dtype=str), images=images)
+    else:
+        assert data.arrays is not None
+        np.savez(path, **data.arrays)
+
+
+def _write_split(roles: dict[str, list[str]], path: Path) -> None:
+    rows = [(patient, role) for role in ROLES for patient in roles[role]]
+    pd.DataFrame(rows, columns=["id", "role"]).to_csv(path, index=False)
+
+
+def write_site_folder(dataset: MultimodalDataset, site: SiteSpec, split: FoldSplit | None, path: Path) -> Path:
+    """Write one site's data (withheld entries removed) as a site folder at ``path``; return ``path``.
+
+    Writes ``labels.csv``, one file per modality, ``site.json`` and, with ``split``, ``split.csv``
+    holding the site's patients in each role (``site_split``); without ``split`` a stale
+    ``split.csv`` is removed so that roles come from :func:`hash_roles`. A modality none of the
+    site's patients holds is left out (the readers reject empty files).
+    """
+    reserved = RESERVED_NAMES.intersection(site.modalities)
+    if reserved:
+        raise ValueError(f"modality names {sorted(reserved)} clash with the site folder's own files")
+    local = site_dataset(dataset, site)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _write_labels(local.labels, path / LABELS_FILE)
+    entries: dict[str, dict[str, str]] = {}
+    for name, data in local.modalities.items():
+        if not data.patient_ids():
+            continue
+        file = f"{name}{SUFFIXES[data.kind]}"
+        _write_modality(data, path / file)
+        entries[name] = {"kind": data.kind, "path": file}
+    manifest = {"name": site.name, "task": local.labels.task, "labels": LABELS_FILE, "modalities": entries}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if split is None:
+        (path / SPLIT_FILE).unlink(missing_ok=True)
+    else:
+        _write_split(site_split(site, dataset, split), path / SPLIT_FILE)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Manifest:
+    name: str
+    task: str
+    labels: str
+    modalities: dict[str, tuple[str, str]]
+    """Modality name -> (kind, path)."""
+
+
+def _text_field(raw: dict[str, Any], key: str, file: str, where: str = "") -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise SiteDataError(file, f"field '{where}{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _modality_entry(name: str, entry: Any, file: str) -> tuple[str, str]:
+    where = f"modalities.{name}."
+    if not isinstance(entry, dict):
+        raise SiteDataError(file, f"field 'modalities.{name}' must be an object with 'kind' and 'path'")
+    kind = _text_field(entry, "kind", file, where)
+    if kind not in MODALITY_KINDS:
+        raise SiteDataError(file, f"field '{where}kind': unknown kind {kind!r} (valid: {list(MODALITY_KINDS)})")
+    return kind, _text_field(entry, "path", file, where)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    file = str(path)
+    if not path.is_file():
+        raise SiteDataError(file, "file not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SiteDataError(file, f"not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SiteDataError(file, f"must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _read_manifest(path: Path) -> _Manifest:
+    """``site.json``, validated field by field."""
+    file = str(path)
+    raw = _load_json(path)
+    name = _text_field(raw, "name", file)
+    task = _text_field(raw, "task", file)
+    if task not in TASK_KINDS:
+        raise SiteDataError(file, f"field 'task': unknown task {task!r} (valid: {list(TASK_KINDS)})")
+    labels = _text_field(raw, "labels", file)
+    entries = raw.get("modalities")
+    if not isinstance(entries, dict) or not entries:
+        raise SiteDataError(file, f"field 'modalities' must be a non-empty object, got {entries!r}")
+    modalities = {str(n): _modality_entry(str(n), e, file) for n, e in entries.items()}
+    return _Manifest(name, task, labels, modalities)
+
+
+def _read_split(path: Path, dataset: MultimodalDataset) -> dict[str, list[str]]:
+    """Roles from ``split.csv``, in file order, restricted to patients the site can use."""
+    file = str(path)
+    table = _read_table(path, "id")
+    _require_columns(table, file, ("role",))
+    duplicates = sorted(table["id"][table["id"].duplicated()].unique())
+    if duplicates:
+        raise SiteDataError(file, "duplicate patient ids", "id", duplicates)
+    bad = ~table["role"].isin(ROLES)
+    if bad.any():
+        raise SiteDataError(file, f"role must be one of {list(ROLES)}", "role", table["id"][bad].tolist())
+    labelled = set(dataset.labels.patient_ids())
+    unknown = [i for i in table["id"] if i not in labelled]
+    if unknown:
+        raise SiteDataError(file, f"patient ids not in the labels file {dataset.labels.source}", "id", unknown)
+    usable = set(dataset.patient_ids())
+    return {role: [i for i in table["id"][table["role"] == role] if i in usable] for role in ROLES}
+
+
+def read_site_folder(
+    path: Path, salt: str = DEFAULT_ROLE_SALT, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> SiteData:
+    """Read and validate a site folder; raise :class:`SiteDataError` naming the file at fault.
+
+    Roles come from ``split.csv`` when present (patients of the labels file only; labelled
+    patients absent from it get no role, and those without any modality are dropped), otherwise
+    from ``hash_roles(dataset.patient_ids(), salt, fractions)``.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path / MANIFEST)
+    labels = read_labels(path / manifest.labels, manifest.task)
+    modalities = {name: read_modality(path / file, name, kind) for name, (kind, file) in manifest.modalities.items()}
+    dataset = MultimodalDataset(manifest.name, labels, modalities)
+    validate_dataset(dataset)
+    split_path = path / SPLIT_FILE
+    if split_path.exists():
+        roles = _read_split(split_path, dataset)
+    else:
+        roles = hash_roles(dataset.patient_ids(), salt, fractions)
+    return SiteData(manifest.name, dataset, roles)

@@ -1,0 +1,213 @@
+"""What one hospital does in a federation, without any transport: describe its data, train its
+blocks, run a FedAvg round on a block or on the fused model, evaluate models on its test patients.
+
+Only aggregate figures, weights and packages leave these methods; never patient data or ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.preprocess import preprocessor_from_dict
+from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.packaging import block_to_package
+from fedlego.common.tasks import Task
+from fedlego.common.training import TensorSet, TrainConfig, evaluate_loss, fit
+from fedlego.common.workflow import ModelConfig, evaluate, train_block, unimodal_forward
+from fedlego.proto.fedlego_pb2 import BlockPackage
+
+
+@dataclass
+class RoundResult:
+    """A site's answer to one federated round: new weights, its training patients and the
+    validation loss of the model it received (before local training)."""
+
+    state: dict[str, torch.Tensor]
+    n_train: int
+    validation_loss_before: float
+
+
+@dataclass
+class SiteRuntime:
+    """One site's data and its patient roles (train / validation / test ids)."""
+
+    name: str
+    dataset: MultimodalDataset
+    roles: dict[str, list[str]]
+
+    def modalities(self) -> list[str]:
+        """Modalities this site holds."""
+        return sorted(self.dataset.modalities)
+
+    def _ids(self, role: str, modality: str | None = None) -> list[str]:
+        ids = self.roles.get(role, [])
+        if modality is None:
+            return ids
+        holding = set(self.dataset.modalities[modality].patient_ids())
+        return [i for i in ids if i in holding]
+
+    def describe(self, n_bins: int = 4) -> dict[str, Any]:
+        """What the site holds, in counts only (plus, for survival, its training time quantiles
+        so that the coordinator can fix common time bins)."""
+        labels = self.dataset.labels
+        description: dict[str, Any] = {
+            "site": self.name,
+            "task": labels.task,
+            "n_classes": labels.n_classes,
+            "modalities": self.modalities(),
+            "kinds": [self.dataset.modalities[m].kind for m in self.modalities()],
+        }
+        for role in ("train", "validation", "test"):
+            description[f"n_{role}"] = [len(self._ids(role, m)) for m in self.modalities()]
+        train = self._ids("train")
+        if labels.task == "survival" and train:
+            table = labels.table.loc[train]
+            task = task_for(labels, train, n_bins)
+            description["n_train_events"] = int(table["event"].sum())
+            description["cut_points"] = list(task.cut_points)
+        return description
+
+    def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
+        """A role's patients transformed with the preprocessing stored in each block."""
+        preprocessors = {}
+        for modality, block in blocks.items():
+            if modality in self.dataset.modalities and block.preprocessing:
+                preprocessors[modality] = preprocessor_from_dict(block.preprocessing)
+        return make_tensor_set(self.dataset, preprocessors, self._ids(role))
+
+    def train_blocks(
+        self,
+        task: Task,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        run_id: str,
+        preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, BlockPackage]:
+        """One block per held modality, trained on the site's training patients holding it and
+        early-stopped on its validation patients; returned as packages."""
+        preprocessors = fit_preprocessors(self.dataset, self._ids("train"), preprocessing_options)
+        train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
+        validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
+        packages = {}
+        for modality in self.modalities():
+            block, report = train_block(
+                modality,
+                self.dataset.modalities[modality].kind,
+                train,
+                validation,
+                task,
+                model_config,
+                train_config,
+                preprocessors[modality].to_dict(),
+            )
+            metrics = {"best_epoch": float(report.best_epoch)}
+            if report.best_validation_loss is not None:
+                metrics["validation_loss"] = report.best_validation_loss
+            packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
+        return packages
+
+    def block_round(
+        self, block: LegoBlock, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0
+    ) -> RoundResult:
+        """One FedAvg/FedProx round on a block received from the coordinator: its validation
+        loss as received, then ``train_config.epochs`` local epochs (0: evaluate only) on this
+        site's training patients with the block's shared preprocessing."""
+        train = self.tensors_for({block.modality: block}, "train").restrict([block.modality])
+        validation = self.tensors_for({block.modality: block}, "validation").restrict([block.modality])
+        return self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
+
+    def fuse_round(
+        self, model: LegoFuse, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0
+    ) -> RoundResult:
+        """One round of federated LegoFuse on this site's paired training patients (holding at
+        least two of the model's modalities); the returned state holds the fusion parameters only."""
+        train = self._paired(self.tensors_for(model.blocks, "train"))
+        validation = self._paired(self.tensors_for(model.blocks, "validation"))
+        result = self._local_round(model, train, validation, task, train_config, proximal_mu, model)
+        trainable = set(model.fusion_state_dict())
+        result.state = {k: v for k, v in result.state.items() if k in trainable}
+        return result
+
+    @staticmethod
+    def _paired(data: TensorSet) -> TensorSet:
+        counts = torch.stack(list(data.present.values())).sum(dim=0) if data.present else torch.zeros(len(data))
+        return data.subset(torch.nonzero(counts >= 2).squeeze(1).numpy())
+
+    @staticmethod
+    def _local_round(
+        model: nn.Module,
+        train: TensorSet,
+        validation: TensorSet,
+        task: Task,
+        train_config: TrainConfig,
+        proximal_mu: float,
+        forward,
+    ) -> RoundResult:
+        if len(train) == 0:
+            raise ValueError("this site has no training patient for this model")
+        before = evaluate_loss(model, validation, task, forward) if len(validation) else float("nan")
+        if train_config.epochs > 0:
+            anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+            def proximal() -> torch.Tensor:
+                return (
+                    0.5
+                    * proximal_mu
+                    * sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad)
+                )
+
+            fit(
+                model,
+                train,
+                None,
+                task,
+                train_config,
+                forward=forward,
+                regulariser=proximal if proximal_mu > 0 else None,
+            )
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return RoundResult(state, len(train), before)
+
+    def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
+        """Each model on this site's test patients holding at least one modality it accepts
+        (single blocks: patients holding that block's modality)."""
+        results = {}
+        for name, model in models.items():
+            blocks = {model.modality: model} if isinstance(model, LegoBlock) else dict(model.blocks)
+            usable = [m for m in blocks if m in self.dataset.modalities]
+            if not usable:
+                continue
+            test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
+            if len(test) == 0:
+                continue
+            forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
+            results[name] = evaluate(model, test, task, forward)
+        return results
+
+
+def evaluable_models(
+    blocks: Mapping[str, LegoBlock], merged: LegoMerge | None, fused: LegoFuse | None
+) -> dict[str, nn.Module]:
+    """The named models a site is asked to evaluate after a phase."""
+    models: dict[str, nn.Module] = {f"block:{m}": b for m, b in blocks.items()}
+    if merged is not None:
+        models["merge"] = merged
+    if fused is not None:
+        models["fuse"] = fused
+    return models
+
+
+def weighted_mean(values: list[float], weights: list[float]) -> float:
+    """Mean of the finite values weighted by ``weights`` (NaN if none)."""
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if np.isfinite(v) and w > 0]
+    if not pairs:
+        return float("nan")
+    return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))

@@ -1,0 +1,317 @@
+"""The coordinator's phases over any transport: describe, block (+ FedAvg per modality), upload
+and merge, evaluate, fuse rounds, final evaluation. Orchestration only; the science is in
+``fedlego.common``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fedlego.common.coordinator import aggregate_metrics, agree_task, average_states, check_packages
+from fedlego.common.federation import FederationSettings
+from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.packaging import (
+    PackageError,
+    block_to_package,
+    fused_to_package,
+    merged_to_package,
+    parse_block_package,
+    serialize,
+)
+from fedlego.common.site import weighted_mean
+from fedlego.proto.fedlego_pb2 import BlockPackage
+from fedlego.server.transport import Payload, Transport
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on (too few sites answered, nothing to merge...)."""
+
+
+class Federation:
+    """One federated run: call ``run()``; results are returned and written to ``out_dir``."""
+
+    def __init__(self, transport: Transport, settings: FederationSettings, log: Callable[[str], None] = print) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.log = log
+        self.run_id = settings.run_id()
+        self.out_dir = Path(settings.out_dir) if settings.out_dir else None
+        self.sites: dict[int, dict[str, Any]] = {}
+        self.results: dict[str, Any] = {
+            "kind": "federated",
+            "run_id": self.run_id,
+            "config": asdict(settings),
+            "sites": {},
+            "failures": [],
+            "refused": [],
+            "phases": {},
+            "metrics": {},
+            "rounds": {},
+        }
+
+    # -- transport -------------------------------------------------------------------------
+    def _site(self, node: int) -> str:
+        return self.sites.get(node, {}).get("site", f"node-{node}")
+
+    def _exchange(
+        self, phase: str, message_type: str, requests: dict[int, Payload], minimum: int | None = None
+    ) -> dict[int, Payload]:
+        """Send, record bytes and failures, and insist on a minimum of answers."""
+        record = self.results["phases"].setdefault(phase, {"seconds": 0.0, "bytes": {}})
+        start = time.perf_counter()
+        replies = self.transport.exchange(message_type, requests, self.settings.phase_timeout)
+        record["seconds"] += time.perf_counter() - start
+        answered: dict[int, Payload] = {}
+        for node, reply in replies.items():
+            traffic = record["bytes"].setdefault(self._site(node), {"sent": 0, "received": 0})
+            traffic["sent"] += reply.bytes_sent
+            traffic["received"] += reply.bytes_received
+            if reply.error is not None:
+                self.results["failures"].append({"site": self._site(node), "phase": phase, "reason": reply.error})
+                self.log(f"  {phase}: {self._site(node)} failed: {reply.error.splitlines()[0]}")
+            elif reply.payload is not None:
+                answered[node] = reply.payload
+        needed = min(minimum if minimum is not None else self.settings.min_responses, len(requests))
+        self.log(f"  {phase}: {len(answered)}/{len(requests)} sites answered")
+        if len(answered) < needed:
+            raise FederationError(
+                f"phase {phase}: only {len(answered)} of {len(requests)} sites answered, {needed} needed"
+            )
+        return answered
+
+    # -- phases ----------------------------------------------------------------------------
+    def wait_for_sites(self) -> list[int]:
+        """Nodes connected within the wait timeout (at least ``min_sites``)."""
+        deadline = time.monotonic() + self.settings.wait_timeout
+        nodes = self.transport.node_ids()
+        while len(nodes) < self.settings.min_sites and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = self.transport.node_ids()
+        if len(nodes) < self.settings.min_sites:
+            raise FederationError(
+                f"only {len(nodes)} sites connected within {self.settings.wait_timeout:.0f} s, "
+                f"min-sites is {self.settings.min_sites}"
+            )
+        return sorted(nodes)
+
+    def describe(self, nodes: list[int]):
+        """Every site reports what it holds (counts only)."""
+        self.log("phase describe")
+        answered = self._exchange("describe", "query.describe", {n: Payload() for n in nodes})
+        traffic = self.results["phases"]["describe"]["bytes"]
+        for node, payload in answered.items():
+            description = json.loads(payload.config["description"])
+            traffic[description["site"]] = traffic.pop(f"node-{node}")
+            self.sites[node] = description
+            self.results["sites"][description["site"]] = {k: v for k, v in description.items() if k != "cut_points"}
+        task = agree_task(list(self.sites.values()))
+        self.results["task"] = task.to_dict()
+        self.results["metric"] = task.metric_name
+        return task
+
+    def train_blocks(self, task) -> list[BlockPackage]:
+        """Every site trains a block per held modality and uploads the packages."""
+        self.log("phase block")
+        config = {
+            "task": json.dumps(task.to_dict()),
+            "run-id": self.run_id,
+            "model": json.dumps(asdict(self.settings.model_config())),
+            "training": json.dumps(asdict(self.settings.block_training())),
+            "preprocessing": json.dumps(self.settings.preprocessing()),
+        }
+        nodes = [n for n, d in self.sites.items() if d["modalities"]]
+        answered = self._exchange("block", "train.block", {n: Payload(config=dict(config)) for n in nodes})
+        packages = []
+        for node, payload in answered.items():
+            for key, value in payload.config.items():
+                if key.startswith("package."):
+                    try:
+                        packages.append(parse_block_package(value, f"upload from {self._site(node)}"))
+                    except PackageError as error:
+                        self.results["refused"].append(
+                            {"site": self._site(node), "modality": key[8:], "reason": str(error)}
+                        )
+        return packages
+
+    def _site_nodes(self, sites: set[str]) -> list[int]:
+        return [n for n, d in self.sites.items() if d["site"] in sites]
+
+    def fedavg_block(self, modality: str, candidates, task) -> tuple[BlockPackage, LegoBlock]:
+        """FedAvg rounds on one modality's block across the sites holding it, starting from the
+        largest site's block and its preprocessing; the round with the lowest validation loss
+        (weighted over sites) is kept."""
+        reference_package, block = candidates[0]
+        nodes = self._site_nodes({p.site for p, _ in candidates})
+        history, states = [], [copy.deepcopy(block.state_dict())]
+        for round_index in range(self.settings.block_rounds + 1):
+            final = round_index == self.settings.block_rounds  # last exchange only evaluates
+            block.load_state_dict(states[-1])
+            package = block_to_package(block, task, site="coordinator", run_id=self.run_id)
+            package.preprocessing_json = reference_package.preprocessing_json
+            config = {
+                "package": serialize(package),
+                "epochs": 0 if final else self.settings.block_local_epochs,
+                "task": json.dumps(task.to_dict()),
+                "proximal-mu": 0.0,
+            }
+            answered = self._exchange(
+                f"block-fedavg:{modality}", "train.blockround", {n: Payload(config=dict(config)) for n in nodes}
+            )
+            counts = [p.metrics["num-examples"] for p in answered.values()]
+            history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
+            if not final:
+                states.append(average_states([p.arrays for p in answered.values()], counts))
+        best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
+        block.load_state_dict(states[best])
+        block.n_samples = sum(p.n_samples for p, _ in candidates)
+        block.preprocessing = json.loads(reference_package.preprocessing_json or "null")
+        self.results["rounds"][f"block:{modality}"] = {
+            "validation_loss": history,
+            "kept_round": best,
+            "sites": sorted(p.site for p, _ in candidates),
+        }
+        package = block_to_package(
+            block, task, site="fedavg:" + "+".join(sorted(p.site for p, _ in candidates)), run_id=self.run_id
+        )
+        return package, block
+
+    def merge(self, packages: list[BlockPackage], task):
+        """Check every package, FedAvg shared modalities if asked, and LegoMerge the blocks."""
+        self.log("phase merge")
+        start = time.perf_counter()
+        contract = self.settings.model_config().contract(task)
+        max_bytes = int(self.settings.max_package_mb * 1024 * 1024)
+        selection = check_packages(packages, contract, task, max_bytes, self.run_id)
+        for refusal in selection.refused:
+            self.log(f"  refused {refusal.site}/{refusal.modality}: {refusal.reason}")
+        self.results["refused"] += [asdict(r) for r in selection.refused]
+        if not selection.candidates:
+            raise FederationError(
+                "no valid block package to merge: "
+                + "; ".join(f"{r.site}/{r.modality}: {r.reason}" for r in selection.refused)
+            )
+        chosen: dict[str, tuple[BlockPackage, LegoBlock]] = {}
+        for modality, candidates in sorted(selection.candidates.items()):
+            if len(candidates) > 1 and self.settings.block_rounds > 0:
+                chosen[modality] = self.fedavg_block(modality, candidates, task)
+            else:
+                chosen[modality] = candidates[0]
+                if len(candidates) > 1:
+                    self.log(
+                        f"  {modality}: {len(candidates)} blocks and block-rounds=0: keeping the largest "
+                        f"({candidates[0][0].site})"
+                    )
+        block_packages = {m: p for m, (p, _) in chosen.items()}
+        blocks = {m: b for m, (_, b) in chosen.items()}
+        merged = LegoMerge(blocks, self.settings.latent_merge, self.settings.head_merge, self.settings.weighting)
+        package = merged_to_package(merged, block_packages, self.run_id)
+        self.results["phases"].setdefault("merge", {"seconds": 0.0, "bytes": {}})["seconds"] += (
+            time.perf_counter() - start
+        )
+        self.results["merged_modalities"] = sorted(blocks)
+        self._save("merged.pb", serialize(package))
+        for modality, block_package in block_packages.items():
+            self._save(f"block-{modality}.pb", serialize(block_package))
+        return blocks, block_packages, package
+
+    def evaluate(self, phase: str, model_package) -> None:
+        """Every site evaluates what it can of the model on its test patients."""
+        self.log(f"phase evaluate ({phase})")
+        request = {"model": serialize(model_package)}
+        nodes = list(self.sites)
+        answered = self._exchange(
+            f"evaluate-{phase}", "evaluate.models", {n: Payload(config=dict(request)) for n in nodes}
+        )
+        per_site = {self._site(n): json.loads(p.config["results"]) for n, p in answered.items()}
+        self.results["metrics"][phase] = aggregate_metrics(per_site)
+
+    def fuse(self, blocks: dict[str, LegoBlock], block_packages, task):
+        """Federated LegoFuse rounds across sites holding at least two merged modalities."""
+        modalities = set(blocks)
+        paired = [
+            n for n, d in self.sites.items() if len(modalities & set(d["modalities"])) >= 2 and sum(d["n_train"]) > 0
+        ]
+        if not paired or self.settings.fuse_rounds < 1:
+            self.log("phase fuse skipped: no site holds paired data" if not paired else "phase fuse skipped")
+            return None
+        self.log(f"phase fuse: {self.settings.fuse_rounds} rounds on {len(paired)} paired sites")
+        model = LegoFuse(
+            blocks, self.settings.fuse_mode, head_merge=self.settings.head_merge, weighting=self.settings.weighting
+        )
+        base = serialize(fused_to_package(model, block_packages, self.run_id))
+        mu = self.settings.proximal_mu if self.settings.fuse_aggregation == "fedprox" else 0.0
+        history, states, participants = [], [model.fusion_state_dict()], []
+        for round_index in range(self.settings.fuse_rounds + 1):
+            final = round_index == self.settings.fuse_rounds
+            config = {
+                "round": round_index,
+                "epochs": 0 if final else self.settings.fuse_local_epochs,
+                "task": json.dumps(task.to_dict()),
+                "proximal-mu": mu,
+                "run-id": self.run_id,
+            }
+            requests = {}
+            for node in paired:
+                payload = Payload(config=dict(config), arrays=dict(states[-1]))
+                if round_index == 0:
+                    payload.config["package"] = base
+                requests[node] = payload
+            answered = self._exchange("fuse", "train.fuse", requests)
+            counts = [p.metrics["num-examples"] for p in answered.values()]
+            history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
+            participants.append(sorted(self._site(n) for n in answered))
+            if not final:
+                states.append(average_states([p.arrays for p in answered.values()], counts))
+        best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
+        model.load_state_dict(states[best], strict=False)
+        self.results["rounds"]["fuse"] = {
+            "validation_loss": history,
+            "kept_round": best,
+            "participants": participants,
+            **model.parameter_counts(),
+        }
+        package = fused_to_package(model, block_packages, self.run_id)
+        self._save("fused.pb", serialize(package))
+        return package
+
+    def _save(self, name: str, data: bytes) -> None:
+        if self.out_dir is None:
+            return
+        folder = self.out_dir / "packages"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+    def _write_results(self) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def run(self) -> dict[str, Any]:
+        """All phases; on a fatal error the results so far are written with the reason."""
+        start = time.perf_counter()
+        try:
+            nodes = self.wait_for_sites()
+            task = self.describe(nodes)
+            packages = self.train_blocks(task)
+            blocks, block_packages, merged = self.merge(packages, task)
+            self.evaluate("merge", merged)
+            fused = self.fuse(blocks, block_packages, task)
+            if fused is not None:
+                self.evaluate("fuse", fused)
+            self.results["status"] = "completed"
+        except FederationError as error:
+            self.results["status"] = "failed"
+            self.results["error"] = str(error)
+            self.log(f"federation stopped: {error}")
+        finally:
+            self.results["wall_seconds"] = time.perf_counter() - start
+            self._write_results()
+        return self.results

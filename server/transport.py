@@ -1,0 +1,33 @@
+"""What the orchestrator needs from a transport: send one message per site, collect replies.
+
+The Flower implementation is ``flower_transport``; it counts the payload bytes both ways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedlego.messages import Payload
+
+
+@dataclass
+class Reply:
+    """A site's answer (or the reason there is none) and the payload bytes each way."""
+
+    node_id: int
+    payload: Payload | None
+    error: str | None
+    bytes_sent: int
+    bytes_received: int
+
+
+class Transport(Protocol):
+    """The orchestrator's view of the network."""
+
+    def node_ids(self) -> list[int]:
+        """Sites connected now."""
+        ...
+
+    def exchange(self, message_type: str, requests: dict[int, Payload], timeout: float) -> dict[int, Reply]:
+        """Send each node its payload; every requested node gets a Reply (error on timeout)."""
+        ...
