@@ -246,10 +246,10 @@ def merged_to_package(model: LegoMerge, blocks: Mapping[str, pb.BlockPackage], r
 
 
 def fused_to_package(model: LegoFuse, blocks: Mapping[str, pb.BlockPackage], run_id: str) -> pb.ModelPackage:
-    """A LegoFuse model as a package: its block packages, recipe and all fused weights that
-    differ from the blocks (the fusion parameters and head)."""
+    """A LegoFuse model as a package: its block packages, recipe and the fine-tuned (trainable)
+    parameters; everything frozen is rebuilt from the block packages."""
     recipe = {"mode": model.mode, "order": model.order, "freeze_encoders": model.freeze_encoders}
-    return _model_package("fused", model.state_dict(), blocks, recipe, run_id, "")
+    return _model_package("fused", model.fusion_state_dict(), blocks, recipe, run_id, "")
 
 
 def _model_package(kind, state, blocks, recipe, run_id, prefix) -> pb.ModelPackage:
@@ -285,7 +285,10 @@ def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
     elif package.kind == "fused":
         model = LegoFuse(blocks, recipe["mode"], order=recipe["order"], freeze_encoders=recipe["freeze_encoders"])
-        model.load_state_dict(state)
+        expected = model.fusion_state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            raise PackageError(f"{where}: fusion parameters do not match the blocks and recipe")
+        model.load_state_dict(state, strict=False)
     else:
         raise PackageError(f"{where}: unknown model kind {package.kind!r}")
     return model.eval()

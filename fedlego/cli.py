@@ -178,12 +178,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if results["status"] == "completed" else 1
 
 
+def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
+    from fedlego.deploy import add_subcommands
+
+    add_subcommands(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedlego`` command."""
     parser = argparse.ArgumentParser(prog="fedlego", description="Federated multimodal model merging (MM-Lego).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
     _add_simulate(subparsers)
+    _add_deploy(subparsers)
     return parser
 
 

@@ -109,6 +109,37 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
+def processes_with_home(flwr_home: Path) -> list[int]:
+    """PIDs of processes whose environment carries this run's private FLWR_HOME: the processes
+    this run started, directly or through Flower and Ray (Linux /proc; empty elsewhere)."""
+    needle = f"FLWR_HOME={flwr_home}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop_leftovers(flwr_home: Path, grace: float = 15.0) -> None:
+    """Give the run's helper processes (SuperExec, app processes, Ray) time to exit after the
+    SuperLink stopped, then terminate those still alive, by PID."""
+    deadline = time.monotonic() + grace
+    while processes_with_home(flwr_home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_with_home(flwr_home):
+            try:
+                os.kill(pid, signal_number)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.0)
+
+
 @contextmanager
 def simulation_superlink(flwr_home: Path, log_path: Path):
     """A private SuperLink in simulation mode on a free loopback port; yields the port."""
@@ -134,6 +165,7 @@ def simulation_superlink(flwr_home: Path, log_path: Path):
         yield port
     finally:
         stop_process_group(process)
+        stop_leftovers(flwr_home)
 
 
 def run_simulation(

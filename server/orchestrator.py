@@ -258,11 +258,11 @@ class Federation:
                 "run-id": self.run_id,
             }
             requests = {}
-            for node in paired:
-                payload = Payload(config=dict(config), arrays=dict(states[-1]))
+            for node in paired:  # the model travels once; afterwards only its fusion parameters
                 if round_index == 0:
-                    payload.config["package"] = base
-                requests[node] = payload
+                    requests[node] = Payload(config={**config, "package": base})
+                else:
+                    requests[node] = Payload(config=dict(config), arrays=dict(states[-1]))
             answered = self._exchange("fuse", "train.fuse", requests)
             counts = [p.metrics["num-examples"] for p in answered.values()]
             history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))

@@ -1,0 +1,192 @@
+"""The federation's phases with the real ClientApp handlers, in process (no Ray, no gRPC):
+results, bytes, packages, failures, refusals, and equivalence with the centralized pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
+from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
+from fedlego.common.lego import LegoMerge
+from fedlego.common.packaging import (
+    block_from_package,
+    model_from_package,
+    parse_block_package,
+    parse_model_package,
+)
+from fedlego.common.tasks import task_from_dict
+from fedlego.common.workflow import train_block
+from fedlego.messages import Payload
+from fedlego.server.orchestrator import Federation
+from tests.inprocess import InProcessTransport
+
+SMALL = {
+    "dataset": "synthetic",
+    "synthetic-patients": 160,
+    "synthetic-modalities": 2,
+    "block-epochs": 4,
+    "patience": 2,
+    "block-rounds": 1,
+    "block-local-epochs": 1,
+    "fuse-rounds": 2,
+    "latent-channels": 8,
+    "latent-dim": 16,
+}
+
+
+def run(run_config: dict, out: Path | None = None, **faults) -> tuple[dict, InProcessTransport]:
+    config = {**run_config, **({"out-dir": str(out)} if out else {})}
+    settings = FederationSettings.from_run_config(config)
+    n_sites = len(simulated_scenario(settings, scenario_dataset(settings)).sites)
+    transport = InProcessTransport(config, n_sites, **faults)
+    return Federation(transport, settings, log=lambda _: None).run(), transport
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("federation")
+    results, transport = run(SMALL, out)
+    return results, transport, out
+
+
+def test_run_goes_through_every_phase(completed):
+    results, transport, out = completed
+    assert results["status"] == "completed"
+    assert set(results["sites"]) == {"tabular_0", "timeseries_1", "paired-0"}
+    assert {"describe", "block", "merge", "evaluate-merge", "fuse", "evaluate-fuse"} <= set(results["phases"])
+    assert set(results["metrics"]["merge"]) == {"merge", "block:tabular_0", "block:timeseries_1"}
+    merge = results["metrics"]["merge"]["merge"]
+    assert set(merge["per_site"]) == set(results["sites"])  # every site evaluates with what it has
+    assert merge["n"] == sum(s["n"] for s in merge["per_site"].values())
+    assert "fuse" in results["metrics"]["fuse"]
+    assert results["rounds"]["fuse"]["participants"] == [["paired-0"]] * 3
+    assert json.loads((out / "results.json").read_text())["run_id"] == results["run_id"]
+
+
+def test_sites_describe_counts_never_ids(completed):
+    results, _, _ = completed
+    text = json.dumps(results["sites"])
+    assert "P0" not in text  # synthetic patient ids look like P0001
+    assert results["sites"]["paired-0"]["modalities"] == ["tabular_0", "timeseries_1"]
+
+
+def test_bytes_are_counted_per_site_and_phase_and_fuse_sends_the_model_once(completed):
+    results, _, _ = completed
+    block = results["phases"]["block"]["bytes"]
+    assert all(v["received"] > 10_000 for v in block.values())  # packages came back
+    fuse_sent = results["phases"]["fuse"]["bytes"]["paired-0"]["sent"]
+    fused_size = (Path(results["config"]["out_dir"]) / "packages" / "fused.pb").stat().st_size
+    fusion_bytes = 4 * results["rounds"]["fuse"]["trainable"]
+    # round 0 carries the fused model package, the 2 later rounds only the fusion parameters
+    assert fused_size + 2 * fusion_bytes < fuse_sent < fused_size + 2 * fusion_bytes + 20_000
+
+
+def test_packages_are_saved_and_load(completed):
+    results, _, out = completed
+    merged = model_from_package(parse_model_package((out / "packages" / "merged.pb").read_bytes()))
+    assert isinstance(merged, LegoMerge) and set(merged.blocks) == {"tabular_0", "timeseries_1"}
+    fused = model_from_package(parse_model_package((out / "packages" / "fused.pb").read_bytes()))
+    assert fused.parameter_counts()["trainable"] < fused.parameter_counts()["total"]
+    for modality in merged.blocks:
+        package = parse_block_package((out / "packages" / f"block-{modality}.pb").read_bytes())
+        assert package.site.startswith("fedavg:")  # both the unimodal and the paired site hold it
+    assert set(results["rounds"]) == {"block:tabular_0", "block:timeseries_1", "fuse"}
+
+
+def test_a_crashing_site_is_recorded_and_the_run_goes_on():
+    results, _ = run(SMALL, crash={("train.block", 0)})
+    assert results["status"] == "completed"
+    failure = results["failures"][0]
+    assert failure["phase"] == "block" and "crashed" in failure["reason"]
+    assert set(results["metrics"]["merge"]) >= {"merge"}
+
+
+def test_a_silent_site_times_out_and_the_run_goes_on():
+    results, _ = run(SMALL, silent={("evaluate.models", 1)})
+    assert results["status"] == "completed"
+    assert any("no reply" in f["reason"] and f["phase"] == "evaluate-merge" for f in results["failures"])
+    assert "timeseries_1" not in results["metrics"]["merge"]["merge"]["per_site"]
+
+
+def test_too_few_answers_stop_the_run_cleanly(tmp_path):
+    results, _ = run({**SMALL, "min-responses": 3}, tmp_path, silent={("query.describe", 2)})
+    assert results["status"] == "failed"
+    assert "phase describe: only 2 of 3 sites answered, 3 needed" in results["error"]
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+
+
+def test_no_valid_block_fails_with_the_reasons():
+    everywhere = {("train.block", i) for i in range(3)}
+    results, _ = run(SMALL, crash=everywhere)
+    assert results["status"] == "failed"
+
+
+class Tampering(InProcessTransport):
+    """Flips a byte in the packages one site uploads."""
+
+    def exchange(self, message_type, requests, timeout):
+        replies = super().exchange(message_type, requests, timeout)
+        if message_type == "train.block":
+            payload: Payload = replies[1000].payload
+            for key, value in payload.config.items():
+                if key.startswith("package."):
+                    data = bytearray(value)
+                    data[-50] ^= 0xFF
+                    payload.config[key] = bytes(data)
+        return replies
+
+
+def test_a_tampered_package_is_refused_and_the_merge_uses_the_rest():
+    config = {**SMALL, "block-rounds": 0}
+    settings = FederationSettings.from_run_config(config)
+    transport = Tampering(config, 3)
+    results = Federation(transport, settings, log=lambda _: None).run()
+    assert results["status"] == "completed"
+    refused = results["refused"]
+    assert refused and refused[0]["site"] == "tabular_0"
+    assert results["merged_modalities"] == ["tabular_0", "timeseries_1"]  # the paired site still has both
+
+
+def test_a_single_site_federation_does_not_hang():
+    results, _ = run({**SMALL, "layout": "pooled", "block-rounds": 0})
+    assert results["status"] == "completed"
+    assert list(results["sites"]) == ["pooled"]
+
+
+def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
+    """One site per modality holding every patient with it: same folds, seeds and bins give the
+    same blocks as the centralized pipeline, and the same merge."""
+    config = {**SMALL, "paired-sites": 0, "overlap": 1.0, "block-rounds": 0, "fuse-rounds": 0, "fold": 1}
+    results, _ = run(config, tmp_path)
+    assert results["status"] == "completed"
+    settings = FederationSettings.from_run_config(config)
+    dataset = scenario_dataset(settings)
+    split = dataset_splits(dataset, n_folds=2, seed=settings.seed)[1]
+    task = task_from_dict(results["task"])
+    preprocessors = fit_preprocessors(dataset, split.train)
+    train = make_tensor_set(dataset, preprocessors, split.train)
+    validation = make_tensor_set(dataset, preprocessors, split.validation)
+    central = {}
+    for modality, data in dataset.modalities.items():
+        central[modality], _ = train_block(
+            modality,
+            data.kind,
+            train,
+            validation,
+            task,
+            settings.model_config(),
+            settings.block_training(),
+            preprocessors[modality].to_dict(),
+        )
+        package = parse_block_package((tmp_path / "packages" / f"block-{modality}.pb").read_bytes())
+        federated = block_from_package(package)
+        for name, value in central[modality].state_dict().items():
+            torch.testing.assert_close(federated.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+        assert federated.n_samples == central[modality].n_samples
+    merged = model_from_package(parse_model_package((tmp_path / "packages" / "merged.pb").read_bytes()))
+    reference = LegoMerge(central, settings.latent_merge, settings.head_merge, settings.weighting)
+    for name, value in reference.head.state_dict().items():
+        torch.testing.assert_close(merged.head.state_dict()[name], value, rtol=1e-5, atol=1e-6)
