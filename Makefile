@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/fedlego centralized --dataset tcga-acc --out runs/demo-tcga-acc
+	$(VENV)/bin/fedlego simulate --scenario tcga-acc --overlap 1 --out runs/demo-tcga-acc
 
 lint: setup
 	$(PY) -m ruff check .

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -133,10 +133,8 @@ def stop_leftovers(flwr_home: Path, grace: float = 15.0) -> None:
         time.sleep(0.5)
     for signal_number in (signal.SIGTERM, signal.SIGKILL):
         for pid in processes_with_home(flwr_home):
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal_number)
-            except ProcessLookupError:
-                pass
         time.sleep(1.0)
 
 

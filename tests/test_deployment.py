@@ -23,9 +23,20 @@ SITES = ["clinical", "mirna", "paired-0", "rna"]
 
 
 def _fedlego(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*FEDLEGO, *args], env=quiet_environment(home), capture_output=True, text=True, timeout=timeout
+    """Run a fedlego command in its own session; on timeout its whole process group is stopped."""
+    process = subprocess.Popen(
+        [*FEDLEGO, *args],
+        env=quiet_environment(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop_process_group(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
@@ -101,13 +112,20 @@ def test_insecure_is_required_and_bad_site_folder_fails_fast(tmp_path):
         )
     )
     (site / "labels.csv").write_text("id,time,event\np1,10,1\np2,20,0\n")
-    (site / "clinical.csv").write_text("id,age\np1,50\np2,abc\n")
+    (site / "clinical.csv").write_text("id,age\np1,50\np1,51\n")
     # No SuperLink listens on this port: the folder must be rejected before any connection.
     result = _fedlego(
-        "site", "--superlink", f"127.0.0.1:{free_port()}", "--data-dir", str(site), "--insecure", home=tmp_path
+        "site",
+        "--superlink",
+        f"127.0.0.1:{free_port()}",
+        "--data-dir",
+        str(site),
+        "--insecure",
+        home=tmp_path,
+        timeout=60,
     )
     assert result.returncode != 0
-    assert "clinical.csv" in result.stderr and "age" in result.stderr
+    assert "clinical.csv" in result.stderr and "duplicate patient ids" in result.stderr
 
 
 def test_federation_across_processes(tmp_path):

@@ -53,7 +53,7 @@ def completed(tmp_path_factory):
 
 
 def test_run_goes_through_every_phase(completed):
-    results, transport, out = completed
+    results, _transport, out = completed
     assert results["status"] == "completed"
     assert set(results["sites"]) == {"tabular_0", "timeseries_1", "paired-0"}
     assert {"describe", "block", "merge", "evaluate-merge", "fuse", "evaluate-fuse"} <= set(results["phases"])
