@@ -120,12 +120,18 @@ class FederationSettings:
             batch_size=self.batch_size,
             patience=self.patience,
             seed=self.seed,
+            device=self.device,
         )
 
     def round_training(self, epochs: int) -> TrainConfig:
         """A fixed number of local epochs for one FedAvg round (no early stopping)."""
         return TrainConfig(
-            epochs=epochs, learning_rate=self.learning_rate, batch_size=self.batch_size, patience=epochs, seed=self.seed
+            epochs=epochs,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            patience=epochs,
+            seed=self.seed,
+            device=self.device,
         )
 
     def preprocessing(self) -> dict[str, dict[str, Any]]:

@@ -100,6 +100,8 @@ class TrainConfig:
     batch_size: int = 32
     patience: int = 10
     seed: int = 0
+    device: str = "cpu"
+    """Where to train: ``cpu``, ``cuda``, ``cuda:1``... or ``auto`` (CUDA when available)."""
     keep_initial: bool = False
     """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
     improves the validation loss returns the model unchanged (used for LegoFuse)."""
@@ -118,14 +120,37 @@ class TrainReport:
 Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    inputs, targets = batch
+    if device.type == "cpu":
+        return inputs, targets
+    moved = {m: None if x is None else {k: v.to(device) for k, v in x.items()} for m, x in inputs.items()}
+    return moved, {k: v.to(device) for k, v in targets.items()}
+
+
 def predict(model: nn.Module, data: TensorSet, forward: Forward | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Model outputs for every row of ``data`` (rows holding no modality give NaN)."""
+    """Model outputs (on the CPU) for every row of ``data`` (rows holding no modality give NaN);
+    runs on the model's device."""
     forward = forward or model
+    device = _model_device(model)
     model.eval()
     outputs: torch.Tensor | None = None
     with torch.no_grad():
-        for rows, (inputs, _) in data.batches(batch_size):
-            logits = forward(inputs)
+        for rows, batch in data.batches(batch_size):
+            inputs, _ = _to_device(batch, device)
+            logits = forward(inputs).cpu()
             if outputs is None:
                 outputs = torch.full((len(data), logits.shape[1]), float("nan"))
             outputs[torch.as_tensor(rows)] = logits.float()
@@ -157,6 +182,8 @@ def fit(
     validation loss and stop after ``patience`` epochs without improvement. ``regulariser`` adds
     a penalty to every batch loss (e.g. FedProx's proximal term)."""
     forward = forward or model
+    device = resolve_device(config.device)
+    model.to(device)
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -172,7 +199,8 @@ def fit(
     for epoch in bar:
         model.train()
         losses = []
-        for _, (inputs, targets) in train.batches(config.batch_size, generator):
+        for _, batch in train.batches(config.batch_size, generator):
+            inputs, targets = _to_device(batch, device)
             if len(targets[next(iter(targets))]) < 2:
                 continue  # a single-row batch gives no usable survival ranking signal
             optimiser.zero_grad()
@@ -199,4 +227,5 @@ def fit(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to("cpu")  # packages and merges work on CPU tensors
     return report

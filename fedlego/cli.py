@@ -40,6 +40,7 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spatial", action="store_true", help="ablation: spatial instead of frequency domain")
     p.add_argument("--synthetic-patients", type=int, default=300)
     p.add_argument("--synthetic-modalities", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     p.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     p.set_defaults(handler=_centralized)
@@ -78,7 +79,7 @@ def _centralized(args: argparse.Namespace) -> int:
         head_merge=args.head_merge,
         weighting=args.weighting,
         model=ModelConfig(frequency=not args.spatial, seed=args.seed),
-        training=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed),
+        training=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device),
         fuse=FuseConfig(mode=args.fuse_mode, epochs=args.fuse_epochs, seed=args.seed),
         preprocessing=preset["preprocessing"],
     )
