@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-federation proto clean
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -30,5 +30,11 @@ test: lint
 bench: setup
 	$(PY) bench/centralized.py --out bench/results
 
+bench-federation: setup
+	$(PY) bench/federation.py --out bench/results
+
 clean:
 	rm -rf $(VENV) runs
+
+proto: setup
+	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto proto/fedlego.proto
