@@ -132,6 +132,7 @@ class Federation:
         for node, payload in answered.items():
             for key, value in payload.config.items():
                 if key.startswith("package."):
+                    self._save(f"uploads/{self._site(node)}-{key[8:]}.pb", value)
                     try:
                         packages.append(parse_block_package(value, f"upload from {self._site(node)}"))
                     except PackageError as error:
@@ -284,9 +285,9 @@ class Federation:
     def _save(self, name: str, data: bytes) -> None:
         if self.out_dir is None:
             return
-        folder = self.out_dir / "packages"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
+        path = self.out_dir / "packages" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def _write_results(self) -> None:
         if self.out_dir is None:
