@@ -20,6 +20,7 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
+from fedlego.common.signing import COORDINATOR, load_public_key, load_signing_key, sign_package, verify_signature
 from fedlego.common.site import SiteRuntime, evaluable_models
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.training import TrainConfig
@@ -46,6 +47,20 @@ def site_for(context: Context) -> SiteRuntime:
     return _SITES[key]
 
 
+def signing_key_for(context: Context):
+    """The site's package signing key (node config ``signing-key``), if it has one."""
+    path = context.node_config.get("signing-key")
+    return load_signing_key(Path(str(path))) if path else None
+
+
+def check_coordinator_signature(package, context: Context, run_id: str) -> None:
+    """With node config ``coordinator-public-key``, refuse models the coordinator did not sign."""
+    path = context.node_config.get("coordinator-public-key")
+    if path:
+        key = load_public_key(Path(str(path)))
+        verify_signature(package, {COORDINATOR: key}, run_id, expected_signer=COORDINATOR)
+
+
 def reply(message: Message, payload: Payload) -> Message:
     """A reply carrying a payload."""
     return Message(content=to_records(payload), reply_to=message)
@@ -61,13 +76,18 @@ def describe(message: Message, context: Context) -> Message:
 def train_block(message: Message, context: Context) -> Message:
     """Train one block per held modality; return the packages."""
     config = from_records(message.content).config
-    packages = site_for(context).train_blocks(
+    site = site_for(context)
+    packages = site.train_blocks(
         task_from_dict(json.loads(config["task"])),
         ModelConfig(**json.loads(config["model"])),
         TrainConfig(**json.loads(config["training"])),
         str(config["run-id"]),
         json.loads(config["preprocessing"]),
     )
+    key = signing_key_for(context)
+    if key is not None:
+        for package in packages.values():
+            sign_package(package, key, site.name)
     return reply(message, Payload(config={f"package.{m}": serialize(p) for m, p in packages.items()}))
 
 
@@ -75,7 +95,9 @@ def train_block(message: Message, context: Context) -> Message:
 def block_round(message: Message, context: Context) -> Message:
     """One FedAvg round on a shared modality's block."""
     config = from_records(message.content).config
-    block: LegoBlock = block_from_package(parse_block_package(config["package"], "block round"))
+    package = parse_block_package(config["package"], "block round")
+    check_coordinator_signature(package, context, package.run_id)
+    block: LegoBlock = block_from_package(package)
     training = FederationSettings.from_run_config(context.run_config).round_training(int(config["epochs"]))
     result = site_for(context).block_round(
         block, task_from_dict(json.loads(config["task"])), training, float(config["proximal-mu"])
@@ -93,7 +115,9 @@ def fuse_round(message: Message, context: Context) -> Message:
         context.state["fuse"] = ConfigRecord({"package": config["package"], "run-id": config["run-id"]})
     if "fuse" not in context.state or context.state["fuse"]["run-id"] != config["run-id"]:
         raise RuntimeError("this site has not received the fused model of this run (restarted mid-fuse?)")
-    model = model_from_package(parse_model_package(context.state["fuse"]["package"], "fused model"))
+    package = parse_model_package(context.state["fuse"]["package"], "fused model")
+    check_coordinator_signature(package, context, str(config["run-id"]))
+    model = model_from_package(package)
     model.load_state_dict(incoming.arrays or {}, strict=False)
     training = FederationSettings.from_run_config(context.run_config).round_training(int(config["epochs"]))
     result = site_for(context).fuse_round(
@@ -108,6 +132,7 @@ def evaluate_models(message: Message, context: Context) -> Message:
     """Evaluate the model and each of its blocks on this site's test patients."""
     config = from_records(message.content).config
     package = parse_model_package(config["model"], "model to evaluate")
+    check_coordinator_signature(package, context, package.run_id)
     model = model_from_package(package)
     if isinstance(model, LegoMerge):
         models = evaluable_models(dict(model.blocks), model, None)

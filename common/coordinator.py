@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlego.common.lego import LatentContract, LegoBlock
 from fedlego.common.packaging import PackageError, check_block_package
+from fedlego.common.signing import verify_signature
 from fedlego.common.site import weighted_mean
 from fedlego.common.tasks import ClassificationTask, SurvivalTask, Task
 from fedlego.proto.fedlego_pb2 import BlockPackage
@@ -73,12 +75,21 @@ class PackageSelection:
 
 
 def check_packages(
-    packages: Sequence[BlockPackage], contract: LatentContract, task: Task, max_bytes: int, run_id: str
+    packages: Sequence[BlockPackage],
+    contract: LatentContract,
+    task: Task,
+    max_bytes: int,
+    run_id: str,
+    trusted: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> PackageSelection:
-    """Check every uploaded package; valid ones grouped by modality, the rest refused with a reason."""
+    """Check every uploaded package; valid ones grouped by modality, the rest refused with a reason.
+
+    With ``trusted`` signers, every package must carry a valid signature of the site it names."""
     selection = PackageSelection()
     for package in packages:
         try:
+            if trusted is not None:
+                verify_signature(package, trusted, run_id, expected_signer=package.site)
             if package.run_id != run_id:
                 raise PackageError(f"package belongs to run {package.run_id!r}, not this run {run_id!r}")
             block = check_block_package(package, contract, task, max_bytes)

@@ -64,6 +64,8 @@ class FederationSettings:
     wait_timeout: float = 120.0
     phase_timeout: float = 600.0
     max_package_mb: float = 256.0
+    trusted_sites: str = ""
+    coordinator_key: str = ""
     device: str = "auto"
     out_dir: str = ""
     run_name: str = ""

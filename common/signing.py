@@ -109,6 +109,15 @@ def _public_key(text: str, where: str) -> Ed25519PublicKey:
     return key
 
 
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (e.g. ``coordinator/signing.pub``)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the public key ({error})") from error
+    return _public_key(text, str(path))
+
+
 def load_trusted_sites(path: Path) -> dict[str, Ed25519PublicKey]:
     """The coordinator's trusted signers: a JSON file ``{"signers": {name: public key PEM}}``
     (site names, plus ``coordinator`` for model packages)."""

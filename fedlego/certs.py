@@ -10,6 +10,7 @@ Layout under the output folder (each private key 0600 in its owner's folder only
     sites/<site>/node-auth, node-auth.pub       SuperNode authentication key pair (EC P-256, OpenSSH)
     sites/<site>/signing.key, signing.pub       the site's package signing key pair (Ed25519)
     sites/<site>/ca.pem                         to verify the SuperLink's certificate
+    sites/<site>/coordinator.pub                to verify the models the coordinator signs
 
 Re-running adds what is missing (e.g. a new site) and never overwrites an existing key.
 """
@@ -197,6 +198,7 @@ def make_consortium(
         _write_public(folder / "node-auth.pub", public + b"\n", report)
         _write_public(out / "coordinator" / "node-auth" / f"{site}.pub", public + b"\n", report)
         _write_public(folder / "ca.pem", ca_pem, report)
+        _write_public(folder / "coordinator.pub", public_key_pem(signers[COORDINATOR]).encode(), report)
     trusted = out / "coordinator" / "trusted-sites.json"
     write_trusted_sites(signers, trusted)
     report.created.append(trusted)

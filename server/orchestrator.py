@@ -25,6 +25,7 @@ from fedlego.common.packaging import (
     parse_block_package,
     serialize,
 )
+from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.site import weighted_mean
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.transport import Payload, Transport
@@ -44,6 +45,8 @@ class Federation:
         self.run_id = settings.run_id()
         self.out_dir = Path(settings.out_dir) if settings.out_dir else None
         self.sites: dict[int, dict[str, Any]] = {}
+        self.trusted = None
+        self.signing_key = None
         self.results: dict[str, Any] = {
             "kind": "federated",
             "run_id": self.run_id,
@@ -55,6 +58,23 @@ class Federation:
             "metrics": {},
             "rounds": {},
         }
+
+    def load_keys(self) -> None:
+        """The trusted signers and the coordinator's signing key, when configured."""
+        try:
+            if self.settings.trusted_sites:
+                self.trusted = load_trusted_sites(Path(self.settings.trusted_sites))
+            if self.settings.coordinator_key:
+                self.signing_key = load_signing_key(Path(self.settings.coordinator_key))
+        except ValueError as error:
+            raise FederationError(str(error)) from error
+        self.results["signatures"] = {"required": self.trusted is not None, "models_signed": bool(self.signing_key)}
+
+    def _sign(self, package):
+        """Sign a package made by the coordinator (blocks averaged here, merged and fused models)."""
+        if self.signing_key is not None:
+            sign_package(package, self.signing_key, COORDINATOR)
+        return package
 
     # -- transport -------------------------------------------------------------------------
     def _site(self, node: int) -> str:
@@ -154,8 +174,9 @@ class Federation:
         for round_index in range(self.settings.block_rounds + 1):
             final = round_index == self.settings.block_rounds  # last exchange only evaluates
             block.load_state_dict(states[-1])
-            package = block_to_package(block, task, site="coordinator", run_id=self.run_id)
+            package = block_to_package(block, task, site=COORDINATOR, run_id=self.run_id)
             package.preprocessing_json = reference_package.preprocessing_json
+            self._sign(package)
             config = {
                 "package": serialize(package),
                 "epochs": 0 if final else self.settings.block_local_epochs,
@@ -181,7 +202,7 @@ class Federation:
         package = block_to_package(
             block, task, site="fedavg:" + "+".join(sorted(p.site for p, _ in candidates)), run_id=self.run_id
         )
-        return package, block
+        return self._sign(package), block
 
     def merge(self, packages: list[BlockPackage], task):
         """Check every package, FedAvg shared modalities if asked, and LegoMerge the blocks."""
@@ -189,7 +210,7 @@ class Federation:
         start = time.perf_counter()
         contract = self.settings.model_config().contract(task)
         max_bytes = int(self.settings.max_package_mb * 1024 * 1024)
-        selection = check_packages(packages, contract, task, max_bytes, self.run_id)
+        selection = check_packages(packages, contract, task, max_bytes, self.run_id, self.trusted)
         for refusal in selection.refused:
             self.log(f"  refused {refusal.site}/{refusal.modality}: {refusal.reason}")
         self.results["refused"] += [asdict(r) for r in selection.refused]
@@ -212,7 +233,7 @@ class Federation:
         block_packages = {m: p for m, (p, _) in chosen.items()}
         blocks = {m: b for m, (_, b) in chosen.items()}
         merged = LegoMerge(blocks, self.settings.latent_merge, self.settings.head_merge, self.settings.weighting)
-        package = merged_to_package(merged, block_packages, self.run_id)
+        package = self._sign(merged_to_package(merged, block_packages, self.run_id))
         self.results["phases"].setdefault("merge", {"seconds": 0.0, "bytes": {}})["seconds"] += (
             time.perf_counter() - start
         )
@@ -246,7 +267,7 @@ class Federation:
         model = LegoFuse(
             blocks, self.settings.fuse_mode, head_merge=self.settings.head_merge, weighting=self.settings.weighting
         )
-        base = serialize(fused_to_package(model, block_packages, self.run_id))
+        base = serialize(self._sign(fused_to_package(model, block_packages, self.run_id)))
         mu = self.settings.proximal_mu if self.settings.fuse_aggregation == "fedprox" else 0.0
         history, states, participants = [], [model.fusion_state_dict()], []
         for round_index in range(self.settings.fuse_rounds + 1):
@@ -278,7 +299,7 @@ class Federation:
             "participants": participants,
             **model.parameter_counts(),
         }
-        package = fused_to_package(model, block_packages, self.run_id)
+        package = self._sign(fused_to_package(model, block_packages, self.run_id))
         self._save("fused.pb", serialize(package))
         return package
 
@@ -299,6 +320,7 @@ class Federation:
         """All phases; on a fatal error the results so far are written with the reason."""
         start = time.perf_counter()
         try:
+            self.load_keys()
             nodes = self.wait_for_sites()
             task = self.describe(nodes)
             packages = self.train_blocks(task)

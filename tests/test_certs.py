@@ -30,6 +30,7 @@ def test_private_keys_are_0600_and_only_in_their_owners_folder(consortium):
     for site in ("clinical", "rna"):
         assert sorted(p.name for p in (consortium / "sites" / site).iterdir()) == [
             "ca.pem",
+            "coordinator.pub",
             "node-auth",
             "node-auth.pub",
             "signing.key",

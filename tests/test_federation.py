@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedlego.certs import make_consortium
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
 from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
@@ -17,6 +18,7 @@ from fedlego.common.packaging import (
     parse_block_package,
     parse_model_package,
 )
+from fedlego.common.signing import load_trusted_sites, verify_signature
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import train_block
 from fedlego.messages import Payload
@@ -193,3 +195,51 @@ def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
     reference = LegoMerge(central, settings.latent_merge, settings.head_merge, settings.weighting)
     for name, value in reference.head.state_dict().items():
         torch.testing.assert_close(merged.head.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+SITES = ["tabular_0", "timeseries_1", "paired-0"]
+
+
+def signed_run(tmp_path, certified=SITES, unsigned=(), check_models=True, coordinator_signs=True):
+    """A run whose sites sign with keys from ``fedlego certs`` (only ``certified`` sites get keys)."""
+    make_consortium(tmp_path / "certs", certified)
+    config = {**SMALL, "trusted-sites": str(tmp_path / "certs" / "coordinator" / "trusted-sites.json")}
+    if coordinator_signs:
+        config["coordinator-key"] = str(tmp_path / "certs" / "coordinator" / "signing.key")
+    node_configs = {}
+    for index, site in enumerate(SITES):
+        node_config = {"partition-id": index, "num-partitions": 3}
+        folder = tmp_path / "certs" / "sites" / (site if site in certified else certified[0])
+        if site not in unsigned:
+            node_config["signing-key"] = str(folder / "signing.key")
+        if check_models:
+            node_config["coordinator-public-key"] = str(folder / "coordinator.pub")
+        node_configs[index] = node_config
+    return run(config, tmp_path / "run", node_configs=node_configs)[0]
+
+
+def test_signed_federation_verifies_every_package(tmp_path):
+    results = signed_run(tmp_path)
+    assert results["status"] == "completed" and results["refused"] == []
+    assert results["signatures"] == {"required": True, "models_signed": True}
+    trusted = load_trusted_sites(tmp_path / "certs" / "coordinator" / "trusted-sites.json")
+    for name in ("merged.pb", "fused.pb"):
+        package = parse_model_package((tmp_path / "run" / "packages" / name).read_bytes())
+        verify_signature(package, trusted, results["run_id"], expected_signer="coordinator")
+
+
+def test_unsigned_and_wrongly_signed_packages_are_refused(tmp_path):
+    # timeseries_1 sends unsigned packages; paired-0 is not in the trusted-sites file and signs
+    # with tabular_0's key under its own name
+    results = signed_run(tmp_path, certified=["tabular_0", "timeseries_1"], unsigned=("timeseries_1",))
+    assert results["status"] == "completed"
+    reasons = {(r["site"], r["modality"]): r["reason"] for r in results["refused"]}
+    assert "unsigned" in reasons[("timeseries_1", "timeseries_1")]
+    assert "unknown site 'paired-0'" in reasons[("paired-0", "tabular_0")]
+    assert results["merged_modalities"] == ["tabular_0"]
+
+
+def test_sites_refuse_models_the_coordinator_did_not_sign(tmp_path):
+    results = signed_run(tmp_path, coordinator_signs=False)
+    assert results["status"] == "failed"
+    assert all("unsigned" in f["reason"] for f in results["failures"])
