@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -295,19 +296,35 @@ def run_deployment(
         text=True,
         start_new_session=True,
     )
+    run_id = ""
+    watchdog = threading.Timer(timeout, stop_process_group, [process]) if timeout else None
     try:
+        if watchdog is not None:
+            watchdog.start()
         assert process.stdout is not None
         with log_path.open("w") as log:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
+                if line.startswith("Successfully started run "):
+                    run_id = line.split()[-1]
                 if _is_progress(line):
                     echo(line.rstrip())
-                if timeout is not None and time.monotonic() - start > timeout:
-                    raise DeploymentError(f"the run took longer than {timeout:.0f} s (log: {log_path})")
         process.wait(timeout=30)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         stop_process_group(process)
+    if timeout and time.monotonic() - start >= timeout:
+        if run_id:  # the ServerApp keeps running on the SuperLink unless the run is stopped there
+            subprocess.run(
+                [tool("flwr"), "stop", run_id, CONNECTION],
+                env=quiet_environment(flwr_home),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        raise DeploymentError(f"the run took longer than {timeout:.0f} s and was stopped (log: {log_path})")
     if process.returncode != 0:
         raise DeploymentError(f"flwr run exited with code {process.returncode} (log: {log_path})")
     if not results_path.exists():
