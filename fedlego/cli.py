@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -185,12 +186,36 @@ def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
     add_subcommands(subparsers)
 
 
+def _add_audit(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("audit", help="check a coordinator's audit log")
+    actions = p.add_subparsers(dest="action", required=True)
+    verify = actions.add_parser("verify", help="detect modified, deleted or reordered entries")
+    verify.add_argument("log", type=Path, help="the run's audit.jsonl")
+    verify.add_argument("--results", type=Path, help="the run's results.json (its audit_head catches cut-off entries)")
+    verify.set_defaults(handler=_audit_verify)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from fedlego.server.audit import verify_log
+
+    head = None
+    if args.results is not None:
+        head = json.loads(args.results.read_text()).get("audit_head")
+    report = verify_log(args.log, head)
+    if report.ok:
+        print(f"{args.log}: {report.entries} entries, chain intact, head {report.head}")
+        return 0
+    print(f"{args.log}: TAMPERED: {report.problem}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedlego`` command."""
     parser = argparse.ArgumentParser(prog="fedlego", description="Federated multimodal model merging (MM-Lego).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
     _add_simulate(subparsers)
+    _add_audit(subparsers)
     _add_deploy(subparsers)
     return parser
 

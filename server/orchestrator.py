@@ -6,6 +6,7 @@ and merge, evaluate, fuse rounds, final evaluation. Orchestration only; the scie
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -22,12 +23,16 @@ from fedlego.common.packaging import (
     block_to_package,
     fused_to_package,
     merged_to_package,
+    model_from_package,
     parse_block_package,
+    parse_model_package,
     serialize,
 )
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.site import weighted_mean
 from fedlego.proto.fedlego_pb2 import BlockPackage
+from fedlego.server.audit import AuditLog
+from fedlego.server.checkpoint import Checkpoint
 from fedlego.server.transport import Payload, Transport
 
 
@@ -47,6 +52,10 @@ class Federation:
         self.sites: dict[int, dict[str, Any]] = {}
         self.trusted = None
         self.signing_key = None
+        self.audit: AuditLog | None = None
+        self.checkpoint = Checkpoint(self.out_dir / "checkpoint") if self.out_dir else None
+        self.completed: list[str] = []
+        self.progress: dict[str, Any] = {}
         self.results: dict[str, Any] = {
             "kind": "federated",
             "run_id": self.run_id,
@@ -76,6 +85,47 @@ class Federation:
             sign_package(package, self.signing_key, COORDINATOR)
         return package
 
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.results["audit_head"] = self.audit.append(event, run_id=self.run_id, **fields)
+
+    def _checkpoint(self, phase: str | None = None) -> None:
+        """Record a finished phase and the progress inside the current one, before going on."""
+        if phase is not None and phase not in self.completed:
+            self.completed.append(phase)
+        if self.checkpoint is not None:
+            self.checkpoint.save(
+                {"run_id": self.run_id, "completed": self.completed, "progress": self.progress, "results": self.results}
+            )
+            self._write_results()
+
+    def open_records(self) -> None:
+        """Open the audit log and, when the run folder holds a checkpoint of this run, resume it."""
+        if self.out_dir is None:
+            return
+        try:
+            self.audit = AuditLog(self.out_dir / "audit.jsonl")
+            state = self.checkpoint.load() if self.checkpoint else None
+        except ValueError as error:
+            raise FederationError(str(error)) from error
+        if state is None:
+            self._audit("run-started", settings=self.results["config"])
+            return
+        if state.get("run_id") != self.run_id:
+            raise FederationError(
+                f"{self.out_dir} holds a checkpoint of run {state.get('run_id')!r}, not {self.run_id!r}: "
+                "resume with the same settings or use another output folder"
+            )
+        self.completed, self.progress = list(state["completed"]), dict(state.get("progress", {}))
+        self.results = state["results"]
+        self.results["resumed"] = self.results.get("resumed", 0) + 1
+        self.log(f"resuming run {self.run_id}: finished phases {self.completed}")
+        self._audit("run-resumed", completed=self.completed)
+
+    def _reload(self, name: str):
+        package = parse_model_package((self.out_dir / "packages" / name).read_bytes(), name)
+        return package, model_from_package(package)
+
     # -- transport -------------------------------------------------------------------------
     def _site(self, node: int) -> str:
         return self.sites.get(node, {}).get("site", f"node-{node}")
@@ -95,6 +145,7 @@ class Federation:
             traffic["received"] += reply.bytes_received
             if reply.error is not None:
                 self.results["failures"].append({"site": self._site(node), "phase": phase, "reason": reply.error})
+                self._audit("site-failed", site=self._site(node), phase=phase, reason=reply.error.splitlines()[0])
                 self.log(f"  {phase}: {self._site(node)} failed: {reply.error.splitlines()[0]}")
             elif reply.payload is not None:
                 answered[node] = reply.payload
@@ -153,6 +204,13 @@ class Federation:
             for key, value in payload.config.items():
                 if key.startswith("package."):
                     self._save(f"uploads/{self._site(node)}-{key[8:]}.pb", value)
+                    self._audit(
+                        "package-received",
+                        site=self._site(node),
+                        modality=key[8:],
+                        sha256=hashlib.sha256(value).hexdigest(),
+                        bytes=len(value),
+                    )
                     try:
                         packages.append(parse_block_package(value, f"upload from {self._site(node)}"))
                     except PackageError as error:
@@ -190,6 +248,13 @@ class Federation:
             history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
             if not final:
                 states.append(average_states([p.arrays for p in answered.values()], counts))
+            self._audit(
+                "fedavg-round",
+                modality=modality,
+                round=round_index,
+                participants=sorted(self._site(n) for n in answered),
+                validation_loss=history[-1],
+            )
         best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
         block.load_state_dict(states[best])
         block.n_samples = sum(p.n_samples for p, _ in candidates)
@@ -213,6 +278,16 @@ class Federation:
         selection = check_packages(packages, contract, task, max_bytes, self.run_id, self.trusted)
         for refusal in selection.refused:
             self.log(f"  refused {refusal.site}/{refusal.modality}: {refusal.reason}")
+            self._audit("package-refused", site=refusal.site, modality=refusal.modality, reason=refusal.reason)
+        for modality, candidates in selection.candidates.items():
+            for package, _ in candidates:
+                self._audit(
+                    "package-verified",
+                    site=package.site,
+                    modality=modality,
+                    content_hash=package.content_hash.hex(),
+                    signed=package.HasField("signature"),
+                )
         self.results["refused"] += [asdict(r) for r in selection.refused]
         if not selection.candidates:
             raise FederationError(
@@ -238,6 +313,13 @@ class Federation:
             time.perf_counter() - start
         )
         self.results["merged_modalities"] = sorted(blocks)
+        self._audit(
+            "merged",
+            modalities=sorted(blocks),
+            weights=merged.weights,
+            content_hash=package.content_hash.hex(),
+            blocks={m: p.content_hash.hex() for m, p in block_packages.items()},
+        )
         self._save("merged.pb", serialize(package))
         for modality, block_package in block_packages.items():
             self._save(f"block-{modality}.pb", serialize(block_package))
@@ -255,7 +337,8 @@ class Federation:
         self.results["metrics"][phase] = aggregate_metrics(per_site)
 
     def fuse(self, blocks: dict[str, LegoBlock], block_packages, task):
-        """Federated LegoFuse rounds across sites holding at least two merged modalities."""
+        """Federated LegoFuse rounds across sites holding at least two merged modalities; each
+        round is checkpointed, and a resumed run continues after the last finished round."""
         modalities = set(blocks)
         paired = [
             n for n, d in self.sites.items() if len(modalities & set(d["modalities"])) >= 2 and sum(d["n_train"]) > 0
@@ -270,7 +353,14 @@ class Federation:
         base = serialize(self._sign(fused_to_package(model, block_packages, self.run_id)))
         mu = self.settings.proximal_mu if self.settings.fuse_aggregation == "fedprox" else 0.0
         history, states, participants = [], [model.fusion_state_dict()], []
-        for round_index in range(self.settings.fuse_rounds + 1):
+        done = self.progress.get("fuse")
+        if done:
+            history, participants = list(done["history"]), list(done["participants"])
+            states = [self.checkpoint.load_tensors(f"fuse-state-{i}") for i in range(done["states"])]
+        elif self.checkpoint is not None:
+            self.checkpoint.save_tensors("fuse-state-0", states[0])
+        first_round = len(history)
+        for round_index in range(first_round, self.settings.fuse_rounds + 1):
             final = round_index == self.settings.fuse_rounds
             config = {
                 "round": round_index,
@@ -283,6 +373,8 @@ class Federation:
             for node in paired:  # the model travels once; afterwards only its fusion parameters
                 if round_index == 0:
                     requests[node] = Payload(config={**config, "package": base})
+                elif round_index == first_round:  # resumed: sites may have lost the model
+                    requests[node] = Payload(config={**config, "package": base}, arrays=dict(states[-1]))
                 else:
                     requests[node] = Payload(config=dict(config), arrays=dict(states[-1]))
             answered = self._exchange("fuse", "train.fuse", requests)
@@ -291,6 +383,17 @@ class Federation:
             participants.append(sorted(self._site(n) for n in answered))
             if not final:
                 states.append(average_states([p.arrays for p in answered.values()], counts))
+            self._audit(
+                "fuse-round",
+                round=round_index,
+                participants=participants[-1],
+                validation_loss=history[-1],
+                trained=not final,
+            )
+            if self.checkpoint is not None:
+                self.checkpoint.save_tensors(f"fuse-state-{len(states) - 1}", states[-1])
+                self.progress["fuse"] = {"history": history, "participants": participants, "states": len(states)}
+                self._checkpoint()
         best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
         model.load_state_dict(states[best], strict=False)
         self.results["rounds"]["fuse"] = {
@@ -301,6 +404,7 @@ class Federation:
         }
         package = self._sign(fused_to_package(model, block_packages, self.run_id))
         self._save("fused.pb", serialize(package))
+        self._audit("fused", content_hash=package.content_hash.hex(), kept_round=best)
         return package
 
     def _save(self, name: str, data: bytes) -> None:
@@ -320,20 +424,34 @@ class Federation:
         """All phases; on a fatal error the results so far are written with the reason."""
         start = time.perf_counter()
         try:
+            self.open_records()
             self.load_keys()
             nodes = self.wait_for_sites()
             task = self.describe(nodes)
-            packages = self.train_blocks(task)
-            blocks, block_packages, merged = self.merge(packages, task)
-            self.evaluate("merge", merged)
-            fused = self.fuse(blocks, block_packages, task)
-            if fused is not None:
+            if "merge" in self.completed:
+                merged, model = self._reload("merged.pb")
+                blocks, block_packages = dict(model.blocks), {p.modality: p for p in merged.blocks}
+            else:
+                blocks, block_packages, merged = self.merge(self.train_blocks(task), task)
+                self._checkpoint("merge")
+            if "evaluate-merge" not in self.completed:
+                self.evaluate("merge", merged)
+                self._checkpoint("evaluate-merge")
+            if "fuse" in self.completed:
+                fused = self._reload("fused.pb")[0] if (self.out_dir / "packages" / "fused.pb").exists() else None
+            else:
+                fused = self.fuse(blocks, block_packages, task)
+                self._checkpoint("fuse")
+            if fused is not None and "evaluate-fuse" not in self.completed:
                 self.evaluate("fuse", fused)
+                self._checkpoint("evaluate-fuse")
             self.results["status"] = "completed"
+            self._audit("run-completed")
         except FederationError as error:
             self.results["status"] = "failed"
             self.results["error"] = str(error)
             self.log(f"federation stopped: {error}")
+            self._audit("run-failed", reason=str(error))
         finally:
             self.results["wall_seconds"] = time.perf_counter() - start
             self._write_results()

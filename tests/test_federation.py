@@ -22,6 +22,7 @@ from fedlego.common.signing import load_trusted_sites, verify_signature
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import train_block
 from fedlego.messages import Payload
+from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
 from tests.inprocess import InProcessTransport
 
@@ -243,3 +244,60 @@ def test_sites_refuse_models_the_coordinator_did_not_sign(tmp_path):
     results = signed_run(tmp_path, coordinator_signs=False)
     assert results["status"] == "failed"
     assert all("unsigned" in f["reason"] for f in results["failures"])
+
+
+class CoordinatorCrash(Exception):
+    """Stands for the coordinator process dying."""
+
+
+class CrashingTransport(InProcessTransport):
+    """Dies (like a killed coordinator) when asked to send the given fuse round."""
+
+    crash_at_fuse_round: int = -1
+
+    def exchange(self, message_type, requests, timeout):
+        if message_type == "train.fuse":
+            round_index = next(iter(requests.values())).config["round"]
+            if round_index == self.crash_at_fuse_round:
+                raise CoordinatorCrash
+        return super().exchange(message_type, requests, timeout)
+
+
+def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
+    config = {**SMALL, "fuse-rounds": 3, "out-dir": str(tmp_path)}
+    settings = FederationSettings.from_run_config(config)
+    first = CrashingTransport(config, 3)
+    first.crash_at_fuse_round = 2
+    with pytest.raises(CoordinatorCrash):
+        Federation(first, settings, log=lambda _: None).run()
+    assert ("train.block", 0) in first.calls
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["completed"] == ["merge", "evaluate-merge"] and len(state["progress"]["fuse"]["history"]) == 2
+
+    second = InProcessTransport(config, 3)  # a fresh coordinator; sites lost their fuse state too
+    results = Federation(second, settings, log=lambda _: None).run()
+    assert results["status"] == "completed" and results["resumed"] == 1
+    kinds = {kind for kind, _ in second.calls}
+    assert "train.block" not in kinds and "train.blockround" not in kinds  # finished work not redone
+    fuse_rounds = [c for c in second.calls if c[0] == "train.fuse"]
+    assert len(fuse_rounds) == 2  # rounds 2 and 3 only
+    assert len(results["rounds"]["fuse"]["validation_loss"]) == 4
+    events = [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events[0] == "run-started" and "run-resumed" in events and events[-1] == "run-completed"
+    assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    run(SMALL, tmp_path)
+    results, _ = run({**SMALL, "seed": 5}, tmp_path)
+    assert results["status"] == "failed" and "holds a checkpoint of run" in results["error"]
+
+
+def test_the_audit_log_records_packages_refusals_merge_and_rounds(completed):
+    _, _, out = completed
+    entries = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    events = [e["event"] for e in entries]
+    assert events.count("package-received") == 4 and events.count("package-verified") == 4
+    assert {"merged", "fedavg-round", "fuse-round", "fused", "run-completed"} <= set(events)
+    received = next(e for e in entries if e["event"] == "package-received")
+    assert len(received["sha256"]) == 64 and received["site"]
