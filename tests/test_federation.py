@@ -301,3 +301,35 @@ def test_the_audit_log_records_packages_refusals_merge_and_rounds(completed):
     assert {"merged", "fedavg-round", "fuse-round", "fused", "run-completed"} <= set(events)
     received = next(e for e in entries if e["event"] == "package-received")
     assert len(received["sha256"]) == 64 and received["site"]
+
+
+class SiteDiesMidFuse(InProcessTransport):
+    """Site ``dead`` stops answering from fuse round 1 on (a process killed mid-fuse)."""
+
+    dead: int = 3
+
+    def exchange(self, message_type, requests, timeout):
+        if message_type == "train.fuse" and next(iter(requests.values())).config["round"] >= 1:
+            self.silent.add((message_type, self.dead))
+        return super().exchange(message_type, requests, timeout)
+
+
+def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
+    config = {**SMALL, "paired-sites": 2, "fuse-rounds": 2, "out-dir": str(tmp_path)}
+    settings = FederationSettings.from_run_config(config)
+    transport = SiteDiesMidFuse(config, 4)
+    results = Federation(transport, settings, log=lambda _: None).run()
+    assert results["status"] == "completed"
+    assert results["rounds"]["fuse"]["participants"] == [["paired-0", "paired-1"], ["paired-0"], ["paired-0"]]
+    assert [f["site"] for f in results["failures"] if f["phase"] == "fuse"] == ["paired-1", "paired-1"]
+    assert (tmp_path / "packages" / "fused.pb").exists()
+
+
+def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merge(tmp_path):
+    config = {**SMALL, "paired-sites": 2, "fuse-rounds": 2, "min-responses": 2, "out-dir": str(tmp_path)}
+    settings = FederationSettings.from_run_config(config)
+    results = Federation(SiteDiesMidFuse(config, 4), settings, log=lambda _: None).run()
+    assert results["status"] == "failed" and "phase fuse: only 1 of 2 sites answered, 2 needed" in results["error"]
+    assert "merge" in results["metrics"] and (tmp_path / "packages" / "merged.pb").exists()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and "merge" in saved["metrics"]
