@@ -24,12 +24,15 @@ class FlowerTransport:
         ]
         sent = {n: payload_bytes(p) for n, p in requests.items()}
         replies: dict[int, Reply] = {}
-        for message in self.grid.send_and_receive(messages, timeout=timeout):
-            node = message.metadata.src_node_id
+        answers = list(self.grid.send_and_receive(messages, timeout=timeout))
+        # Replies name the request they answer; an error about an unreachable node comes from the
+        # SuperLink itself, so its source node id is not the site's.
+        node_of = {m.metadata.message_id: n for m, n in zip(messages, requests, strict=True) if m.metadata.message_id}
+        for message in answers:
+            node = node_of.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
             if message.has_error():
-                replies[node] = Reply(
-                    node, None, message.error.reason or f"error code {message.error.code}", sent.get(node, 0), 0
-                )
+                reason = message.error.reason or f"error code {message.error.code}"
+                replies[node] = Reply(node, None, reason, sent.get(node, 0), 0)
                 continue
             payload = from_records(message.content)
             replies[node] = Reply(node, payload, None, sent.get(node, 0), payload_bytes(payload))

@@ -1,5 +1,7 @@
 """Deployment on loopback: a SuperLink and one SuperNode per exported site folder, each its own
-process started through the ``fedlego`` command line, and the federation run through all phases."""
+process started through the ``fedlego`` command line, secure by default (TLS, SuperNode
+authentication with registered keys, signed packages and coordinator-signed models): the
+federation through all phases, an unregistered site refused, a site killed mid-fuse."""
 
 from __future__ import annotations
 
@@ -13,15 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedlego.common.packaging import model_from_package, parse_model_package
-from fedlego.simulation import _wait_healthy, free_port, quiet_environment, stop_process_group
+from fedlego.deploy import list_nodes
+from fedlego.simulation import free_port, quiet_environment, stop_process_group
 
 pytestmark = pytest.mark.timeout(600)
 
 FEDLEGO = [sys.executable, "-m", "fedlego.cli"]
 MODALITIES = "clinical,rna"
 SITES = ["clinical", "paired-0", "rna"]
+ALL_SITES = ["clinical", "paired-0", "paired-1", "rna"]  # export-sites --paired-sites 2
+FAST = ["dataset=tcga-acc", f"modalities={MODALITIES}", "block-epochs=3", "patience=3", "block-rounds=0"]
 
 
 def _fedlego(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -88,6 +95,107 @@ def _stop_all(processes: list[subprocess.Popen], marker: str) -> dict[int, str]:
     return left
 
 
+def _wait_for(predicate, timeout: float, what: str, details=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{details()}")
+        time.sleep(0.5)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _logs(folder: Path) -> str:
+    return "".join(f"\n--- {p.name}\n{_text(p)[-3000:]}" for p in sorted(folder.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    """``fedlego certs`` for the four sites of ``export-sites --paired-sites 2``, and those sites."""
+    root = tmp_path_factory.mktemp("consortium")
+    certs = root / "certs"
+    args = ["certs", "--out", str(certs)] + [arg for name in ALL_SITES for arg in ("--site", name)]
+    result = _fedlego(*args, "--server-name", "127.0.0.1", "--server-name", "localhost", home=root)
+    assert result.returncode == 0, result.stderr
+    assert "created" in result.stdout and "kept" not in result.stdout
+    keys = {p: p.read_bytes() for p in certs.rglob("*") if p.is_file() and p.suffix not in (".json",)}
+    again = _fedlego(*args, home=root)  # re-running keeps every key
+    assert again.returncode == 0, again.stderr
+    assert "kept" in again.stdout
+    assert {p: p.read_bytes() for p in keys} == keys
+    assert sorted(p.stem for p in (certs / "coordinator" / "node-auth").glob("*.pub")) == ALL_SITES
+
+    sites = root / "sites"
+    result = _fedlego(
+        "export-sites",
+        "--scenario",
+        "tcga-acc",
+        "--modalities",
+        MODALITIES,
+        "--paired-sites",
+        "2",
+        "--out",
+        str(sites),
+        home=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in sites.iterdir() if (p / "site.json").exists()) == ALL_SITES
+    return certs, sites
+
+
+@contextlib.contextmanager
+def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path, Path]]):
+    """A SuperLink with ``--certs`` (ready once its node keys are registered) and one ``fedlego site
+    --certs`` per entry name -> (site folder, site certs folder); every process stopped after."""
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    processes: dict[str, subprocess.Popen] = {}
+    left: dict[int, str] = {}
+    try:
+        home = tmp_path / "superlink"
+        processes["superlink"] = _start(
+            ["superlink", "--port", str(port), "--home", str(home), "--certs", str(certs)],
+            home,
+            logs / "superlink.log",
+        )
+        _wait_for(
+            lambda: (
+                "fedlego superlink: ready;" in _text(logs / "superlink.log")
+                or processes["superlink"].poll() is not None
+            ),
+            90,
+            "the SuperLink to register the node keys",
+            lambda: _logs(logs),
+        )
+        assert processes["superlink"].poll() is None, _logs(logs)
+        for name, (data_dir, site_certs) in sites.items():
+            processes[name] = _start(
+                [
+                    "site",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--data-dir",
+                    str(data_dir),
+                    "--certs",
+                    str(site_certs),
+                    "--port",
+                    str(free_port()),
+                    "--home",
+                    str(tmp_path / "homes" / name),
+                ],
+                tmp_path / "homes" / name,
+                logs / f"site-{name}.log",
+            )
+        yield port, processes, logs
+    finally:
+        left.update(_stop_all(list(processes.values()), str(tmp_path)))
+    assert left == {}, f"processes still running after stop: {left}"
+    assert all(p.poll() is not None for p in processes.values())
+
+
 def test_export_sites_writes_site_folders(tmp_path):
     result = _fedlego(
         "export-sites", "--scenario", "tcga-acc", "--modalities", MODALITIES, "--out", str(tmp_path), home=tmp_path
@@ -99,17 +207,39 @@ def test_export_sites_writes_site_folders(tmp_path):
     assert (tmp_path / "rna" / "split.csv").exists()
 
 
-def test_insecure_is_required_and_bad_site_folder_fails_fast(tmp_path):
+def test_certs_or_insecure_is_required_and_bad_folders_fail_fast(tmp_path, consortium):
+    certs, sites = consortium
     home = tmp_path / "home"
     result = _fedlego("superlink", "--port", str(free_port()), "--home", str(home), home=tmp_path)
     assert result.returncode != 0
-    assert "TLS" in result.stderr and "--insecure" in result.stderr
+    assert "TLS" in result.stderr and "--certs" in result.stderr and "--insecure" in result.stderr
+
+    result = _fedlego("run", "--superlink", "127.0.0.1:9092", "--out", str(tmp_path / "out"), home=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "TLS" in result.stderr and "--certs" in result.stderr
 
     site = tmp_path / "site"
     site.mkdir()
     result = _fedlego("site", "--superlink", "127.0.0.1:9092", "--data-dir", str(site), home=tmp_path)
     assert result.returncode != 0
-    assert "TLS" in result.stderr and "--insecure" in result.stderr
+    assert "TLS" in result.stderr and "--certs" in result.stderr and "--insecure" in result.stderr
+
+    # A site certs folder without its node key is refused before any connection.
+    result = _fedlego(
+        "site", "--superlink", "127.0.0.1:9092", "--data-dir", str(sites / "rna"), "--certs", str(certs), home=tmp_path
+    )
+    assert result.returncode != 0
+    assert "node-auth" in result.stderr and "fedlego certs" in result.stderr
+
+    # --insecure stays possible, explicitly and loudly.
+    log = tmp_path / "insecure.log"
+    superlink = _start(["superlink", "--port", str(free_port()), "--home", str(home), "--insecure"], home, log)
+    try:
+        _wait_for(lambda: "ready (insecure)" in _text(log) or superlink.poll() is not None, 60, "an insecure SuperLink")
+    finally:
+        left = _stop_all([superlink], str(home))
+    assert "ready (insecure)" in _text(log) and "WARNING: --insecure" in _text(log), _text(log)
+    assert left == {}
 
     (site / "site.json").write_text(
         json.dumps(
@@ -124,74 +254,40 @@ def test_insecure_is_required_and_bad_site_folder_fails_fast(tmp_path):
     (site / "labels.csv").write_text("id,time,event\np1,10,1\np2,20,0\n")
     (site / "clinical.csv").write_text("id,age\np1,50\np1,51\n")
     # No SuperLink listens on this port: the folder must be rejected before any connection.
-    result = _fedlego(
-        "site",
-        "--superlink",
-        f"127.0.0.1:{free_port()}",
-        "--data-dir",
-        str(site),
-        "--insecure",
-        home=tmp_path,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "clinical.csv" in result.stderr and "duplicate patient ids" in result.stderr
-
-
-def test_federation_across_processes(tmp_path):
-    start = time.monotonic()
-    marker = str(tmp_path)
-    sites = tmp_path / "sites"
-    result = _fedlego(
-        "export-sites", "--scenario", "tcga-acc", "--modalities", MODALITIES, "--out", str(sites), home=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-
-    port = free_port()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    processes: list[subprocess.Popen] = []
-    try:
-        superlink = _start(
-            ["superlink", "--port", str(port), "--home", str(tmp_path / "superlink"), "--insecure"],
-            tmp_path / "superlink",
-            logs / "superlink.log",
+    for security in (["--insecure"], ["--certs", str(certs / "sites" / "clinical")]):
+        result = _fedlego(
+            "site",
+            "--superlink",
+            f"127.0.0.1:{free_port()}",
+            "--data-dir",
+            str(site),
+            *security,
+            home=tmp_path,
+            timeout=60,
         )
-        processes.append(superlink)
-        _wait_healthy(port, superlink)
-        for name in SITES:
-            processes.append(
-                _start(
-                    [
-                        "site",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--data-dir",
-                        str(sites / name),
-                        "--port",
-                        str(free_port()),
-                        "--home",
-                        str(tmp_path / "homes" / name),
-                        "--insecure",
-                    ],
-                    tmp_path / "homes" / name,
-                    logs / f"site-{name}.log",
-                )
-            )
-        out = tmp_path / "out"
+        assert result.returncode != 0
+        assert "clinical.csv" in result.stderr and "duplicate patient ids" in result.stderr
+
+
+def test_federation_across_processes_with_tls_auth_and_signatures(tmp_path, consortium):
+    start = time.monotonic()
+    certs, sites = consortium
+    out = tmp_path / "out"
+    with _secure_deployment(tmp_path, certs, {name: (sites / name, certs / "sites" / name) for name in SITES}) as (
+        port,
+        processes,
+        logs,
+    ):
         run = _fedlego(
             "run",
             "--superlink",
             f"127.0.0.1:{port}",
-            "--insecure",
+            "--certs",
+            str(certs),
             "--out",
             str(out),
             "--set",
-            "dataset=tcga-acc",
-            f"modalities={MODALITIES}",
-            "block-epochs=3",
-            "patience=3",
-            "block-rounds=0",
+            *FAST,
             "fuse-rounds=1",
             f"min-sites={len(SITES)}",
             f"min-responses={len(SITES)}",
@@ -202,23 +298,119 @@ def test_federation_across_processes(tmp_path):
             home=tmp_path,
             timeout=480,
         )
-        details = run.stdout + run.stderr + "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in logs.iterdir())
+        details = run.stdout + run.stderr + _logs(logs)
         assert run.returncode == 0, details
-        assert all(p.poll() is None for p in processes), details  # nothing crashed during the run
+        assert all(p.poll() is None for p in processes.values()), details  # nothing crashed during the run
+        config = (out / ".flower" / "home" / "config.toml").read_text()
+        assert "root-certificates" in config and "insecure" not in config
 
-        results = json.loads((out / "results.json").read_text())
-        print({name: round(phase["seconds"], 1) for name, phase in results["phases"].items()})
-        assert results["status"] == "completed", details
-        assert sorted(results["sites"]) == SITES
-        assert results["failures"] == []
-        for phase in ("merge", "fuse"):
-            assert results["metrics"][phase], f"no {phase} metrics"
-        assert "LegoMerge" in run.stdout or "merge" in run.stdout
-        for name in ("merged.pb", "fused.pb"):
-            model = model_from_package(parse_model_package((out / "packages" / name).read_bytes(), name))
-            assert model is not None
-    finally:
-        left = _stop_all(processes, marker)
-        print(f"deployment e2e wall time {time.monotonic() - start:.1f} s")
-    assert left == {}, f"processes still running after stop: {left}"
-    assert all(p.poll() is not None for p in processes)
+    results = json.loads((out / "results.json").read_text())
+    print({name: round(phase["seconds"], 1) for name, phase in results["phases"].items()})
+    assert results["status"] == "completed", details
+    assert results["signatures"] == {"required": True, "models_signed": True}
+    assert sorted(results["sites"]) == SITES
+    assert results["failures"] == []
+    assert results["refused"] == []
+    for phase in ("merge", "fuse"):
+        assert results["metrics"][phase], f"no {phase} metrics"
+    assert "packages required, models signed" in run.stdout
+    for name in ("merged.pb", "fused.pb"):
+        package = parse_model_package((out / "packages" / name).read_bytes(), name)
+        assert package.signature.signer == "coordinator"
+        assert model_from_package(package) is not None
+    print(f"secure deployment e2e wall time {time.monotonic() - start:.1f} s")
+
+
+def test_unregistered_site_is_refused(tmp_path, consortium):
+    """A site whose node key the SuperLink never registered cannot join; a registered one can."""
+    start = time.monotonic()
+    certs, sites = consortium
+    rogue = tmp_path / "rogue-certs"
+    rogue.mkdir()
+    for name in ("ca.pem", "signing.key", "coordinator.pub"):
+        (rogue / name).write_bytes((certs / "sites" / "rna" / name).read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    (rogue / "node-auth").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    (rogue / "node-auth").chmod(0o600)
+    deployment = {"clinical": (sites / "clinical", certs / "sites" / "clinical"), "rogue": (sites / "rna", rogue)}
+    with _secure_deployment(tmp_path, certs, deployment) as (_port, processes, logs):
+        _wait_for(
+            lambda: (
+                "SuperNode ID:" in _text(logs / "site-clinical.log")
+                and "Failed to activate SuperNode" in _text(logs / "site-rogue.log")
+            ),
+            60,
+            "the registered site to join and the unregistered one to be refused",
+            lambda: _logs(logs),
+        )
+        nodes = list_nodes(tmp_path / "superlink" / "control")
+        assert len(nodes) == len(ALL_SITES)  # the registered keys, and no other
+        assert [n["status"] for n in nodes].count("online") == 1, nodes
+        assert "SuperNode ID:" not in _text(logs / "site-rogue.log")
+        assert processes["clinical"].poll() is None
+    print(f"unregistered site test wall time {time.monotonic() - start:.1f} s")
+
+
+def test_site_killed_mid_fuse(tmp_path, consortium):
+    """SIGKILL one of two paired sites once the fuse phase starts: the run finishes without it."""
+    start = time.monotonic()
+    certs, sites = consortium
+    out = tmp_path / "out"
+    with _secure_deployment(tmp_path, certs, {name: (sites / name, certs / "sites" / name) for name in ALL_SITES}) as (
+        port,
+        processes,
+        logs,
+    ):
+        run = _start(
+            [
+                "run",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--certs",
+                str(certs),
+                "--out",
+                str(out),
+                "--set",
+                *FAST,
+                "fuse-rounds=3",
+                f"min-sites={len(ALL_SITES)}",
+                "min-responses=1",
+                "wait-timeout=120",
+                "phase-timeout=40",
+                "--timeout",
+                "480",
+            ],
+            tmp_path,
+            logs / "run.log",
+        )
+        processes["run"] = run
+        _wait_for(
+            lambda: "phase fuse:" in _text(out / ".flower" / "run.log") or run.poll() is not None,
+            400,
+            "the fuse phase",
+            lambda: _logs(logs),
+        )
+        assert run.poll() is None, _logs(logs)
+        fuse_started = time.monotonic()
+        os.killpg(processes["paired-1"].pid, signal.SIGKILL)  # the site and its SuperNode, no clean-up
+        processes["paired-1"].wait(timeout=10)
+        try:
+            run.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not finish after the site was killed\n{_logs(logs)}")
+        print(f"fuse to end after the kill: {time.monotonic() - fuse_started:.1f} s")
+        details = _text(logs / "run.log") + _logs(logs)
+        assert run.returncode == 0, details
+
+    results = json.loads((out / "results.json").read_text())
+    print({name: round(phase["seconds"], 1) for name, phase in results["phases"].items()})
+    print(results["failures"])
+    assert results["status"] == "completed", details
+    assert any(f["site"] == "paired-1" and f["phase"] == "fuse" for f in results["failures"]), results["failures"]
+    # Only the killed site failed (Flower's "Node Unavailable" replies are mapped back to it).
+    assert {f["site"] for f in results["failures"]} == {"paired-1"}, results["failures"]
+    assert "paired-0" in results["rounds"]["fuse"]["participants"][-1]
+    assert (out / "packages" / "fused.pb").exists()
+    print(f"killed-site test wall time {time.monotonic() - start:.1f} s")
