@@ -20,6 +20,7 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
+from fedlego.common.privacy import privacy_config_from_json
 from fedlego.common.signing import COORDINATOR, load_public_key, load_signing_key, sign_package, verify_signature
 from fedlego.common.site import SiteRuntime, evaluable_models
 from fedlego.common.tasks import task_from_dict
@@ -83,6 +84,7 @@ def train_block(message: Message, context: Context) -> Message:
         TrainConfig(**json.loads(config["training"])),
         str(config["run-id"]),
         json.loads(config["preprocessing"]),
+        privacy=privacy_config_from_json(config.get("privacy")),
     )
     key = signing_key_for(context)
     if key is not None:

@@ -20,6 +20,7 @@ from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoMerge
+from fedlego.common.privacy import PrivacyConfig
 from fedlego.common.training import TrainConfig
 from fedlego.common.workflow import FuseConfig, ModelConfig, evaluate_all, fuse_blocks, train_block
 
@@ -39,6 +40,8 @@ class CentralizedConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    privacy: PrivacyConfig | None = None
+    """DP-SGD for block training (None: plain training); see ``common.privacy``."""
 
 
 def run_fold(
@@ -69,12 +72,15 @@ def run_fold(
             config.training,
             preprocessors[modality].to_dict(),
             progress,
+            privacy=config.privacy,
         )
         reports[modality] = {
             "best_epoch": report.best_epoch,
             "seconds": time.perf_counter() - start,
             "n_train": blocks[modality].n_samples,
         }
+        if report.privacy is not None:
+            reports[modality]["privacy"] = report.privacy
         log(
             f"  fold {split.fold}: block {modality} trained on {blocks[modality].n_samples} patients "
             f"(best epoch {report.best_epoch}, validation {task.metric_name} "

@@ -16,6 +16,7 @@ from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import Scenario, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities
+from fedlego.common.privacy import PrivacyConfig
 from fedlego.common.site import SiteRuntime
 from fedlego.common.training import TrainConfig
 from fedlego.common.workflow import ModelConfig
@@ -56,6 +57,11 @@ class FederationSettings:
     fuse_local_epochs: int = 1
     fuse_aggregation: str = "fedavg"
     proximal_mu: float = 0.01
+    block_dp_epsilon: float = 0.0
+    block_dp_clip: float = 1.0
+    fuse_dp_noise: float = 0.0
+    fuse_dp_clip: float = 1.0
+    fuse_dp_delta: float = 1e-5
     latent_channels: int = 32
     latent_dim: int = 32
     frequency: bool = True
@@ -102,6 +108,19 @@ class FederationSettings:
         for key in ("min_sites", "min_responses"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key.replace('_', '-')} must be at least 1")
+        for key in ("block_dp_epsilon", "fuse_dp_noise"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key.replace('_', '-')} must be at least 0 (0 = off)")
+        for key in ("block_dp_clip", "fuse_dp_clip"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key.replace('_', '-')} must be positive")
+        if not 0 < self.fuse_dp_delta < 1:
+            raise ValueError("fuse-dp-delta must lie in (0, 1)")
+        if self.block_dp_epsilon > 0 and self.block_rounds > 0:
+            raise ValueError(
+                "block-dp-epsilon needs block-rounds = 0: block FedAvg rounds train without DP-SGD "
+                "and would spend privacy the blocks' epsilon does not account for"
+            )
 
     def modality_list(self) -> list[str]:
         """Modalities of the run (the dataset's preset when empty)."""
@@ -124,6 +143,12 @@ class FederationSettings:
             seed=self.seed,
             device=self.device,
         )
+
+    def block_privacy(self) -> PrivacyConfig | None:
+        """DP-SGD for block training (``block-dp-epsilon`` > 0), delta from each site's size."""
+        if self.block_dp_epsilon <= 0:
+            return None
+        return PrivacyConfig(target_epsilon=self.block_dp_epsilon, max_grad_norm=self.block_dp_clip)
 
     def round_training(self, epochs: int) -> TrainConfig:
         """A fixed number of local epochs for one FedAvg round (no early stopping)."""

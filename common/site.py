@@ -19,6 +19,7 @@ from fedlego.common.data.preprocess import preprocessor_from_dict
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import block_to_package
+from fedlego.common.privacy import PrivacyConfig, privacy_metrics
 from fedlego.common.tasks import Task
 from fedlego.common.training import TensorSet, TrainConfig, evaluate_loss, fit
 from fedlego.common.workflow import ModelConfig, evaluate, train_block, unimodal_forward
@@ -90,9 +91,11 @@ class SiteRuntime:
         train_config: TrainConfig,
         run_id: str,
         preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None,
+        privacy: PrivacyConfig | None = None,
     ) -> dict[str, BlockPackage]:
         """One block per held modality, trained on the site's training patients holding it and
-        early-stopped on its validation patients; returned as packages."""
+        early-stopped on its validation patients; returned as packages. With ``privacy``, DP-SGD;
+        the spent budget goes into the manifest metrics (``dp_epsilon``, ``dp_delta``...)."""
         preprocessors = fit_preprocessors(self.dataset, self._ids("train"), preprocessing_options)
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
@@ -107,10 +110,12 @@ class SiteRuntime:
                 model_config,
                 train_config,
                 preprocessors[modality].to_dict(),
+                privacy=privacy,
             )
             metrics = {"best_epoch": float(report.best_epoch)}
             if report.best_validation_loss is not None:
                 metrics["validation_loss"] = report.best_validation_loss
+            metrics.update(privacy_metrics(report))
             packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
         return packages
 

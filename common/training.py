@@ -115,6 +115,8 @@ class TrainReport:
     best_validation_loss: float | None
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    privacy: dict[str, float] | None = None
+    """With DP-SGD (``privacy.fit_private``): spent epsilon, delta, noise multiplier, clip..."""
 
 
 Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]

@@ -15,6 +15,7 @@ from torch import nn
 
 from fedlego.common.encoders import build_encoder, reference_encoder_spec
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.privacy import PrivacyConfig, fit_private
 from fedlego.common.tasks import Task, average_scores
 from fedlego.common.training import TensorSet, TrainConfig, TrainReport, fit, predict
 
@@ -86,27 +87,43 @@ def train_block(
     train_config: TrainConfig,
     preprocessing: dict[str, Any] | None = None,
     progress: bool = False,
+    privacy: PrivacyConfig | None = None,
 ) -> tuple[LegoBlock, TrainReport]:
     """Train one modality's block on the patients holding it; early stopping on validation.
 
     ``preprocessing`` is the fitted preprocessor state that produced the tensors; it is stored
-    with the block."""
+    with the block. ``privacy`` (enabled): DP-SGD instead of plain training (see
+    ``common.privacy``); the spent epsilon and delta are in ``report.privacy``."""
     train_m = train.restrict([modality])
     validation_m = validation.restrict([modality])
     if len(train_m) == 0:
         raise ValueError(f"no training patient holds modality {modality!r}")
     example = {k: v[:2] for k, v in train_m.inputs[modality].items()}
     block = build_block(modality, kind, example, task, model_config)
-    report = fit(
-        block,
-        train_m,
-        validation_m if len(validation_m) else None,
-        task,
-        train_config,
-        forward=unimodal_forward(block),
-        description=f"block {modality}",
-        progress=progress,
-    )
+    if privacy is not None and privacy.enabled:
+        report = fit_private(
+            block,
+            modality,
+            train_m,
+            validation_m if len(validation_m) else None,
+            task,
+            train_config,
+            privacy,
+            forward=unimodal_forward(block),
+            description=f"block {modality} (DP)",
+            progress=progress,
+        )
+    else:
+        report = fit(
+            block,
+            train_m,
+            validation_m if len(validation_m) else None,
+            task,
+            train_config,
+            forward=unimodal_forward(block),
+            description=f"block {modality}",
+            progress=progress,
+        )
     block.n_samples = len(train_m)
     block.preprocessing = preprocessing
     if len(validation_m):

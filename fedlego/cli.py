@@ -43,6 +43,11 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-modalities", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    p.add_argument(
+        "--dp-epsilon", type=float, default=None, help="DP-SGD block training to this epsilon per block (default: off)"
+    )
+    p.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD per-patient gradient clipping norm")
+    p.add_argument("--dp-delta", type=float, default=None, help="DP delta (default: min(1e-5, 1/n to a power of ten))")
     p.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     p.set_defaults(handler=_centralized)
 
@@ -65,6 +70,7 @@ def _load(args: argparse.Namespace):
 
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
+    from fedlego.common.privacy import PrivacyConfig
     from fedlego.common.training import TrainConfig
     from fedlego.common.workflow import FuseConfig, ModelConfig
 
@@ -83,6 +89,11 @@ def _centralized(args: argparse.Namespace) -> int:
         training=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device),
         fuse=FuseConfig(mode=args.fuse_mode, epochs=args.fuse_epochs, seed=args.seed),
         preprocessing=preset["preprocessing"],
+        privacy=(
+            PrivacyConfig(target_epsilon=args.dp_epsilon, max_grad_norm=args.dp_clip, delta=args.dp_delta)
+            if args.dp_epsilon
+            else None
+        ),
     )
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)
     document = run_centralized(dataset, config, args.out, progress=args.progress)

@@ -28,6 +28,7 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
+from fedlego.common.privacy import CentralAccountant, dp_average_updates, privacy_config_to_json
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.site import weighted_mean
 from fedlego.proto.fedlego_pb2 import BlockPackage
@@ -196,6 +197,7 @@ class Federation:
             "model": json.dumps(asdict(self.settings.model_config())),
             "training": json.dumps(asdict(self.settings.block_training())),
             "preprocessing": json.dumps(self.settings.preprocessing()),
+            "privacy": privacy_config_to_json(self.settings.block_privacy()),
         }
         nodes = [n for n, d in self.sites.items() if d["modalities"]]
         answered = self._exchange("block", "train.block", {n: Payload(config=dict(config)) for n in nodes})
@@ -306,6 +308,7 @@ class Federation:
                         f"({candidates[0][0].site})"
                     )
         block_packages = {m: p for m, (p, _) in chosen.items()}
+        self._record_block_privacy(block_packages)
         blocks = {m: b for m, (_, b) in chosen.items()}
         merged = LegoMerge(blocks, self.settings.latent_merge, self.settings.head_merge, self.settings.weighting)
         package = self._sign(merged_to_package(merged, block_packages, self.run_id))
@@ -381,8 +384,9 @@ class Federation:
             counts = [p.metrics["num-examples"] for p in answered.values()]
             history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
             participants.append(sorted(self._site(n) for n in answered))
+            paired = [n for n in paired if n in answered]  # a site that dropped out is not waited for again
             if not final:
-                states.append(average_states([p.arrays for p in answered.values()], counts))
+                states.append(self._aggregate_fuse(states[-1], answered, counts, len(requests)))
             self._audit(
                 "fuse-round",
                 round=round_index,
@@ -406,6 +410,41 @@ class Federation:
         self._save("fused.pb", serialize(package))
         self._audit("fused", content_hash=package.content_hash.hex(), kept_round=best)
         return package
+
+    # -- differential privacy (fedlego.common.privacy) -------------------------------------
+    def _aggregate_fuse(self, reference, answered: dict[int, Payload], counts, asked: int):
+        """FedAvg of the fusion parameters, or with ``fuse-dp-noise`` > 0 central DP-FedAvg
+        (clipped site updates, Gaussian noise, unweighted mean); records the spent budget."""
+        states = [p.arrays for p in answered.values()]
+        if self.settings.fuse_dp_noise <= 0:
+            return average_states(states, counts)
+        settings = self.settings
+        record = self.results.setdefault("privacy", {}).setdefault("fuse", {"sample_rates": []})
+        accountant = getattr(self, "_fuse_accountant", None)
+        if accountant is None:  # replays the rounds recorded before a resume
+            accountant = CentralAccountant(settings.fuse_dp_noise, settings.fuse_dp_clip, settings.fuse_dp_delta)
+            for rate in record["sample_rates"]:
+                accountant.step(rate)
+            self._fuse_accountant = accountant
+        state, info = dp_average_updates(reference, states, settings.fuse_dp_clip, settings.fuse_dp_noise)
+        accountant.step(len(states) / max(asked, 1))
+        record["sample_rates"].append(len(states) / max(asked, 1))
+        record.setdefault("clipped_updates", []).append(info["clipped"])
+        record.update(accountant.summary())
+        self.log(f"  fuse DP: epsilon {record['epsilon']:.3f} (delta {record['delta']:g}), {record['rounds']} rounds")
+        return state
+
+    def _record_block_privacy(self, block_packages: dict[str, BlockPackage]) -> None:
+        """The DP-SGD budget each merged block reports in its manifest (if trained with DP)."""
+        for modality, package in block_packages.items():
+            if "dp_epsilon" in package.metrics:
+                self.results.setdefault("privacy", {}).setdefault("blocks", {})[modality] = {
+                    "site": package.site,
+                    "epsilon": package.metrics["dp_epsilon"],
+                    "delta": package.metrics.get("dp_delta"),
+                    "noise_multiplier": package.metrics.get("dp_noise_multiplier"),
+                    "clip": package.metrics.get("dp_clip"),
+                }
 
     def _save(self, name: str, data: bytes) -> None:
         if self.out_dir is None:

@@ -1,0 +1,347 @@
+"""Optional differential privacy: DP-SGD for block training and central DP for fuse rounds.
+
+**Block training (local DP-SGD, Abadi et al. 2016)** with Opacus: Poisson sampling of training
+patients (``DPDataLoader``), per-patient gradients clipped to ``max_grad_norm``, Gaussian noise
+of standard deviation ``noise_multiplier * max_grad_norm`` on their sum (``DPOptimizer``; AdamW
+on the noisy gradient is post-processing) and an RDP accountant. The noise multiplier is
+calibrated so that the maximum number of epochs spends ``target_epsilon`` at ``delta``;
+early stopping can only stop sooner, and the reported epsilon is what the steps actually run
+spent. Opacus's own per-sample gradient modes do not fit a ``LegoBlock`` (a bare
+``nn.Parameter`` latent on the root module, dict inputs, buffers in some encoders), so the
+per-patient gradients are computed here with ``torch.func`` (``vmap(grad(...))`` over the whole
+block, each patient's dropout drawn independently) and handed to Opacus through its ``no_op``
+grad-sample mode. The per-patient loss is well defined because the survival likelihood
+(logistic hazard) and cross-entropy decompose over patients.
+
+What is protected: the training patients of the block, at the record level, with respect to the
+released block weights. Not protected: the validation patients (early stopping and the restored
+epoch read their loss, and the block's ``validation_score`` is computed on them; selection among
+the private iterates is post-processing only because validation patients are not training
+patients), the fitted preprocessing (feature means and scales computed on training patients
+without noise) and survival time bins, and test metrics.
+
+**Fuse rounds (central DP, DP-FedAvg with fixed clipping, McMahan et al. 2018)**: the
+coordinator clips each site's update of the fusion parameters to L2 norm ``clip``, adds
+Gaussian noise N(0, (noise_multiplier * clip)^2) to their sum and divides by the number of sites
+(unweighted). This protects each *site's* contribution (site-level DP) in the released fused
+model against anyone but the coordinator, which sees the raw updates. The accountant
+(Opacus ``RDPAccountant``) takes one step per aggregation with sample rate = answering sites /
+asked sites; sites here are asked deterministically, so the amplification by subsampling that a
+rate below one implies is only exact under Poisson sampling of sites. The per-round validation
+losses sites report (used to pick the best round) are not privatised.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import secrets
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from fedlego.common.tasks import Task
+from fedlego.common.training import TensorSet, TrainConfig, TrainReport, evaluate_loss, resolve_device
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD settings of block training: a target epsilon (calibrates the noise) or a fixed
+    noise multiplier; ``delta`` None means :func:`default_delta` of the training set size."""
+
+    target_epsilon: float = 0.0
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.target_epsilon > 0 or (self.noise_multiplier is not None and self.noise_multiplier > 0)
+
+    def validate(self) -> None:
+        if self.max_grad_norm <= 0:
+            raise ValueError("DP clipping norm (max_grad_norm) must be positive")
+        if self.target_epsilon < 0:
+            raise ValueError("target epsilon must be positive (0 = off)")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError("delta must lie in (0, 1)")
+
+
+def privacy_config_from_dict(state: Mapping[str, Any] | None) -> PrivacyConfig | None:
+    """A PrivacyConfig from its ``asdict`` form (None or a disabled config: None)."""
+    if not state:
+        return None
+    config = PrivacyConfig(**state)
+    config.validate()
+    return config if config.enabled else None
+
+
+def privacy_config_to_json(config: PrivacyConfig | None) -> str:
+    """For a message config entry: the config's fields, or ``null`` without DP."""
+    return json.dumps(asdict(config) if config is not None and config.enabled else None)
+
+
+def privacy_config_from_json(text: str | None) -> PrivacyConfig | None:
+    """Inverse of :func:`privacy_config_to_json` (an absent entry: no DP)."""
+    return privacy_config_from_dict(json.loads(text)) if text else None
+
+
+def default_delta(n: int) -> float:
+    """The smaller of 1e-5 and 1/n rounded down to a power of ten (delta must stay well below
+    1/n: a delta near 1/n allows releasing one patient's record outright)."""
+    if n < 1:
+        return 1e-5
+    return min(1e-5, 10.0 ** math.floor(math.log10(1.0 / n)))
+
+
+@functools.lru_cache(maxsize=256)
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
+    """The noise multiplier with which ``epochs`` epochs of Poisson-sampled DP-SGD at
+    ``sample_rate`` spend at most ``target_epsilon`` at ``delta`` (RDP accountant)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant="rdp",
+        )
+    )
+
+
+def _per_sample_gradients(model: nn.Module, task: Task):
+    """vmap(grad) of one patient's loss over a batch: (gradients, losses) per trainable parameter."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fixed = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    fixed.update(dict(model.named_buffers()))
+
+    def one_loss(params, x, y):
+        inputs = {k: v.unsqueeze(0) for k, v in x.items()}
+        targets = {k: v.unsqueeze(0) for k, v in y.items()}
+        return task.loss(functional_call(model, {**params, **fixed}, (inputs,)), targets)
+
+    compute = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="different")
+
+    def run(inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        params = {n: p.detach() for n, p in trainable.items()}
+        with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernels have no vmap batching rule
+            grads, losses = compute(params, inputs, targets)
+        return [grads[n] for n in trainable], losses
+
+    return list(trainable.values()), run
+
+
+def fit_private(
+    model: nn.Module,
+    modality: str,
+    train: TensorSet,
+    validation: TensorSet | None,
+    task: Task,
+    config: TrainConfig,
+    privacy: PrivacyConfig,
+    *,
+    forward=None,
+    description: str = "DP training",
+    progress: bool = False,
+) -> TrainReport:
+    """DP-SGD (DP-AdamW) on one modality's block (``train`` restricted to patients holding it),
+    with validation-based early stopping like ``training.fit``. The model is trained in place
+    and comes back as the same plain module (Opacus's wrapper removed), on the CPU; the report's
+    ``privacy`` holds the spent epsilon, delta, noise multiplier and clipping norm."""
+    privacy.validate()
+    n = len(train)
+    if n == 0:
+        raise ValueError("no training patient for DP training")
+    device = resolve_device(config.device)
+    model.to(device)
+    torch.manual_seed(config.seed)
+    delta = privacy.delta if privacy.delta is not None else default_delta(n)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    rows = TensorDataset(torch.arange(n))
+    loader = DataLoader(rows, batch_size=min(config.batch_size, n), shuffle=False)
+    if privacy.noise_multiplier is not None and privacy.noise_multiplier > 0:
+        noise = privacy.noise_multiplier
+    else:  # Opacus's own calibration, as in make_private_with_epsilon (cached: it is slow)
+        noise = calibrate_noise(privacy.target_epsilon, delta, 1 / len(loader), config.epochs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see module docstring
+        engine = PrivacyEngine(accountant="rdp")
+    wrapped, optimiser, loader = engine.make_private(
+        module=model,
+        optimizer=optimiser,
+        data_loader=loader,
+        noise_multiplier=noise,
+        max_grad_norm=privacy.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="no_op",
+    )
+    inputs_all = {k: v.to(device) for k, v in train.inputs[modality].items()}
+    targets_all = {k: v.to(device) for k, v in train.targets.items()}
+    trainable, per_sample = _per_sample_gradients(model, task)
+    forward = forward or (lambda inputs: model(inputs[modality]))
+
+    report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
+    best_state, stale = None, 0
+    try:
+        bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
+        for epoch in bar:
+            model.train()
+            losses = []
+            for (index,) in loader:
+                index = index.to(device)
+                if len(index):
+                    grads, batch_losses = per_sample(
+                        {k: v[index] for k, v in inputs_all.items()}, {k: v[index] for k, v in targets_all.items()}
+                    )
+                    losses += batch_losses.tolist()
+                else:  # an empty Poisson batch still takes a (pure noise) step
+                    grads = [torch.zeros((0, *p.shape), device=device) for p in trainable]
+                for p, g in zip(trainable, grads, strict=True):
+                    p.grad_sample = g.detach()
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+            report.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+            if validation is None or len(validation) == 0:
+                continue
+            validation_loss = evaluate_loss(model, validation, task, forward)
+            report.validation_loss.append(validation_loss)
+            bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
+            if report.best_validation_loss is None or validation_loss < report.best_validation_loss:
+                report.best_validation_loss = validation_loss
+                report.best_epoch = epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+                stale = 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+    finally:
+        wrapped.cleanup()  # removes grad_sample & co. from the parameters: a plain module again
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu")
+    steps = sum(step for _, _, step in engine.accountant.history)
+    report.privacy = {
+        "epsilon": float(engine.get_epsilon(delta)),
+        "delta": float(delta),
+        "noise_multiplier": float(optimiser.noise_multiplier),
+        "clip": float(privacy.max_grad_norm),
+        "sample_rate": float(1 / len(loader)),
+        "steps": float(steps),
+        "epochs_run": float(len(report.train_loss)),
+    }
+    return report
+
+
+def privacy_metrics(report: TrainReport) -> dict[str, float]:
+    """Package-manifest metrics of a DP-trained block (empty without DP)."""
+    if not report.privacy:
+        return {}
+    p = report.privacy
+    return {
+        "dp_epsilon": p["epsilon"],
+        "dp_delta": p["delta"],
+        "dp_noise_multiplier": p["noise_multiplier"],
+        "dp_clip": p["clip"],
+    }
+
+
+# -- central DP for federated aggregation -------------------------------------------------------
+def _flat(update: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
+    return torch.cat([update[k].double().reshape(-1) for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
+
+
+def dp_average_updates(
+    reference: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    clip: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """DP-FedAvg with fixed clipping: each site's update (state - reference) clipped to L2 norm
+    ``clip`` over all tensors together, Gaussian noise N(0, (noise_multiplier * clip)^2) added to
+    the sum, divided by the number of sites; returns reference + that mean and a summary (the
+    update norms before clipping and how many were clipped). Without a generator the noise is
+    seeded from the OS's randomness."""
+    if not states:
+        raise ValueError("nothing to aggregate")
+    if clip <= 0:
+        raise ValueError("clipping norm must be positive")
+    keys = [k for k in reference if torch.is_floating_point(reference[k])]
+    for index, state in enumerate(states):
+        if set(state) != set(reference) or any(state[k].shape != reference[k].shape for k in reference):
+            raise ValueError(f"state {index} does not match the reference's keys and shapes")
+    total = torch.zeros(sum(reference[k].numel() for k in keys), dtype=torch.float64)
+    norms = []
+    for state in states:
+        update = _flat({k: state[k].double() - reference[k].double() for k in keys}, keys)
+        norm = float(update.norm())
+        norms.append(norm)
+        total += update * min(1.0, clip / norm) if norm > 0 else update
+    if noise_multiplier > 0:
+        if generator is None:
+            generator = torch.Generator().manual_seed(secrets.randbits(63))
+        total += torch.normal(0.0, noise_multiplier * clip, total.shape, generator=generator, dtype=torch.float64)
+    mean = total / len(states)
+    result: dict[str, torch.Tensor] = {}
+    offset = 0
+    for key, value in reference.items():
+        if key in keys:
+            size = value.numel()
+            result[key] = (value.double() + mean[offset : offset + size].reshape(value.shape)).to(value.dtype)
+            offset += size
+        else:
+            result[key] = value.clone()
+    return result, {"update_norms": norms, "clipped": sum(norm > clip for norm in norms)}
+
+
+@dataclass
+class CentralAccountant:
+    """RDP accounting of DP-FedAvg rounds: one step per aggregation at the given sample rate."""
+
+    noise_multiplier: float
+    clip: float
+    delta: float = 1e-5
+    accountant: RDPAccountant = field(default_factory=RDPAccountant)
+    rounds: int = 0
+
+    def step(self, sample_rate: float = 1.0) -> None:
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=min(max(sample_rate, 0.0), 1.0))
+        self.rounds += 1
+
+    def epsilon(self, delta: float | None = None) -> float:
+        if self.rounds == 0:
+            return 0.0
+        return float(self.accountant.get_epsilon(delta=self.delta if delta is None else delta))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "epsilon": self.epsilon(),
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "clip": self.clip,
+            "rounds": self.rounds,
+        }
+
+
+def central_epsilon(noise_multiplier: float, rounds: int, delta: float = 1e-5, sample_rate: float = 1.0) -> float:
+    """Epsilon after ``rounds`` DP-FedAvg aggregations (convenience for planning runs)."""
+    accountant = CentralAccountant(noise_multiplier, 1.0, delta)
+    for _ in range(rounds):
+        accountant.step(sample_rate)
+    return accountant.epsilon()
