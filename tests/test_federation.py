@@ -9,6 +9,7 @@ import torch
 
 from fedlego.certs import make_consortium
 from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.sitefolder import write_site_folder
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
 from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
 from fedlego.common.lego import LegoMerge
@@ -333,3 +334,21 @@ def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merg
     assert "merge" in results["metrics"] and (tmp_path / "packages" / "merged.pb").exists()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and "merge" in saved["metrics"]
+
+
+def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_path):
+    """A deployed site whose folder fails validation answers with the reason only."""
+    settings = FederationSettings.from_run_config(SMALL)
+    dataset = scenario_dataset(settings)
+    scenario = simulated_scenario(settings, dataset)
+    split = dataset_splits(dataset, n_folds=1, seed=0)[0]
+    folder = write_site_folder(dataset, scenario.sites[0], split, tmp_path / "site")
+    table = (folder / "tabular_0.csv").read_text().splitlines()
+    table[3] = table[3].rsplit(",", 1)[0] + ",not-a-number"
+    (folder / "tabular_0.csv").write_text("\n".join(table) + "\n")
+    node_configs = {0: {"data-dir": str(folder)}}
+    results, transport = run({**SMALL, "out-dir": str(tmp_path / "run")}, node_configs=node_configs)
+    failure = next(f for f in results["failures"] if f["phase"] == "describe")
+    assert "tabular_0.csv" in failure["reason"] and "column" in failure["reason"]
+    assert results["status"] == "completed"  # the other sites go on
+    assert ("train.block", 0) not in transport.calls  # the broken site is never asked for weights
