@@ -33,7 +33,6 @@ losses sites report (used to pick the best round) are not privatised.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -55,7 +54,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from fedlego.common.tasks import Task
-from fedlego.common.training import TensorSet, TrainConfig, TrainReport, evaluate_loss, resolve_device
+from fedlego.common.training import (
+    EarlyStopping,
+    TensorSet,
+    TrainConfig,
+    TrainReport,
+    evaluate_loss,
+    resolve_device,
+)
 
 
 @dataclass
@@ -196,7 +202,7 @@ def fit_private(
     forward = forward or (lambda inputs: model(inputs[modality]))
 
     report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
-    best_state, stale = None, 0
+    stopping = EarlyStopping(model, report, config.patience)
     try:
         bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
         for epoch in bar:
@@ -221,19 +227,11 @@ def fit_private(
             validation_loss = evaluate_loss(model, validation, task, forward)
             report.validation_loss.append(validation_loss)
             bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
-            if report.best_validation_loss is None or validation_loss < report.best_validation_loss:
-                report.best_validation_loss = validation_loss
-                report.best_epoch = epoch + 1
-                best_state = copy.deepcopy(model.state_dict())
-                stale = 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
+            if stopping.update(validation_loss, epoch=epoch + 1):
+                break
     finally:
         wrapped.cleanup()  # removes grad_sample & co. from the parameters: a plain module again
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopping.restore()
     model.to("cpu")
     steps = sum(step for _, _, step in engine.accountant.history)
     report.privacy = {

@@ -122,6 +122,31 @@ class TrainReport:
 Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]
 
 
+class EarlyStopping:
+    """Keeps the weights of the epoch with the lowest validation loss and says when ``patience``
+    epochs passed without improvement; ``restore`` loads the kept weights back."""
+
+    def __init__(self, model: nn.Module, report: TrainReport, patience: int) -> None:
+        self.model, self.report, self.patience = model, report, patience
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def update(self, validation_loss: float, epoch: int) -> bool:
+        """Record the loss after ``epoch`` (0 = before training); True when training should stop."""
+        if self.report.best_validation_loss is None or validation_loss < self.report.best_validation_loss:
+            self.report.best_validation_loss = validation_loss
+            self.report.best_epoch = epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.stale = 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU; otherwise the named device."""
     if name == "auto":
@@ -191,12 +216,9 @@ def fit(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
-    best_state = None
-    stale = 0
+    stopping = EarlyStopping(model, report, config.patience)
     if validation is not None and len(validation) and config.keep_initial:
-        report.best_validation_loss = evaluate_loss(model, validation, task, forward)
-        report.best_epoch = 0
-        best_state = copy.deepcopy(model.state_dict())
+        stopping.update(evaluate_loss(model, validation, task, forward), epoch=0)
     bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -218,16 +240,8 @@ def fit(
         validation_loss = evaluate_loss(model, validation, task, forward)
         report.validation_loss.append(validation_loss)
         bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
-        if report.best_validation_loss is None or validation_loss < report.best_validation_loss:
-            report.best_validation_loss = validation_loss
-            report.best_epoch = epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stopping.update(validation_loss, epoch=epoch + 1):
+            break
+    stopping.restore()
     model.to("cpu")  # packages and merges work on CPU tensors
     return report
