@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint bench bench-federation proto clean
+.PHONY: setup demo test lint bench bench-federation bench-privacy proto clean
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +32,9 @@ bench: setup
 
 bench-federation: setup
 	$(PY) bench/federation.py --out bench/results
+
+bench-privacy: setup
+	$(PY) bench/privacy.py --out bench/results
 
 clean:
 	rm -rf $(VENV) runs
