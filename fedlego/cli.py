@@ -135,6 +135,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any other run-config key (see fedlego/flwr_app/pyproject.toml), repeatable",
     )
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT instead of a new run")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_simulate)
 
@@ -183,7 +184,9 @@ def _simulate(args: argparse.Namespace) -> int:
         f"({', '.join(s.name + ':' + '+'.join(s.modalities) for s in scenario.sites)})",
         flush=True,
     )
-    results = run_simulation(overrides, len(scenario.sites), args.out, gpu_fraction=args.gpu_fraction)
+    results = run_simulation(
+        overrides, len(scenario.sites), args.out, gpu_fraction=args.gpu_fraction, resume=args.resume
+    )
     print(format_federation_table(results))
     phases = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in results["phases"].items())
     print(f"status {results['status']}; wall time {results['wall_seconds']:.1f} s ({phases})")

@@ -167,10 +167,17 @@ def simulation_superlink(flwr_home: Path, log_path: Path):
 
 
 def run_simulation(
-    overrides: Mapping[str, Any], n_sites: int, out_dir: Path, gpu_fraction: float = 0.0, timeout: float | None = None
+    overrides: Mapping[str, Any],
+    n_sites: int,
+    out_dir: Path,
+    gpu_fraction: float = 0.0,
+    timeout: float | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the federation with ``n_sites`` simulated sites; returns the results document."""
     out_dir = out_dir.resolve()
+    if not resume and (out_dir / "checkpoint").exists():
+        shutil.rmtree(out_dir / "checkpoint")  # a new run; the audit log keeps the old one's entries
     work = out_dir / ".flower"
     if work.exists():
         shutil.rmtree(work)
@@ -220,5 +227,6 @@ def _is_progress(line: str) -> bool:
     """Our own progress lines, without Flower's and Ray's start-up chatter."""
     text = line.strip()
     return bool(text) and not any(
-        marker in text for marker in ("INFO", "WARNING", "warnings.warn", "Tip:", "Successfully", "Using SuperLink")
+        marker in text
+        for marker in ("DEBUG", "INFO", "WARNING", "warnings.warn", "Tip:", "Successfully", "Using SuperLink")
     )
