@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
+
 # No telemetry or update checks in any process fedlego starts (Flower reads these at import).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -114,19 +116,10 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "federated LegoFuse rounds, evaluate. One simulated site per scenario site. Writes OUT/results.json "
         "and OUT/packages/.",
     )
-    p.add_argument("--scenario", choices=sorted(PRESETS), default="tcga-acc", help="dataset the sites come from")
-    p.add_argument("--modalities", help="comma-separated modalities (default: the dataset's preset)")
-    p.add_argument("--task", choices=["survival", "binary"], default="survival", help="PBC only: outcome")
-    p.add_argument("--layout", default="modality-sites", help="modality-sites (default) or pooled")
-    p.add_argument("--sites-per-modality", type=int, default=1)
-    p.add_argument("--paired-sites", type=int, default=1)
-    p.add_argument("--paired-fraction", type=float, default=0.3)
-    p.add_argument("--overlap", type=float, default=0.0)
+    add_scenario_arguments(p)
     p.add_argument("--block-rounds", type=int, default=2, help="FedAvg rounds per modality held by several sites")
     p.add_argument("--fuse-rounds", type=int, default=2)
     p.add_argument("--fuse-aggregation", choices=["fedavg", "fedprox"], default="fedavg")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fold", type=int, default=0, help="which patient-level fold (same as centralized)")
     p.add_argument("--gpu-fraction", type=float, default=0.0, help="GPU share per simulated site (CUDA machines)")
     p.add_argument(
         "--set",
@@ -140,41 +133,18 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_simulate)
 
 
-def _parse_value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from fedlego.common.coordinator import format_federation_table
     from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
     from fedlego.simulation import run_simulation
 
     overrides = {
-        "dataset": args.scenario,
-        "task": args.task,
-        "layout": args.layout,
-        "sites-per-modality": args.sites_per_modality,
-        "paired-sites": args.paired_sites,
-        "paired-fraction": args.paired_fraction,
-        "overlap": args.overlap,
+        **scenario_overrides(args),
         "block-rounds": args.block_rounds,
         "fuse-rounds": args.fuse_rounds,
         "fuse-aggregation": args.fuse_aggregation,
-        "seed": args.seed,
-        "fold": args.fold,
+        **set_overrides(args.set),
     }
-    if args.modalities:
-        overrides["modalities"] = args.modalities
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
     settings = FederationSettings.from_run_config(overrides)
     if settings.extra:
         raise ValueError(f"unknown run-config keys {sorted(settings.extra)}")

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
 from fedlego.simulation import (
     _is_progress,
     app_folder,
@@ -582,18 +583,6 @@ def run_deployment(
 # --------------------------------------------------------------------------- command line
 
 
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    from fedlego.cli import _parse_value
-
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
-    return overrides
-
-
 def _check_settings(overrides: Mapping[str, Any]) -> None:
     from fedlego.common.federation import FederationSettings
 
@@ -603,23 +592,7 @@ def _check_settings(overrides: Mapping[str, Any]) -> None:
 
 
 def _export_sites(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        "dataset": args.scenario,
-        "task": args.task,
-        "layout": args.layout,
-        "sites-per-modality": args.sites_per_modality,
-        "paired-sites": args.paired_sites,
-        "paired-fraction": args.paired_fraction,
-        "overlap": args.overlap,
-        "missing-rate": args.missing_rate,
-        "imbalance": args.imbalance,
-        "synthetic-patients": args.synthetic_patients,
-        "synthetic-modalities": args.synthetic_modalities,
-        "seed": args.seed,
-        "fold": args.fold,
-    }
-    if args.modalities:
-        overrides["modalities"] = args.modalities
+    overrides = scenario_overrides(args)
     written = export_sites(overrides, args.out)
     for name, folder, modalities in written:
         print(f"{name:<14} {'+'.join(modalities):<30} {folder}")
@@ -673,7 +646,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_address(args.superlink)
     _require_security(args.certs, args.insecure, "DIR")
-    overrides = _overrides(args.set)
+    overrides = set_overrides(args.set)
     certs = None
     if args.certs is not None:
         certs = _check_files(args.certs, ("superlink/ca.pem",), "a consortium folder of `fedlego certs`")
@@ -735,20 +708,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         description="Cut a bundled or synthetic cohort into sites as `fedlego simulate` does and write each "
         "as a site folder OUT/<site>/ (site.json, labels, one file per modality, split.csv of the global fold).",
     )
-    p.add_argument("--scenario", choices=["pbc", "synthetic", "tcga-acc"], default="tcga-acc")
-    p.add_argument("--modalities", help="comma-separated modalities (default: the dataset's preset)")
-    p.add_argument("--task", choices=["survival", "binary"], default="survival", help="PBC only: outcome")
-    p.add_argument("--layout", default="modality-sites", help="modality-sites (default) or pooled")
-    p.add_argument("--sites-per-modality", type=int, default=1)
-    p.add_argument("--paired-sites", type=int, default=1)
-    p.add_argument("--paired-fraction", type=float, default=0.3)
-    p.add_argument("--overlap", type=float, default=0.0)
-    p.add_argument("--missing-rate", type=float, default=0.0)
-    p.add_argument("--imbalance", type=float, default=0.0)
-    p.add_argument("--synthetic-patients", type=int, default=300)
-    p.add_argument("--synthetic-modalities", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fold", type=int, default=0, help="which patient-level fold gives split.csv")
+    add_scenario_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_export_sites)
 
