@@ -62,6 +62,13 @@ def check_coordinator_signature(package, context: Context, run_id: str) -> None:
         verify_signature(package, {COORDINATOR: key}, run_id, expected_signer=COORDINATOR)
 
 
+def round_reply(message: Message, result) -> Message:
+    """A federated round's answer: the new weights, the training patients and the validation
+    loss of the model as received."""
+    metrics = {"num-examples": float(result.n_train), "validation-loss-before": result.validation_loss_before}
+    return reply(message, Payload(arrays=result.state, metrics=metrics))
+
+
 def reply(message: Message, payload: Payload) -> Message:
     """A reply carrying a payload."""
     return Message(content=to_records(payload), reply_to=message)
@@ -104,8 +111,7 @@ def block_round(message: Message, context: Context) -> Message:
     result = site_for(context).block_round(
         block, task_from_dict(json.loads(config["task"])), training, float(config["proximal-mu"])
     )
-    metrics = {"num-examples": float(result.n_train), "validation-loss-before": result.validation_loss_before}
-    return reply(message, Payload(arrays=result.state, metrics=metrics))
+    return round_reply(message, result)
 
 
 @app.train("fuse")
@@ -125,8 +131,7 @@ def fuse_round(message: Message, context: Context) -> Message:
     result = site_for(context).fuse_round(
         model, task_from_dict(json.loads(config["task"])), training, float(config["proximal-mu"])
     )
-    metrics = {"num-examples": float(result.n_train), "validation-loss-before": result.validation_loss_before}
-    return reply(message, Payload(arrays=result.state, metrics=metrics))
+    return round_reply(message, result)
 
 
 @app.evaluate("models")

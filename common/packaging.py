@@ -219,24 +219,22 @@ def serialize(package: pb.BlockPackage | pb.ModelPackage) -> bytes:
     return package.SerializeToString(deterministic=True)
 
 
-def parse_block_package(data: bytes, source: str = "package") -> pb.BlockPackage:
-    """Bytes to a block package, with a clear error for garbage."""
-    package = pb.BlockPackage()
+def _parse(package, data: bytes, source: str, kind: str):
     try:
         package.ParseFromString(bytes(data))
     except DecodeError as error:
-        raise PackageError(f"{source}: not a fedlego block package ({error})") from error
+        raise PackageError(f"{source}: not a fedlego {kind} package ({error})") from error
     return package
+
+
+def parse_block_package(data: bytes, source: str = "package") -> pb.BlockPackage:
+    """Bytes to a block package, with a clear error for garbage."""
+    return _parse(pb.BlockPackage(), data, source, "block")
 
 
 def parse_model_package(data: bytes, source: str = "package") -> pb.ModelPackage:
     """Bytes to a model package, with a clear error for garbage."""
-    package = pb.ModelPackage()
-    try:
-        package.ParseFromString(bytes(data))
-    except DecodeError as error:
-        raise PackageError(f"{source}: not a fedlego model package ({error})") from error
-    return package
+    return _parse(pb.ModelPackage(), data, source, "model")
 
 
 def merged_to_package(model: LegoMerge, blocks: Mapping[str, pb.BlockPackage], run_id: str) -> pb.ModelPackage:

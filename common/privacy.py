@@ -59,7 +59,6 @@ from fedlego.common.training import (
     TensorSet,
     TrainConfig,
     TrainReport,
-    evaluate_loss,
     resolve_device,
 )
 
@@ -222,12 +221,7 @@ def fit_private(
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
             report.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
-            if validation is None or len(validation) == 0:
-                continue
-            validation_loss = evaluate_loss(model, validation, task, forward)
-            report.validation_loss.append(validation_loss)
-            bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
-            if stopping.update(validation_loss, epoch=epoch + 1):
+            if stopping.end_epoch(epoch + 1, validation, task, forward, bar):
                 break
     finally:
         wrapped.cleanup()  # removes grad_sample & co. from the parameters: a plain module again

@@ -142,6 +142,16 @@ class EarlyStopping:
         self.stale += 1
         return self.stale >= self.patience
 
+    def end_epoch(self, epoch: int, validation: TensorSet | None, task: Task, forward: Forward, bar) -> bool:
+        """After training epoch ``epoch`` (from 1): validation loss recorded and shown; True to stop.
+        Without validation patients training runs every epoch."""
+        if validation is None or len(validation) == 0:
+            return False
+        validation_loss = evaluate_loss(self.model, validation, task, forward)
+        self.report.validation_loss.append(validation_loss)
+        bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
+        return self.update(validation_loss, epoch=epoch)
+
     def restore(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -235,12 +245,7 @@ def fit(
             optimiser.step()
             losses.append(loss.item())
         report.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
-        if validation is None or len(validation) == 0:
-            continue
-        validation_loss = evaluate_loss(model, validation, task, forward)
-        report.validation_loss.append(validation_loss)
-        bar.set_postfix(validation_loss=f"{validation_loss:.4f}")
-        if stopping.update(validation_loss, epoch=epoch + 1):
+        if stopping.end_epoch(epoch + 1, validation, task, forward, bar):
             break
     stopping.restore()
     model.to("cpu")  # packages and merges work on CPU tensors
