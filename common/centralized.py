@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from fedlego.common.data.dataset import MultimodalDataset
-from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.scenarios import FoldSplit, dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.lego import LegoMerge
+from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.privacy import PrivacyConfig
-from fedlego.common.training import TrainConfig
+from fedlego.common.tasks import Task
+from fedlego.common.training import TensorSet, TrainConfig, TrainReport
 from fedlego.common.workflow import FuseConfig, ModelConfig, evaluate_all, fuse_blocks, train_block
 
 
@@ -44,21 +45,41 @@ class CentralizedConfig:
     """DP-SGD for block training (None: plain training); see ``common.privacy``."""
 
 
-def run_fold(
+@dataclass
+class FoldModels:
+    """What one fold trains: tensors, task, blocks, merge, fuse (reused by benchmarks and ablations)."""
+
+    task: Task
+    preprocessors: dict[str, Any]
+    train: TensorSet
+    validation: TensorSet
+    test: TensorSet
+    """Test patients holding every modality of the run."""
+    paired_train: TensorSet
+    paired_validation: TensorSet
+    blocks: dict[str, LegoBlock]
+    block_reports: dict[str, dict[str, Any]]
+    merged: LegoMerge
+    fused: LegoFuse
+    fuse_report: TrainReport
+
+
+def train_fold(
     dataset: MultimodalDataset,
     config: CentralizedConfig,
-    split,
+    split: FoldSplit,
     log: Callable[[str], None],
     progress: bool = False,
-) -> dict[str, Any]:
-    """One fold: fit preprocessing and blocks on training patients, evaluate on test patients."""
+) -> FoldModels:
+    """Fit preprocessing and blocks on the fold's training patients, merge them, fuse them on the
+    paired training patients (validation patients only for early stopping)."""
     torch.manual_seed(config.seed + split.fold)
     preprocessors = fit_preprocessors(dataset, split.train, config.preprocessing)
     task = task_for(dataset.labels, split.train)
     train = make_tensor_set(dataset, preprocessors, split.train)
     validation = make_tensor_set(dataset, preprocessors, split.validation)
-    complete = dataset.complete_case_ids(config.modalities)
-    test = make_tensor_set(dataset, preprocessors, [i for i in split.test if i in set(complete)])
+    complete = set(dataset.complete_case_ids(config.modalities))
+    test = make_tensor_set(dataset, preprocessors, [i for i in split.test if i in complete])
     blocks, reports = {}, {}
     for modality in config.modalities:
         start = time.perf_counter()
@@ -87,9 +108,8 @@ def run_fold(
             f"{blocks[modality].validation_score:.3f})"
         )
     merged = LegoMerge(blocks, config.latent_merge, config.head_merge, config.weighting)
-    paired = set(dataset.complete_case_ids(config.modalities))
-    paired_train = train.subset([i for i, pid in enumerate(train.ids) if pid in paired])
-    paired_validation = validation.subset([i for i, pid in enumerate(validation.ids) if pid in paired])
+    paired_train = train.subset([i for i, pid in enumerate(train.ids) if pid in complete])
+    paired_validation = validation.subset([i for i, pid in enumerate(validation.ids) if pid in complete])
     fused, fuse_report = fuse_blocks(
         blocks,
         paired_train,
@@ -100,17 +120,46 @@ def run_fold(
         config.weighting,
         progress,
     )
-    results = evaluate_all(blocks, merged, fused, test, task)
-    validation_results = evaluate_all(blocks, merged, fused, paired_validation, task) if len(paired_validation) else {}
+    return FoldModels(
+        task,
+        preprocessors,
+        train,
+        validation,
+        test,
+        paired_train,
+        paired_validation,
+        blocks,
+        reports,
+        merged,
+        fused,
+        fuse_report,
+    )
+
+
+def run_fold(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    split: FoldSplit,
+    log: Callable[[str], None],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One fold: train its models (``train_fold``), evaluate them on the complete-case test patients."""
+    fold = train_fold(dataset, config, split, log, progress)
+    results = evaluate_all(fold.blocks, fold.merged, fold.fused, fold.test, fold.task)
+    validation_results = (
+        evaluate_all(fold.blocks, fold.merged, fold.fused, fold.paired_validation, fold.task)
+        if len(fold.paired_validation)
+        else {}
+    )
     log(f"  fold {split.fold}: " + ", ".join(f"{k} {v['metric']:.3f}" for k, v in results.items()))
     return {
         "fold": split.fold,
         "n_train": len(split.train),
         "n_validation": len(split.validation),
-        "n_test": len(test),
-        "n_paired_train": len(paired_train),
-        "blocks": reports,
-        "fuse": {"best_epoch": fuse_report.best_epoch, **fused.parameter_counts()},
+        "n_test": len(fold.test),
+        "n_paired_train": len(fold.paired_train),
+        "blocks": fold.block_reports,
+        "fuse": {"best_epoch": fold.fuse_report.best_epoch, **fold.fused.parameter_counts()},
         "models": results,
         "validation_models": validation_results,
     }
