@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,15 @@ def _read_manifest(path: Path) -> _Manifest:
     if task not in TASK_KINDS:
         raise SiteDataError(file, f"field 'task': unknown task {task!r} (valid: {list(TASK_KINDS)})")
     labels = _text_field(raw, "labels", file)
+    return _Manifest(name, task, labels, _modality_entries(raw, file))
+
+
+def _modality_entries(raw: dict[str, Any], file: str) -> dict[str, tuple[str, str]]:
+    """The manifest's ``modalities`` field: name -> (kind, path)."""
     entries = raw.get("modalities")
     if not isinstance(entries, dict) or not entries:
         raise SiteDataError(file, f"field 'modalities' must be a non-empty object, got {entries!r}")
-    modalities = {str(n): _modality_entry(str(n), e, file) for n, e in entries.items()}
-    return _Manifest(name, task, labels, modalities)
+    return {str(n): _modality_entry(str(n), e, file) for n, e in entries.items()}
 
 
 def _read_split(path: Path, dataset: MultimodalDataset) -> dict[str, list[str]]:
@@ -246,3 +251,22 @@ def read_site_folder(
     else:
         roles = hash_roles(dataset.patient_ids(), salt, fractions)
     return SiteData(manifest.name, dataset, roles)
+
+
+def read_site_modalities(path: Path, names: Collection[str] | None = None) -> dict[str, ModalityData]:
+    """Read and validate the modalities of a site folder without labels or roles (for prediction).
+
+    Only ``site.json``'s ``modalities`` field is used: ``name``, ``task`` and ``labels`` may be
+    absent, and no labels file is read. With ``names``, only those of them the folder holds are
+    read (others in the folder are left alone); an error lists the folder's modalities when it
+    holds none of them. Raises :class:`SiteDataError` naming the file at fault.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SiteDataError(str(path), "site folder not found")
+    file = str(path / MANIFEST)
+    entries = _modality_entries(_load_json(path / MANIFEST), file)
+    wanted = [n for n in entries if names is None or n in names]
+    if not wanted:
+        raise SiteDataError(file, f"holds none of the modalities {sorted(names or [])} (it lists {sorted(entries)})")
+    return {name: read_modality(path / entries[name][1], name, entries[name][0]) for name in wanted}
