@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
+from fedlego.server.report import REPORT_NAME
 
 # No telemetry or update checks in any process fedlego starts (Flower reads these at import).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -161,7 +162,62 @@ def _simulate(args: argparse.Namespace) -> int:
     phases = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in results["phases"].items())
     print(f"status {results['status']}; wall time {results['wall_seconds']:.1f} s ({phases})")
     print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
+    if (args.out / REPORT_NAME).exists():
+        print(f"report in {args.out / REPORT_NAME}")
     return 0 if results["status"] == "completed" else 1
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="predict with a trained model package on a site folder (no labels needed)",
+        description="Load a merged or fused model package (or a block package), verify it, transform the site "
+        "folder's data with the preprocessing stored in the package and write one row per patient: patient_id, "
+        "the modalities used, and risk plus survival_at_<cut> (survival) or p_<class> (classification).",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="PACKAGE",
+        help="model package, e.g. OUT/packages/merged.pb or fused.pb",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="SITE_FOLDER", help="site folder (site.json + modality files)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        metavar="CSV",
+        help="CSV to write (default predictions.csv)",
+    )
+    verification = p.add_mutually_exclusive_group(required=True)
+    verification.add_argument(
+        "--coordinator-key",
+        type=Path,
+        metavar="PUB",
+        help="public key that signed the package: the coordinator's signing.pub (a site's for its own block)",
+    )
+    verification.add_argument("--unverified", action="store_true", help="skip the signature check (not recommended)")
+    p.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import warnings
+
+    from fedlego.common.prediction import PredictionWarning, predict_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PredictionWarning)
+        warnings.showwarning = lambda message, *_: print(f"fedlego: warning: {message}", file=sys.stderr)
+        frame = predict_folder(args.model, args.data, coordinator_key=args.coordinator_key, unverified=args.unverified)
+    try:
+        frame.to_csv(args.out, index=False)
+    except OSError as error:
+        raise ValueError(f"{args.out}: cannot write the predictions ({error.strerror or error})") from error
+    print(f"{len(frame)} patients predicted with {args.model}; written to {args.out}")
+    return 0
 
 
 def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
@@ -193,13 +249,35 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="render a run's report.html from its results.json (offline)",
+        description="Render the self-contained HTML run report (metrics, rounds, bytes, timings, refused "
+        "packages, DP budget) from a federation's results.json.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS_JSON", help="the run's results.json")
+    p.add_argument("--out", type=Path, help="folder for report.html (default: the folder of RESULTS_JSON)")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedlego.server.report import write_report
+
+    path = write_report(json.loads(args.results.read_text()), args.out or args.results.parent)
+    print(f"report in {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedlego`` command."""
     parser = argparse.ArgumentParser(prog="fedlego", description="Federated multimodal model merging (MM-Lego).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
     _add_simulate(subparsers)
+    _add_predict(subparsers)
     _add_audit(subparsers)
+    _add_report(subparsers)
     _add_deploy(subparsers)
     return parser
 

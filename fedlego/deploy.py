@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
+from fedlego.server.report import REPORT_NAME
 from fedlego.simulation import (
     _is_progress,
     app_folder,
@@ -531,6 +532,7 @@ def run_deployment(
     run_config = write_run_config({**overrides, "out-dir": str(out_dir)}, work / "run-config.toml")
     results_path = out_dir / "results.json"
     results_path.unlink(missing_ok=True)
+    (out_dir / REPORT_NAME).unlink(missing_ok=True)  # the ServerApp writes this run's next to results.json
     command = [tool("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", str(run_config)]
     log_path = work / "run.log"
     start = time.monotonic()
@@ -673,6 +675,8 @@ def _run(args: argparse.Namespace) -> int:
     if results.get("error"):
         print(f"error: {results['error']}")
     print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
+    if (args.out / REPORT_NAME).exists():
+        print(f"report in {args.out / REPORT_NAME}")
     return 0 if results.get("status") == "completed" else 1
 
 

@@ -23,6 +23,8 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
+from fedlego.server.report import REPORT_NAME
+
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -191,6 +193,7 @@ def run_simulation(
     results_path = out_dir / "results.json"
     if results_path.exists():
         results_path.unlink()
+    (out_dir / REPORT_NAME).unlink(missing_ok=True)  # the ServerApp writes this run's next to results.json
     env = quiet_environment(flwr_home)
     with simulation_superlink(flwr_home, work / "superlink.log") as port:
         (flwr_home / "config.toml").write_text(

@@ -6,6 +6,7 @@ and merge, evaluate, fuse rounds, final evaluation. Orchestration only; the scie
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from fedlego.common.site import weighted_mean
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.audit import AuditLog
 from fedlego.server.checkpoint import Checkpoint
+from fedlego.server.report import write_report
 from fedlego.server.transport import Payload, Transport
 
 
@@ -459,6 +461,15 @@ class Federation:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
 
+    def _write_report(self) -> None:
+        """``report.html`` rendered from results.json as written; a failure is logged, never raised."""
+        if self.out_dir is None:
+            return
+        try:
+            write_report(json.loads((self.out_dir / "results.json").read_text()), self.out_dir)
+        except Exception as error:  # the report is a view of results.json, which is already safe on disk
+            self.log(f"report not written: {type(error).__name__}: {error}")
+
     def run(self) -> dict[str, Any]:
         """All phases; on a fatal error the results so far are written with the reason."""
         start = time.perf_counter()
@@ -493,5 +504,7 @@ class Federation:
             self._audit("run-failed", reason=str(error))
         finally:
             self.results["wall_seconds"] = time.perf_counter() - start
+            self.results["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
             self._write_results()
+            self._write_report()
         return self.results
