@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint bench bench-federation bench-privacy proto clean
+.PHONY: setup demo test lint docker-lint bench bench-quick bench-privacy proto clean
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -27,14 +27,18 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
+# The benchmark suite (about 25 min on 2 cores): tables, ablations, cost; figures into docs/benchmarks/.
 bench: setup
-	$(PY) bench/centralized.py --out bench/results
+	$(PY) bench/suite.py --out docs/benchmarks
 
-bench-federation: setup
-	$(PY) bench/federation.py --out bench/results
+bench-quick: setup
+	$(PY) bench/suite.py --quick --out runs/bench-quick
 
 bench-privacy: setup
-	$(PY) bench/privacy.py --out bench/results
+	$(PY) bench/privacy.py --out docs/benchmarks
+
+docker-lint: setup
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 clean:
 	rm -rf $(VENV) runs

@@ -139,7 +139,7 @@ def markdown(records: dict[str, dict], folds: int, machine: str, date: str) -> s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--jobs", type=int, default=1, help="settings run at once (each with 1 thread if > 1)")
