@@ -1,0 +1,155 @@
+"""Markdown of the quality section: the poster's table and the ablation tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+BASELINE_NAMES = {
+    "cox-early": "Cox early fusion (omics as PCA-10)",
+    "cox-late": "Cox late fusion (mean of rank risks)",
+    "early-fusion": "Early fusion (concatenated features, SNN)",
+    "late-fusion": "Late fusion (encoders + heads, mean of logits)",
+    "attention-fusion": "Attention fusion (HEALNet/Perceiver-like)",
+    "fedavg-early-fusion": "FedAvg early fusion (paired sites)",
+}
+LEGO_ROWS = {"ensemble": "Ensemble (mean prediction)", "merge": "LegoMerge", "fuse": "LegoFuse (2 epochs)"}
+
+
+def cell(value: dict[str, float] | None) -> str:
+    """``mean ± std`` of a summary entry, ``—`` when absent."""
+    if not value or value.get("mean") is None or math.isnan(value["mean"]):
+        return "—"
+    std = value.get("std", float("nan"))
+    return f"{value['mean']:.3f} ± {std:.3f}" if not math.isnan(std) else f"{value['mean']:.3f}"
+
+
+def best_block(summary: dict[str, dict[str, float]]) -> float:
+    """Highest mean metric among the single-modality blocks."""
+    return max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
+
+
+def uplift(summary: dict[str, dict[str, float]], model: str) -> str:
+    """Relative gain of a model's mean over the best block's, as text."""
+    best = best_block(summary)
+    return f"{100 * (summary[model]['mean'] - best) / best:+.1f}%"
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return "| " + " | ".join([label, *cells]) + " |"
+
+
+def _header(first: str, columns: list[str]) -> list[str]:
+    return [_row(first, columns), "|" + "---|" * (len(columns) + 1)]
+
+
+def poster_table(quality: dict[str, Any], federated: dict[str, dict[str, dict[str, float]]] | None = None) -> list[str]:
+    """Rows = models, columns = data sets, like the poster. ``federated``: optional per data set
+    ``{"merge": summary, "fuse": summary}`` of the simulated federation."""
+    names = list(quality)
+    columns = [
+        f"{n} ({quality[n]['dataset']['task']}, {quality[n]['metric']}, {quality[n]['dataset']['n_complete']} paired)"
+        for n in names
+    ]
+    summaries = {n: quality[n]["summary"]["models"] for n in names}
+    lines = _header("model", columns)
+    blocks = []
+    for n in names:
+        blocks += [k for k in summaries[n] if k.startswith("block:") and k not in blocks]
+    for key in blocks:
+        lines.append(_row(f"LegoBlock: {key.split(':', 1)[1]}", [cell(summaries[n].get(key)) for n in names]))
+    for key, label in LEGO_ROWS.items():
+        lines.append(_row(label, [cell(summaries[n].get(key)) for n in names]))
+        if key in ("merge", "fuse"):
+            lines.append(_row(f"Uplift ({key} vs best block)", [uplift(summaries[n], key) for n in names]))
+    if federated:
+        for key in ("merge", "fuse"):
+            label = f"{LEGO_ROWS[key]}, federated (simulated sites)"
+            lines.append(_row(label, [cell(federated.get(n, {}).get(key)) for n in names]))
+    for key, label in BASELINE_NAMES.items():
+        lines.append(_row(label, [cell(summaries[n].get(key)) for n in names]))
+    return lines
+
+
+def targets(quality: dict[str, Any]) -> list[str]:
+    """Whether merge beats the best block and fuse beats merge, per data set (means over folds)."""
+    lines = []
+    for name, doc in quality.items():
+        summary = doc["summary"]["models"]
+        best, merge, fuse = best_block(summary), summary["merge"]["mean"], summary["fuse"]["mean"]
+        strongest = max((k for k in summary if not k.startswith("block:")), key=lambda k: summary[k]["mean"])
+        lines.append(
+            f"- {name}: LegoMerge ≥ best block: {'met' if merge >= best else 'MISSED'} ({merge:.3f} vs {best:.3f}); "
+            f"LegoFuse ≥ LegoMerge: {'met' if fuse >= merge else 'MISSED'} ({fuse:.3f} vs {merge:.3f}); "
+            f"highest mean of all multimodal models: {strongest} ({summary[strongest]['mean']:.3f})."
+        )
+    return lines
+
+
+def frequency_table(quality: dict[str, Any]) -> list[str]:
+    """Frequency- vs spatial-domain blocks, merge and fuse."""
+    lines = _header("data set", ["merge, frequency", "merge, spatial", "fuse, frequency", "fuse, spatial"])
+    for name, doc in quality.items():
+        models, spatial = doc["summary"]["models"], doc["summary"]["spatial"]
+        cells = [cell(models["merge"]), cell(spatial["merge"]), cell(models["fuse"]), cell(spatial["fuse"])]
+        lines.append(_row(name, cells))
+    return lines
+
+
+def merge_methods_table(quality: dict[str, Any]) -> list[str]:
+    """LegoMerge with every latent and head merge method, on the same blocks."""
+    names = list(quality)
+    first = quality[names[0]]["summary"]["merge_methods"]
+    lines = _header("latent merge + head merge", names)
+    for latent in first:
+        for head in first[latent]:
+            values = [cell(quality[n]["summary"]["merge_methods"][latent][head]) for n in names]
+            lines.append(_row(f"{latent} + {head}", values))
+    return lines
+
+
+def missing_tables(quality: dict[str, Any]) -> list[str]:
+    """Per data set: each model's metric for each share of modalities hidden at test time."""
+    lines = []
+    for name, doc in quality.items():
+        curves = doc["summary"]["missing_at_test"]
+        rates = list(curves)
+        lines += [
+            f"**{name}** ({doc['metric']})",
+            "",
+            *_header("model", [f"{100 * float(r):.0f}% hidden" for r in rates]),
+        ]
+        for model in curves[rates[0]]:
+            lines.append(_row(model, [cell(curves[r][model]) for r in rates]))
+        lines.append("")
+    return lines
+
+
+def site_ablation_tables(quality: dict[str, Any], key: str) -> list[str]:
+    """Per data set: blocks trained at unimodal sites with a given overlap or imbalance, merged."""
+    lines = []
+    for name, doc in quality.items():
+        if key not in doc["summary"]:
+            continue
+        levels = doc["summary"][key]
+        first = levels[next(iter(levels))]
+        sizes = [k for k in first if k.startswith("n_train:")]
+        columns = [f"training patients {k.split(':', 1)[1]}" for k in sizes] + [
+            "best block",
+            "ensemble",
+            "merge (uniform)",
+            "merge (by samples)",
+        ]
+        lines += [f"**{name}** ({doc['metric']})", "", *_header(key, columns)]
+        for level, values in levels.items():
+            best = max((v for k, v in values.items() if k.startswith("block:")), key=lambda v: v["mean"])
+            cells = [f"{values[k]['mean']:.0f}" for k in sizes]
+            cells += [
+                cell(best),
+                cell(values["ensemble"]),
+                cell(values["merge:uniform"]),
+                cell(values["merge:samples"]),
+            ]
+            lines.append(_row(level, cells))
+        lines.append("")
+    return lines

@@ -1,0 +1,318 @@
+"""Quality section of the benchmark suite: the poster's table with baselines, and the ablations.
+
+Everything here runs in this process on CPU with the library (``fedlego.common``), on the same
+patient-level folds as ``fedlego centralized`` (5 folds, seeds 0-4, 70/15/15 train/validation/test):
+
+- the table: each modality's block, the prediction-averaging ensemble, LegoMerge, LegoFuse
+  (2 epochs), and the baselines of ``common.baselines`` trained on the pooled paired training
+  patients (early stopping / penalty choice on validation patients only);
+- ablations on the same trained blocks: latent and head merge methods, modalities missing at
+  test time (0-80 %); and with retrained blocks: frequency vs spatial domain, overlap between
+  and imbalance across the patients of unimodal sites (as ``build_scenario`` assigns them).
+
+Test metrics are on the complete-case test patients of each fold; mean ± sample std over folds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlego.cli import PRESETS
+from fedlego.common.baselines import BASELINES, BaselineConfig, fit_baseline
+from fedlego.common.centralized import CentralizedConfig, train_fold
+from fedlego.common.data.bundled import load_dataset
+from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
+from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
+from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.lego import LegoBlock, LegoMerge
+from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
+from fedlego.common.tasks import Task
+from fedlego.common.training import TensorSet, TrainConfig
+from fedlego.common.workflow import ModelConfig, scores_of, train_block, unimodal_forward
+
+Log = Callable[[str], None]
+TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
+MISSING_DRAWS = 5
+OVERLAPS = (0.0, 0.5, 1.0)
+IMBALANCES = (0.0, 0.5, 0.9)
+SITE_ABLATION_DATASETS = ("pbc", "synthetic")
+SYNTHETIC_PATIENTS = 300
+
+
+def load_benchmark_dataset(name: str) -> tuple[MultimodalDataset, CentralizedConfig]:
+    """A benchmark data set with its modalities and the run settings of ``fedlego centralized``."""
+    if name == "synthetic":
+        dataset = make_synthetic(SYNTHETIC_PATIENTS, default_synthetic_modalities(4), task="survival", seed=0)
+        modalities, preprocessing = list(dataset.modalities), {}
+    else:
+        dataset = load_dataset(name)
+        modalities, preprocessing = PRESETS[name]["modalities"], PRESETS[name]["preprocessing"]
+    dataset = dataset.subset(dataset.patient_ids(), modalities)
+    return dataset, CentralizedConfig(name, modalities, preprocessing=preprocessing)
+
+
+# -- evaluation helpers ------------------------------------------------------------------------
+def metric(task: Task, scores: np.ndarray, data: TensorSet) -> float:
+    """The task metric (c-index or AUC) of scores on a set."""
+    return float(task.metric(scores, data.targets))
+
+
+def ensemble_scores(blocks: dict[str, LegoBlock], data: TensorSet, task: Task) -> np.ndarray:
+    """Mean of the blocks' scores over the modalities each patient holds (every row holds one)."""
+    sums, counts = None, np.zeros(len(data))
+    for modality, block in blocks.items():
+        rows = np.flatnonzero(data.present[modality].numpy())
+        if rows.size == 0:
+            continue
+        scores = scores_of(block, data.subset(rows), task, unimodal_forward(block))
+        if sums is None:
+            sums = np.zeros((len(data), *scores.shape[1:]))
+        sums[rows] += scores
+        counts[rows] += 1
+    return sums / counts.reshape(-1, *([1] * (sums.ndim - 1)))
+
+
+def drop_modalities(data: TensorSet, rate: float, rng: np.random.Generator) -> TensorSet:
+    """The same patients with each modality hidden with probability ``rate`` (at least one kept)."""
+    names = sorted(data.present)
+    held = torch.stack([data.present[m] for m in names], dim=1).numpy()
+    keep = held & (rng.random(held.shape) >= rate)
+    for row in np.flatnonzero(~keep.any(axis=1)):
+        keep[row, rng.choice(np.flatnonzero(held[row]))] = True
+    present = {m: torch.as_tensor(keep[:, j]) for j, m in enumerate(names)}
+    return TensorSet(data.ids, data.inputs, present, data.targets)
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean and sample std over folds, NaN folds left out."""
+    array = np.asarray(values, dtype=float)
+    array = array[~np.isnan(array)]
+    return {
+        "mean": float(array.mean()) if array.size else float("nan"),
+        "std": float(array.std(ddof=1)) if array.size > 1 else float("nan"),
+        "n_folds": int(array.size),
+    }
+
+
+def summarise_folds(folds: list[dict[str, Any]], key: str) -> Any:
+    """Summarise a nested dict of per-fold metrics (same structure in each fold) at ``key``."""
+
+    def walk(items: list[Any]) -> Any:
+        if isinstance(items[0], dict):
+            return {k: walk([item[k] for item in items]) for k in items[0]}
+        return summarise(items)
+
+    return walk([fold[key] for fold in folds])
+
+
+# -- one fold ------------------------------------------------------------------------------------
+def table_fold(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    baseline_config: BaselineConfig,
+    split: FoldSplit,
+    log: Log,
+) -> dict[str, Any]:
+    """The table, the merge-method ablation and the missing-modality ablation of one fold."""
+    start = time.perf_counter()
+    fold = train_fold(dataset, config, split, log)
+    task, test = fold.task, fold.test
+    seconds = {"lego": time.perf_counter() - start}
+    models = {
+        f"block:{m}": metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for m, b in fold.blocks.items()
+    }
+    models["ensemble"] = metric(task, ensemble_scores(fold.blocks, test, task), test)
+    models["merge"] = metric(task, scores_of(fold.merged, test, task), test)
+    models["fuse"] = metric(task, scores_of(fold.fused, test, task), test)
+    baselines, fedavg = {}, {}
+    for name in BASELINES:
+        begin = time.perf_counter()
+        baselines[name] = fit_baseline(name, fold.paired_train, fold.paired_validation, task, baseline_config)
+        seconds[name] = time.perf_counter() - begin
+        models[name] = metric(task, baselines[name].scores(test), test)
+        if hasattr(baselines[name], "bytes_per_site"):
+            fedavg = {"bytes_per_site": baselines[name].bytes_per_site, "parameters": baselines[name].parameter_count}
+    merges = {
+        latent: {
+            head: metric(task, scores_of(LegoMerge(fold.blocks, latent, head, config.weighting), test, task), test)
+            for head in HEAD_MERGES
+        }
+        for latent in LATENT_MERGES
+    }
+    missing = missing_modality_fold(fold.blocks, fold.merged, fold.fused, baselines, test, task, split.fold)
+    log(f"  fold {split.fold}: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
+    return {
+        "fold": split.fold,
+        "n_test": len(test),
+        "n_paired_train": len(fold.paired_train),
+        "models": models,
+        "merge_methods": merges,
+        "missing_at_test": missing,
+        "fedavg_early_fusion": fedavg,
+        "seconds": seconds,
+    }
+
+
+def missing_modality_fold(
+    blocks: dict[str, LegoBlock],
+    merged: torch.nn.Module,
+    fused: torch.nn.Module,
+    baselines: dict[str, Any],
+    test: TensorSet,
+    task: Task,
+    fold: int,
+) -> dict[str, dict[str, float]]:
+    """Metric of each model when each modality of each test patient is hidden with a given rate
+    (mean over ``MISSING_DRAWS`` random draws, seeded by the fold)."""
+    rng = np.random.default_rng(1000 + fold)
+    result: dict[str, dict[str, float]] = {}
+    for rate in TEST_MISSING_RATES:
+        draws: dict[str, list[float]] = {}
+        for _ in range(MISSING_DRAWS if rate > 0 else 1):
+            hidden = drop_modalities(test, rate, rng)
+            scores = {
+                "ensemble": ensemble_scores(blocks, hidden, task),
+                "merge": scores_of(merged, hidden, task),
+                "fuse": scores_of(fused, hidden, task),
+                **{name: model.scores(hidden) for name, model in baselines.items()},
+            }
+            for name, value in scores.items():
+                draws.setdefault(name, []).append(metric(task, value, hidden))
+        result[f"{rate:.1f}"] = {name: float(np.nanmean(values)) for name, values in draws.items()}
+    return result
+
+
+def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, log: Log) -> dict[str, float]:
+    """Blocks, merge and fuse with spatial-domain latent updates (``frequency=False``)."""
+    spatial = replace(config, model=replace(config.model, frequency=False))
+    fold = train_fold(dataset, spatial, split, lambda message: None)
+    task, test = fold.task, fold.test
+    models = {
+        f"block:{m}": metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for m, b in fold.blocks.items()
+    }
+    models["merge"] = metric(task, scores_of(fold.merged, test, task), test)
+    models["fuse"] = metric(task, scores_of(fold.fused, test, task), test)
+    log(f"  fold {split.fold} spatial: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
+    return models
+
+
+def site_blocks_fold(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    split: FoldSplit,
+    overlap: float,
+    imbalance: float,
+) -> dict[str, float]:
+    """Blocks trained as unimodal sites would train them (one site per modality, patients
+    assigned by ``build_scenario`` with the given overlap and imbalance, no paired site; each
+    site fits its own preprocessing), then merged; evaluated on the complete-case test patients."""
+    scenario = build_scenario(dataset, paired_sites=0, overlap=overlap, imbalance=imbalance, seed=split.fold)
+    task = task_for(dataset.labels, split.train)
+    blocks, preprocessors = {}, {}
+    for site in scenario.sites:
+        (modality,) = site.modalities
+        roles = site_split(site, dataset, split)
+        local = site_dataset(dataset, site)
+        preprocessors[modality] = fit_preprocessors(local, roles["train"], config.preprocessing)[modality]
+        train = make_tensor_set(local, {modality: preprocessors[modality]}, roles["train"])
+        validation = make_tensor_set(local, {modality: preprocessors[modality]}, roles["validation"])
+        blocks[modality], _ = train_block(
+            modality,
+            dataset.modalities[modality].kind,
+            train,
+            validation,
+            task,
+            config.model,
+            config.training,
+            preprocessors[modality].to_dict(),
+        )
+    complete = set(dataset.complete_case_ids(config.modalities))
+    test = make_tensor_set(dataset, preprocessors, [i for i in split.test if i in complete])
+    models = {f"n_train:{m}": float(b.n_samples) for m, b in blocks.items()} | {
+        f"block:{m}": metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for m, b in blocks.items()
+    }
+    models["ensemble"] = metric(task, ensemble_scores(blocks, test, task), test)
+    for weighting in ("uniform", "samples"):
+        merged = LegoMerge(blocks, config.latent_merge, config.head_merge, weighting)
+        models[f"merge:{weighting}"] = metric(task, scores_of(merged, test, task), test)
+    return models
+
+
+# -- the section -----------------------------------------------------------------------------------
+def quick_config(config: CentralizedConfig) -> CentralizedConfig:
+    """Small settings for a smoke run of the suite (not for figures)."""
+    return replace(
+        config, training=TrainConfig(epochs=2, patience=2), model=ModelConfig(latent_channels=8, latent_dim=8)
+    )
+
+
+def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
+    """Every fold of one data set: table, merge methods, missing modalities, spatial domain,
+    and (for ``SITE_ABLATION_DATASETS``) overlap and imbalance."""
+    dataset, config = load_benchmark_dataset(name)
+    if quick:
+        config = quick_config(config)
+    baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
+    if quick:
+        baseline_config = replace(baseline_config, fedavg_rounds=2, fedavg_local_epochs=1)
+    splits = dataset_splits(dataset, n_folds=1 if quick else config.n_folds, seed=config.seed)
+    start = time.perf_counter()
+    folds = []
+    for split in splits:
+        log(f"{name}: fold {split.fold + 1}/{len(splits)}")
+        record = table_fold(dataset, config, baseline_config, split, log)
+        record["spatial"] = spatial_fold(dataset, config, split, log)
+        if name in SITE_ABLATION_DATASETS:
+            record["overlap"] = {f"{o:.1f}": site_blocks_fold(dataset, config, split, o, 0.0) for o in OVERLAPS}
+            # imbalance 0 at overlap 0 is the overlap-0 run itself (same scenario, same seed)
+            record["imbalance"] = {
+                f"{i:.1f}": site_blocks_fold(dataset, config, split, 0.0, i) if i else record["overlap"]["0.0"]
+                for i in IMBALANCES
+            }
+        folds.append(record)
+    summary = {
+        key: summarise_folds(folds, key)
+        for key in ("models", "merge_methods", "missing_at_test", "spatial", "overlap", "imbalance")
+        if key in folds[0]
+    }
+    return {
+        "dataset": {
+            "name": name,
+            "task": dataset.labels.task,
+            "n_patients": len(dataset.patient_ids()),
+            "n_complete": len(dataset.complete_case_ids(config.modalities)),
+            "modalities": {m: dataset.modalities[m].kind for m in config.modalities},
+        },
+        "metric": "c-index" if dataset.labels.task == "survival" else "AUC",
+        "settings": {
+            "folds": len(splits),
+            "latent_merge": config.latent_merge,
+            "head_merge": config.head_merge,
+            "weighting": config.weighting,
+            "fuse": f"{config.fuse.mode}, {config.fuse.epochs} epochs",
+            "baselines": {
+                "pca_components": baseline_config.pca_components,
+                "fedavg_sites": baseline_config.fedavg_sites,
+                "fedavg_rounds": baseline_config.fedavg_rounds,
+                "fedavg_local_epochs": baseline_config.fedavg_local_epochs,
+            },
+        },
+        "summary": summary,
+        "folds": folds,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def run_quality(datasets: list[str], quick: bool = False, log: Log = print) -> dict[str, Any]:
+    """The quality section for the given data sets (``tcga-acc``, ``pbc``, ``synthetic``).
+
+    Torch runs on one thread: these models are tiny, and a second thread only adds contention."""
+    torch.set_num_threads(1)
+    return {name: run_dataset(name, quick, log) for name in datasets}

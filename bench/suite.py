@@ -1,0 +1,189 @@
+"""The fedlego benchmark suite: ``make bench`` (``python bench/suite.py --out docs/benchmarks``).
+
+Sections:
+- quality (``bench/quality.py``): the poster's table with baselines on bundled TCGA-ACC, PBC and
+  synthetic data (5 patient-level folds each), and the ablations;
+- cost (``bench/cost.py``): simulated federations (``fedlego simulate``) against the centralized
+  pipeline on the same folds, bytes per site, time per phase, peak memory, scaling in sites and
+  modalities.
+
+Writes ``OUT/results.json``, ``OUT/README.md`` and the PNG figures it links. ``--quick`` runs a
+smoke-sized version (one fold, tiny models) that checks the whole path, not the science.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cost import cost_figures, cost_markdown, federated_summaries, machine_description, run_cost
+from figures import quality_figures
+from pages import frequency_table, merge_methods_table, missing_tables, poster_table, site_ablation_tables, targets
+from quality import (
+    IMBALANCES,
+    MISSING_DRAWS,
+    OVERLAPS,
+    SITE_ABLATION_DATASETS,
+    TEST_MISSING_RATES,
+    run_quality,
+)
+
+DATASETS = ["tcga-acc", "pbc", "synthetic"]
+
+
+def log(message: str) -> None:
+    """Progress on stderr, flushed (the suite runs for many minutes)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def fedavg_bytes_lines(quality: dict[str, Any]) -> list[str]:
+    """Bytes each paired site would exchange to train the early-fusion model with FedAvg."""
+    lines = []
+    for name, doc in quality.items():
+        folds = [f["fedavg_early_fusion"] for f in doc["folds"] if f.get("fedavg_early_fusion")]
+        if folds:
+            first = folds[0]
+            lines.append(
+                f"- {name}: FedAvg early fusion, {first['parameters']:,} parameters, "
+                f"{first['bytes_per_site'] / 2**20:.2f} MiB per paired site "
+                f"({doc['settings']['baselines']['fedavg_rounds']} rounds, float32, sent + received)."
+            )
+    return lines
+
+
+def quality_markdown(document: dict[str, Any]) -> list[str]:
+    """The table and the ablations, with their figures."""
+    quality = document["quality"]
+    federated = federated_summaries(document["cost"]) if document.get("cost") else None
+    rates = ", ".join(f"{100 * r:.0f}%" for r in TEST_MISSING_RATES)
+    return [
+        "## The poster's table on bundled data",
+        "",
+        "Test metric on the complete-case test patients of each fold, mean ± sample std over folds. Blocks are",
+        "trained on every training patient holding their modality; LegoFuse and all baselines on the paired",
+        "(complete-case) training patients; early stopping, penalties and the fuse's kept epoch are chosen on",
+        "validation patients only. The federated rows come from `fedlego simulate` on the same folds (cost",
+        "section); their test population is each site's test patients, not only the complete cases.",
+        "",
+        *poster_table(quality, federated),
+        "",
+        *targets(quality),
+        "",
+        "![Every model of the table, mean ± std over folds](table.png)",
+        "",
+        "## Ablations",
+        "",
+        "### Frequency vs spatial domain",
+        "",
+        "The same blocks retrained with spatial-domain latent updates (`frequency=False`), merged and fused.",
+        "",
+        *frequency_table(quality),
+        "",
+        "![Frequency vs spatial domain](frequency-vs-spatial.png)",
+        "",
+        "### Latent and head merge methods",
+        "",
+        "LegoMerge of the same trained blocks with every registered latent and head merge (uniform weights).",
+        "",
+        *merge_methods_table(quality),
+        "",
+        "![Merge methods](merge-methods.png)",
+        "",
+        "### Modalities missing at test time",
+        "",
+        f"Each modality of each test patient hidden with probability {rates} (at least one kept; mean over",
+        f"{MISSING_DRAWS} random draws per fold). Models trained as in the table; nothing retrained.",
+        "",
+        *missing_tables(quality),
+        "![Missing modalities at test time](missing-modalities.png)",
+        "",
+        "### Overlap between the patients of unimodal sites",
+        "",
+        f"One site per modality, no paired site (`build_scenario`, overlap {', '.join(map(str, OVERLAPS))});",
+        "each site fits its own preprocessing and block on its training patients; the blocks are then merged",
+        f"with uniform or sample-count weights. Data sets: {', '.join(SITE_ABLATION_DATASETS)}.",
+        "",
+        *site_ablation_tables(quality, "overlap"),
+        "![Overlap](overlap.png)",
+        "",
+        "### Imbalance across unimodal sites",
+        "",
+        "Overlap 0; the non-shared patients are spread over the sites with weights from 1 down to",
+        f"1 - imbalance (imbalance {', '.join(map(str, IMBALANCES))}).",
+        "",
+        *site_ablation_tables(quality, "imbalance"),
+        "![Imbalance](imbalance.png)",
+        "",
+        "### Communication of the FedAvg early-fusion baseline",
+        "",
+        *fedavg_bytes_lines(quality),
+        "",
+    ]
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The benchmark page."""
+    seconds = document["wall_seconds"]
+    lines = [
+        "# fedlego benchmark suite",
+        "",
+        f"Machine: {document['machine']}. Date: {document['date']}.",
+        f"Command: `{document['command']}` (`make bench`). Wall time: {seconds['total'] / 60:.1f} min "
+        + "("
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
+        + ").",
+        "Every figure on this page comes from that run; raw numbers per fold are in `results.json`.",
+        "",
+    ]
+    if document["quick"]:
+        lines += ["**Smoke run (`--quick`): one fold, tiny models. These numbers mean nothing.**", ""]
+    if document.get("quality"):
+        lines += quality_markdown(document)
+    if document.get("cost"):
+        lines += [cost_markdown(document["cost"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run: one fold, tiny models")
+    parser.add_argument("--sections", nargs="+", default=["quality", "cost"], choices=["quality", "cost"])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    args = parser.parse_args(argv)
+    command = " ".join(["python bench/suite.py", *(argv if argv is not None else sys.argv[1:])])
+    start = time.perf_counter()
+    document: dict[str, Any] = {
+        "machine": machine_description(),
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "quick": args.quick,
+        "wall_seconds": {},
+    }
+    if "quality" in args.sections:
+        begin = time.perf_counter()
+        document["quality"] = run_quality(args.datasets, args.quick, log)
+        document["wall_seconds"]["quality"] = time.perf_counter() - begin
+    if "cost" in args.sections:
+        begin = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="fedlego-bench-") as work:
+            document["cost"] = run_cost(Path(work), args.quick, log)
+        document["wall_seconds"]["cost"] = time.perf_counter() - begin
+    document["wall_seconds"]["total"] = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = quality_figures(document["quality"], args.out) if document.get("quality") else []
+    figures += cost_figures(document["cost"], args.out) if document.get("cost") else []
+    document["figures"] = figures
+    (args.out / "results.json").write_text(json.dumps(document, indent=2, default=str))
+    (args.out / "README.md").write_text(markdown(document))
+    log(f"benchmark written to {args.out / 'README.md'} in {document['wall_seconds']['total'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

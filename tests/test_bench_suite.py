@@ -1,0 +1,70 @@
+"""The benchmark suite's quality section runs end to end (smoke size) and writes a page whose
+figures exist; the ablation helpers behave as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fedlego.common.training import TensorSet
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from quality import drop_modalities  # noqa: E402
+
+
+def _tensor_set(n: int, modalities: list[str]) -> TensorSet:
+    return TensorSet(
+        [f"P{i}" for i in range(n)],
+        {m: {"x": torch.randn(n, 3)} for m in modalities},
+        {m: torch.ones(n, dtype=torch.bool) for m in modalities},
+        {"time": torch.rand(n), "event": torch.ones(n, dtype=torch.int64)},
+    )
+
+
+def test_drop_modalities_keeps_one_per_patient_and_hides_about_the_rate() -> None:
+    data = _tensor_set(2000, ["a", "b", "c"])
+    hidden = drop_modalities(data, 0.6, np.random.default_rng(0))
+    held = torch.stack([hidden.present[m] for m in "abc"], dim=1)
+    assert bool(held.any(dim=1).all())
+    assert 0.3 < 1 - held.float().mean().item() < 0.6  # 60% hidden, then one restored where all were hidden
+    assert drop_modalities(data, 0.0, np.random.default_rng(0)).present["a"].all()
+    assert hidden.inputs is data.inputs and data.present["a"].all()  # the original is untouched
+
+
+def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    command = [
+        sys.executable,
+        str(BENCH / "suite.py"),
+        "--quick",
+        "--sections",
+        "quality",
+        "--datasets",
+        "synthetic",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=True, timeout=600)
+    document = json.loads((out / "results.json").read_text())
+    synthetic = document["quality"]["synthetic"]
+    models = synthetic["summary"]["models"]
+    for name in ["merge", "fuse", "ensemble", "cox-early", "cox-late", "early-fusion", "attention-fusion"]:
+        assert 0.0 <= models[name]["mean"] <= 1.0, name
+    assert set(synthetic["summary"]["missing_at_test"]) == {"0.0", "0.2", "0.4", "0.6", "0.8"}
+    assert set(synthetic["summary"]["overlap"]) == {"0.0", "0.5", "1.0"}
+    page = (out / "README.md").read_text()
+    assert "Smoke run" in page and "| LegoMerge |" in page
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    assert linked and set(linked) <= set(document["figures"])
+    for name in document["figures"]:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 200
