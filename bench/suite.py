@@ -134,7 +134,8 @@ def markdown(document: dict[str, Any]) -> str:
         "# fedlego benchmark suite",
         "",
         f"Machine: {document['machine']}. Date: {document['date']}.",
-        f"Command: `{document['command']}` (`make bench`). Wall time: {seconds['total'] / 60:.1f} min "
+        f"Command: `{document['command']}` (`make bench` runs the full suite). "
+        f"Wall time: {seconds['total'] / 60:.1f} min "
         + "("
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
         + ").",

@@ -99,8 +99,12 @@ def test_packages_are_saved_and_load(completed):
         assert package.site.startswith("fedavg:")  # both the unimodal and the paired site hold it
     assert set(results["rounds"]) == {"block:tabular_0", "block:timeseries_1", "fuse"}
     uploads = sorted(p.name for p in (out / "packages" / "uploads").iterdir())
-    assert uploads == ["paired-0-tabular_0.pb", "paired-0-timeseries_1.pb", "tabular_0-tabular_0.pb",
-                       "timeseries_1-timeseries_1.pb"]
+    assert uploads == [
+        "paired-0-tabular_0.pb",
+        "paired-0-timeseries_1.pb",
+        "tabular_0-tabular_0.pb",
+        "timeseries_1-timeseries_1.pb",
+    ]
 
 
 def test_a_crashing_site_is_recorded_and_the_run_goes_on():
