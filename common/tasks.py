@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored
 
 Targets = dict[str, torch.Tensor]
@@ -68,12 +69,15 @@ class SurvivalTask:
         return (-survival.sum(dim=1)).detach().cpu().numpy()
 
     def metric(self, scores: np.ndarray, targets: Targets) -> float:
-        """Harrell's c-index, NaN when no pair is comparable."""
+        """Harrell's c-index, NaN when no pair is comparable (fewer than two patients, no event, ...)."""
         event = targets["event"].cpu().numpy().astype(bool)
         time = targets["time"].cpu().numpy().astype(float)
-        if not event.any():
+        if event.size < 2 or not event.any():
             return float("nan")
-        return float(concordance_index_censored(event, time, np.asarray(scores, dtype=float))[0])
+        try:
+            return float(concordance_index_censored(event, time, np.asarray(scores, dtype=float))[0])
+        except NoComparablePairException:  # e.g. the only events are at the latest time
+            return float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "cut_points": list(self.cut_points)}

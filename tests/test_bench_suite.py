@@ -68,3 +68,35 @@ def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
     for name in document["figures"]:
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 200
+
+
+def _processes_mentioning(needle: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes() or needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_cost_section_records_runs_that_time_out_and_still_renders(tmp_path: Path, monkeypatch) -> None:
+    import cost
+
+    monkeypatch.setitem(cost.TIMEOUT, "simulate", 1.0)
+    monkeypatch.setitem(cost.TIMEOUT, "centralized", 1.0)
+    monkeypatch.setitem(cost.TIMEOUT, "scaling", 1.0)
+    work = tmp_path / "work"
+    document = cost.run_cost(work, quick=True, log=lambda message: None)
+    statuses = [run["status"] for run in document["runs"]]
+    assert statuses and all(status.startswith("failed: timed out") for status in statuses), statuses
+    page = cost.cost_markdown(document)
+    assert "failed: timed out" in page
+    figures = cost.cost_figures(document, tmp_path)
+    for name in figures:
+        assert f"]({name})" in page
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG"
+    assert _processes_mentioning(str(work).encode()) == []  # every process the runs started has ended

@@ -71,3 +71,11 @@ def test_task_round_trip_and_ensemble_average():
     for task in (SurvivalTask((1.0, 2.0)), ClassificationTask(2), ClassificationTask(4)):
         assert task_from_dict(task.to_dict()) == task
     np.testing.assert_allclose(average_scores([np.array([1.0, 3.0]), np.array([3.0, 5.0])]), [2.0, 4.0])
+
+
+def test_c_index_is_nan_when_no_pair_is_comparable():
+    task = SurvivalTask((1.0, 2.0))
+    # the only event is at the latest time: nobody is known to outlive anyone
+    targets = {"time": torch.tensor([1.0, 2.0, 3.0]), "event": torch.tensor([0, 0, 1])}
+    assert np.isnan(task.metric(np.array([0.1, 0.2, 0.3]), targets))
+    assert np.isnan(task.metric(np.array([0.1]), {"time": torch.tensor([1.0]), "event": torch.tensor([1])}))
