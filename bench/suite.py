@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cost import cost_figures, cost_markdown, federated_summaries, machine_description, run_cost
+from cost import federated_summaries, machine_description, run_cost
+from cost_page import cost_figures, cost_markdown
 from figures import quality_figures
 from pages import frequency_table, merge_methods_table, missing_tables, poster_table, site_ablation_tables, targets
 from quality import (
