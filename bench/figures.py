@@ -48,7 +48,7 @@ def table_figure(quality: dict[str, Any], out_dir: Path) -> str:
         ax.barh(y, means, xerr=stds, color=[_colour(n) for n in names], capsize=3)
         ax.set_yticks(y, names, fontsize=8)
         ax.axvline(0.5, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlim(0.3, 1.0)
+        ax.set_xlim(min(0.3, np.nanmin(means) - 0.05), 1.0)
         ax.set_xlabel(f"test {doc['metric']} (mean ± std over folds)")
         ax.set_title(_label(doc), fontsize=9)
     return _save(figure, out_dir, "table.png")
@@ -119,7 +119,7 @@ def missing_figure(quality: dict[str, Any], out_dir: Path) -> str:
                     label=model,
                     linewidth=2.2 if model in ("merge", "fuse") else 1.2,
                 )
-        ax.set_xlabel("modalities hidden per test patient (%)")
+        ax.set_xlabel("probability of hiding each modality of a test patient (%)")
         ax.set_ylabel(f"test {doc['metric']} (mean over folds)")
         ax.set_title(_label(doc), fontsize=9)
         ax.legend(fontsize=7)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from quality import HIDDEN_SHARE
+
+from fedlego.common.centralized import best_block_mean, uplift
+
 BASELINE_NAMES = {
-    "cox-early": "Cox early fusion (omics as PCA-10)",
+    "cox-early": "Cox early fusion (wide modalities as PCA-10)",
     "cox-late": "Cox late fusion (mean of rank risks)",
     "early-fusion": "Early fusion (concatenated features, SNN)",
     "late-fusion": "Late fusion (encoders + heads, mean of logits)",
@@ -16,23 +20,20 @@ BASELINE_NAMES = {
 LEGO_ROWS = {"ensemble": "Ensemble (mean prediction)", "merge": "LegoMerge", "fuse": "LegoFuse (2 epochs)"}
 
 
-def cell(value: dict[str, float] | None) -> str:
-    """``mean ± std`` of a summary entry, ``—`` when absent."""
+def cell(value: dict[str, float] | None, folds: int | None = None) -> str:
+    """``mean ± std`` of a summary entry, ``—`` when absent; ``(k folds)`` when NaN folds were left out."""
     if not value or value.get("mean") is None or math.isnan(value["mean"]):
         return "—"
     std = value.get("std", float("nan"))
-    return f"{value['mean']:.3f} ± {std:.3f}" if not math.isnan(std) else f"{value['mean']:.3f}"
+    text = f"{value['mean']:.3f} ± {std:.3f}" if not math.isnan(std) else f"{value['mean']:.3f}"
+    if folds is not None and value.get("n_folds", folds) < folds:
+        text += f" ({value['n_folds']} of {folds} folds)"
+    return text
 
 
-def best_block(summary: dict[str, dict[str, float]]) -> float:
-    """Highest mean metric among the single-modality blocks."""
-    return max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
-
-
-def uplift(summary: dict[str, dict[str, float]], model: str) -> str:
+def uplift_text(summary: dict[str, dict[str, float]], model: str) -> str:
     """Relative gain of a model's mean over the best block's, as text."""
-    best = best_block(summary)
-    return f"{100 * (summary[model]['mean'] - best) / best:+.1f}%"
+    return f"{uplift(summary, model):+.1f}%"
 
 
 def _row(label: str, cells: list[str]) -> str:
@@ -52,22 +53,23 @@ def poster_table(quality: dict[str, Any], federated: dict[str, dict[str, dict[st
         for n in names
     ]
     summaries = {n: quality[n]["summary"]["models"] for n in names}
+    folds = {n: quality[n]["settings"]["folds"] for n in names}
     lines = _header("model", columns)
     blocks = []
     for n in names:
         blocks += [k for k in summaries[n] if k.startswith("block:") and k not in blocks]
     for key in blocks:
-        lines.append(_row(f"LegoBlock: {key.split(':', 1)[1]}", [cell(summaries[n].get(key)) for n in names]))
+        lines.append(_row(f"LegoBlock: {key.split(':', 1)[1]}", [cell(summaries[n].get(key), folds[n]) for n in names]))
     for key, label in LEGO_ROWS.items():
-        lines.append(_row(label, [cell(summaries[n].get(key)) for n in names]))
+        lines.append(_row(label, [cell(summaries[n].get(key), folds[n]) for n in names]))
         if key in ("merge", "fuse"):
-            lines.append(_row(f"Uplift ({key} vs best block)", [uplift(summaries[n], key) for n in names]))
+            lines.append(_row(f"Uplift ({key} vs best block)", [uplift_text(summaries[n], key) for n in names]))
     if federated:
         for key in ("merge", "fuse"):
             label = f"{LEGO_ROWS[key]}, federated (simulated sites)"
             lines.append(_row(label, [cell(federated.get(n, {}).get(key)) for n in names]))
     for key, label in BASELINE_NAMES.items():
-        lines.append(_row(label, [cell(summaries[n].get(key)) for n in names]))
+        lines.append(_row(label, [cell(summaries[n].get(key), folds[n]) for n in names]))
     return lines
 
 
@@ -76,8 +78,9 @@ def targets(quality: dict[str, Any]) -> list[str]:
     lines = []
     for name, doc in quality.items():
         summary = doc["summary"]["models"]
-        best, merge, fuse = best_block(summary), summary["merge"]["mean"], summary["fuse"]["mean"]
-        strongest = max((k for k in summary if not k.startswith("block:")), key=lambda k: summary[k]["mean"])
+        best, merge, fuse = best_block_mean(summary), summary["merge"]["mean"], summary["fuse"]["mean"]
+        candidates = [k for k in summary if not k.startswith("block:") and not math.isnan(summary[k]["mean"])]
+        strongest = max(candidates, key=lambda k: summary[k]["mean"])
         lines.append(
             f"- {name}: LegoMerge ≥ best block: {'met' if merge >= best else 'MISSED'} ({merge:.3f} vs {best:.3f}); "
             f"LegoFuse ≥ LegoMerge: {'met' if fuse >= merge else 'MISSED'} ({fuse:.3f} vs {merge:.3f}); "
@@ -117,10 +120,13 @@ def missing_tables(quality: dict[str, Any]) -> list[str]:
         lines += [
             f"**{name}** ({doc['metric']})",
             "",
-            *_header("model", [f"{100 * float(r):.0f}% hidden" for r in rates]),
+            *_header("model", [f"p = {r}" for r in rates]),
         ]
         for model in curves[rates[0]]:
-            lines.append(_row(model, [cell(curves[r][model]) for r in rates]))
+            if model == HIDDEN_SHARE:
+                lines.append(_row(f"*{model}*", [f"{100 * curves[r][model]['mean']:.0f}%" for r in rates]))
+            else:
+                lines.append(_row(model, [cell(curves[r][model]) for r in rates]))
         lines.append("")
     return lines
 
@@ -142,7 +148,8 @@ def site_ablation_tables(quality: dict[str, Any], key: str) -> list[str]:
         ]
         lines += [f"**{name}** ({doc['metric']})", "", *_header(key, columns)]
         for level, values in levels.items():
-            best = max((v for k, v in values.items() if k.startswith("block:")), key=lambda v: v["mean"])
+            blocks = [v for k, v in values.items() if k.startswith("block:") and not math.isnan(v["mean"])]
+            best = max(blocks, key=lambda v: v["mean"]) if blocks else None
             cells = [f"{values[k]['mean']:.0f}" for k in sizes]
             cells += [
                 cell(best),

@@ -25,7 +25,7 @@ import torch
 
 from fedlego.cli import PRESETS
 from fedlego.common.baselines import BASELINES, BaselineConfig, fit_baseline
-from fedlego.common.centralized import CentralizedConfig, train_fold
+from fedlego.common.centralized import CentralizedConfig, mean_std, train_fold
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
@@ -40,6 +40,7 @@ from fedlego.common.workflow import ModelConfig, scores_of, train_block, unimoda
 Log = Callable[[str], None]
 TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 MISSING_DRAWS = 5
+HIDDEN_SHARE = "share of modalities hidden"
 OVERLAPS = (0.0, 0.5, 1.0)
 IMBALANCES = (0.0, 0.5, 0.9)
 SITE_ABLATION_DATASETS = ("pbc", "synthetic")
@@ -90,24 +91,13 @@ def drop_modalities(data: TensorSet, rate: float, rng: np.random.Generator) -> T
     return TensorSet(data.ids, data.inputs, present, data.targets)
 
 
-def summarise(values: list[float]) -> dict[str, float]:
-    """Mean and sample std over folds, NaN folds left out."""
-    array = np.asarray(values, dtype=float)
-    array = array[~np.isnan(array)]
-    return {
-        "mean": float(array.mean()) if array.size else float("nan"),
-        "std": float(array.std(ddof=1)) if array.size > 1 else float("nan"),
-        "n_folds": int(array.size),
-    }
-
-
 def summarise_folds(folds: list[dict[str, Any]], key: str) -> Any:
     """Summarise a nested dict of per-fold metrics (same structure in each fold) at ``key``."""
 
     def walk(items: list[Any]) -> Any:
         if isinstance(items[0], dict):
             return {k: walk([item[k] for item in items]) for k in items[0]}
-        return summarise(items)
+        return mean_std(items)
 
     return walk([fold[key] for fold in folds])
 
@@ -131,10 +121,15 @@ def table_fold(
     models["ensemble"] = metric(task, ensemble_scores(fold.blocks, test, task), test)
     models["merge"] = metric(task, scores_of(fold.merged, test, task), test)
     models["fuse"] = metric(task, scores_of(fold.fused, test, task), test)
-    baselines, fedavg = {}, {}
+    baselines, fedavg, failures = {}, {}, {}
     for name in BASELINES:
         begin = time.perf_counter()
-        baselines[name] = fit_baseline(name, fold.paired_train, fold.paired_validation, task, baseline_config)
+        try:
+            baselines[name] = fit_baseline(name, fold.paired_train, fold.paired_validation, task, baseline_config)
+        except ValueError as error:  # e.g. no event among the paired training patients: recorded, not fatal
+            failures[name], models[name] = str(error), float("nan")
+            log(f"  fold {split.fold}: baseline {name} failed: {error}")
+            continue
         seconds[name] = time.perf_counter() - begin
         models[name] = metric(task, baselines[name].scores(test), test)
         if hasattr(baselines[name], "bytes_per_site"):
@@ -156,6 +151,7 @@ def table_fold(
         "merge_methods": merges,
         "missing_at_test": missing,
         "fedavg_early_fusion": fedavg,
+        "baseline_failures": failures,
         "seconds": seconds,
     }
 
@@ -169,14 +165,16 @@ def missing_modality_fold(
     task: Task,
     fold: int,
 ) -> dict[str, dict[str, float]]:
-    """Metric of each model when each modality of each test patient is hidden with a given rate
-    (mean over ``MISSING_DRAWS`` random draws, seeded by the fold)."""
+    """Metric of each model when each modality of each test patient is hidden with probability
+    ``rate`` (mean over ``MISSING_DRAWS`` random draws, seeded by the fold), and the share of
+    modalities actually hidden (lower than ``rate``: every patient keeps one)."""
     rng = np.random.default_rng(1000 + fold)
     result: dict[str, dict[str, float]] = {}
     for rate in TEST_MISSING_RATES:
-        draws: dict[str, list[float]] = {}
+        draws: dict[str, list[float]] = {HIDDEN_SHARE: []}
         for _ in range(MISSING_DRAWS if rate > 0 else 1):
             hidden = drop_modalities(test, rate, rng)
+            draws[HIDDEN_SHARE].append(1.0 - hidden_fraction_kept(hidden))
             scores = {
                 "ensemble": ensemble_scores(blocks, hidden, task),
                 "merge": scores_of(merged, hidden, task),
@@ -187,6 +185,11 @@ def missing_modality_fold(
                 draws.setdefault(name, []).append(metric(task, value, hidden))
         result[f"{rate:.1f}"] = {name: float(np.nanmean(values)) for name, values in draws.items()}
     return result
+
+
+def hidden_fraction_kept(data: TensorSet) -> float:
+    """Share of all (patient, modality) entries still present."""
+    return float(torch.stack(list(data.present.values())).float().mean())
 
 
 def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, log: Log) -> dict[str, float]:

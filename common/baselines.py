@@ -45,6 +45,7 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 from torch import nn
 
+from fedlego.common.coordinator import average_states
 from fedlego.common.encoders import SNN, IrregularTimeSeriesEncoder, SmallCNN, reference_encoder
 from fedlego.common.layers import LatentUpdate, TaskHead
 from fedlego.common.tasks import SurvivalTask, Targets, Task
@@ -182,12 +183,15 @@ class FlatFeatures:
     def modality(self, data: TensorSet, m: str) -> np.ndarray:
         """Features (n, f_m) of one modality; rows lacking it are zeros."""
         fitted = self.fitted[m]
-        rows = data.present[m].numpy()
-        x = fitted.scaler.transform(summary_features(fitted.kind, data.inputs[m]))
-        if fitted.pca is not None and fitted.output_scaler is not None:
-            x = fitted.output_scaler.transform(fitted.pca.transform(x))
-        x[~rows] = 0.0
-        return x
+        rows = np.flatnonzero(data.present[m].numpy())
+        width = fitted.pca.n_components_ if fitted.pca is not None else fitted.scaler.n_features_in_
+        out = np.zeros((len(data), width))
+        if rows.size:
+            x = fitted.scaler.transform(summary_features(fitted.kind, data.subset(rows).inputs[m]))
+            if fitted.pca is not None and fitted.output_scaler is not None:
+                x = fitted.output_scaler.transform(fitted.pca.transform(x))
+            out[rows] = x
+        return out
 
     def transform(self, data: TensorSet, indicators: bool = False) -> np.ndarray:
         """All modalities concatenated (n, sum f_m), then one presence flag per modality if asked."""
@@ -274,8 +278,9 @@ def _fit_linear(
     if not fitted:
         raise ValueError("no penalised Cox model could be fitted on the training patients")
     metrics = np.array([c.validation_metric for c in fitted])
-    if np.isnan(metrics).all():
-        return fitted[min(DEFAULT_PENALTY_INDEX, len(fitted) - 1)]
+    if np.isnan(metrics).all():  # the fit closest to the grid's middle (some fits may have failed)
+        middle = grid[DEFAULT_PENALTY_INDEX]
+        return min(fitted, key=lambda c: abs(grid.index(c.penalty) - grid.index(middle)))
     return fitted[np.flatnonzero(metrics == np.nanmax(metrics))[-1]]  # grids run weakest to strongest
 
 
@@ -640,13 +645,12 @@ def site_rows(targets: Targets, rows: np.ndarray, n_sites: int, seed: int) -> li
     return [np.sort(ordered[k::n_sites]) for k in range(n_sites)]
 
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Sample-weighted mean of state dicts (FedAvg aggregation)."""
-    total = float(sum(weights))
-    return {
-        key: sum(w / total * s[key].double() for s, w in zip(states, weights, strict=True)).to(states[0][key].dtype)
-        for key in states[0]
-    }
+def _improves(loss: float, best: float) -> bool:
+    """A round is kept when its validation loss is finite and lower than the best so far, or when no
+    round so far had a finite loss (then the latest round, never the untrained model, is kept)."""
+    if np.isfinite(loss):
+        return not np.isfinite(best) or loss < best
+    return not np.isfinite(best)
 
 
 def fit_fedavg_early_fusion(
@@ -675,13 +679,10 @@ def fit_fedavg_early_fusion(
             )
             fit(local, train_f.subset(rows), None, task, local_config, description=f"fedavg site {k}")
             states.append(local.state_dict())
-        model.load_state_dict(weighted_average(states, [len(rows) for rows in sites]))
-        if len(validation_f):
-            loss = evaluate_loss(model, validation_f, task)
-            if loss < best[0]:
-                best = (loss, round_, copy.deepcopy(model.state_dict()))
-        else:
-            best = (float("nan"), round_, copy.deepcopy(model.state_dict()))
+        model.load_state_dict(average_states(states, [len(rows) for rows in sites]))
+        loss = evaluate_loss(model, validation_f, task) if len(validation_f) else float("nan")
+        if _improves(loss, best[0]):
+            best = (loss, round_, copy.deepcopy(model.state_dict()))
     model.load_state_dict(best[2])
     model.eval()
     count = _parameter_count(model)

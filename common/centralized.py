@@ -50,9 +50,6 @@ class FoldModels:
     """What one fold trains: tensors, task, blocks, merge, fuse (reused by benchmarks and ablations)."""
 
     task: Task
-    preprocessors: dict[str, Any]
-    train: TensorSet
-    validation: TensorSet
     test: TensorSet
     """Test patients holding every modality of the run."""
     paired_train: TensorSet
@@ -122,9 +119,6 @@ def train_fold(
     )
     return FoldModels(
         task,
-        preprocessors,
-        train,
-        validation,
         test,
         paired_train,
         paired_validation,
@@ -165,24 +159,31 @@ def run_fold(
     }
 
 
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation of per-fold values, NaN folds left out (``n_folds`` says
+    how many folds counted)."""
+    array = np.asarray(values, dtype=float)
+    array = array[~np.isnan(array)]
+    return {
+        "mean": float(array.mean()) if array.size else float("nan"),
+        "std": float(array.std(ddof=1)) if array.size > 1 else float("nan"),
+        "n_folds": int(array.size),
+    }
+
+
 def summarise(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample standard deviation over folds of every model's metric (NaN folds skipped)."""
-    names = list(folds[0]["models"])
-    summary = {}
-    for name in names:
-        values = np.array([f["models"][name]["metric"] for f in folds], dtype=float)
-        values = values[~np.isnan(values)]
-        summary[name] = {
-            "mean": float(values.mean()) if values.size else float("nan"),
-            "std": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
-            "n_folds": int(values.size),
-        }
-    return summary
+    return {name: mean_std([f["models"][name]["metric"] for f in folds]) for name in folds[0]["models"]}
+
+
+def best_block_mean(summary: dict[str, dict[str, float]]) -> float:
+    """The highest mean metric of a single-modality block."""
+    return max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
 
 
 def uplift(summary: dict[str, dict[str, float]], model: str = "merge") -> float:
     """Relative gain (%) of a model's mean metric over the best single block's."""
-    best = max(v["mean"] for k, v in summary.items() if k.startswith("block:"))
+    best = best_block_mean(summary)
     return 100.0 * (summary[model]["mean"] - best) / best
 
 

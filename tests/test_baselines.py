@@ -15,7 +15,6 @@ from fedlego.common.baselines import (
     fit_baseline,
     modality_kind,
     site_rows,
-    weighted_average,
 )
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
@@ -199,12 +198,6 @@ def test_fedavg_communication_and_sites(mixed, mixed_fits):
     assert max(map(len, sites)) - min(map(len, sites)) <= 1
     with pytest.raises(ValueError):
         site_rows(train.targets, rows[:2], 3, seed=0)
-
-
-def test_weighted_average_is_sample_weighted():
-    a, b = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
-    torch.testing.assert_close(weighted_average([a, b], [1, 3])["w"], torch.full((3,), 0.75))
-    torch.testing.assert_close(weighted_average([a], [5])["w"], a["w"])
 
 
 def test_unknown_baseline_lists_valid_names(mixed):

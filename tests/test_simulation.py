@@ -42,6 +42,9 @@ def test_simulate_runs_every_phase_and_stops_what_it_started(tmp_path, capsys):
     assert {"merge", "fuse"} <= set(results["metrics"])
     assert "phase describe" in printed and "merge" in printed and "status completed" in printed
     assert (tmp_path / "packages" / "fused.pb").exists()
+    report = (tmp_path / "report.html").read_text()  # the ServerApp process wrote the run report too
+    assert results["run_id"] in report and "data:image/png;base64," in report
+    assert f"report in {tmp_path / 'report.html'}" in printed
     assert processes_with_home(tmp_path.resolve() / ".flower" / "home") == []
 
 
