@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,11 +31,11 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.privacy import CentralAccountant, dp_average_updates, privacy_config_to_json
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
-from fedlego.common.site import weighted_mean
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.audit import AuditLog
 from fedlego.server.checkpoint import Checkpoint
 from fedlego.server.report import write_report
+from fedlego.server.rounds import Round, Rounds, StateDict
 from fedlego.server.transport import Payload, Transport
 
 
@@ -231,40 +231,43 @@ class Federation:
         largest site's block and its preprocessing; the round with the lowest validation loss
         (weighted over sites) is kept."""
         reference_package, block = candidates[0]
-        nodes = self._site_nodes({p.site for p, _ in candidates})
-        history, states = [], [copy.deepcopy(block.state_dict())]
-        for round_index in range(self.settings.block_rounds + 1):
-            final = round_index == self.settings.block_rounds  # last exchange only evaluates
-            block.load_state_dict(states[-1])
+
+        def request(round_index: int, final: bool, state: StateDict) -> Payload:
+            block.load_state_dict(state)
             package = block_to_package(block, task, site=COORDINATOR, run_id=self.run_id)
             package.preprocessing_json = reference_package.preprocessing_json
             self._sign(package)
-            config = {
-                "package": serialize(package),
-                "epochs": 0 if final else self.settings.block_local_epochs,
-                "task": json.dumps(task.to_dict()),
-                "proximal-mu": 0.0,
-            }
-            answered = self._exchange(
-                f"block-fedavg:{modality}", "train.blockround", {n: Payload(config=dict(config)) for n in nodes}
+            return Payload(
+                config={
+                    "package": serialize(package),
+                    "epochs": 0 if final else self.settings.block_local_epochs,
+                    "task": json.dumps(task.to_dict()),
+                    "proximal-mu": 0.0,
+                }
             )
-            counts = [p.metrics["num-examples"] for p in answered.values()]
-            history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
-            if not final:
-                states.append(average_states([p.arrays for p in answered.values()], counts))
+
+        def record(finished: Round) -> None:
             self._audit(
                 "fedavg-round",
                 modality=modality,
-                round=round_index,
-                participants=sorted(self._site(n) for n in answered),
-                validation_loss=history[-1],
+                round=finished.index,
+                participants=sorted(self._site(n) for n in finished.answered),
+                validation_loss=finished.validation_loss,
             )
-        best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
-        block.load_state_dict(states[best])
+
+        rounds = Rounds(self.settings.block_rounds, [copy.deepcopy(block.state_dict())])
+        rounds.run(
+            self._site_nodes({p.site for p, _ in candidates}),
+            request,
+            functools.partial(self._exchange, f"block-fedavg:{modality}", "train.blockround"),
+            record,
+        )
+        best = rounds.best()
+        block.load_state_dict(rounds.states[best])
         block.n_samples = sum(p.n_samples for p, _ in candidates)
         block.preprocessing = json.loads(reference_package.preprocessing_json or "null")
         self.results["rounds"][f"block:{modality}"] = {
-            "validation_loss": history,
+            "validation_loss": rounds.history,
             "kept_round": best,
             "sites": sorted(p.site for p, _ in candidates),
         }
@@ -357,16 +360,16 @@ class Federation:
         )
         base = serialize(self._sign(fused_to_package(model, block_packages, self.run_id)))
         mu = self.settings.proximal_mu if self.settings.fuse_aggregation == "fedprox" else 0.0
-        history, states, participants = [], [model.fusion_state_dict()], []
+        rounds, participants = Rounds(self.settings.fuse_rounds, [model.fusion_state_dict()]), []
         done = self.progress.get("fuse")
         if done:
-            history, participants = list(done["history"]), list(done["participants"])
-            states = [self.checkpoint.load_tensors(f"fuse-state-{i}") for i in range(done["states"])]
+            rounds.history, participants = list(done["history"]), list(done["participants"])
+            rounds.states = [self.checkpoint.load_tensors(f"fuse-state-{i}") for i in range(done["states"])]
         elif self.checkpoint is not None:
-            self.checkpoint.save_tensors("fuse-state-0", states[0])
-        first_round = len(history)
-        for round_index in range(first_round, self.settings.fuse_rounds + 1):
-            final = round_index == self.settings.fuse_rounds
+            self.checkpoint.save_tensors("fuse-state-0", rounds.states[0])
+        first_round = rounds.next_round
+
+        def request(round_index: int, final: bool, state: StateDict) -> Payload:
             config = {
                 "round": round_index,
                 "epochs": 0 if final else self.settings.fuse_local_epochs,
@@ -374,36 +377,40 @@ class Federation:
                 "proximal-mu": mu,
                 "run-id": self.run_id,
             }
-            requests = {}
-            for node in paired:  # the model travels once; afterwards only its fusion parameters
-                if round_index == 0:
-                    requests[node] = Payload(config={**config, "package": base})
-                elif round_index == first_round:  # resumed: sites may have lost the model
-                    requests[node] = Payload(config={**config, "package": base}, arrays=dict(states[-1]))
-                else:
-                    requests[node] = Payload(config=dict(config), arrays=dict(states[-1]))
-            answered = self._exchange("fuse", "train.fuse", requests)
-            counts = [p.metrics["num-examples"] for p in answered.values()]
-            history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
-            participants.append(sorted(self._site(n) for n in answered))
-            paired = [n for n in paired if n in answered]  # a site that dropped out is not waited for again
-            if not final:
-                states.append(self._aggregate_fuse(states[-1], answered, counts, len(requests)))
+            if round_index == first_round:  # the model travels once, again after a resume (sites may have lost it)
+                config["package"] = base
+            return Payload(config=config, arrays=dict(state) if round_index > 0 else None)
+
+        def record(finished: Round) -> None:
+            participants.append(sorted(self._site(n) for n in finished.answered))
             self._audit(
                 "fuse-round",
-                round=round_index,
+                round=finished.index,
                 participants=participants[-1],
-                validation_loss=history[-1],
-                trained=not final,
+                validation_loss=finished.validation_loss,
+                trained=not finished.final,
             )
             if self.checkpoint is not None:
-                self.checkpoint.save_tensors(f"fuse-state-{len(states) - 1}", states[-1])
-                self.progress["fuse"] = {"history": history, "participants": participants, "states": len(states)}
+                self.checkpoint.save_tensors(f"fuse-state-{len(rounds.states) - 1}", rounds.states[-1])
+                self.progress["fuse"] = {
+                    "history": rounds.history,
+                    "participants": participants,
+                    "states": len(rounds.states),
+                }
                 self._checkpoint()
-        best = min(range(len(history)), key=lambda i: history[i] if not math.isnan(history[i]) else math.inf)
-        model.load_state_dict(states[best], strict=False)
+
+        rounds.run(
+            paired,
+            request,
+            functools.partial(self._exchange, "fuse", "train.fuse"),
+            record,
+            aggregate=self._aggregate_fuse,
+            drop_lost=True,  # a site that dropped out is not waited for again
+        )
+        best = rounds.best()
+        model.load_state_dict(rounds.states[best], strict=False)
         self.results["rounds"]["fuse"] = {
-            "validation_loss": history,
+            "validation_loss": rounds.history,
             "kept_round": best,
             "participants": participants,
             **model.parameter_counts(),
@@ -414,7 +421,9 @@ class Federation:
         return package
 
     # -- differential privacy (fedlego.common.privacy) -------------------------------------
-    def _aggregate_fuse(self, reference, answered: dict[int, Payload], counts, asked: int):
+    def _aggregate_fuse(
+        self, reference: StateDict, answered: dict[int, Payload], counts: list[float], asked: int
+    ) -> StateDict:
         """FedAvg of the fusion parameters, or with ``fuse-dp-noise`` > 0 central DP-FedAvg
         (clipped site updates, Gaussian noise, unweighted mean); records the spent budget."""
         states = [p.arrays for p in answered.values()]

@@ -1,0 +1,94 @@
+"""The round loop shared by block FedAvg and the fuse rounds.
+
+Each round sends the current parameters to a cohort of sites, collects their replies, records the
+sample-weighted validation loss the sites measured before training, and aggregates the returned
+parameters; one last round only evaluates. The caller builds the messages, exchanges them, chooses
+the aggregation (FedAvg, or central DP-FedAvg for fuse) and records each round (audit, checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from fedlego.common.coordinator import average_states
+from fedlego.common.site import weighted_mean
+from fedlego.messages import Payload
+
+StateDict = dict[str, torch.Tensor]
+Aggregate = Callable[[StateDict, dict[int, Payload], list[float], int], StateDict]
+"""(parameters sent, replies by node, their sample counts, number of sites asked) -> new parameters"""
+
+
+def fedavg(reference: StateDict, answered: dict[int, Payload], counts: list[float], asked: int) -> StateDict:
+    """Plain FedAvg: the replies' parameters weighted by their sample counts."""
+    return average_states([p.arrays for p in answered.values()], counts)
+
+
+@dataclass
+class Round:
+    """One finished exchange: its index, whether it only evaluated, the replies by node and their
+    sample-weighted validation loss."""
+
+    index: int
+    final: bool
+    answered: dict[int, Payload]
+    validation_loss: float
+
+
+@dataclass
+class Rounds:
+    """``total`` training rounds on one set of parameters, then one evaluate-only round.
+
+    ``states[0]`` is the start and ``states[i]`` what training round ``i - 1`` produced;
+    ``history[i]`` is the validation loss the sites reported for ``states[i]`` in round ``i``.
+    Built from a checkpoint's states and history, ``run`` continues after the last finished round.
+    """
+
+    total: int
+    states: list[StateDict]
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def next_round(self) -> int:
+        """The index of the first round still to run."""
+        return len(self.history)
+
+    def run(
+        self,
+        cohort: list[int],
+        request: Callable[[int, bool, StateDict], Payload],
+        exchange: Callable[[dict[int, Payload]], dict[int, Payload]],
+        on_round: Callable[[Round], None],
+        aggregate: Aggregate = fedavg,
+        drop_lost: bool = False,
+    ) -> None:
+        """Run the remaining rounds. ``request(index, final, state)`` is the message every node of
+        the cohort gets (each its own copy); ``exchange`` sends the requests and returns the replies
+        (raising when too few answered); ``on_round`` is called after each round is aggregated.
+        With ``drop_lost``, a site that did not answer a round is not asked again."""
+        for index in range(self.next_round, self.total + 1):
+            final = index == self.total
+            payload = request(index, final, self.states[-1])
+            requests = {
+                node: Payload(
+                    config=dict(payload.config), arrays=None if payload.arrays is None else dict(payload.arrays)
+                )
+                for node in cohort
+            }
+            answered = exchange(requests)
+            counts = [p.metrics["num-examples"] for p in answered.values()]
+            self.history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
+            if drop_lost:
+                cohort = [n for n in cohort if n in answered]
+            if not final:
+                self.states.append(aggregate(self.states[-1], answered, counts, len(requests)))
+            on_round(Round(index, final, answered, self.history[-1]))
+
+    def best(self) -> int:
+        """The round with the lowest validation loss: the earliest on ties, a NaN loss never
+        (round 0 when every loss is NaN)."""
+        return min(range(len(self.history)), key=lambda i: math.inf if math.isnan(self.history[i]) else self.history[i])

@@ -1,0 +1,87 @@
+"""The round driver (server/rounds.py) on its own: which rounds run, what each sends and aggregates,
+lost sites, resuming mid-rounds, and the kept round (ties, NaN)."""
+
+import math
+
+import pytest
+import torch
+
+from fedlego.messages import Payload
+from fedlego.server.rounds import Rounds
+
+
+class Sites:
+    """Answers every request with its node id as the parameters and ``losses[round]`` as the validation
+    loss, weighted by ``node`` samples; nodes in ``lost`` (from round ``lost_from`` on) do not answer."""
+
+    def __init__(self, losses: list[float], lost: frozenset[int] = frozenset(), lost_from: int = 0) -> None:
+        self.losses, self.lost, self.lost_from = losses, lost, lost_from
+        self.asked: list[tuple[int, list[int]]] = []
+
+    def exchange(self, requests: dict[int, Payload]) -> dict[int, Payload]:
+        index = next(iter(requests.values())).config["round"]
+        self.asked.append((index, sorted(requests)))
+        return {
+            node: Payload(
+                arrays={"w": torch.tensor([float(node)])},
+                metrics={"num-examples": node, "validation-loss-before": self.losses[index] * node},
+            )
+            for node in requests
+            if not (node in self.lost and index >= self.lost_from)
+        }
+
+
+def request(index: int, final: bool, state: dict[str, torch.Tensor]) -> Payload:
+    return Payload(config={"round": index, "epochs": 0 if final else 1}, arrays=dict(state))
+
+
+def test_rounds_send_the_last_state_aggregate_by_samples_and_evaluate_last():
+    sites, finished = Sites([1.0, 0.5, 2.0]), []
+    rounds = Rounds(2, [{"w": torch.tensor([0.0])}])
+    rounds.run([1, 3], request, sites.exchange, finished.append)
+    assert sites.asked == [(0, [1, 3]), (1, [1, 3]), (2, [1, 3])]
+    assert [(r.index, r.final) for r in finished] == [(0, False), (1, False), (2, True)]
+    assert len(rounds.states) == 3  # the evaluate-only round adds none
+    torch.testing.assert_close(rounds.states[1]["w"], torch.tensor([2.5]))  # (1 * 1 + 3 * 3) / 4
+    assert rounds.history == pytest.approx([2.5, 1.25, 5.0])  # losses weighted by samples
+    assert rounds.best() == 1
+
+
+@pytest.mark.parametrize(("drop_lost", "last_cohort"), [(False, [1, 3]), (True, [1])])
+def test_lost_sites_are_asked_again_unless_dropped(drop_lost: bool, last_cohort: list[int]):
+    sites, asked = Sites([1.0, 1.0, 1.0], lost=frozenset({3}), lost_from=1), []
+    rounds = Rounds(2, [{"w": torch.tensor([0.0])}])
+
+    def aggregate(reference, answered, counts, n_asked):
+        asked.append(n_asked)
+        return {"w": reference["w"] + 1}
+
+    rounds.run([1, 3], request, sites.exchange, lambda _: None, aggregate=aggregate, drop_lost=drop_lost)
+    assert sites.asked == [(0, [1, 3]), (1, [1, 3]), (2, last_cohort)]
+    assert asked == [2, 2]  # the sites asked, answered or not
+    torch.testing.assert_close(rounds.states[-1]["w"], torch.tensor([2.0]))
+
+
+def test_a_resumed_run_continues_after_the_last_finished_round():
+    states = [{"w": torch.tensor([float(i)])} for i in range(3)]  # start, after round 0, after round 1
+    rounds = Rounds(3, states, history=[4.0, 3.0])
+    sites, finished = Sites([0.0, 0.0, 2.0, 1.0]), []
+    sent: list[torch.Tensor] = []
+
+    def remember(index: int, final: bool, state: dict[str, torch.Tensor]) -> Payload:
+        sent.append(state["w"])
+        return request(index, final, state)
+
+    rounds.run([1], remember, sites.exchange, finished.append)
+    assert [r.index for r in finished] == [2, 3] and sites.asked == [(2, [1]), (3, [1])]
+    assert sent[0].item() == 2.0  # round 2 starts from what round 1 produced
+    assert rounds.history == [4.0, 3.0, 2.0, 1.0] and len(rounds.states) == 4 and rounds.best() == 3
+
+
+def test_the_kept_round_is_the_earliest_lowest_and_never_nan():
+    def best(history: list[float]) -> int:
+        return Rounds(len(history) - 1, [], history=history).best()
+
+    assert best([math.nan, 0.5, 0.5, 0.7]) == 1
+    assert best([0.9, math.nan, 0.2]) == 2
+    assert best([math.nan, math.nan]) == 0
