@@ -317,10 +317,10 @@ def cost_markdown(doc: dict) -> str:
     """The cost section(s) of the benchmark page, from ``##`` down."""
     mode = "quick smoke run (reduced plan)" if doc["quick"] else "full run"
     intro = [
-        "## Cost: setup",
+        "## Cost: simulated federations",
         "",
-        f"Machine: {doc['machine']}. Date: {doc['date']}. {mode.capitalize()}. Every command runs as a "
-        "subprocess, one at a time; wall times include Python, Flower and Ray start-up.",
+        f"{mode.capitalize()}. Every command runs as a subprocess, one at a time; wall times include Python, "
+        "Flower and Ray start-up.",
         "",
     ]
     sections = [intro, _md_federated_vs_centralized(doc), _md_time(doc), _md_bytes(doc), _md_scaling(doc)]
