@@ -54,27 +54,36 @@ def table_figure(quality: dict[str, Any], out_dir: Path) -> str:
     return _save(figure, out_dir, "table.png")
 
 
+def _grouped_bars(ax: Any, groups: list[str], series: dict[str, list[dict[str, float]]], ylabel: str) -> None:
+    """One bar per (group, series) with its std as error bar; ``series[label][i]`` belongs to ``groups[i]``."""
+    x = np.arange(len(groups))
+    width = 0.8 / len(series)
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar(
+            x + (j - (len(series) - 1) / 2) * width,
+            [v["mean"] for v in values],
+            width,
+            yerr=[np.nan_to_num(v["std"]) for v in values],
+            label=label,
+            capsize=3,
+        )
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
 def frequency_figure(quality: dict[str, Any], out_dir: Path) -> str:
-    """Merge, fuse and the mean block with frequency- vs spatial-domain latent updates."""
+    """Merge and fuse with frequency- vs spatial-domain latent updates."""
     figure, axes = _panels(len(quality))
     for ax, doc in zip(axes, quality.values(), strict=True):
-        frequency, spatial = doc["summary"]["models"], doc["summary"]["spatial"]
         groups = ["merge", "fuse"]
-        x = np.arange(len(groups))
-        for offset, (label, source) in zip((-0.2, 0.2), (("frequency", frequency), ("spatial", spatial)), strict=True):
-            ax.bar(
-                x + offset,
-                [source[g]["mean"] for g in groups],
-                0.4,
-                yerr=[np.nan_to_num(source[g]["std"]) for g in groups],
-                label=label,
-                capsize=3,
-            )
-        ax.set_xticks(x, groups)
-        ax.set_ylim(0.4, 1.0)
-        ax.set_ylabel(f"test {doc['metric']}")
+        series = {
+            "frequency": [doc["summary"]["models"][g] for g in groups],
+            "spatial": [doc["summary"]["spatial"][g] for g in groups],
+        }
+        _grouped_bars(ax, groups, series, f"test {doc['metric']}")
         ax.set_title(_label(doc), fontsize=9)
-        ax.legend(fontsize=8)
     return _save(figure, out_dir, "frequency-vs-spatial.png")
 
 
@@ -84,23 +93,9 @@ def merge_methods_figure(quality: dict[str, Any], out_dir: Path) -> str:
     for ax, doc in zip(axes, quality.values(), strict=True):
         methods = doc["summary"]["merge_methods"]
         latents = list(methods)
-        heads = list(methods[latents[0]])
-        x = np.arange(len(latents))
-        width = 0.8 / len(heads)
-        for j, head in enumerate(heads):
-            ax.bar(
-                x + (j - (len(heads) - 1) / 2) * width,
-                [methods[latent][head]["mean"] for latent in latents],
-                width,
-                yerr=[np.nan_to_num(methods[latent][head]["std"]) for latent in latents],
-                label=f"head: {head}",
-                capsize=3,
-            )
-        ax.set_xticks(x, [f"latent: {latent}" for latent in latents], fontsize=8)
-        ax.set_ylim(0.4, 1.0)
-        ax.set_ylabel(f"LegoMerge test {doc['metric']}")
+        series = {f"head: {head}": [methods[latent][head] for latent in latents] for head in methods[latents[0]]}
+        _grouped_bars(ax, [f"latent: {latent}" for latent in latents], series, f"LegoMerge test {doc['metric']}")
         ax.set_title(_label(doc), fontsize=9)
-        ax.legend(fontsize=8)
     return _save(figure, out_dir, "merge-methods.png")
 
 
