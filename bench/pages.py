@@ -111,6 +111,16 @@ def merge_methods_table(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def weighting_table(quality: dict[str, Any]) -> list[str]:
+    """LegoMerge of the same blocks with each block-weighting scheme."""
+    names = list(quality)
+    schemes = quality[names[0]]["summary"]["merge_weighting"]
+    lines = _header("block weights", names)
+    for scheme in schemes:
+        lines.append(_row(scheme, [cell(quality[n]["summary"]["merge_weighting"][scheme]) for n in names]))
+    return lines
+
+
 def missing_tables(quality: dict[str, Any]) -> list[str]:
     """Per data set: each model's metric for each share of modalities hidden at test time."""
     lines = []

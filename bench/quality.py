@@ -42,6 +42,7 @@ TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 MISSING_DRAWS = 5
 HIDDEN_SHARE = "share of modalities hidden"
 OVERLAPS = (0.0, 0.5, 1.0)
+MERGE_WEIGHTINGS = ("uniform", "samples", "validation")
 IMBALANCES = (0.0, 0.5, 0.9)
 SITE_ABLATION_DATASETS = ("pbc", "synthetic")
 SYNTHETIC_PATIENTS = 300
@@ -141,6 +142,12 @@ def table_fold(
         }
         for latent in LATENT_MERGES
     }
+    weightings = {
+        weighting: metric(
+            task, scores_of(LegoMerge(fold.blocks, config.latent_merge, config.head_merge, weighting), test, task), test
+        )
+        for weighting in MERGE_WEIGHTINGS
+    }
     missing = missing_modality_fold(fold.blocks, fold.merged, fold.fused, baselines, test, task, split.fold)
     log(f"  fold {split.fold}: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
     return {
@@ -149,6 +156,7 @@ def table_fold(
         "n_paired_train": len(fold.paired_train),
         "models": models,
         "merge_methods": merges,
+        "merge_weighting": weightings,
         "missing_at_test": missing,
         "fedavg_early_fusion": fedavg,
         "baseline_failures": failures,
@@ -282,7 +290,7 @@ def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
         folds.append(record)
     summary = {
         key: summarise_folds(folds, key)
-        for key in ("models", "merge_methods", "missing_at_test", "spatial", "overlap", "imbalance")
+        for key in ("models", "merge_methods", "merge_weighting", "missing_at_test", "spatial", "overlap", "imbalance")
         if key in folds[0]
     }
     return {

@@ -25,7 +25,15 @@ from typing import Any
 from cost import federated_summaries, machine_description, run_cost
 from cost_page import cost_figures, cost_markdown
 from figures import quality_figures
-from pages import frequency_table, merge_methods_table, missing_tables, poster_table, site_ablation_tables, targets
+from pages import (
+    frequency_table,
+    merge_methods_table,
+    missing_tables,
+    poster_table,
+    site_ablation_tables,
+    targets,
+    weighting_table,
+)
 from quality import (
     IMBALANCES,
     MISSING_DRAWS,
@@ -107,6 +115,11 @@ def quality_markdown(document: dict[str, Any]) -> list[str]:
         *merge_methods_table(quality),
         "",
         "![Merge methods](merge-methods.png)",
+        "",
+        "The same blocks merged (harmonic + slerp) with uniform weights, weights by training patients, or by",
+        "validation skill (max(validation c-index - 0.5, 0.01), from each block's own validation patients):",
+        "",
+        *weighting_table(quality),
         "",
         "### Modalities missing at test time",
         "",

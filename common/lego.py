@@ -9,6 +9,7 @@ tensor or a dict of tensors passed to the encoder as keyword arguments, and a mi
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -228,10 +229,16 @@ def present_modalities(blocks: Mapping[str, nn.Module], inputs: MultimodalInput)
     return present
 
 
+def _score_or_chance(score: float | None) -> float:
+    return 0.5 if score is None or not math.isfinite(score) else float(score)
+
+
 def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
     """Merge weights per modality: uniform, by sample count, by validation score, or given.
 
-    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC.
+    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC; a block
+    without a usable score (none, or NaN when its validation set had no comparable pair) counts
+    as chance.
     """
     if isinstance(scheme, Mapping):
         missing = set(blocks) - set(scheme)
@@ -243,7 +250,7 @@ def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, fl
     if scheme == "samples":
         return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
     if scheme == "validation":
-        return {m: max((b.validation_score or 0.5) - 0.5, 0.01) for m, b in blocks.items()}
+        return {m: max(_score_or_chance(b.validation_score) - 0.5, 0.01) for m, b in blocks.items()}
     raise ValueError(f"unknown weighting {scheme!r}; choose uniform, samples or validation")
 
 

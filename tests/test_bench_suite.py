@@ -61,6 +61,7 @@ def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
         assert 0.0 <= models[name]["mean"] <= 1.0, name
     assert set(synthetic["summary"]["missing_at_test"]) == {"0.0", "0.2", "0.4", "0.6", "0.8"}
     assert set(synthetic["summary"]["overlap"]) == {"0.0", "0.5", "1.0"}
+    assert set(synthetic["summary"]["merge_weighting"]) == {"uniform", "samples", "validation"}
     page = (out / "README.md").read_text()
     assert "Smoke run" in page and "| LegoMerge |" in page
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)

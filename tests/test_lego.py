@@ -184,6 +184,9 @@ def test_merge_weighting_schemes():
     validation = LegoMerge(blocks, weighting="validation").weights
     assert validation["slides"] == pytest.approx(0.25) and validation["labs"] == pytest.approx(0.05)
     assert validation["scan"] == pytest.approx(0.01)  # below chance: floor, never negative
+    blocks["labs"].validation_score, blocks["scan"].validation_score = float("nan"), None  # no usable score
+    validation = LegoMerge(blocks, weighting="validation").weights
+    assert validation["labs"] == pytest.approx(0.01) and validation["scan"] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="unknown weighting"):
         LegoMerge(blocks, weighting="magic")
 
