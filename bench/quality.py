@@ -35,7 +35,7 @@ from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
 from fedlego.common.training import TensorSet, TrainConfig
-from fedlego.common.workflow import ModelConfig, scores_of, train_block, unimodal_forward
+from fedlego.common.workflow import ModelConfig, evaluate_all, scores_of, train_block, unimodal_forward
 
 Log = Callable[[str], None]
 TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -116,12 +116,7 @@ def table_fold(
     fold = train_fold(dataset, config, split, log)
     task, test = fold.task, fold.test
     seconds = {"lego": time.perf_counter() - start}
-    models = {
-        f"block:{m}": metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for m, b in fold.blocks.items()
-    }
-    models["ensemble"] = metric(task, ensemble_scores(fold.blocks, test, task), test)
-    models["merge"] = metric(task, scores_of(fold.merged, test, task), test)
-    models["fuse"] = metric(task, scores_of(fold.fused, test, task), test)
+    models = {k: v["metric"] for k, v in evaluate_all(fold.blocks, fold.merged, fold.fused, test, task).items()}
     baselines, fedavg, failures = {}, {}, {}
     for name in BASELINES:
         begin = time.perf_counter()
@@ -204,12 +199,8 @@ def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: F
     """Blocks, merge and fuse with spatial-domain latent updates (``frequency=False``)."""
     spatial = replace(config, model=replace(config.model, frequency=False))
     fold = train_fold(dataset, spatial, split, lambda message: None)
-    task, test = fold.task, fold.test
-    models = {
-        f"block:{m}": metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for m, b in fold.blocks.items()
-    }
-    models["merge"] = metric(task, scores_of(fold.merged, test, task), test)
-    models["fuse"] = metric(task, scores_of(fold.fused, test, task), test)
+    evaluated = evaluate_all(fold.blocks, fold.merged, fold.fused, fold.test, fold.task)
+    models = {k: v["metric"] for k, v in evaluated.items() if k != "ensemble"}
     log(f"  fold {split.fold} spatial: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
     return models
 
