@@ -4,7 +4,7 @@ Everything here runs in this process on CPU with the library (``fedlego.common``
 patient-level folds as ``fedlego centralized`` (5 folds, seeds 0-4, 70/15/15 train/validation/test):
 
 - the table: each modality's block, the prediction-averaging ensemble, LegoMerge, LegoFuse
-  (2 epochs), and the baselines of ``common.baselines`` trained on the pooled paired training
+  (2 epochs), and the baselines of ``bench/baselines.py`` trained on the pooled paired training
   patients (early stopping / penalty choice on validation patients only);
 - ablations on the same trained blocks: latent and head merge methods, modalities missing at
   test time (0-80 %); and with retrained blocks: frequency vs spatial domain, overlap between
@@ -22,19 +22,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from baselines import BASELINES, BaselineConfig, fit_baseline
 
 from fedlego.cli import PRESETS
-from fedlego.common.baselines import BASELINES, BaselineConfig, fit_baseline
 from fedlego.common.centralized import CentralizedConfig, mean_std, train_fold
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
-from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
-from fedlego.common.training import TensorSet, TrainConfig
+from fedlego.common.training import TrainConfig
 from fedlego.common.workflow import ModelConfig, evaluate_all, scores_of, train_block, unimodal_forward
 
 Log = Callable[[str], None]

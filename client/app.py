@@ -9,6 +9,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedlego.client.runtime import SiteRuntime, evaluable_models
 from fedlego.common.data.sitefolder import read_site_folder
 from fedlego.common.federation import FederationSettings, simulated_site
 from fedlego.common.lego import LegoBlock, LegoMerge
@@ -22,7 +23,6 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.privacy import privacy_config_from_json
 from fedlego.common.signing import COORDINATOR, load_public_key, load_signing_key, sign_package, verify_signature
-from fedlego.common.site import SiteRuntime, evaluable_models
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.training import TrainConfig
 from fedlego.common.workflow import ModelConfig

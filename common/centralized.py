@@ -18,11 +18,11 @@ import torch
 
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, dataset_splits
-from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.privacy import PrivacyConfig
 from fedlego.common.tasks import Task
-from fedlego.common.training import TensorSet, TrainConfig, TrainReport
+from fedlego.common.training import TrainConfig, TrainReport
 from fedlego.common.workflow import FuseConfig, ModelConfig, evaluate_all, fuse_blocks, train_block
 
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fedlego.client.runtime import SiteRuntime
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import Scenario, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities
 from fedlego.common.privacy import PrivacyConfig
-from fedlego.common.site import SiteRuntime
 from fedlego.common.training import TrainConfig
 from fedlego.common.workflow import ModelConfig
 

@@ -9,7 +9,6 @@ tensor or a dict of tensors passed to the encoder as keyword arguments, and a mi
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedlego.common.aggregation import block_weights
 from fedlego.common.layers import LatentUpdate, TaskHead
 from fedlego.common.merging import merge_latents, merge_state_dicts
 
@@ -227,31 +227,6 @@ def present_modalities(blocks: Mapping[str, nn.Module], inputs: MultimodalInput)
             f"(got {sorted(m for m, x in inputs.items() if x is not None)})"
         )
     return present
-
-
-def _score_or_chance(score: float | None) -> float:
-    return 0.5 if score is None or not math.isfinite(score) else float(score)
-
-
-def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
-    """Merge weights per modality: uniform, by sample count, by validation score, or given.
-
-    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC; a block
-    without a usable score (none, or NaN when its validation set had no comparable pair) counts
-    as chance.
-    """
-    if isinstance(scheme, Mapping):
-        missing = set(blocks) - set(scheme)
-        if missing:
-            raise ValueError(f"merge weights missing for {sorted(missing)}")
-        return {m: float(scheme[m]) for m in blocks}
-    if scheme == "uniform":
-        return dict.fromkeys(blocks, 1.0)
-    if scheme == "samples":
-        return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
-    if scheme == "validation":
-        return {m: max(_score_or_chance(b.validation_score) - 0.5, 0.01) for m, b in blocks.items()}
-    raise ValueError(f"unknown weighting {scheme!r}; choose uniform, samples or validation")
 
 
 class LegoMerge(nn.Module):

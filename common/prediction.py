@@ -28,6 +28,7 @@ from fedlego.common.data.dataset import ModalityData
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.preprocess import Preprocessor, preprocessor_from_dict
 from fedlego.common.data.sitefolder import read_site_modalities
+from fedlego.common.data.tensors import TensorSet
 from fedlego.common.lego import LegoBlock
 from fedlego.common.packaging import (
     PackageError,
@@ -39,7 +40,7 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.signing import COORDINATOR, load_public_key, verify_signature
 from fedlego.common.tasks import SurvivalTask, Task
-from fedlego.common.training import Forward, TensorSet, predict
+from fedlego.common.training import Forward, predict
 from fedlego.common.workflow import unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage, ModelPackage
 

@@ -36,9 +36,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import secrets
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,14 +52,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import Task
-from fedlego.common.training import (
-    EarlyStopping,
-    TensorSet,
-    TrainConfig,
-    TrainReport,
-    resolve_device,
-)
+from fedlego.common.training import EarlyStopping, TrainConfig, TrainReport, resolve_device
 
 
 @dataclass
@@ -254,52 +248,6 @@ def privacy_metrics(report: TrainReport) -> dict[str, float]:
 
 
 # -- central DP for federated aggregation -------------------------------------------------------
-def _flat(update: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
-    return torch.cat([update[k].double().reshape(-1) for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
-
-
-def dp_average_updates(
-    reference: Mapping[str, torch.Tensor],
-    states: Sequence[Mapping[str, torch.Tensor]],
-    clip: float,
-    noise_multiplier: float,
-    generator: torch.Generator | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """DP-FedAvg with fixed clipping: each site's update (state - reference) clipped to L2 norm
-    ``clip`` over all tensors together, Gaussian noise N(0, (noise_multiplier * clip)^2) added to
-    the sum, divided by the number of sites; returns reference + that mean and a summary (the
-    update norms before clipping and how many were clipped). Without a generator the noise is
-    seeded from the OS's randomness."""
-    if not states:
-        raise ValueError("nothing to aggregate")
-    if clip <= 0:
-        raise ValueError("clipping norm must be positive")
-    keys = [k for k in reference if torch.is_floating_point(reference[k])]
-    for index, state in enumerate(states):
-        if set(state) != set(reference) or any(state[k].shape != reference[k].shape for k in reference):
-            raise ValueError(f"state {index} does not match the reference's keys and shapes")
-    total = torch.zeros(sum(reference[k].numel() for k in keys), dtype=torch.float64)
-    norms = []
-    for state in states:
-        update = _flat({k: state[k].double() - reference[k].double() for k in keys}, keys)
-        norm = float(update.norm())
-        norms.append(norm)
-        total += update * min(1.0, clip / norm) if norm > 0 else update
-    if noise_multiplier > 0:
-        if generator is None:
-            generator = torch.Generator().manual_seed(secrets.randbits(63))
-        total += torch.normal(0.0, noise_multiplier * clip, total.shape, generator=generator, dtype=torch.float64)
-    mean = total / len(states)
-    result: dict[str, torch.Tensor] = {}
-    offset = 0
-    for key, value in reference.items():
-        if key in keys:
-            size = value.numel()
-            result[key] = (value.double() + mean[offset : offset + size].reshape(value.shape)).to(value.dtype)
-            offset += size
-        else:
-            result[key] = value.clone()
-    return result, {"update_norms": norms, "clipped": sum(norm > clip for norm in norms)}
 
 
 @dataclass

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import build_encoder, reference_encoder_spec
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.privacy import PrivacyConfig, fit_private
 from fedlego.common.tasks import Task, average_scores
-from fedlego.common.training import TensorSet, TrainConfig, TrainReport, fit, predict
+from fedlego.common.training import TrainConfig, TrainReport, fit, predict
 
 
 @dataclass

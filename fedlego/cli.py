@@ -135,8 +135,8 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedlego.common.coordinator import format_federation_table
     from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
+    from fedlego.server.checks import format_federation_table
     from fedlego.simulation import run_simulation
 
     overrides = {

@@ -644,7 +644,7 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedlego.common.coordinator import format_federation_table
+    from fedlego.server.checks import format_federation_table
 
     _check_address(args.superlink)
     _require_security(args.certs, args.insecure, "DIR")

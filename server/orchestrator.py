@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fedlego.common.coordinator import aggregate_metrics, agree_task, average_states, check_packages
+from fedlego.common.aggregation import average_states, dp_average_updates
 from fedlego.common.federation import FederationSettings
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import (
@@ -29,11 +29,12 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
-from fedlego.common.privacy import CentralAccountant, dp_average_updates, privacy_config_to_json
+from fedlego.common.privacy import CentralAccountant, privacy_config_to_json
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.audit import AuditLog
 from fedlego.server.checkpoint import Checkpoint
+from fedlego.server.checks import aggregate_metrics, agree_task, check_packages
 from fedlego.server.report import write_report
 from fedlego.server.rounds import Round, Rounds, StateDict
 from fedlego.server.transport import Payload, Transport

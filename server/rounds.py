@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedlego.common.coordinator import average_states
-from fedlego.common.site import weighted_mean
+from fedlego.common.aggregation import average_states, weighted_mean
 from fedlego.messages import Payload
 
 StateDict = dict[str, torch.Tensor]

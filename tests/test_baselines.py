@@ -7,8 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from fedlego.common.baselines import (
+from baselines import (
     BASELINES,
     BaselineConfig,
     FedAvgBaseline,
@@ -16,10 +15,11 @@ from fedlego.common.baselines import (
     modality_kind,
     site_rows,
 )
+
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
-from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.training import TensorSet, TrainConfig
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.training import TrainConfig
 
 MIXED = [
     SyntheticModality("omics", "tabular", signal=1.2, missing_rate=0.15, n_features=30),

@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from quality import drop_modalities
 
-from fedlego.common.training import TensorSet
+from fedlego.common.data.tensors import TensorSet
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-
-from quality import drop_modalities  # noqa: E402
 
 
 def _tensor_set(n: int, modalities: list[str]) -> TensorSet:

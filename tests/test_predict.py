@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from fedlego.cli import main
+from fedlego.client.runtime import SiteRuntime
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.scenarios import SiteSpec
 from fedlego.common.data.sitefolder import DEFAULT_ROLE_SALT, hash_roles, write_site_folder
@@ -29,7 +30,6 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder
 from fedlego.common.signing import COORDINATOR, generate_signing_key, public_key_pem, sign_package
-from fedlego.common.site import SiteRuntime
 from fedlego.common.training import TrainConfig, predict
 from fedlego.common.workflow import ModelConfig, unimodal_forward
 

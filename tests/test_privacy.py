@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedlego.common.aggregation import dp_average_updates
 from fedlego.common.centralized import CentralizedConfig, run_centralized
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
@@ -22,7 +23,6 @@ from fedlego.common.privacy import (
     calibrate_noise,
     central_epsilon,
     default_delta,
-    dp_average_updates,
     privacy_config_from_json,
     privacy_config_to_json,
     privacy_metrics,

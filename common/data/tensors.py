@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,77 @@ import torch
 from fedlego.common.data.dataset import Labels, MultimodalDataset
 from fedlego.common.data.preprocess import make_preprocessor
 from fedlego.common.tasks import ClassificationTask, SurvivalTask, Targets, Task
-from fedlego.common.training import TensorSet
+
+Batch = tuple[dict[str, dict[str, torch.Tensor] | None], Targets]
+
+
+@dataclass
+class TensorSet:
+    """Tensors of some patients: ``inputs[modality][key]`` and ``present[modality]`` have one row
+    per patient (rows of absent patients are ignored), ``targets`` one entry per patient."""
+
+    ids: list[str]
+    inputs: dict[str, dict[str, torch.Tensor]]
+    present: dict[str, torch.Tensor]
+    targets: Targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: np.ndarray | list[int]) -> TensorSet:
+        """The same data for some rows only."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return TensorSet(
+            ids=[self.ids[i] for i in index.tolist()],
+            inputs={m: {k: v[index] for k, v in t.items()} for m, t in self.inputs.items()},
+            present={m: p[index] for m, p in self.present.items()},
+            targets={k: v[index] for k, v in self.targets.items()},
+        )
+
+    def restrict(self, modalities: list[str]) -> TensorSet:
+        """Only some modalities, and only the patients holding at least one of them."""
+        present = torch.zeros(len(self), dtype=torch.bool)
+        for m in modalities:
+            present |= self.present[m]
+        kept = TensorSet(
+            self.ids,
+            {m: self.inputs[m] for m in modalities},
+            {m: self.present[m] for m in modalities},
+            self.targets,
+        )
+        return kept.subset(torch.nonzero(present).squeeze(1).numpy())
+
+    def patterns(self) -> dict[tuple[str, ...], np.ndarray]:
+        """Rows grouped by the tuple of modalities they hold (rows holding none are dropped)."""
+        names = sorted(self.present)
+        matrix = torch.stack([self.present[m] for m in names], dim=1).numpy() if names else np.zeros((len(self), 0))
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, flags in enumerate(matrix):
+            key = tuple(m for m, flag in zip(names, flags, strict=True) if flag)
+            if key:
+                groups.setdefault(key, []).append(row)
+        return {k: np.asarray(v) for k, v in groups.items()}
+
+    def batch(self, rows: np.ndarray, modalities: tuple[str, ...]) -> Batch:
+        """Inputs of the given rows (all holding ``modalities``) and their targets."""
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        inputs: dict[str, dict[str, torch.Tensor] | None] = dict.fromkeys(self.inputs)
+        for m in modalities:
+            inputs[m] = {k: v[index] for k, v in self.inputs[m].items()}
+        return inputs, {k: v[index] for k, v in self.targets.items()}
+
+    def batches(
+        self, batch_size: int, generator: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, Batch]]:
+        """Batches within presence patterns; shuffled when a generator is given."""
+        chunks: list[tuple[tuple[str, ...], np.ndarray]] = []
+        for key, rows in self.patterns().items():
+            order = generator.permutation(rows) if generator is not None else rows
+            chunks += [(key, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        if generator is not None:
+            chunks = [chunks[i] for i in generator.permutation(len(chunks))]
+        for key, rows in chunks:
+            yield rows, self.batch(rows, key)
 
 
 def targets_for(labels: Labels, ids: Sequence[str]) -> Targets:

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedlego.common.aggregation import weighted_mean
 from fedlego.common.lego import LatentContract, LegoBlock
 from fedlego.common.packaging import PackageError, check_block_package
 from fedlego.common.signing import verify_signature
-from fedlego.common.site import weighted_mean
 from fedlego.common.tasks import ClassificationTask, SurvivalTask, Task
 from fedlego.proto.fedlego_pb2 import BlockPackage
 
@@ -38,23 +37,6 @@ def agree_task(descriptions: Sequence[Mapping[str, Any]]) -> Task:
     weights = np.array([max(d.get("n_train_events", 0), 1) for d in with_bins], dtype=float)
     cuts = np.array([d["cut_points"] for d in with_bins], dtype=float)
     return SurvivalTask(tuple(float(c) for c in np.sort((weights[:, None] * cuts).sum(0) / weights.sum())))
-
-
-def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """FedAvg: the weighted mean of state dicts with identical keys and shapes."""
-    if not states:
-        raise ValueError("nothing to average")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("FedAvg weights sum to zero")
-    keys = list(states[0])
-    for index, state in enumerate(states[1:], start=1):
-        if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):
-            raise ValueError(f"state {index} does not match the shapes of state 0")
-    return {
-        key: (sum(w * s[key].double() for s, w in zip(states, weights, strict=True)) / total).to(states[0][key].dtype)
-        for key in keys
-    }
 
 
 @dataclass

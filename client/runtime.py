@@ -10,18 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.preprocess import preprocessor_from_dict
-from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import block_to_package
 from fedlego.common.privacy import PrivacyConfig, privacy_metrics
 from fedlego.common.tasks import Task
-from fedlego.common.training import TensorSet, TrainConfig, evaluate_loss, fit
+from fedlego.common.training import TrainConfig, evaluate_loss, fit
 from fedlego.common.workflow import ModelConfig, evaluate, train_block, unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage
 
@@ -208,11 +207,3 @@ def evaluable_models(
     if fused is not None:
         models["fuse"] = fused
     return models
-
-
-def weighted_mean(values: list[float], weights: list[float]) -> float:
-    """Mean of the finite values weighted by ``weights`` (NaN if none)."""
-    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if np.isfinite(v) and w > 0]
-    if not pairs:
-        return float("nan")
-    return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))

@@ -1,0 +1,113 @@
+"""Aggregation arithmetic in one place: weighted means of metrics, FedAvg of state dicts,
+DP-FedAvg (clipped updates plus Gaussian noise) and the per-block weights of a merge."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from fedlego.common.lego import LegoBlock
+
+
+def weighted_mean(values: list[float], weights: list[float]) -> float:
+    """Mean of the finite values weighted by ``weights`` (NaN if none)."""
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if np.isfinite(v) and w > 0]
+    if not pairs:
+        return float("nan")
+    return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
+
+
+def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """FedAvg: the weighted mean of state dicts with identical keys and shapes."""
+    if not states:
+        raise ValueError("nothing to average")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("FedAvg weights sum to zero")
+    keys = list(states[0])
+    for index, state in enumerate(states[1:], start=1):
+        if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):
+            raise ValueError(f"state {index} does not match the shapes of state 0")
+    return {
+        key: (sum(w * s[key].double() for s, w in zip(states, weights, strict=True)) / total).to(states[0][key].dtype)
+        for key in keys
+    }
+
+
+def _flat(update: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
+    return torch.cat([update[k].double().reshape(-1) for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
+
+
+def dp_average_updates(
+    reference: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    clip: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """DP-FedAvg with fixed clipping: each site's update (state - reference) clipped to L2 norm
+    ``clip`` over all tensors together, Gaussian noise N(0, (noise_multiplier * clip)^2) added to
+    the sum, divided by the number of sites; returns reference + that mean and a summary (the
+    update norms before clipping and how many were clipped). Without a generator the noise is
+    seeded from the OS's randomness."""
+    if not states:
+        raise ValueError("nothing to aggregate")
+    if clip <= 0:
+        raise ValueError("clipping norm must be positive")
+    keys = [k for k in reference if torch.is_floating_point(reference[k])]
+    for index, state in enumerate(states):
+        if set(state) != set(reference) or any(state[k].shape != reference[k].shape for k in reference):
+            raise ValueError(f"state {index} does not match the reference's keys and shapes")
+    total = torch.zeros(sum(reference[k].numel() for k in keys), dtype=torch.float64)
+    norms = []
+    for state in states:
+        update = _flat({k: state[k].double() - reference[k].double() for k in keys}, keys)
+        norm = float(update.norm())
+        norms.append(norm)
+        total += update * min(1.0, clip / norm) if norm > 0 else update
+    if noise_multiplier > 0:
+        if generator is None:
+            generator = torch.Generator().manual_seed(secrets.randbits(63))
+        total += torch.normal(0.0, noise_multiplier * clip, total.shape, generator=generator, dtype=torch.float64)
+    mean = total / len(states)
+    result: dict[str, torch.Tensor] = {}
+    offset = 0
+    for key, value in reference.items():
+        if key in keys:
+            size = value.numel()
+            result[key] = (value.double() + mean[offset : offset + size].reshape(value.shape)).to(value.dtype)
+            offset += size
+        else:
+            result[key] = value.clone()
+    return result, {"update_norms": norms, "clipped": sum(norm > clip for norm in norms)}
+
+
+def _score_or_chance(score: float | None) -> float:
+    return 0.5 if score is None or not math.isfinite(score) else float(score)
+
+
+def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
+    """Merge weights per modality: uniform, by sample count, by validation score, or given.
+
+    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC; a block
+    without a usable score (none, or NaN when its validation set had no comparable pair) counts
+    as chance.
+    """
+    if isinstance(scheme, Mapping):
+        missing = set(blocks) - set(scheme)
+        if missing:
+            raise ValueError(f"merge weights missing for {sorted(missing)}")
+        return {m: float(scheme[m]) for m in blocks}
+    if scheme == "uniform":
+        return dict.fromkeys(blocks, 1.0)
+    if scheme == "samples":
+        return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
+    if scheme == "validation":
+        return {m: max(_score_or_chance(b.validation_score) - 0.5, 0.01) for m, b in blocks.items()}
+    raise ValueError(f"unknown weighting {scheme!r}; choose uniform, samples or validation")
