@@ -46,11 +46,12 @@ from sksurv.util import Surv
 from torch import nn
 
 from fedlego.common.aggregation import average_states
+from fedlego.common.config import TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import SNN, IrregularTimeSeriesEncoder, SmallCNN, reference_encoder
 from fedlego.common.layers import LatentUpdate, TaskHead
 from fedlego.common.tasks import SurvivalTask, Targets, Task
-from fedlego.common.training import TrainConfig, evaluate_loss, fit, predict
+from fedlego.common.training import evaluate_loss, fit, predict
 
 COX_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
 """Ridge penalties tried for Cox models (scikit-survival: 0.5 * alpha * ||beta||^2), weakest first."""

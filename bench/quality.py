@@ -26,6 +26,7 @@ from baselines import BASELINES, BaselineConfig, fit_baseline
 
 from fedlego.cli import PRESETS
 from fedlego.common.centralized import CentralizedConfig, mean_std, train_fold
+from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
@@ -34,8 +35,7 @@ from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tenso
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
-from fedlego.common.training import TrainConfig
-from fedlego.common.workflow import ModelConfig, evaluate_all, scores_of, train_block, unimodal_forward
+from fedlego.common.workflow import evaluate_all, scores_of, train_block, unimodal_forward
 
 Log = Callable[[str], None]
 TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -132,14 +132,14 @@ def table_fold(
             fedavg = {"bytes_per_site": baselines[name].bytes_per_site, "parameters": baselines[name].parameter_count}
     merges = {
         latent: {
-            head: metric(task, scores_of(LegoMerge(fold.blocks, latent, head, config.weighting), test, task), test)
+            head: metric(task, scores_of(LegoMerge(fold.blocks, latent, head, config.merge.weighting), test, task), test)
             for head in HEAD_MERGES
         }
         for latent in LATENT_MERGES
     }
     weightings = {
         weighting: metric(
-            task, scores_of(LegoMerge(fold.blocks, config.latent_merge, config.head_merge, weighting), test, task), test
+            task, scores_of(LegoMerge(fold.blocks, config.merge.latent_merge, config.merge.head_merge, weighting), test, task), test
         )
         for weighting in MERGE_WEIGHTINGS
     }
@@ -242,7 +242,7 @@ def site_blocks_fold(
     }
     models["ensemble"] = metric(task, ensemble_scores(blocks, test, task), test)
     for weighting in ("uniform", "samples"):
-        merged = LegoMerge(blocks, config.latent_merge, config.head_merge, weighting)
+        merged = LegoMerge(blocks, config.merge.latent_merge, config.merge.head_merge, weighting)
         models[f"merge:{weighting}"] = metric(task, scores_of(merged, test, task), test)
     return models
 
@@ -295,9 +295,9 @@ def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
         "metric": "c-index" if dataset.labels.task == "survival" else "AUC",
         "settings": {
             "folds": len(splits),
-            "latent_merge": config.latent_merge,
-            "head_merge": config.head_merge,
-            "weighting": config.weighting,
+            "latent_merge": config.merge.latent_merge,
+            "head_merge": config.merge.head_merge,
+            "weighting": config.merge.weighting,
             "fuse": f"{config.fuse.mode}, {config.fuse.epochs} epochs",
             "baselines": {
                 "pca_components": baseline_config.pca_components,

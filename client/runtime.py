@@ -13,26 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.preprocess import preprocessor_from_dict
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import block_to_package
-from fedlego.common.privacy import PrivacyConfig, privacy_metrics
+from fedlego.common.privacy import privacy_metrics
+from fedlego.common.protocol import RoundReply, SiteDescription
 from fedlego.common.tasks import Task
-from fedlego.common.training import TrainConfig, evaluate_loss, fit
-from fedlego.common.workflow import ModelConfig, evaluate, train_block, unimodal_forward
+from fedlego.common.training import evaluate_loss, fit
+from fedlego.common.workflow import evaluate, train_block, unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage
-
-
-@dataclass
-class RoundResult:
-    """A site's answer to one federated round: new weights, its training patients and the
-    validation loss of the model it received (before local training)."""
-
-    state: dict[str, torch.Tensor]
-    n_train: int
-    validation_loss_before: float
 
 
 @dataclass
@@ -54,25 +46,28 @@ class SiteRuntime:
         holding = set(self.dataset.modalities[modality].patient_ids())
         return [i for i in ids if i in holding]
 
-    def describe(self, n_bins: int = 4) -> dict[str, Any]:
+    def describe(self, n_bins: int = 4) -> SiteDescription:
         """What the site holds, in counts only (plus, for survival, its training time quantiles
         so that the coordinator can fix common time bins)."""
         labels = self.dataset.labels
-        description: dict[str, Any] = {
-            "site": self.name,
-            "task": labels.task,
-            "n_classes": labels.n_classes,
-            "modalities": self.modalities(),
-            "kinds": [self.dataset.modalities[m].kind for m in self.modalities()],
+        counts = {
+            role: [len(self._ids(role, m)) for m in self.modalities()] for role in ("train", "validation", "test")
         }
-        for role in ("train", "validation", "test"):
-            description[f"n_{role}"] = [len(self._ids(role, m)) for m in self.modalities()]
+        description = SiteDescription(
+            site=self.name,
+            task=labels.task,
+            n_classes=labels.n_classes,
+            modalities=self.modalities(),
+            kinds=[self.dataset.modalities[m].kind for m in self.modalities()],
+            n_train=counts["train"],
+            n_validation=counts["validation"],
+            n_test=counts["test"],
+        )
         train = self._ids("train")
         if labels.task == "survival" and train:
             table = labels.table.loc[train]
-            task = task_for(labels, train, n_bins)
-            description["n_train_events"] = int(table["event"].sum())
-            description["cut_points"] = list(task.cut_points)
+            description.n_train_events = int(table["event"].sum())
+            description.cut_points = list(task_for(labels, train, n_bins).cut_points)
         return description
 
     def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
@@ -120,7 +115,7 @@ class SiteRuntime:
 
     def block_round(
         self, block: LegoBlock, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0
-    ) -> RoundResult:
+    ) -> RoundReply:
         """One FedAvg/FedProx round on a block received from the coordinator: its validation
         loss as received, then ``train_config.epochs`` local epochs (0: evaluate only) on this
         site's training patients with the block's shared preprocessing."""
@@ -130,7 +125,7 @@ class SiteRuntime:
 
     def fuse_round(
         self, model: LegoFuse, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0
-    ) -> RoundResult:
+    ) -> RoundReply:
         """One round of federated LegoFuse on this site's paired training patients (holding at
         least two of the model's modalities); the returned state holds the fusion parameters only."""
         train = self._paired(self.tensors_for(model.blocks, "train"))
@@ -154,7 +149,7 @@ class SiteRuntime:
         train_config: TrainConfig,
         proximal_mu: float,
         forward,
-    ) -> RoundResult:
+    ) -> RoundReply:
         if len(train) == 0:
             raise ValueError("this site has no training patient for this model")
         before = evaluate_loss(model, validation, task, forward) if len(validation) else float("nan")
@@ -178,7 +173,7 @@ class SiteRuntime:
                 regulariser=proximal if proximal_mu > 0 else None,
             )
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return RoundResult(state, len(train), before)
+        return RoundReply(state, len(train), before)
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, dataset_splits
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
-from fedlego.common.privacy import PrivacyConfig
 from fedlego.common.tasks import Task
-from fedlego.common.training import TrainConfig, TrainReport
-from fedlego.common.workflow import FuseConfig, ModelConfig, evaluate_all, fuse_blocks, train_block
+from fedlego.common.training import TrainReport
+from fedlego.common.workflow import evaluate_all, fuse_blocks, train_block
 
 
 @dataclass
@@ -34,9 +34,7 @@ class CentralizedConfig:
     modalities: list[str]
     n_folds: int = 5
     seed: int = 0
-    latent_merge: str = "harmonic"
-    head_merge: str = "slerp"
-    weighting: str = "uniform"
+    merge: MergeConfig = field(default_factory=lambda: MergeConfig(weighting="uniform"))
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
@@ -104,7 +102,7 @@ def train_fold(
             f"(best epoch {report.best_epoch}, validation {task.metric_name} "
             f"{blocks[modality].validation_score:.3f})"
         )
-    merged = LegoMerge(blocks, config.latent_merge, config.head_merge, config.weighting)
+    merged = LegoMerge(blocks, config.merge.latent_merge, config.merge.head_merge, config.merge.weighting)
     paired_train = train.subset([i for i, pid in enumerate(train.ids) if pid in complete])
     paired_validation = validation.subset([i for i, pid in enumerate(validation.ids) if pid in complete])
     fused, fuse_report = fuse_blocks(
@@ -113,8 +111,8 @@ def train_fold(
         paired_validation if len(paired_validation) else None,
         task,
         config.fuse,
-        config.head_merge,
-        config.weighting,
+        config.merge.head_merge,
+        config.merge.weighting,
         progress,
     )
     return FoldModels(

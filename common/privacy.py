@@ -52,32 +52,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from fedlego.common.config import PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import Task
-from fedlego.common.training import EarlyStopping, TrainConfig, TrainReport, resolve_device
-
-
-@dataclass
-class PrivacyConfig:
-    """DP-SGD settings of block training: a target epsilon (calibrates the noise) or a fixed
-    noise multiplier; ``delta`` None means :func:`default_delta` of the training set size."""
-
-    target_epsilon: float = 0.0
-    noise_multiplier: float | None = None
-    max_grad_norm: float = 1.0
-    delta: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.target_epsilon > 0 or (self.noise_multiplier is not None and self.noise_multiplier > 0)
-
-    def validate(self) -> None:
-        if self.max_grad_norm <= 0:
-            raise ValueError("DP clipping norm (max_grad_norm) must be positive")
-        if self.target_epsilon < 0:
-            raise ValueError("target epsilon must be positive (0 = off)")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise ValueError("delta must lie in (0, 1)")
+from fedlego.common.training import EarlyStopping, TrainReport, resolve_device
 
 
 def privacy_config_from_dict(state: Mapping[str, Any] | None) -> PrivacyConfig | None:
@@ -168,12 +146,12 @@ def fit_private(
     device = resolve_device(config.device)
     model.to(device)
     torch.manual_seed(config.seed)
-    delta = privacy.delta if privacy.delta is not None else default_delta(n)
+    delta = privacy.delta or default_delta(n)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     rows = TensorDataset(torch.arange(n))
     loader = DataLoader(rows, batch_size=min(config.batch_size, n), shuffle=False)
-    if privacy.noise_multiplier is not None and privacy.noise_multiplier > 0:
+    if privacy.noise_multiplier > 0:
         noise = privacy.noise_multiplier
     else:  # Opacus's own calibration, as in make_private_with_epsilon (cached: it is slow)
         noise = calibrate_noise(privacy.target_epsilon, delta, 1 / len(loader), config.epochs)

@@ -16,25 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fedlego.common.config import TrainConfig
 from fedlego.common.data.tensors import Batch, TensorSet
 from fedlego.common.tasks import Task
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings for one local training run."""
-
-    epochs: int = 50
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    patience: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    """Where to train: ``cpu``, ``cuda``, ``cuda:1``... or ``auto`` (CUDA when available)."""
-    keep_initial: bool = False
-    """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
-    improves the validation loss returns the model unchanged (used for LegoFuse)."""
 
 
 @dataclass

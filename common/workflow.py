@@ -6,50 +6,19 @@ federated sites share exactly the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import build_encoder, reference_encoder_spec
-from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
-from fedlego.common.privacy import PrivacyConfig, fit_private
+from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.privacy import fit_private
 from fedlego.common.tasks import Task, average_scores
-from fedlego.common.training import TrainConfig, TrainReport, fit, predict
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of every block of a run (the latent contract comes from here)."""
-
-    latent_channels: int = 32
-    latent_dim: int = 32
-    steps: int = 2
-    heads: int = 4
-    head_dim: int = 16
-    encoder_width: int = 64
-    dropout: float = 0.1
-    frequency: bool = True
-    seed: int = 0
-
-    def contract(self, task: Task) -> LatentContract:
-        """The latent contract blocks of this run must share."""
-        return LatentContract(self.latent_channels, self.latent_dim, task.n_outputs, task.kind, self.seed)
-
-
-@dataclass
-class FuseConfig:
-    """LegoFuse settings: a short fine-tune (the poster's "2 epochs") on paired data."""
-
-    mode: str = "stack"
-    epochs: int = 2
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    freeze_encoders: bool = True
-    seed: int = 0
+from fedlego.common.training import TrainReport, fit, predict
 
 
 def build_block(

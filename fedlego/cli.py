@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
 from fedlego.server.report import REPORT_NAME
 
@@ -73,9 +74,6 @@ def _load(args: argparse.Namespace):
 
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
-    from fedlego.common.privacy import PrivacyConfig
-    from fedlego.common.training import TrainConfig
-    from fedlego.common.workflow import FuseConfig, ModelConfig
 
     dataset = _load(args)
     preset = PRESETS[args.dataset]

@@ -16,34 +16,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedlego.common.config import RunConfig, flat_fields
+from fedlego.launcher import (
+    CONNECTION,
+    LaunchError,
+    background_superlink,
+    check_address,
+    free_port,
+    prepare_run,
+    quiet_environment,
+    stream_run,
+    superlink_command,
+    tool,
+    wait_ready,
+    write_connection,
+)
 from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
 from fedlego.server.report import REPORT_NAME
-from fedlego.simulation import (
-    _is_progress,
-    app_folder,
-    free_port,
-    quiet_environment,
-    stop_process_group,
-    tool,
-    write_run_config,
-)
 
-CONNECTION = "fedlego"
 SECURITY_REQUIRED = (
     "TLS is required: pass --certs {what} (made by `fedlego certs`), or --insecure explicitly "
     "(only on a trusted network: traffic is then unencrypted and sites are unauthenticated)"
@@ -65,29 +65,14 @@ SITE_RETRY_SECONDS = 10.0
 SITE_FILES = ("ca.pem", "node-auth", "signing.key", "coordinator.pub")
 SUPERLINK_FILES = ("superlink/ca.pem", "superlink/server.pem", "superlink/server.key")
 COORDINATOR_FILES = ("coordinator/trusted-sites.json", "coordinator/signing.key")
-SCENARIO_KEYS = (
-    "dataset",
-    "task",
-    "modalities",
-    "layout",
-    "paired-sites",
-    "paired-fraction",
-    "sites-per-modality",
-    "overlap",
-    "missing-rate",
-    "imbalance",
-    "synthetic-patients",
-    "synthetic-modalities",
-    "seed",
-    "fold",
-)
+SCENARIO_KEYS = ("seed", *(key for key, (section, _, _) in flat_fields().items() if section.attribute == "scenario"))
 """Run-config keys that decide how ``export-sites`` cuts a cohort into site folders."""
 
 
 INSECURE_HELP = "no TLS, no site authentication, no signatures (a loud warning; trusted networks only)"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(LaunchError):
     """A deployment command cannot start (missing --insecure, bad address, ...)."""
 
 
@@ -110,13 +95,6 @@ def _check_files(folder: Path, names: Sequence[str], what: str) -> Path:
     return folder
 
 
-def _check_address(address: str) -> str:
-    host, separator, port = address.rpartition(":")
-    if not separator or not host or not port.isdigit():
-        raise DeploymentError(f"expected HOST:PORT for the SuperLink address, got {address!r}")
-    return address
-
-
 # --------------------------------------------------------------------------- site folders
 
 
@@ -126,16 +104,15 @@ def export_sites(overrides: Mapping[str, Any], out: Path) -> list[tuple[str, Pat
 
     Returns (site name, folder, modalities) per site.
     """
+    from fedlego.client.simulated import scenario_cohort, simulated_scenario
     from fedlego.common.data.scenarios import dataset_splits
     from fedlego.common.data.sitefolder import write_site_folder
-    from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
 
-    settings = FederationSettings.from_run_config(overrides)
-    if settings.extra:
-        raise ValueError(f"unknown run-config keys {sorted(settings.extra)}")
-    dataset = scenario_dataset(settings)
-    scenario = simulated_scenario(settings, dataset)
-    split = dataset_splits(dataset, n_folds=settings.fold + 1, seed=settings.seed)[settings.fold]
+    config = RunConfig.from_flat(overrides)
+    dataset = scenario_cohort(config)
+    scenario = simulated_scenario(config, dataset)
+    fold = config.scenario.fold
+    split = dataset_splits(dataset, n_folds=fold + 1, seed=config.seed)[fold]
     out = Path(out)
     written = []
     for spec in scenario.sites:
@@ -145,36 +122,6 @@ def export_sites(overrides: Mapping[str, Any], out: Path) -> list[tuple[str, Pat
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def superlink_command(host: str, port: int, certs: Path | None = None) -> list[str]:
-    """``flower-superlink`` in deployment mode (ServerApp in a subprocess, state in memory): with
-    ``certs`` (a ``fedlego certs`` folder) TLS and SuperNode authentication, otherwise insecure."""
-    if certs is None:
-        security = ["--insecure"]
-    else:
-        certs = Path(certs).resolve()
-        security = [
-            "--ssl-ca-certfile",
-            str(certs / "superlink" / "ca.pem"),
-            "--ssl-certfile",
-            str(certs / "superlink" / "server.pem"),
-            "--ssl-keyfile",
-            str(certs / "superlink" / "server.key"),
-            "--enable-supernode-auth",
-        ]
-    return [
-        tool("flower-superlink"),
-        *security,
-        "--isolation",
-        "subprocess",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--database",
-        ":flwr-in-memory:",
-    ]
 
 
 def _quoted(key: str, path: Path) -> str:
@@ -216,7 +163,7 @@ def supernode_command(
         tool("flower-supernode"),
         *security,
         "--superlink",
-        _check_address(superlink),
+        check_address(superlink),
         "--node-config",
         node_config(data_dir, site_certs),
         "--isolation",
@@ -295,27 +242,6 @@ def local_address(host: str, port: int, certs: Path | None = None) -> str:
         f"the SuperLink certificate ({certs / 'superlink' / 'server.pem'}) names {names}, not {candidates[0]}: "
         "recreate the certs folder with `fedlego certs --server-name ...` naming this address"
     )
-
-
-def wait_ready(address: str, process: subprocess.Popen, ca: Path | None = None, timeout: float = 60.0) -> None:
-    """Wait for the SuperLink's /health endpoint (HTTPS, verified with ``ca``, when ``ca`` is given)."""
-    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
-    url = f"{'https' if ca is not None else 'http'}://{address}/health"
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DeploymentError(f"flower-superlink exited with code {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as response:
-                if response.status == 200:
-                    return
-        except ssl.SSLCertVerificationError as error:
-            raise DeploymentError(f"{url}: the SuperLink's certificate does not verify ({error})") from error
-        except (urllib.error.URLError, OSError) as error:
-            last = str(error)
-            time.sleep(0.3)
-    raise DeploymentError(f"flower-superlink not ready at {url} after {timeout:.0f} s ({last})")
 
 
 def _flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
@@ -445,14 +371,6 @@ def serve_site(
 # --------------------------------------------------------------------------- background (tests, demos)
 
 
-def start_background(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
-    """Start a process in its own session (stop it with ``stop_process_group``), output to a log."""
-    with Path(log_path).open("w") as log:
-        return subprocess.Popen(
-            list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
 @contextmanager
 def local_superlink(
     home: Path, port: int | None = None, certs: Path | None = None
@@ -462,40 +380,15 @@ def local_superlink(
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    with (home / "superlink.log").open("w") as log:
-        process = subprocess.Popen(
-            superlink_command("127.0.0.1", port, certs),
-            env=quiet_environment(home),
-            cwd=home,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        address = local_address("127.0.0.1", port, certs)
-        wait_ready(address, process, None if certs is None else Path(certs).resolve() / "superlink" / "ca.pem")
+    certs = None if certs is None else Path(certs).resolve()
+    address = local_address("127.0.0.1", port, certs)
+    with background_superlink(home, home / "superlink.log", port, certs=certs, address=address, cwd=home) as process:
         if certs is not None:
-            register_node_keys(Path(certs), address, home / "control", lambda line: None)
+            register_node_keys(certs, address, home / "control", lambda line: None)
         yield port, process
-    finally:
-        stop_process_group(process)
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def write_connection(flwr_home: Path, superlink: str, root_certificates: Path | None = None) -> None:
-    """An isolated ``FLWR_HOME/config.toml`` with one connection named ``fedlego``: TLS verified
-    with ``root_certificates`` (the consortium CA), or insecure without it."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    if root_certificates is None:
-        security = "insecure = true\n"
-    else:
-        security = f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}\n"
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{_check_address(superlink)}"\n{security}'
-    )
 
 
 def run_deployment(
@@ -515,82 +408,34 @@ def run_deployment(
     ServerApp on the SuperLink's machine: results are read back here only when this machine is
     that one (or shares the folder).
     """
-    out_dir = Path(out_dir).resolve()
-    work = out_dir / ".flower"
-    if work.exists():
-        shutil.rmtree(work)
-    flwr_home = work / "home"
     overrides = dict(overrides)
     if certs is not None:
         certs = Path(certs).resolve()
-        write_connection(flwr_home, superlink, certs / "superlink" / "ca.pem")
         overrides.setdefault("trusted-sites", str(certs / "coordinator" / "trusted-sites.json"))
         overrides.setdefault("coordinator-key", str(certs / "coordinator" / "signing.key"))
-    else:
-        write_connection(flwr_home, superlink)
-    app = app_folder(work / "app")
-    run_config = write_run_config({**overrides, "out-dir": str(out_dir)}, work / "run-config.toml")
-    results_path = out_dir / "results.json"
-    results_path.unlink(missing_ok=True)
-    (out_dir / REPORT_NAME).unlink(missing_ok=True)  # the ServerApp writes this run's next to results.json
-    command = [tool("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", str(run_config)]
-    log_path = work / "run.log"
-    start = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        env=quiet_environment(flwr_home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    run_id = ""
-    watchdog = threading.Timer(timeout, stop_process_group, [process]) if timeout else None
-    try:
-        if watchdog is not None:
-            watchdog.start()
-        assert process.stdout is not None
-        with log_path.open("w") as log:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                if line.startswith("Successfully started run "):
-                    run_id = line.split()[-1]
-                if _is_progress(line):
-                    echo(line.rstrip())
-        process.wait(timeout=30)
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        stop_process_group(process)
-    if timeout and time.monotonic() - start >= timeout:
-        if run_id:  # the ServerApp keeps running on the SuperLink unless the run is stopped there
-            subprocess.run(
-                [tool("flwr"), "stop", run_id, CONNECTION],
-                env=quiet_environment(flwr_home),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+    check_address(superlink)
+    run = prepare_run(out_dir, overrides)
+    write_connection(run.flwr_home, superlink, None if certs is None else certs / "superlink" / "ca.pem")
+    log_path = run.work / "run.log"
+    outcome = stream_run(run.app, run.run_config, run.flwr_home, echo=echo, log_path=log_path, timeout=timeout)
+    if outcome.timed_out:
         raise DeploymentError(f"the run took longer than {timeout:.0f} s and was stopped (log: {log_path})")
-    if process.returncode != 0:
-        raise DeploymentError(f"flwr run exited with code {process.returncode} (log: {log_path})")
-    if not results_path.exists():
+    if outcome.returncode != 0:
+        raise DeploymentError(f"flwr run exited with code {outcome.returncode} (log: {log_path})")
+    results = run.read_results()
+    if results is None:
         raise DeploymentError(
-            f"no results in {results_path}: the ServerApp writes them on the SuperLink's machine (log: {log_path})"
+            f"no results in {run.results}: the ServerApp writes them on the SuperLink's machine (log: {log_path})"
         )
-    return json.loads(results_path.read_text())
+    return results
 
 
 # --------------------------------------------------------------------------- command line
 
 
 def _check_settings(overrides: Mapping[str, Any]) -> None:
-    from fedlego.common.federation import FederationSettings
-
-    settings = FederationSettings.from_run_config(overrides)
-    if settings.extra:
-        raise ValueError(f"unknown run-config keys {sorted(settings.extra)} (see fedlego/flwr_app/pyproject.toml)")
+    """Unknown run-config keys and bad values fail here, before anything is submitted."""
+    RunConfig.from_flat(overrides)
 
 
 def _export_sites(args: argparse.Namespace) -> int:
@@ -634,7 +479,7 @@ def _superlink(args: argparse.Namespace) -> int:
 
 
 def _site(args: argparse.Namespace) -> int:
-    _check_address(args.superlink)
+    check_address(args.superlink)
     if args.certs is None and not args.insecure:
         raise DeploymentError(SECURITY_REQUIRED.format(what="SITE_DIR"))
     site_certs = None if args.certs is None else check_site_certs(args.certs)
@@ -646,7 +491,7 @@ def _site(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fedlego.server.checks import format_federation_table
 
-    _check_address(args.superlink)
+    check_address(args.superlink)
     _require_security(args.certs, args.insecure, "DIR")
     overrides = set_overrides(args.set)
     certs = None

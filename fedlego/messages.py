@@ -1,43 +1,14 @@
-"""Message payloads shared by the coordinator and the sites, and their Flower records.
-
-A payload is plain Python (numbers, strings, bytes, lists) plus optional tensors and metrics;
-``to_records``/``from_records`` map it to Flower's ConfigRecord / ArrayRecord / MetricRecord,
-and ``payload_bytes`` measures what travels.
-"""
+"""Protocol payloads (``fedlego.common.protocol``) as Flower records and back: ConfigRecord for
+plain values, ArrayRecord for tensors, MetricRecord for metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-
-@dataclass
-class Payload:
-    """One message's content."""
-
-    config: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, torch.Tensor] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def payload_bytes(payload: Payload) -> int:
-    """Size of a payload's content: bytes and strings by length, numbers 8 bytes, tensors by size."""
-
-    def size(value: Any) -> int:
-        if isinstance(value, bytes | str):
-            return len(value)
-        if isinstance(value, list):
-            return sum(size(v) for v in value)
-        return 8
-
-    total = sum(len(k) + size(v) for k, v in payload.config.items())
-    total += sum(len(k) + 8 for k in payload.metrics)
-    if payload.arrays:
-        total += sum(len(k) + t.numel() * t.element_size() for k, t in payload.arrays.items())
-    return total
+from fedlego.common.protocol import Payload
 
 
 def to_records(payload: Payload) -> RecordDict:

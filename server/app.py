@@ -7,7 +7,7 @@ import os
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlego.common.federation import FederationSettings
+from fedlego.common.config import RunConfig
 from fedlego.server.flower_transport import FlowerTransport
 from fedlego.server.orchestrator import Federation
 
@@ -20,5 +20,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run every phase; results and packages go to the run config's out-dir."""
-    settings = FederationSettings.from_run_config(context.run_config)
+    settings = RunConfig.from_flat(context.run_config)
     Federation(FlowerTransport(grid), settings, log=lambda line: print(line, flush=True)).run()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedlego.messages import Payload, from_records, payload_bytes, to_records
+from fedlego.common.protocol import Payload, payload_bytes
+from fedlego.messages import from_records, to_records
 from fedlego.server.transport import Reply
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedlego.server.results import RunResults
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -416,8 +418,9 @@ def _privacy_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def render_report(results: Mapping[str, Any]) -> str:
+def render_report(run: RunResults) -> str:
     """The whole report as one self-contained HTML document."""
+    results = run.to_dict()
     body = "".join(
         part(results)
         for part in (
@@ -438,7 +441,7 @@ def render_report(results: Mapping[str, Any]) -> str:
     )
 
 
-def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
+def write_report(results: RunResults, out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` from a results document; returns its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

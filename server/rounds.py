@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 import torch
 
 from fedlego.common.aggregation import average_states, weighted_mean
-from fedlego.messages import Payload
+from fedlego.common.protocol import RoundReply, RoundRequest
 
 StateDict = dict[str, torch.Tensor]
-Aggregate = Callable[[StateDict, dict[int, Payload], list[float], int], StateDict]
+Aggregate = Callable[[StateDict, dict[int, RoundReply], list[float], int], StateDict]
 """(parameters sent, replies by node, their sample counts, number of sites asked) -> new parameters"""
 
 
-def fedavg(reference: StateDict, answered: dict[int, Payload], counts: list[float], asked: int) -> StateDict:
+def fedavg(reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int) -> StateDict:
     """Plain FedAvg: the replies' parameters weighted by their sample counts."""
-    return average_states([p.arrays for p in answered.values()], counts)
+    return average_states([reply.state for reply in answered.values()], counts)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Round:
 
     index: int
     final: bool
-    answered: dict[int, Payload]
+    answered: dict[int, RoundReply]
     validation_loss: float
 
 
@@ -59,28 +59,22 @@ class Rounds:
     def run(
         self,
         cohort: list[int],
-        request: Callable[[int, bool, StateDict], Payload],
-        exchange: Callable[[dict[int, Payload]], dict[int, Payload]],
+        request: Callable[[int, bool, StateDict], RoundRequest],
+        exchange: Callable[[dict[int, RoundRequest]], dict[int, RoundReply]],
         on_round: Callable[[Round], None],
         aggregate: Aggregate = fedavg,
         drop_lost: bool = False,
     ) -> None:
         """Run the remaining rounds. ``request(index, final, state)`` is the message every node of
-        the cohort gets (each its own copy); ``exchange`` sends the requests and returns the replies
+        the cohort gets; ``exchange`` sends the requests and returns the replies
         (raising when too few answered); ``on_round`` is called after each round is aggregated.
         With ``drop_lost``, a site that did not answer a round is not asked again."""
         for index in range(self.next_round, self.total + 1):
             final = index == self.total
-            payload = request(index, final, self.states[-1])
-            requests = {
-                node: Payload(
-                    config=dict(payload.config), arrays=None if payload.arrays is None else dict(payload.arrays)
-                )
-                for node in cohort
-            }
+            requests = dict.fromkeys(cohort, request(index, final, self.states[-1]))
             answered = exchange(requests)
-            counts = [p.metrics["num-examples"] for p in answered.values()]
-            self.history.append(weighted_mean([p.metrics["validation-loss-before"] for p in answered.values()], counts))
+            counts = [float(reply.n_train) for reply in answered.values()]
+            self.history.append(weighted_mean([reply.validation_loss_before for reply in answered.values()], counts))
             if drop_lost:
                 cohort = [n for n in cohort if n in answered]
             if not final:

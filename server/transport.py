@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from fedlego.messages import Payload
+from fedlego.common.protocol import Payload
 
 
 @dataclass

@@ -12,7 +12,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedlego.client.app import app as client_app
-from fedlego.messages import Payload, from_records, payload_bytes, to_records
+from fedlego.common.protocol import Payload, payload_bytes
+from fedlego.messages import from_records, to_records
 from fedlego.server.transport import Reply
 
 

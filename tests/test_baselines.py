@@ -16,10 +16,10 @@ from baselines import (
     site_rows,
 )
 
+from fedlego.common.config import TrainConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.training import TrainConfig
 
 MIXED = [
     SyntheticModality("omics", "tabular", signal=1.2, missing_rate=0.15, n_features=30),

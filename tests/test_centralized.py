@@ -7,10 +7,9 @@ import pytest
 
 from fedlego.cli import main
 from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized, run_fold, summarise
+from fedlego.common.config import FuseConfig, ModelConfig, TrainConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
-from fedlego.common.training import TrainConfig
-from fedlego.common.workflow import FuseConfig, ModelConfig
 
 MODALITIES = [
     SyntheticModality("omics", "tabular", signal=1.0),

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedlego.common.packaging import model_from_package, parse_model_package
 from fedlego.deploy import list_nodes
-from fedlego.simulation import free_port, quiet_environment, stop_process_group
+from fedlego.launcher import free_port, quiet_environment, stop_process_group
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from fedlego.certs import make_consortium
+from fedlego.client.simulated import scenario_cohort, simulated_scenario
+from fedlego.common.config import RunConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.sitefolder import write_site_folder
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
-from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
 from fedlego.common.lego import LegoMerge
 from fedlego.common.packaging import (
     block_from_package,
@@ -19,10 +20,10 @@ from fedlego.common.packaging import (
     parse_block_package,
     parse_model_package,
 )
+from fedlego.common.protocol import Payload
 from fedlego.common.signing import load_trusted_sites, verify_signature
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import train_block
-from fedlego.messages import Payload
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
 from tests.inprocess import InProcessTransport
@@ -43,10 +44,10 @@ SMALL = {
 
 def run(run_config: dict, out: Path | None = None, **faults) -> tuple[dict, InProcessTransport]:
     config = {**run_config, **({"out-dir": str(out)} if out else {})}
-    settings = FederationSettings.from_run_config(config)
-    n_sites = len(simulated_scenario(settings, scenario_dataset(settings)).sites)
+    settings = RunConfig.from_flat(config)
+    n_sites = len(simulated_scenario(settings, scenario_cohort(settings)).sites)
     transport = InProcessTransport(config, n_sites, **faults)
-    return Federation(transport, settings, log=lambda _: None).run(), transport
+    return Federation(transport, settings, log=lambda _: None).run().to_dict(), transport
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_bytes_are_counted_per_site_and_phase_and_fuse_sends_the_model_once(comp
     block = results["phases"]["block"]["bytes"]
     assert all(v["received"] > 10_000 for v in block.values())  # packages came back
     fuse_sent = results["phases"]["fuse"]["bytes"]["paired-0"]["sent"]
-    fused_size = (Path(results["config"]["out_dir"]) / "packages" / "fused.pb").stat().st_size
+    fused_size = (Path(results["config"]["out-dir"]) / "packages" / "fused.pb").stat().st_size
     fusion_bytes = 4 * results["rounds"]["fuse"]["trainable"]
     # round 0 carries the fused model package, the 2 later rounds only the fusion parameters
     assert fused_size + 2 * fusion_bytes < fuse_sent < fused_size + 2 * fusion_bytes + 20_000
@@ -142,19 +143,20 @@ class Tampering(InProcessTransport):
         replies = super().exchange(message_type, requests, timeout)
         if message_type == "train.block":
             payload: Payload = replies[1000].payload
-            for key, value in payload.config.items():
-                if key.startswith("package."):
-                    data = bytearray(value)
-                    data[-50] ^= 0xFF
-                    payload.config[key] = bytes(data)
+            tampered = []
+            for value in payload.config["packages"]:
+                data = bytearray(value)
+                data[-50] ^= 0xFF
+                tampered.append(bytes(data))
+            payload.config["packages"] = tampered
         return replies
 
 
 def test_a_tampered_package_is_refused_and_the_merge_uses_the_rest():
     config = {**SMALL, "block-rounds": 0}
-    settings = FederationSettings.from_run_config(config)
+    settings = RunConfig.from_flat(config)
     transport = Tampering(config, 3)
-    results = Federation(transport, settings, log=lambda _: None).run()
+    results = Federation(transport, settings, log=lambda _: None).run().to_dict()
     assert results["status"] == "completed"
     refused = results["refused"]
     assert refused and refused[0]["site"] == "tabular_0"
@@ -173,8 +175,8 @@ def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
     config = {**SMALL, "paired-sites": 0, "overlap": 1.0, "block-rounds": 0, "fuse-rounds": 0, "fold": 1}
     results, _ = run(config, tmp_path)
     assert results["status"] == "completed"
-    settings = FederationSettings.from_run_config(config)
-    dataset = scenario_dataset(settings)
+    settings = RunConfig.from_flat(config)
+    dataset = scenario_cohort(settings)
     split = dataset_splits(dataset, n_folds=2, seed=settings.seed)[1]
     task = task_from_dict(results["task"])
     preprocessors = fit_preprocessors(dataset, split.train)
@@ -188,8 +190,8 @@ def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
             train,
             validation,
             task,
-            settings.model_config(),
-            settings.block_training(),
+            settings.model,
+            settings.training,
             preprocessors[modality].to_dict(),
         )
         package = parse_block_package((tmp_path / "packages" / f"block-{modality}.pb").read_bytes())
@@ -270,17 +272,17 @@ class CrashingTransport(InProcessTransport):
 
 def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     config = {**SMALL, "fuse-rounds": 3, "out-dir": str(tmp_path)}
-    settings = FederationSettings.from_run_config(config)
+    settings = RunConfig.from_flat(config)
     first = CrashingTransport(config, 3)
     first.crash_at_fuse_round = 2
     with pytest.raises(CoordinatorCrash):
-        Federation(first, settings, log=lambda _: None).run()
+        Federation(first, settings, log=lambda _: None).run().to_dict()
     assert ("train.block", 0) in first.calls
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["completed"] == ["merge", "evaluate-merge"] and len(state["progress"]["fuse"]["history"]) == 2
 
     second = InProcessTransport(config, 3)  # a fresh coordinator; sites lost their fuse state too
-    results = Federation(second, settings, log=lambda _: None).run()
+    results = Federation(second, settings, log=lambda _: None).run().to_dict()
     assert results["status"] == "completed" and results["resumed"] == 1
     kinds = {kind for kind, _ in second.calls}
     assert "train.block" not in kinds and "train.blockround" not in kinds  # finished work not redone
@@ -321,9 +323,9 @@ class SiteDiesMidFuse(InProcessTransport):
 
 def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
     config = {**SMALL, "paired-sites": 2, "fuse-rounds": 2, "out-dir": str(tmp_path)}
-    settings = FederationSettings.from_run_config(config)
+    settings = RunConfig.from_flat(config)
     transport = SiteDiesMidFuse(config, 4)
-    results = Federation(transport, settings, log=lambda _: None).run()
+    results = Federation(transport, settings, log=lambda _: None).run().to_dict()
     assert results["status"] == "completed"
     assert results["rounds"]["fuse"]["participants"] == [["paired-0", "paired-1"], ["paired-0"], ["paired-0"]]
     assert [f["site"] for f in results["failures"] if f["phase"] == "fuse"] == ["paired-1"]  # not waited for again
@@ -332,8 +334,8 @@ def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
 
 def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merge(tmp_path):
     config = {**SMALL, "paired-sites": 2, "fuse-rounds": 2, "min-responses": 2, "out-dir": str(tmp_path)}
-    settings = FederationSettings.from_run_config(config)
-    results = Federation(SiteDiesMidFuse(config, 4), settings, log=lambda _: None).run()
+    settings = RunConfig.from_flat(config)
+    results = Federation(SiteDiesMidFuse(config, 4), settings, log=lambda _: None).run().to_dict()
     assert results["status"] == "failed" and "phase fuse: only 1 of 2 sites answered, 2 needed" in results["error"]
     assert "merge" in results["metrics"] and (tmp_path / "packages" / "merged.pb").exists()
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -342,8 +344,8 @@ def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merg
 
 def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_path):
     """A deployed site whose folder fails validation answers with the reason only."""
-    settings = FederationSettings.from_run_config(SMALL)
-    dataset = scenario_dataset(settings)
+    settings = RunConfig.from_flat(SMALL)
+    dataset = scenario_cohort(settings)
     scenario = simulated_scenario(settings, dataset)
     split = dataset_splits(dataset, n_folds=1, seed=0)[0]
     folder = write_site_folder(dataset, scenario.sites[0], split, tmp_path / "site")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedlego.common.config import ModelConfig
 from fedlego.common.lego import LatentContract, LegoFuse, LegoMerge
 from fedlego.common.packaging import (
     PackageError,
@@ -20,7 +21,7 @@ from fedlego.common.packaging import (
     serialize,
 )
 from fedlego.common.tasks import SurvivalTask
-from fedlego.common.workflow import ModelConfig, build_block
+from fedlego.common.workflow import build_block
 
 TASK = SurvivalTask((1.0, 2.0))
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)

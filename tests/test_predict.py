@@ -14,6 +14,7 @@ import pytest
 
 from fedlego.cli import main
 from fedlego.client.runtime import SiteRuntime
+from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.scenarios import SiteSpec
 from fedlego.common.data.sitefolder import DEFAULT_ROLE_SALT, hash_roles, write_site_folder
@@ -30,8 +31,8 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder
 from fedlego.common.signing import COORDINATOR, generate_signing_key, public_key_pem, sign_package
-from fedlego.common.training import TrainConfig, predict
-from fedlego.common.workflow import ModelConfig, unimodal_forward
+from fedlego.common.training import predict
+from fedlego.common.workflow import unimodal_forward
 
 MODALITIES = [SyntheticModality("clin", "tabular", 1.0, 0.1, 4), SyntheticModality("labs", "timeseries", 0.8, 0.2, 3)]
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, heads=2, head_dim=8, encoder_width=16)

@@ -11,6 +11,7 @@ import torch
 
 from fedlego.common.aggregation import dp_average_updates
 from fedlego.common.centralized import CentralizedConfig, run_centralized
+from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
@@ -19,7 +20,6 @@ from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import block_from_package, block_to_package, check_block_package
 from fedlego.common.privacy import (
     CentralAccountant,
-    PrivacyConfig,
     calibrate_noise,
     central_epsilon,
     default_delta,
@@ -27,8 +27,7 @@ from fedlego.common.privacy import (
     privacy_config_to_json,
     privacy_metrics,
 )
-from fedlego.common.training import TrainConfig
-from fedlego.common.workflow import FuseConfig, ModelConfig, train_block
+from fedlego.common.workflow import train_block
 from tests.test_federation import SMALL, run
 
 MODEL = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fedlego.cli import main
-from fedlego.common.federation import FederationSettings
+from fedlego.common.config import RunConfig
 from fedlego.server import orchestrator
 from fedlego.server.orchestrator import Federation
 from fedlego.server.report import write_report
@@ -38,14 +38,14 @@ def tampered_run(tmp_path_factory) -> tuple[dict, str]:
     """A run with a refused (tampered) package, no fuse rounds and no DP."""
     out = tmp_path_factory.mktemp("tampered-run")
     config = {**SMALL, "block-rounds": 0, "fuse-rounds": 0, "out-dir": str(out)}
-    results = Federation(Tampering(config, 3), FederationSettings.from_run_config(config), log=lambda _: None).run()
+    results = Federation(Tampering(config, 3), RunConfig.from_flat(config), log=lambda _: None).run().to_dict()
     assert results["status"] == "completed" and results["refused"]
     return results, (out / "report.html").read_text()
 
 
 def test_the_report_is_written_next_to_results_json_with_embedded_pngs(dp_run):
     results, text = dp_run
-    out = Path(results["config"]["out_dir"])
+    out = Path(results["config"]["out-dir"])
     assert (out / "results.json").exists() and (out / "report.html").exists()
     images = PNG.findall(text)
     assert len(images) == 4  # models, rounds, bytes, wall time
@@ -130,7 +130,7 @@ def test_a_report_failure_never_loses_results_json(tmp_path, monkeypatch):
     config = {**FAST, "min-responses": 3, "out-dir": str(tmp_path)}
     logged: list[str] = []
     transport = InProcessTransport(config, 3, silent={("query.describe", 2)})
-    Federation(transport, FederationSettings.from_run_config(config), log=logged.append).run()
+    Federation(transport, RunConfig.from_flat(config), log=logged.append).run().to_dict()
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
     assert not (tmp_path / "report.html").exists()
     assert "report not written: RuntimeError: renderer broke" in logged
@@ -138,7 +138,7 @@ def test_a_report_failure_never_loses_results_json(tmp_path, monkeypatch):
 
 def test_fedlego_report_re_renders_offline(dp_run, tmp_path, capsys):
     results, original = dp_run
-    results_json = Path(results["config"]["out_dir"]) / "results.json"
+    results_json = Path(results["config"]["out-dir"]) / "results.json"
     assert main(["report", str(results_json), "--out", str(tmp_path / "copy")]) == 0
     assert f"report in {tmp_path / 'copy' / 'report.html'}" in capsys.readouterr().out
     rendered = (tmp_path / "copy" / "report.html").read_text()

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from fedlego.messages import Payload
+from fedlego.common.config import TrainConfig
+from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
+from fedlego.common.tasks import ClassificationTask
 from fedlego.server.rounds import Rounds
 
 
@@ -18,21 +20,19 @@ class Sites:
         self.losses, self.lost, self.lost_from = losses, lost, lost_from
         self.asked: list[tuple[int, list[int]]] = []
 
-    def exchange(self, requests: dict[int, Payload]) -> dict[int, Payload]:
-        index = next(iter(requests.values())).config["round"]
+    def exchange(self, requests: dict[int, RoundRequest]) -> dict[int, RoundReply]:
+        index = next(iter(requests.values())).round
         self.asked.append((index, sorted(requests)))
         return {
-            node: Payload(
-                arrays={"w": torch.tensor([float(node)])},
-                metrics={"num-examples": node, "validation-loss-before": self.losses[index] * node},
-            )
+            node: RoundReply({"w": torch.tensor([float(node)])}, node, self.losses[index] * node)
             for node in requests
             if not (node in self.lost and index >= self.lost_from)
         }
 
 
-def request(index: int, final: bool, state: dict[str, torch.Tensor]) -> Payload:
-    return Payload(config={"round": index, "epochs": 0 if final else 1}, arrays=dict(state))
+def request(index: int, final: bool, state: dict[str, torch.Tensor]) -> RoundRequest:
+    training = TrainConfig().for_round(0 if final else 1)
+    return RoundRequest(MessageType.FUSE_ROUND, "run", index, ClassificationTask(2), training, state=dict(state))
 
 
 def test_rounds_send_the_last_state_aggregate_by_samples_and_evaluate_last():
@@ -68,7 +68,7 @@ def test_a_resumed_run_continues_after_the_last_finished_round():
     sites, finished = Sites([0.0, 0.0, 2.0, 1.0]), []
     sent: list[torch.Tensor] = []
 
-    def remember(index: int, final: bool, state: dict[str, torch.Tensor]) -> Payload:
+    def remember(index: int, final: bool, state: dict[str, torch.Tensor]) -> RoundRequest:
         sent.append(state["w"])
         return request(index, final, state)
 

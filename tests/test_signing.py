@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from fedlego.common.config import ModelConfig
 from fedlego.common.lego import LegoMerge
 from fedlego.common.packaging import PackageError, block_to_package, content_hash, merged_to_package
 from fedlego.common.signing import (
@@ -16,7 +17,7 @@ from fedlego.common.signing import (
     write_trusted_sites,
 )
 from fedlego.common.tasks import SurvivalTask
-from fedlego.common.workflow import ModelConfig, build_block
+from fedlego.common.workflow import build_block
 
 TASK = SurvivalTask((1.0,))
 KEYS = {"clinical": generate_signing_key(), "rna": generate_signing_key(), COORDINATOR: generate_signing_key()}

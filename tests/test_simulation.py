@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedlego.cli import main
-from fedlego.simulation import processes_with_home
+from fedlego.launcher import processes_with_home
 
 pytestmark = pytest.mark.timeout(600)
 

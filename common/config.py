@@ -1,0 +1,417 @@
+"""One configuration for every way of running fedlego: the centralized pipeline, a simulated
+federation and a deployment read the same dataclasses, with the same defaults.
+
+``RunConfig`` groups the sections (scenario, model, block training, merge, fuse, federated rounds,
+DP-SGD of blocks, central DP of fuse rounds, coordinator). Each section field has one flat
+run-config key (``block-epochs``, ``latent-channels``...): ``[tool.flwr.app.config]`` of the Flower
+app is generated from them (:func:`app_config_toml`, checked by a test), ``--set KEY=VALUE`` sets any
+of them in ``fedlego simulate`` and ``fedlego run``, and ``fedlego centralized`` has an option per
+key of the sections it uses. The run's ``seed`` is one key shared by every section.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import inspect
+import itertools
+import json
+import textwrap
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from fedlego.common.lego import LatentContract
+from fedlego.common.tasks import Task
+
+
+@dataclass
+class ScenarioConfig:
+    """Which cohort a run uses and, for a simulated federation, how it is cut into sites."""
+
+    dataset: str = "tcga-acc"
+    """Bundled data set: tcga-acc, pbc or synthetic."""
+    task: str = "survival"
+    """PBC only: survival or binary (2-year landmark outcome)."""
+    modalities: str = ""
+    """Comma-separated modalities (empty: the data set's preset)."""
+    layout: str = "modality-sites"
+    """modality-sites (one site per modality plus paired sites) or pooled."""
+    paired_sites: int = 1
+    paired_fraction: float = 0.3
+    sites_per_modality: int = 1
+    overlap: float = 0.0
+    """Share of patients common to the unimodal sites."""
+    missing_rate: float = 0.0
+    """Share of paired-site patients lacking a modality."""
+    imbalance: float = 0.0
+    """Skew of patient counts across unimodal sites."""
+    synthetic_patients: int = 300
+    synthetic_modalities: int = 3
+    fold: int = 0
+    """Which patient-level fold a federation trains and tests on (the centralized pipeline's folds)."""
+
+    def modality_list(self) -> list[str]:
+        """The modalities named in ``modalities`` (empty: the preset decides)."""
+        return [m.strip() for m in self.modalities.split(",") if m.strip()]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of every block of a run (the latent contract comes from here)."""
+
+    latent_channels: int = 32
+    latent_dim: int = 32
+    steps: int = 2
+    """Cross-attention latent updates per block."""
+    heads: int = 4
+    head_dim: int = 16
+    encoder_width: int = 64
+    dropout: float = 0.1
+    frequency: bool = True
+    """Latent updates in the frequency domain (false: the spatial-domain ablation)."""
+    seed: int = 0
+
+    def contract(self, task: Task) -> LatentContract:
+        """The latent contract blocks of this run must share."""
+        return LatentContract(self.latent_channels, self.latent_dim, task.n_outputs, task.kind, self.seed)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for one local training run."""
+
+    epochs: int = 50
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    patience: int = 10
+    """Early-stopping patience in epochs (validation loss)."""
+    seed: int = 0
+    device: str = "auto"
+    """Where to train: ``cpu``, ``cuda``, ``cuda:1``... or ``auto`` (CUDA when available)."""
+    keep_initial: bool = False
+    """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
+    improves the validation loss returns the model unchanged (used for LegoFuse)."""
+
+    def for_round(self, epochs: int) -> TrainConfig:
+        """A fixed number of local epochs for one federated round (no early stopping)."""
+        return replace(self, epochs=epochs, patience=epochs)
+
+
+@dataclass
+class MergeConfig:
+    """How LegoMerge combines blocks (``common.merging``, ``common.aggregation.block_weights``)."""
+
+    latent_merge: str = "harmonic"
+    """harmonic, mean or sum."""
+    head_merge: str = "slerp"
+    """slerp or linear."""
+    weighting: str = "samples"
+    """Block weights: uniform, samples or validation."""
+
+
+@dataclass
+class FuseConfig:
+    """LegoFuse settings: a short fine-tune (the poster's "2 epochs") on paired data."""
+
+    mode: str = "stack"
+    """stack or weave."""
+    epochs: int = 2
+    """Centralized pipeline: fine-tuning epochs."""
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    freeze_encoders: bool = True
+    seed: int = 0
+
+
+@dataclass
+class RoundsConfig:
+    """Federated rounds: block FedAvg per modality held by several sites, and LegoFuse rounds."""
+
+    block_rounds: int = 2
+    block_local_epochs: int = 5
+    fuse_rounds: int = 2
+    fuse_local_epochs: int = 1
+    fuse_aggregation: str = "fedavg"
+    """fedavg or fedprox."""
+    proximal_mu: float = 0.01
+    """FedProx proximal term (with fuse-aggregation = fedprox)."""
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD settings of block training: a target epsilon (calibrates the noise) or a fixed
+    noise multiplier; ``delta`` 0 means :func:`fedlego.common.privacy.default_delta` of the
+    training set size. Epsilon and noise 0: no DP."""
+
+    target_epsilon: float = 0.0
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    delta: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether blocks train with DP-SGD."""
+        return self.target_epsilon > 0 or self.noise_multiplier > 0
+
+    def validate(self) -> None:
+        """Reject settings that cannot work."""
+        if self.max_grad_norm <= 0:
+            raise ValueError("DP clipping norm (block-dp-clip) must be positive")
+        if self.target_epsilon < 0 or self.noise_multiplier < 0:
+            raise ValueError("block-dp-epsilon and block-dp-noise must be at least 0 (0 = off)")
+        if self.delta and not 0 < self.delta < 1:
+            raise ValueError("block-dp-delta must lie in (0, 1) (0 = automatic)")
+
+
+@dataclass
+class CentralPrivacyConfig:
+    """Central DP of the fuse rounds (DP-FedAvg): noise multiplier (0 = off), clip and delta."""
+
+    noise: float = 0.0
+    clip: float = 1.0
+    delta: float = 1e-5
+
+
+@dataclass
+class CoordinatorConfig:
+    """What only the coordinator of a federation uses."""
+
+    min_sites: int = 1
+    """Sites that must be connected before the run starts."""
+    min_responses: int = 1
+    """Answers a phase needs to go on."""
+    wait_timeout: float = 120.0
+    phase_timeout: float = 600.0
+    max_package_mb: float = 256.0
+    trusted_sites: str = ""
+    """trusted-sites.json (made by ``fedlego certs``): then unsigned packages are refused."""
+    coordinator_key: str = ""
+    """The key that signs merged and fused models (made by ``fedlego certs``)."""
+    out_dir: str = ""
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """How one section's fields are spelled as flat run-config keys."""
+
+    attribute: str
+    kind: type
+    prefix: str = ""
+    rename: Mapping[str, str] = field(default_factory=dict)
+    internal: tuple[str, ...] = ()
+    """Fields that are no run-config key (the shared seed, set from ``RunConfig.seed``)."""
+
+    def key(self, name: str) -> str:
+        return self.rename.get(name) or self.prefix + name.replace("_", "-")
+
+    def keyed_fields(self) -> Iterator[Any]:
+        return (f for f in fields(self.kind) if f.name not in self.internal)
+
+
+SECTIONS = (
+    Section("scenario", ScenarioConfig),
+    Section("model", ModelConfig, internal=("seed",)),
+    Section("training", TrainConfig, rename={"epochs": "block-epochs"}, internal=("seed", "keep_initial")),
+    Section("rounds", RoundsConfig),
+    Section("merge", MergeConfig),
+    Section("fuse", FuseConfig, prefix="fuse-", rename={"freeze_encoders": "freeze-encoders"}, internal=("seed",)),
+    Section(
+        "privacy",
+        PrivacyConfig,
+        rename={
+            "target_epsilon": "block-dp-epsilon",
+            "noise_multiplier": "block-dp-noise",
+            "max_grad_norm": "block-dp-clip",
+        },
+        prefix="block-dp-",
+    ),
+    Section("fuse_privacy", CentralPrivacyConfig, prefix="fuse-dp-"),
+    Section("coordinator", CoordinatorConfig),
+)
+CHOICES = {
+    "fuse-aggregation": ("fedavg", "fedprox"),
+    "fuse-mode": ("stack", "weave"),
+    "latent-merge": ("harmonic", "mean", "sum"),
+    "head-merge": ("slerp", "linear"),
+    "weighting": ("uniform", "samples", "validation"),
+    "task": ("survival", "binary"),
+    "layout": ("modality-sites", "pooled"),
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run, section by section; ``seed`` seeds every section."""
+
+    seed: int = 0
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    """Block training (early stopping on validation patients)."""
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """DP-SGD of block training."""
+    fuse_privacy: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+
+    def __post_init__(self) -> None:
+        for section in (self.model, self.training, self.fuse):
+            section.seed = self.seed
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> RunConfig:
+        """A run config from flat keys (a Flower run config, ``--set`` items); unknown keys and
+        values of the wrong type are errors naming the key."""
+        known = flat_fields()
+        unknown = sorted(set(values) - set(known) - {"seed"})
+        if unknown:
+            hints = [difflib.get_close_matches(k, [*known, "seed"], n=1) for k in unknown]
+            described = ", ".join(
+                f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints, strict=True)
+            )
+            raise ValueError(f"unknown run-config keys {described}; `fedlego config` lists every key")
+        sections: dict[str, dict[str, Any]] = {s.attribute: {} for s in SECTIONS}
+        for key, value in values.items():
+            if key == "seed":
+                continue
+            section, name, kind = known[key]
+            sections[section.attribute][name] = _convert(key, value, kind)
+        config = cls(
+            seed=_convert("seed", values.get("seed", 0), int),
+            **{s.attribute: s.kind(**sections[s.attribute]) for s in SECTIONS},
+        )
+        config.validate()
+        return config
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every flat run-config key with its value (the inverse of ``from_flat``)."""
+        flat: dict[str, Any] = {"seed": self.seed}
+        for section in SECTIONS:
+            part = getattr(self, section.attribute)
+            flat.update({section.key(f.name): getattr(part, f.name) for f in section.keyed_fields()})
+        return flat
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, naming the key."""
+        flat = self.to_flat()
+        for key, allowed in CHOICES.items():
+            if flat[key] not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {flat[key]!r}")
+        for key in ("min-sites", "min-responses"):
+            if flat[key] < 1:
+                raise ValueError(f"{key} must be at least 1")
+        positive = ("block-epochs", "batch-size", "fuse-batch-size", "latent-channels", "latent-dim", "steps", "heads")
+        for key in (*positive, "head-dim", "encoder-width"):
+            if flat[key] < 1:
+                raise ValueError(f"{key} must be at least 1")
+        if not 0 <= self.model.dropout < 1:
+            raise ValueError("dropout must lie in [0, 1)")
+        self.privacy.validate()
+        if self.fuse_privacy.noise < 0:
+            raise ValueError("fuse-dp-noise must be at least 0 (0 = off)")
+        if self.fuse_privacy.clip <= 0:
+            raise ValueError("fuse-dp-clip must be positive")
+        if not 0 < self.fuse_privacy.delta < 1:
+            raise ValueError("fuse-dp-delta must lie in (0, 1)")
+        if self.privacy.enabled and self.rounds.block_rounds > 0:
+            raise ValueError(
+                "block-dp-epsilon needs block-rounds = 0: block FedAvg rounds train without DP-SGD "
+                "and would spend privacy the blocks' epsilon does not account for"
+            )
+
+    def block_privacy(self) -> PrivacyConfig | None:
+        """DP-SGD for block training, or None without it."""
+        return self.privacy if self.privacy.enabled else None
+
+    def run_id(self) -> str:
+        """Stable id of this configuration (binds packages to the run)."""
+        if self.coordinator.run_name:
+            return self.coordinator.run_name
+        digest = hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()
+        return f"run-{digest[:12]}"
+
+
+def flat_fields() -> dict[str, tuple[Section, str, type]]:
+    """Every flat key but ``seed``: its section, field name and Python type."""
+    known = {}
+    for section in SECTIONS:
+        hints = typing.get_type_hints(section.kind)
+        for f in section.keyed_fields():
+            known[section.key(f.name)] = (section, f.name, hints[f.name])
+    return known
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every flat run-config key with its default."""
+    return RunConfig().to_flat()
+
+
+def key_help(key: str) -> str:
+    """The docstring of a key's field (empty when it has none)."""
+    if key == "seed":
+        return "Seed of splits, initialisation and training."
+    section, name, _ = flat_fields()[key]
+    return _field_docs(section.kind).get(name, "")
+
+
+def _field_docs(kind: type) -> dict[str, str]:
+    """Field docstrings (the string literal right after a field) of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(kind)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for previous, node in itertools.pairwise(body):
+        if (
+            isinstance(previous, ast.AnnAssign)
+            and isinstance(previous.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[previous.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def _convert(key: str, value: Any, kind: type) -> Any:
+    """A flat value as the field's type; bools accept true/false/1/0/yes/no."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"run config key {key!r}: cannot read {value!r} as true/false")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"run config key {key!r}: cannot read {value!r} as {kind.__name__}") from error
+
+
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def app_config_toml() -> str:
+    """The Flower app's ``[tool.flwr.app.config]`` table: every key with its default, commented."""
+    lines = ["[tool.flwr.app.config]"]
+    for key, value in flat_defaults().items():
+        text = key_help(key)
+        if text:
+            lines.append(f"# {text}")
+        lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""The bundled cohorts as runs use them: each data set's default modalities and preprocessing,
+and one loader for the centralized pipeline, simulated federations and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedlego.common.data.bundled import load_dataset
+from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.synthetic import default_synthetic_modalities
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """A bundled data set's default modalities (None: all it has) and preprocessing options."""
+
+    modalities: tuple[str, ...] | None
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+PRESETS = {
+    "tcga-acc": DatasetPreset(("clinical", "rna", "mirna", "cnv")),
+    "pbc": DatasetPreset(("baseline", "labs"), {"labs": {"log_transform": True}}),
+    "synthetic": DatasetPreset(None),
+}
+
+
+def preset(name: str) -> DatasetPreset:
+    """The preset of a bundled data set, with a clear error for an unknown name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def load_cohort(
+    name: str,
+    modalities: list[str] | None = None,
+    task: str = "survival",
+    synthetic_patients: int = 300,
+    synthetic_modalities: int = 3,
+    seed: int = 0,
+) -> MultimodalDataset:
+    """A bundled data set restricted to ``modalities`` (default: the preset's, else all it has).
+    ``task`` is PBC's outcome; the synthetic cohort is drawn with ``seed``."""
+    chosen = preset(name)
+    if name == "synthetic":
+        dataset = load_dataset(
+            "synthetic",
+            n_patients=synthetic_patients,
+            modalities=default_synthetic_modalities(synthetic_modalities),
+            seed=seed,
+        )
+    elif name == "pbc":
+        dataset = load_dataset("pbc", task=task)
+    else:
+        dataset = load_dataset(name)
+    names = list(modalities or chosen.modalities or sorted(dataset.modalities))
+    missing = [m for m in names if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"dataset {name!r} has no modalities {missing}; it has {sorted(dataset.modalities)}")
+    return dataset.subset(dataset.patient_ids(), names)

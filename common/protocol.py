@@ -1,0 +1,343 @@
+"""The site-coordinator protocol: message types, one typed request and reply per phase, and the
+plain payloads they travel as (``fedlego.messages`` maps payloads to Flower records).
+
+Every request and reply carries ``PROTOCOL_VERSION``; a party that receives another version
+refuses the message with a :class:`ProtocolError` saying which versions differ. Everything a site
+needs for a phase travels in the request (task, architecture, training settings): a site's own run
+config only says where its data are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import torch
+
+from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedlego.common.tasks import Task, task_from_dict
+
+PROTOCOL_VERSION = 1
+VERSION_KEY = "protocol"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol (version, missing or malformed field)."""
+
+
+class MessageType(StrEnum):
+    """Flower message types of the phases (``category.action``)."""
+
+    DESCRIBE = "query.describe"
+    BLOCK = "train.block"
+    BLOCK_ROUND = "train.blockround"
+    FUSE_ROUND = "train.fuse"
+    EVALUATE = "evaluate.models"
+
+    @property
+    def action(self) -> str:
+        """The ClientApp handler name (``@app.train(action)``)."""
+        return self.value.split(".", 1)[1]
+
+
+@dataclass
+class Payload:
+    """One message's content: plain values, optional tensors and metrics."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, torch.Tensor] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def payload_bytes(payload: Payload) -> int:
+    """Size of a payload's content: bytes and strings by length, numbers 8 bytes, tensors by size."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, bytes | str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(size(v) for v in value)
+        return 8
+
+    total = sum(len(k) + size(v) for k, v in payload.config.items())
+    total += sum(len(k) + 8 for k in payload.metrics)
+    if payload.arrays:
+        total += sum(len(k) + t.numel() * t.element_size() for k, t in payload.arrays.items())
+    return total
+
+
+def _versioned(config: dict[str, Any]) -> dict[str, Any]:
+    return {VERSION_KEY: PROTOCOL_VERSION, **config}
+
+
+def _field(payload: Payload, key: str, what: str) -> Any:
+    """A config entry of a payload after checking its protocol version."""
+    version = payload.config.get(VERSION_KEY)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"{what}: protocol version {version!r}, this fedlego speaks {PROTOCOL_VERSION}: "
+            "the coordinator and every site must run compatible fedlego versions"
+        )
+    if key not in payload.config:
+        raise ProtocolError(f"{what}: field {key!r} missing")
+    return payload.config[key]
+
+
+def _json(payload: Payload, key: str, what: str) -> Any:
+    try:
+        return json.loads(_field(payload, key, what))
+    except (TypeError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"{what}: field {key!r} is not valid JSON ({error})") from error
+
+
+def _task(payload: Payload, what: str) -> Task:
+    try:
+        return task_from_dict(_json(payload, "task", what))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"{what}: field 'task' is not a task ({error})") from error
+
+
+def _config(kind: type, payload: Payload, key: str, what: str) -> Any:
+    try:
+        return kind(**_json(payload, key, what))
+    except TypeError as error:
+        raise ProtocolError(f"{what}: field {key!r} is not a {kind.__name__} ({error})") from error
+
+
+@dataclass
+class SiteDescription:
+    """What a site holds, in counts only (never patient data or ids); for survival also the
+    quantiles of its own training event times, from which the coordinator fixes common bins."""
+
+    site: str
+    task: str
+    n_classes: int
+    modalities: list[str]
+    kinds: list[str]
+    n_train: list[int]
+    n_validation: list[int]
+    n_test: list[int]
+    n_train_events: int | None = None
+    cut_points: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The description as JSON-ready values (absent survival fields left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SiteDescription:
+        """Inverse of ``to_dict``."""
+        return cls(**values)
+
+
+@dataclass
+class DescribeRequest:
+    """Phase describe: tell what you hold."""
+
+    message_type: ClassVar[MessageType] = MessageType.DESCRIBE
+
+    def to_payload(self) -> Payload:
+        return Payload(config=_versioned({}))
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> DescribeRequest:
+        _field(payload, VERSION_KEY, "describe request")
+        return cls()
+
+
+@dataclass
+class DescribeReply:
+    """A site's description."""
+
+    description: SiteDescription
+
+    def to_payload(self) -> Payload:
+        return Payload(config=_versioned({"description": json.dumps(self.description.to_dict())}))
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> DescribeReply:
+        values = _json(payload, "description", "describe reply")
+        try:
+            return cls(SiteDescription.from_dict(values))
+        except TypeError as error:
+            raise ProtocolError(f"describe reply: malformed description ({error})") from error
+
+
+@dataclass
+class BlockRequest:
+    """Phase block: train one block per held modality with these settings."""
+
+    message_type: ClassVar[MessageType] = MessageType.BLOCK
+    run_id: str
+    task: Task
+    model: ModelConfig
+    training: TrainConfig
+    preprocessing: dict[str, dict[str, Any]]
+    privacy: PrivacyConfig | None = None
+
+    def to_payload(self) -> Payload:
+        return Payload(
+            config=_versioned(
+                {
+                    "task": json.dumps(self.task.to_dict()),
+                    "run-id": self.run_id,
+                    "model": json.dumps(asdict(self.model)),
+                    "training": json.dumps(asdict(self.training)),
+                    "preprocessing": json.dumps(self.preprocessing),
+                    "privacy": json.dumps(asdict(self.privacy) if self.privacy is not None else None),
+                }
+            )
+        )
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> BlockRequest:
+        what = "block request"
+        privacy = _json(payload, "privacy", what)
+        return cls(
+            run_id=str(_field(payload, "run-id", what)),
+            task=_task(payload, what),
+            model=_config(ModelConfig, payload, "model", what),
+            training=_config(TrainConfig, payload, "training", what),
+            preprocessing=_json(payload, "preprocessing", what),
+            privacy=None if privacy is None else _config(PrivacyConfig, payload, "privacy", what),
+        )
+
+
+@dataclass
+class BlockReply:
+    """A site's block packages (serialised ``BlockPackage`` bytes), one per modality."""
+
+    packages: dict[str, bytes]
+
+    def to_payload(self) -> Payload:
+        return Payload(
+            config=_versioned({"modalities": list(self.packages), "packages": list(self.packages.values())})
+        )
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> BlockReply:
+        modalities = _field(payload, "modalities", "block reply")
+        packages = _field(payload, "packages", "block reply")
+        if not isinstance(modalities, list) or not isinstance(packages, list) or len(modalities) != len(packages):
+            raise ProtocolError("block reply: 'modalities' and 'packages' must be lists of the same length")
+        if not all(isinstance(m, str) for m in modalities) or not all(isinstance(p, bytes) for p in packages):
+            raise ProtocolError("block reply: modalities must be text and packages bytes")
+        return cls(dict(zip(modalities, packages, strict=True)))
+
+
+@dataclass
+class RoundRequest:
+    """One federated round on a block (``BLOCK_ROUND``: ``package`` is the block) or on the fused
+    model (``FUSE_ROUND``: ``package`` is the fused model, sent in the first round only, and
+    ``state`` its fusion parameters). ``training.epochs`` 0: evaluate only."""
+
+    message_type: MessageType
+    run_id: str
+    round: int
+    task: Task
+    training: TrainConfig
+    proximal_mu: float = 0.0
+    package: bytes | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def to_payload(self) -> Payload:
+        config: dict[str, Any] = {
+            "run-id": self.run_id,
+            "round": self.round,
+            "task": json.dumps(self.task.to_dict()),
+            "training": json.dumps(asdict(self.training)),
+            "proximal-mu": self.proximal_mu,
+        }
+        if self.package is not None:
+            config["package"] = self.package
+        return Payload(config=_versioned(config), arrays=None if self.state is None else dict(self.state))
+
+    @classmethod
+    def from_payload(cls, payload: Payload, message_type: MessageType) -> RoundRequest:
+        what = f"{message_type.action} round request"
+        package = payload.config.get("package")
+        if package is not None and not isinstance(package, bytes):
+            raise ProtocolError(f"{what}: field 'package' must be bytes")
+        try:
+            mu = float(_field(payload, "proximal-mu", what))
+            index = int(_field(payload, "round", what))
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(f"{what}: 'round' and 'proximal-mu' must be numbers") from error
+        return cls(
+            message_type=message_type,
+            run_id=str(_field(payload, "run-id", what)),
+            round=index,
+            task=_task(payload, what),
+            training=_config(TrainConfig, payload, "training", what),
+            proximal_mu=mu,
+            package=package,
+            state=payload.arrays,
+        )
+
+
+@dataclass
+class RoundReply:
+    """A site's answer to a round: new weights, its training patients, and the validation loss
+    of the model as received (before local training)."""
+
+    state: dict[str, torch.Tensor]
+    n_train: int
+    validation_loss_before: float
+
+    def to_payload(self) -> Payload:
+        metrics = {"num-examples": float(self.n_train), "validation-loss-before": self.validation_loss_before}
+        return Payload(config=_versioned({}), arrays=self.state, metrics=metrics)
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> RoundReply:
+        _field(payload, VERSION_KEY, "round reply")
+        if payload.arrays is None or not {"num-examples", "validation-loss-before"} <= set(payload.metrics):
+            raise ProtocolError("round reply: needs arrays and the metrics num-examples, validation-loss-before")
+        return cls(payload.arrays, int(payload.metrics["num-examples"]), payload.metrics["validation-loss-before"])
+
+
+@dataclass
+class EvaluateRequest:
+    """Phase evaluate: evaluate this model package (and its blocks) on your test patients."""
+
+    message_type: ClassVar[MessageType] = MessageType.EVALUATE
+    model: bytes
+
+    def to_payload(self) -> Payload:
+        return Payload(config=_versioned({"model": self.model}))
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> EvaluateRequest:
+        model = _field(payload, "model", "evaluate request")
+        if not isinstance(model, bytes):
+            raise ProtocolError("evaluate request: field 'model' must be bytes")
+        return cls(model)
+
+
+@dataclass
+class EvaluateReply:
+    """Per model name: the site's metric and number of test patients."""
+
+    results: dict[str, dict[str, float]]
+
+    def to_payload(self) -> Payload:
+        return Payload(config=_versioned({"results": json.dumps(self.results)}))
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> EvaluateReply:
+        results = _json(payload, "results", "evaluate reply")
+        if not isinstance(results, dict):
+            raise ProtocolError("evaluate reply: 'results' must be an object")
+        return cls(results)
+
+
+REPLY_TYPES: dict[MessageType, Any] = {
+    MessageType.DESCRIBE: DescribeReply,
+    MessageType.BLOCK: BlockReply,
+    MessageType.BLOCK_ROUND: RoundReply,
+    MessageType.FUSE_ROUND: RoundReply,
+    MessageType.EVALUATE: EvaluateReply,
+}
+"""The reply type of each message type."""

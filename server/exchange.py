@@ -1,0 +1,83 @@
+"""One phase's message exchange: send each site its request over the transport, decode the typed
+replies, count the bytes both ways, record failures and insist on a minimum of answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedlego.common.protocol import REPLY_TYPES, ProtocolError
+from fedlego.server.results import Failure, RunResults, Traffic
+from fedlego.server.transport import Transport
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on (too few sites answered, nothing to merge...)."""
+
+
+class PhaseExchange:
+    """Exchanges for one run; sites are named by ``site_names`` (node id -> site), else ``node-<id>``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        results: Callable[[], RunResults],
+        audit: Callable[..., None],
+        log: Callable[[str], None],
+        timeout: float,
+        min_responses: int,
+    ) -> None:
+        self.transport = transport
+        self.results = results
+        self.audit = audit
+        self.log = log
+        self.timeout = timeout
+        self.min_responses = min_responses
+        self.site_names: dict[int, str] = {}
+
+    def site(self, node: int) -> str:
+        """The name a node's site gave (``node-<id>`` before it described itself)."""
+        return self.site_names.get(node, f"node-{node}")
+
+    def __call__(self, phase: str, requests: Mapping[int, Any], minimum: int | None = None) -> dict[int, Any]:
+        """Send every node its typed request (all of one message type) and return the typed
+        replies of the nodes that answered; raises FederationError below the minimum."""
+        results = self.results()
+        record = results.phase(phase)
+        message_types = {r.message_type for r in requests.values()}
+        if len(message_types) > 1:
+            raise ValueError(f"phase {phase}: one message type per exchange, got {sorted(message_types)}")
+        answered: dict[int, Any] = {}
+        if requests:
+            message_type = message_types.pop()
+            start = time.perf_counter()
+            replies = self.transport.exchange(
+                message_type.value, {n: r.to_payload() for n, r in requests.items()}, self.timeout
+            )
+            record.seconds += time.perf_counter() - start
+            for node, reply in replies.items():
+                traffic = record.bytes.setdefault(self.site(node), Traffic())
+                traffic.sent += reply.bytes_sent
+                traffic.received += reply.bytes_received
+                error = reply.error
+                if error is None and reply.payload is not None:
+                    try:
+                        answered[node] = REPLY_TYPES[message_type].from_payload(reply.payload)
+                    except ProtocolError as problem:
+                        error = f"ProtocolError: {problem}"
+                if error is not None:
+                    self._failed(results, node, phase, error)
+        needed = min(minimum if minimum is not None else self.min_responses, len(requests))
+        self.log(f"  {phase}: {len(answered)}/{len(requests)} sites answered")
+        if len(answered) < needed:
+            raise FederationError(
+                f"phase {phase}: only {len(answered)} of {len(requests)} sites answered, {needed} needed"
+            )
+        return answered
+
+    def _failed(self, results: RunResults, node: int, phase: str, reason: str) -> None:
+        site = self.site(node)
+        results.failures.append(Failure(site, phase, reason))
+        self.audit("site-failed", site=site, phase=phase, reason=reason.splitlines()[0])
+        self.log(f"  {phase}: {site} failed: {reason.splitlines()[0]}")

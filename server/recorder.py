@@ -1,0 +1,131 @@
+"""What the coordinator keeps on disk for a run: the audit log, the checkpoint it resumes from,
+the package files, results.json and the report. Without an output folder it keeps nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedlego.server.audit import AuditLog
+from fedlego.server.checkpoint import Checkpoint
+from fedlego.server.report import write_report
+from fedlego.server.results import RESULTS_NAME, RunResults
+
+
+class RecordError(RuntimeError):
+    """The run folder cannot be used (a broken audit log or checkpoint, another run's checkpoint)."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the phases finished and the progress inside the current one."""
+
+    completed: list[str] = field(default_factory=list)
+    inside: dict[str, Any] = field(default_factory=dict)
+
+
+class RunRecorder:
+    """The run folder ``out_dir`` (None: record nothing but keep results in memory)."""
+
+    def __init__(self, out_dir: Path | None, results: RunResults, log: Callable[[str], None] = print) -> None:
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.results = results
+        self.log = log
+        self.progress = Progress()
+        self.audit_log: AuditLog | None = None
+        self.checkpoint = Checkpoint(self.out_dir / "checkpoint") if self.out_dir else None
+
+    def open(self, settings: dict[str, Any]) -> None:
+        """Open the audit log and, when the folder holds a checkpoint of this run, resume it
+        (``results`` and ``progress`` are then the checkpoint's)."""
+        if self.out_dir is None:
+            return
+        try:
+            self.audit_log = AuditLog(self.out_dir / "audit.jsonl")
+            state = self.checkpoint.load() if self.checkpoint else None
+        except ValueError as error:
+            raise RecordError(str(error)) from error
+        if state is None:
+            self.audit("run-started", settings=settings)
+            return
+        run_id = self.results.run_id
+        if state.get("run_id") != run_id:
+            raise RecordError(
+                f"{self.out_dir} holds a checkpoint of run {state.get('run_id')!r}, not {run_id!r}: "
+                "resume with the same settings or use another output folder"
+            )
+        self.progress = Progress(list(state["completed"]), dict(state.get("progress", {})))
+        self.results = RunResults.from_dict(state["results"])
+        self.results.resumed = (self.results.resumed or 0) + 1
+        self.log(f"resuming run {run_id}: finished phases {self.progress.completed}")
+        self.audit("run-resumed", completed=self.progress.completed)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Append an audit entry (and keep its head in the results)."""
+        if self.audit_log is not None:
+            self.results.audit_head = self.audit_log.append(event, run_id=self.results.run_id, **fields)
+
+    def done(self, phase: str) -> bool:
+        """Whether a phase finished in this run or before a resume."""
+        return phase in self.progress.completed
+
+    def save_progress(self, phase: str | None = None) -> None:
+        """Record a finished phase (and the progress inside the current one), before going on."""
+        if phase is not None and phase not in self.progress.completed:
+            self.progress.completed.append(phase)
+        if self.checkpoint is not None:
+            self.checkpoint.save(
+                {
+                    "run_id": self.results.run_id,
+                    "completed": self.progress.completed,
+                    "progress": self.progress.inside,
+                    "results": self.results.to_dict(),
+                }
+            )
+            self.write_results()
+
+    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Checkpoint a state dict (fuse rounds)."""
+        if self.checkpoint is not None:
+            self.checkpoint.save_tensors(name, tensors)
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A checkpointed state dict."""
+        if self.checkpoint is None:
+            raise RecordError("no checkpoint folder")
+        return self.checkpoint.load_tensors(name)
+
+    def save_package(self, name: str, data: bytes) -> None:
+        """Write ``packages/<name>``."""
+        if self.out_dir is None:
+            return
+        path = self.out_dir / "packages" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def package(self, name: str) -> bytes | None:
+        """A package file written by this run (or before a resume), None when absent."""
+        if self.out_dir is None:
+            return None
+        path = self.out_dir / "packages" / name
+        return path.read_bytes() if path.exists() else None
+
+    def write_results(self) -> None:
+        """Write results.json."""
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / RESULTS_NAME).write_text(self.results.to_json())
+
+    def write_report(self) -> None:
+        """``report.html`` rendered from results.json as written; a failure is logged, never raised."""
+        if self.out_dir is None:
+            return
+        try:
+            write_report(RunResults.read(self.out_dir / RESULTS_NAME), self.out_dir)
+        except Exception as error:  # the report is a view of results.json, which is already safe on disk
+            self.log(f"report not written: {type(error).__name__}: {error}")

@@ -1,0 +1,215 @@
+"""The results of one federated run as a typed object, written as ``results.json`` and read back
+by the report, the command line and the benchmarks (``RunResults.from_json``)."""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RESULTS_NAME = "results.json"
+
+
+@dataclass
+class Traffic:
+    """Payload bytes sent to and received from one site in one phase."""
+
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass
+class PhaseRecord:
+    """Wall time of a phase and its traffic per site."""
+
+    seconds: float = 0.0
+    bytes: dict[str, Traffic] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    """A site that failed or did not answer in a phase, and why."""
+
+    site: str
+    phase: str
+    reason: str
+
+
+@dataclass
+class Refusal:
+    """A package left out of the merge, and why."""
+
+    site: str
+    modality: str
+    reason: str
+
+
+@dataclass
+class SiteMetric:
+    """A model's metric on one site's test patients."""
+
+    metric: float
+    n: int
+
+
+@dataclass
+class ModelMetrics:
+    """A model's metric per site and the sample-weighted mean over sites."""
+
+    per_site: dict[str, SiteMetric] = field(default_factory=dict)
+    weighted_mean: float = float("nan")
+    n: int = 0
+
+
+@dataclass
+class RoundsRecord:
+    """Federated rounds on one set of parameters: the sites' validation loss per round, the kept
+    round, who took part (``sites`` for a block, ``participants`` per round for fuse) and, for
+    fuse, the trainable and total parameter counts."""
+
+    validation_loss: list[float] = field(default_factory=list)
+    kept_round: int = 0
+    sites: list[str] | None = None
+    participants: list[list[str]] | None = None
+    trainable: int | None = None
+    total: int | None = None
+
+
+@dataclass
+class BlockPrivacy:
+    """The DP-SGD budget a merged block reports in its manifest."""
+
+    site: str
+    epsilon: float
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    clip: float | None = None
+
+
+@dataclass
+class FusePrivacy:
+    """Central DP of the fuse rounds: the rounds' sample rates, clipped updates and spent budget."""
+
+    sample_rates: list[float] = field(default_factory=list)
+    clipped_updates: list[int] = field(default_factory=list)
+    epsilon: float = 0.0
+    delta: float = 0.0
+    noise_multiplier: float = 0.0
+    clip: float = 0.0
+    rounds: int = 0
+
+
+@dataclass
+class PrivacyRecord:
+    """The privacy budget of the run (blocks trained with DP-SGD, DP-FedAvg fuse rounds)."""
+
+    blocks: dict[str, BlockPrivacy] | None = None
+    fuse: FusePrivacy | None = None
+
+
+@dataclass
+class Signatures:
+    """Whether sites had to sign their packages and whether the coordinator signed its models."""
+
+    required: bool = False
+    models_signed: bool = False
+
+
+@dataclass
+class RunResults:
+    """Everything a federated run reports. ``metrics[phase][model]``; ``phases[phase]``;
+    ``rounds["block:<modality>"]`` and ``rounds["fuse"]``."""
+
+    run_id: str
+    config: dict[str, Any]
+    kind: str = "federated"
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    phases: dict[str, PhaseRecord] = field(default_factory=dict)
+    metrics: dict[str, dict[str, ModelMetrics]] = field(default_factory=dict)
+    rounds: dict[str, RoundsRecord] = field(default_factory=dict)
+    signatures: Signatures | None = None
+    task: dict[str, Any] | None = None
+    metric: str | None = None
+    audit_head: str | None = None
+    merged_modalities: list[str] | None = None
+    privacy: PrivacyRecord | None = None
+    status: str | None = None
+    error: str | None = None
+    resumed: int | None = None
+    wall_seconds: float | None = None
+    finished_at: str | None = None
+
+    def phase(self, name: str) -> PhaseRecord:
+        """The record of a phase, created on first use."""
+        return self.phases.setdefault(name, PhaseRecord())
+
+    def privacy_record(self) -> PrivacyRecord:
+        """The privacy record, created on first use."""
+        if self.privacy is None:
+            self.privacy = PrivacyRecord()
+        return self.privacy
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; fields that are None are left out."""
+        return _plain(self)
+
+    def to_json(self) -> str:
+        """The results.json text."""
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunResults:
+        """Inverse of ``to_dict`` (missing optional fields are None)."""
+        return _typed(cls, values)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResults:
+        """Read a results.json text."""
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def read(cls, path: Path) -> RunResults:
+        """Read a results.json file (or the one in a run folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RESULTS_NAME
+        try:
+            return cls.from_json(path.read_text())
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            raise ValueError(f"{path}: not a fedlego results.json ({error})") from error
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if getattr(value, f.name) is not None}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` (plain JSON) as the annotated type ``kind``: dataclasses, dicts, lists, optionals."""
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _typed(options[0], value) if len(options) == 1 else value
+    if hasattr(kind, "__dataclass_fields__"):
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in fields(kind)}
+        return kind(**{k: _typed(hints[k], v) for k, v in value.items() if k in names})
+    if origin is dict:
+        _, item = typing.get_args(kind)
+        return {k: _typed(item, v) for k, v in value.items()}
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_typed(item, v) for v in value]
+    return value
