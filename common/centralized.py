@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyConfig, TrainConfig
+from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, dataset_splits
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
@@ -41,6 +41,28 @@ class CentralizedConfig:
     preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     privacy: PrivacyConfig | None = None
     """DP-SGD for block training (None: plain training); see ``common.privacy``."""
+
+    @classmethod
+    def from_run(
+        cls,
+        run: RunConfig,
+        modalities: list[str],
+        n_folds: int = 5,
+        preprocessing: dict[str, dict[str, Any]] | None = None,
+    ) -> CentralizedConfig:
+        """The centralized pipeline with a run configuration's sections (shared with federations)."""
+        return cls(
+            dataset=run.scenario.dataset,
+            modalities=modalities,
+            n_folds=n_folds,
+            seed=run.seed,
+            merge=run.merge,
+            model=run.model,
+            training=run.training,
+            fuse=run.fuse,
+            preprocessing=dict(preprocessing or {}),
+            privacy=run.block_privacy(),
+        )
 
 
 @dataclass

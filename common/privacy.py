@@ -34,12 +34,9 @@ losses sites report (used to pick the best round) are not privatised.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import warnings
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -56,25 +53,6 @@ from fedlego.common.config import PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import Task
 from fedlego.common.training import EarlyStopping, TrainReport, resolve_device
-
-
-def privacy_config_from_dict(state: Mapping[str, Any] | None) -> PrivacyConfig | None:
-    """A PrivacyConfig from its ``asdict`` form (None or a disabled config: None)."""
-    if not state:
-        return None
-    config = PrivacyConfig(**state)
-    config.validate()
-    return config if config.enabled else None
-
-
-def privacy_config_to_json(config: PrivacyConfig | None) -> str:
-    """For a message config entry: the config's fields, or ``null`` without DP."""
-    return json.dumps(asdict(config) if config is not None and config.enabled else None)
-
-
-def privacy_config_from_json(text: str | None) -> PrivacyConfig | None:
-    """Inverse of :func:`privacy_config_to_json` (an absent entry: no DP)."""
-    return privacy_config_from_dict(json.loads(text)) if text else None
 
 
 def default_delta(n: int) -> float:

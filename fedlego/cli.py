@@ -3,101 +3,65 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
-from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
+from fedlego.options import (
+    CENTRALIZED_DATA_KEYS,
+    CENTRALIZED_SECTIONS,
+    add_config_arguments,
+    add_scenario_arguments,
+    add_set_argument,
+    config_overrides,
+)
 from fedlego.server.report import REPORT_NAME
 
 # No telemetry or update checks in any process fedlego starts (Flower reads these at import).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-PRESETS: dict[str, dict] = {
-    "tcga-acc": {"modalities": ["clinical", "rna", "mirna", "cnv"], "preprocessing": {}},
-    "pbc": {"modalities": ["baseline", "labs"], "preprocessing": {"labs": {"log_transform": True}}},
-    "synthetic": {"modalities": None, "preprocessing": {}},
-}
-
-
 def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "centralized",
         help="train blocks, merge and fuse on one machine over patient-level folds",
         description="Centralized MM-Lego: one block per modality, then ensemble, LegoMerge and "
-        "LegoFuse, evaluated on the same patient-level folds. Writes OUT/results.json.",
+        "LegoFuse, evaluated on the same patient-level folds. Writes OUT/results.json. Every option "
+        "below is a run-config key shared with `fedlego simulate` (`fedlego config` lists them).",
     )
-    p.add_argument("--dataset", choices=sorted(PRESETS), default="tcga-acc")
-    p.add_argument("--modalities", nargs="+", help="modalities to use (default: the dataset's preset)")
-    p.add_argument("--task", choices=["survival", "binary"], default="survival", help="PBC only: outcome")
     p.add_argument("--folds", type=int, default=5, help="random sub-sampling folds (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=50, help="maximum block training epochs")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (validation loss)")
-    p.add_argument("--latent-merge", default="harmonic", help="harmonic, mean or sum")
-    p.add_argument("--head-merge", default="slerp", help="slerp or linear")
-    p.add_argument("--weighting", default="uniform", help="uniform, samples or validation")
-    p.add_argument("--fuse-mode", default="stack", choices=["stack", "weave"])
-    p.add_argument("--fuse-epochs", type=int, default=2)
-    p.add_argument("--spatial", action="store_true", help="ablation: spatial instead of frequency domain")
-    p.add_argument("--synthetic-patients", type=int, default=300)
-    p.add_argument("--synthetic-modalities", type=int, default=3)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    add_config_arguments(p, CENTRALIZED_SECTIONS, CENTRALIZED_DATA_KEYS)
+    p.add_argument("--spatial", dest="frequency", action="store_false", help="ablation: same as --no-frequency")
+    add_set_argument(p)
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
-    p.add_argument(
-        "--dp-epsilon", type=float, default=None, help="DP-SGD block training to this epsilon per block (default: off)"
-    )
-    p.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD per-patient gradient clipping norm")
-    p.add_argument("--dp-delta", type=float, default=None, help="DP delta (default: min(1e-5, 1/n to a power of ten))")
     p.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     p.set_defaults(handler=_centralized)
 
 
-def _load(args: argparse.Namespace):
-    from fedlego.common.data.bundled import load_dataset
-    from fedlego.common.data.synthetic import default_synthetic_modalities
-
-    if args.dataset == "pbc":
-        return load_dataset("pbc", task=args.task)
-    if args.dataset == "synthetic":
-        return load_dataset(
-            "synthetic",
-            n_patients=args.synthetic_patients,
-            modalities=default_synthetic_modalities(args.synthetic_modalities),
-            seed=args.seed,
-        )
-    return load_dataset(args.dataset)
+CENTRALIZED_WEIGHTING = "uniform"
+"""The centralized pipeline's merge weighting when none is given (see the README)."""
 
 
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
+    from fedlego.common.config import RunConfig
+    from fedlego.common.data.presets import load_cohort, preset
 
-    dataset = _load(args)
-    preset = PRESETS[args.dataset]
-    modalities = args.modalities or preset["modalities"] or sorted(dataset.modalities)
-    config = CentralizedConfig(
-        dataset=args.dataset,
-        modalities=modalities,
-        n_folds=args.folds,
-        seed=args.seed,
-        latent_merge=args.latent_merge,
-        head_merge=args.head_merge,
-        weighting=args.weighting,
-        model=ModelConfig(frequency=not args.spatial, seed=args.seed),
-        training=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device),
-        fuse=FuseConfig(mode=args.fuse_mode, epochs=args.fuse_epochs, seed=args.seed),
-        preprocessing=preset["preprocessing"],
-        privacy=(
-            PrivacyConfig(target_epsilon=args.dp_epsilon, max_grad_norm=args.dp_clip, delta=args.dp_delta)
-            if args.dp_epsilon
-            else None
-        ),
+    overrides = {"weighting": CENTRALIZED_WEIGHTING, **config_overrides(args)}
+    config = RunConfig.from_flat(overrides)
+    scenario = config.scenario
+    dataset = load_cohort(
+        scenario.dataset,
+        scenario.modality_list() or None,
+        task=scenario.task,
+        synthetic_patients=scenario.synthetic_patients,
+        synthetic_modalities=scenario.synthetic_modalities,
+        seed=config.seed,
     )
+    modalities = list(dataset.modalities)
+    central = CentralizedConfig.from_run(config, modalities, args.folds, preset(scenario.dataset).preprocessing)
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)
-    document = run_centralized(dataset, config, args.out, progress=args.progress)
+    document = run_centralized(dataset, central, args.out, progress=args.progress)
     title = (
         f"{dataset.name} ({document['dataset']['task']}), {args.folds} patient-level folds, "
         f"test on patients with all of {modalities}"
@@ -113,56 +77,57 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         help="run the federation on Flower's simulation engine with sites built from a scenario",
         description="Simulated federation: describe, block (+ FedAvg per shared modality), merge, evaluate, "
         "federated LegoFuse rounds, evaluate. One simulated site per scenario site. Writes OUT/results.json "
-        "and OUT/packages/.",
+        "and OUT/packages/. Any run-config key can be set with --set KEY=VALUE (`fedlego config` lists them).",
     )
     add_scenario_arguments(p)
-    p.add_argument("--block-rounds", type=int, default=2, help="FedAvg rounds per modality held by several sites")
-    p.add_argument("--fuse-rounds", type=int, default=2)
-    p.add_argument("--fuse-aggregation", choices=["fedavg", "fedprox"], default="fedavg")
+    add_config_arguments(p, keys=("block-rounds", "fuse-rounds", "fuse-aggregation"), seed=False)
     p.add_argument("--gpu-fraction", type=float, default=0.0, help="GPU share per simulated site (CUDA machines)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other run-config key (see fedlego/flwr_app/pyproject.toml), repeatable",
-    )
+    add_set_argument(p)
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT instead of a new run")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedlego.common.federation import FederationSettings, scenario_dataset, simulated_scenario
-    from fedlego.server.checks import format_federation_table
+    from fedlego.client.simulated import scenario_cohort, simulated_scenario
+    from fedlego.common.config import RunConfig
+    from fedlego.console import federation_table, phase_times
     from fedlego.simulation import run_simulation
 
-    overrides = {
-        **scenario_overrides(args),
-        "block-rounds": args.block_rounds,
-        "fuse-rounds": args.fuse_rounds,
-        "fuse-aggregation": args.fuse_aggregation,
-        **set_overrides(args.set),
-    }
-    settings = FederationSettings.from_run_config(overrides)
-    if settings.extra:
-        raise ValueError(f"unknown run-config keys {sorted(settings.extra)}")
-    scenario = simulated_scenario(settings, scenario_dataset(settings))
+    overrides = config_overrides(args)
+    config = RunConfig.from_flat(overrides)
+    scenario = simulated_scenario(config, scenario_cohort(config))
     print(
-        f"fedlego simulate: {args.scenario}, {len(scenario.sites)} sites "
+        f"fedlego simulate: {config.scenario.dataset}, {len(scenario.sites)} sites "
         f"({', '.join(s.name + ':' + '+'.join(s.modalities) for s in scenario.sites)})",
         flush=True,
     )
     results = run_simulation(
         overrides, len(scenario.sites), args.out, gpu_fraction=args.gpu_fraction, resume=args.resume
     )
-    print(format_federation_table(results))
-    phases = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in results["phases"].items())
-    print(f"status {results['status']}; wall time {results['wall_seconds']:.1f} s ({phases})")
+    print(federation_table(results))
+    print(f"status {results.status}; wall time {results.wall_seconds or 0.0:.1f} s ({phase_times(results)})")
     print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
     if (args.out / REPORT_NAME).exists():
         print(f"report in {args.out / REPORT_NAME}")
-    return 0 if results["status"] == "completed" else 1
+    return 0 if results.status == "completed" else 1
+
+
+def _add_config(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "config",
+        help="print every run-config key with its default (the Flower app's [tool.flwr.app.config])",
+        description="Every run-config key with its default and meaning, as TOML. The same keys are the options "
+        "of `fedlego centralized`, `--set KEY=VALUE` of `fedlego simulate` and `fedlego run`.",
+    )
+    p.set_defaults(handler=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from fedlego.common.config import app_config_toml
+
+    print(app_config_toml(), end="")
+    return 0
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
@@ -238,7 +203,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
     head = None
     if args.results is not None:
-        head = json.loads(args.results.read_text()).get("audit_head")
+        from fedlego.server.results import RunResults
+
+        head = RunResults.read(args.results).audit_head
     report = verify_log(args.log, head)
     if report.ok:
         print(f"{args.log}: {report.entries} entries, chain intact, head {report.head}")
@@ -261,8 +228,9 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from fedlego.server.report import write_report
+    from fedlego.server.results import RunResults
 
-    path = write_report(json.loads(args.results.read_text()), args.out or args.results.parent)
+    path = write_report(RunResults.read(args.results), args.out or args.results.parent)
     print(f"report in {path}")
     return 0
 
@@ -273,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
     _add_simulate(subparsers)
+    _add_config(subparsers)
     _add_predict(subparsers)
     _add_audit(subparsers)
     _add_report(subparsers)

@@ -1,44 +1,89 @@
-"""Command-line options shared by ``fedlego simulate`` and ``fedlego export-sites``: how a
-bundled or synthetic cohort is cut into sites, and ``--set KEY=VALUE`` run-config overrides."""
+"""Command-line options generated from the run configuration (``fedlego.common.config``): one
+``--KEY`` option per flat run-config key of the sections a command uses, and ``--set KEY=VALUE``
+for any key. An option left out keeps the configuration's default, so every command shares them."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-SCENARIO_DATASETS = ("pbc", "synthetic", "tcga-acc")
-_SCENARIO_OPTIONS = (
-    "task", "layout", "sites_per_modality", "paired_sites", "paired_fraction", "overlap", "missing_rate",
-    "imbalance", "synthetic_patients", "synthetic_modalities", "seed", "fold",
-)  # fmt: skip
+from fedlego.common.config import CHOICES, flat_defaults, flat_fields, key_help
+
+SCENARIO_SECTIONS = ("scenario",)
+"""What ``fedlego simulate`` and ``fedlego export-sites`` need to cut a cohort into sites."""
+CENTRALIZED_SECTIONS = ("model", "training", "merge", "fuse", "privacy")
+"""The sections the centralized pipeline uses (besides the data set)."""
+CENTRALIZED_DATA_KEYS = ("dataset", "task", "modalities", "synthetic-patients", "synthetic-modalities")
+ALIASES = {
+    "block-epochs": ("--epochs",),
+    "block-dp-epsilon": ("--dp-epsilon",),
+    "block-dp-clip": ("--dp-clip",),
+    "block-dp-delta": ("--dp-delta",),
+}
+"""Older option names kept working."""
+
+
+def _add_key(group: argparse._ActionsContainer, key: str, extra_names: Sequence[str] = ()) -> None:
+    _, _, kind = flat_fields()[key] if key != "seed" else (None, None, int)
+    default = flat_defaults()[key]
+    text = key_help(key)
+    names = [f"--{key}", *extra_names, *ALIASES.get(key, ())]
+    common: dict[str, Any] = {"dest": key, "default": None, "help": f"{text} (default: {default})".strip()}
+    if kind is bool:
+        group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+    elif key == "modalities":
+        group.add_argument(*names, nargs="+", metavar="MODALITY", **common)
+    else:
+        group.add_argument(*names, type=kind, choices=CHOICES.get(key), **common)
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    sections: Iterable[str] = (),
+    keys: Iterable[str] = (),
+    names: dict[str, Sequence[str]] | None = None,
+    seed: bool = True,
+) -> None:
+    """One option per key of the given sections and per extra key, plus ``--seed`` unless
+    ``seed`` is False; ``names`` gives a key more option names (``{"dataset": ["--scenario"]}``)."""
+    wanted = set(sections)
+    chosen = [k for k, (section, _, _) in flat_fields().items() if section.attribute in wanted]
+    chosen += [k for k in keys if k not in chosen]
+    group = parser.add_argument_group("run configuration (defaults as in `fedlego config`)")
+    for key in ["seed", *chosen] if seed else chosen:
+        _add_key(group, key, (names or {}).get(key, ()))
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE``, repeatable, for any run-config key."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config key (`fedlego config` lists them with their defaults), repeatable",
+    )
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options naming the dataset, the modalities and how patients are spread over sites."""
-    parser.add_argument("--scenario", choices=SCENARIO_DATASETS, default="tcga-acc", help="dataset the sites come from")
-    parser.add_argument("--modalities", help="comma-separated modalities (default: the dataset's preset)")
-    parser.add_argument("--task", choices=["survival", "binary"], default="survival", help="PBC only: outcome")
-    parser.add_argument("--layout", default="modality-sites", help="modality-sites (default) or pooled")
-    parser.add_argument("--sites-per-modality", type=int, default=1)
-    parser.add_argument("--paired-sites", type=int, default=1)
-    parser.add_argument("--paired-fraction", type=float, default=0.3)
-    parser.add_argument("--overlap", type=float, default=0.0, help="share of patients common to unimodal sites")
-    parser.add_argument("--missing-rate", type=float, default=0.0, help="paired-site patients lacking a modality")
-    parser.add_argument("--imbalance", type=float, default=0.0, help="skew of patient counts across unimodal sites")
-    parser.add_argument("--synthetic-patients", type=int, default=300)
-    parser.add_argument("--synthetic-modalities", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fold", type=int, default=0, help="which patient-level fold (same as centralized)")
+    """Options naming the data set (``--scenario``), its modalities and how patients are spread
+    over sites."""
+    add_config_arguments(parser, SCENARIO_SECTIONS, names={"dataset": ("--scenario",)})
 
 
-def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-config keys the scenario options set."""
-    overrides: dict[str, Any] = {"dataset": args.scenario}
-    overrides.update({name.replace("_", "-"): getattr(args, name) for name in _SCENARIO_OPTIONS})
-    if args.modalities:
-        overrides["modalities"] = args.modalities
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config keys given on the command line (options, then ``--set`` items)."""
+    known = set(flat_defaults())
+    overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    if isinstance(overrides.get("modalities"), list):
+        overrides["modalities"] = ",".join(overrides["modalities"])
+    overrides.update(set_overrides(getattr(args, "set", None) or []))
     return overrides
+
+
+scenario_overrides = config_overrides
+"""The run-config keys a scenario's options set (``fedlego export-sites``)."""
 
 
 def parse_value(text: str) -> Any:

@@ -1,8 +1,9 @@
-"""The run report: one self-contained ``report.html`` rendered from a federation's results.json.
+"""The run report: one self-contained ``report.html`` rendered from a federation's results.
 
-It reads the results document only (so ``fedlego report`` can re-render it offline) and embeds
-its figures as base64 PNG data URIs with inline CSS: no script, no external resource, one file a
-hospital can mail. Every string taken from the results (site names, reasons...) is escaped.
+It reads nothing but the run's ``RunResults`` (what results.json holds, so ``fedlego report`` can
+re-render it offline from ``RunResults.read``) and embeds its figures as base64 PNG data URIs with
+inline CSS: no script, no external resource, one file a hospital can mail. Every string taken from
+the results (site names, reasons...) is escaped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedlego.server.results import RunResults
+from fedlego.server.results import ModelMetrics, RoundsRecord, RunResults, Traffic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,14 +30,15 @@ HEADER_SETTINGS = (
     "task",
     "seed",
     "fold",
-    "block_rounds",
-    "fuse_rounds",
-    "fuse_mode",
-    "fuse_aggregation",
-    "latent_merge",
-    "head_merge",
+    "block-rounds",
+    "fuse-rounds",
+    "fuse-mode",
+    "fuse-aggregation",
+    "latent-merge",
+    "head-merge",
     "weighting",
 )
+"""The run-config keys (as ``results.config`` spells them) shown in the report's header."""
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -117,90 +119,87 @@ def _image(figure: Figure, alt: str) -> str:
 
 
 # -- reading the results ---------------------------------------------------------------------
-def _site_names(results: Mapping[str, Any]) -> list[str]:
+def _site_names(run: RunResults) -> list[str]:
     """Every site named anywhere in the results, described sites first, in order of appearance."""
-    names = list(results.get("sites", {}))
-    for phase in results.get("phases", {}).values():
-        names += list(phase.get("bytes", {}))
-    for models in results.get("metrics", {}).values():
+    names = list(run.sites)
+    for record in run.phases.values():
+        names += list(record.bytes)
+    for models in run.metrics.values():
         for entry in models.values():
-            names += list(entry.get("per_site", {}))
-    names += [f["site"] for f in results.get("failures", [])] + [r["site"] for r in results.get("refused", [])]
+            names += list(entry.per_site)
+    names += [f.site for f in run.failures] + [r.site for r in run.refused]
     return list(dict.fromkeys(str(name) for name in names))
 
 
-def _evaluated_sites(results: Mapping[str, Any]) -> list[str]:
+def _evaluated_sites(run: RunResults) -> list[str]:
     """The sites that returned at least one test metric, in the order of ``_site_names``."""
-    evaluated = {
-        site
-        for models in results.get("metrics", {}).values()
-        for e in models.values()
-        for site in e.get("per_site", {})
-    }
-    return [site for site in _site_names(results) if site in evaluated]
+    evaluated = {site for models in run.metrics.values() for entry in models.values() for site in entry.per_site}
+    return [site for site in _site_names(run) if site in evaluated]
 
 
-def _models(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    """Every evaluated model as (label, entry): merge, ensemble and fuse first, then the blocks."""
-    labelled: list[tuple[str, Mapping[str, Any]]] = []
-    for phase, models in results.get("metrics", {}).items():
+def _models(run: RunResults) -> list[tuple[str, ModelMetrics]]:
+    """Every evaluated model as (label, metrics): merge, ensemble and fuse first, then the blocks."""
+    labelled: list[tuple[str, ModelMetrics]] = []
+    for phase, models in run.metrics.items():
         for model, entry in models.items():
             label = model if model not in {name for name, _ in labelled} else f"{model} ({phase})"
             labelled.append((str(label), entry))
     return sorted(labelled, key=lambda item: item[0].startswith("block:"))
 
 
+def _metric_name(run: RunResults) -> str:
+    return run.metric if run.metric is not None else "metric"
+
+
 # -- sections --------------------------------------------------------------------------------
-def _header(results: Mapping[str, Any]) -> str:
-    config = results.get("config", {})
-    status = results.get("status", "interrupted")
+def _header(run: RunResults) -> str:
+    config = run.config
+    status = run.status if run.status is not None else "interrupted"
     rendered = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    task = (run.task or {}).get("kind", config.get("task", "?"))
     facts = [
-        ("run ended (UTC)", results.get("finished_at", "not recorded")),
+        ("run ended (UTC)", run.finished_at if run.finished_at is not None else "not recorded"),
         ("report rendered (UTC)", rendered),
-        (
-            "task / metric",
-            f"{results.get('task', {}).get('kind', config.get('task', '?'))} / {results.get('metric', '?')}",
-        ),
-        ("sites", ", ".join(results.get("sites", {})) or "none described"),
-        ("merged modalities", ", ".join(results.get("merged_modalities", [])) or "none"),
-        ("wall time", f"{_number(results.get('wall_seconds'), 1)} s"),
-        ("resumed", f"{results.get('resumed', 0)} time(s)"),
-        ("audit head", results.get("audit_head", "no audit log")),
+        ("task / metric", f"{task} / {run.metric if run.metric is not None else '?'}"),
+        ("sites", ", ".join(run.sites) or "none described"),
+        ("merged modalities", ", ".join(run.merged_modalities or []) or "none"),
+        ("wall time", f"{_number(run.wall_seconds, 1)} s"),
+        ("resumed", f"{run.resumed if run.resumed is not None else 0} time(s)"),
+        ("audit head", run.audit_head if run.audit_head is not None else "no audit log"),
     ]
-    signatures = results.get("signatures")
-    if signatures:
+    if run.signatures is not None:
+        signatures = run.signatures
         facts.append(
             (
                 "signatures",
-                f"packages {'required' if signatures.get('required') else 'not required'}, "
-                f"models {'signed' if signatures.get('models_signed') else 'not signed'}",
+                f"packages {'required' if signatures.required else 'not required'}, "
+                f"models {'signed' if signatures.models_signed else 'not signed'}",
             )
         )
     facts += [(f"setting {key}", config[key]) for key in HEADER_SETTINGS if key in config]
-    error = f'<p class="status-failed">error: {_e(results["error"])}</p>' if results.get("error") else ""
-    full = _table(["setting", "value"], [(k, v) for k, v in config.items() if k != "extra"])
+    error = f'<p class="status-failed">error: {_e(run.error)}</p>' if run.error else ""
+    full = _table(["setting", "value"], list(config.items()))
     return (
-        f"<h1>fedlego run report: {_e(results.get('run_id', 'unknown run'))}</h1>"
+        f"<h1>fedlego run report: {_e(run.run_id)}</h1>"
         f'<p class="status-{_e(status)}">status: {_e(status)}</p>{error}'
         + _table(["run", "value"], facts)
         + f"<details><summary>all settings</summary>{full}</details>"
     )
 
 
-def _sites_section(results: Mapping[str, Any]) -> str:
+def _sites_section(run: RunResults) -> str:
     def counts(values: Any) -> str:
         return ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
 
     rows = [
         (
             name,
-            ", ".join(d.get("modalities", [])),
-            counts(d.get("n_train", "")),
-            counts(d.get("n_validation", "")),
-            counts(d.get("n_test", "")),
+            ", ".join(site.get("modalities", [])),
+            counts(site.get("n_train", "")),
+            counts(site.get("n_validation", "")),
+            counts(site.get("n_test", "")),
         )
-        for name, d in results.get("sites", {}).items()
+        for name, site in run.sites.items()
     ]
     if not rows:
         return _section("Sites", _note("No site described itself."))
@@ -208,34 +207,36 @@ def _sites_section(results: Mapping[str, Any]) -> str:
     return _section("Sites", _table(headers, rows), _note("Patient counts are per modality, in the order listed."))
 
 
-def _metrics_section(results: Mapping[str, Any]) -> str:
-    metrics = results.get("metrics", {})
-    if not metrics:
+def _metrics_section(run: RunResults) -> str:
+    if not run.metrics:
         return _section("Metrics per phase and site", _note("No evaluation finished."))
-    sites = _evaluated_sites(results)
-    metric = results.get("metric", "metric")
+    sites = _evaluated_sites(run)
+    metric = _metric_name(run)
     rows = []
-    for phase, models in metrics.items():
+    for phase, models in run.metrics.items():
         for model, entry in models.items():
-            per_site = entry.get("per_site", {})
-            cells = [f"{_number(per_site[s]['metric'])} (n={per_site[s]['n']})" if s in per_site else "" for s in sites]
-            rows.append([phase, model, _number(entry.get("weighted_mean")), entry.get("n", ""), *cells])
+            per_site = entry.per_site
+            cells = [f"{_number(per_site[s].metric)} (n={per_site[s].n})" if s in per_site else "" for s in sites]
+            rows.append([phase, model, _number(entry.weighted_mean), entry.n, *cells])
     headers = ["phase", "model", f"{metric} (weighted mean)", "n", *sites]
     table = _table(headers, rows, numeric=range(2, len(headers)))
     return _section(
         "Metrics per phase and site",
         _note(f"Test {metric} of each model at each site on the patients it could evaluate (n)."),
         table,
-        _models_chart(results),
+        _models_chart(run),
     )
 
 
-def _models_chart(results: Mapping[str, Any]) -> str:
+def _models_chart(run: RunResults) -> str:
     """Grouped bars: each model (merge, ensemble, fuse, blocks) per evaluation population."""
-    models = _models(results)
-    groups = ["all sites (weighted)", *_evaluated_sites(results)]
+    models = _models(run)
+    groups = ["all sites (weighted)", *_evaluated_sites(run)]
     values = {
-        label: [entry.get("weighted_mean"), *(entry.get("per_site", {}).get(s, {}).get("metric") for s in groups[1:])]
+        label: [
+            entry.weighted_mean,
+            *(entry.per_site[s].metric if s in entry.per_site else None for s in groups[1:]),
+        ]
         for label, entry in models
     }
     if not any(_finite(v) for row in values.values() for v in row):
@@ -247,7 +248,7 @@ def _models_chart(results: Mapping[str, Any]) -> str:
         xs = [g + (index - (len(models) - 1) / 2) * width for g, v in enumerate(row) if _finite(v)]
         axes.bar(xs, [v for v in row if _finite(v)], width, label=_plain(label))
     axes.set_xticks(range(len(groups)), [_plain(g) for g in groups], rotation=15, ha="right")
-    axes.set_ylabel(_plain(results.get("metric", "metric")))
+    axes.set_ylabel(_plain(_metric_name(run)))
     finite = [v for row in values.values() for v in row if _finite(v)]
     if min(finite) >= 0 and max(finite) <= 1:
         axes.set_ylim(0, 1.05)
@@ -256,42 +257,42 @@ def _models_chart(results: Mapping[str, Any]) -> str:
     return _image(figure, "metric per model and site")
 
 
-def _rounds_section(results: Mapping[str, Any]) -> str:
-    rounds = results.get("rounds", {})
+def _round_sites(record: RoundsRecord) -> str:
+    """Who took part: per round for fuse, once for a block."""
+    if record.participants is not None:
+        return "; ".join(", ".join(p) for p in record.participants)
+    return ", ".join(record.sites or [])
+
+
+def _rounds_section(run: RunResults) -> str:
+    rounds = run.rounds
     fuse_note = (
         ""
         if "fuse" in rounds
         else _note(
-            f"No fuse rounds (fuse-rounds = {results.get('config', {}).get('fuse_rounds', '?')}, "
+            f"No fuse rounds (fuse-rounds = {run.config.get('fuse-rounds', '?')}, "
             "the phase was skipped for lack of paired data, or the run stopped before it)."
         )
     )
     if not rounds:
         return _section("Rounds", fuse_note)
     rows = [
-        (
-            name,
-            ", ".join(_number(v) for v in entry.get("validation_loss", [])),
-            entry.get("kept_round", ""),
-            "; ".join(", ".join(p) for p in entry["participants"])
-            if "participants" in entry
-            else ", ".join(entry.get("sites", [])),
-        )
-        for name, entry in rounds.items()
+        (name, ", ".join(_number(v) for v in record.validation_loss), record.kept_round, _round_sites(record))
+        for name, record in rounds.items()
     ]
     headers = ["rounds", "validation loss per round (0 = starting point)", "kept round", "sites (per round for fuse)"]
     table = _table(headers, rows)
     return _section("Rounds: FedAvg per shared modality and LegoFuse", fuse_note, _rounds_chart(rounds), table)
 
 
-def _rounds_chart(rounds: Mapping[str, Any]) -> str:
+def _rounds_chart(rounds: Mapping[str, RoundsRecord]) -> str:
     """Validation loss per round for each round series; the kept (best) round is starred."""
     figure = _figure(7.5, 3.8)
     axes = figure.subplots()
-    for name, entry in rounds.items():
-        losses = [v if _finite(v) else math.nan for v in entry.get("validation_loss", [])]
+    for name, record in rounds.items():
+        losses = [v if _finite(v) else math.nan for v in record.validation_loss]
         line = axes.plot(range(len(losses)), losses, marker="o", label=_plain(name), lw=2.5 if name == "fuse" else 1.2)
-        kept = entry.get("kept_round")
+        kept = record.kept_round
         if isinstance(kept, int) and 0 <= kept < len(losses) and _finite(losses[kept]):
             axes.plot([kept], [losses[kept]], marker="*", markersize=16, color=line[0].get_color(), ls="none")
     axes.set_xlabel("round (0 = before any training)")
@@ -302,24 +303,23 @@ def _rounds_chart(rounds: Mapping[str, Any]) -> str:
     return _image(figure, "validation loss per round")
 
 
-def _bytes_section(results: Mapping[str, Any]) -> str:
-    phases = results.get("phases", {})
-    totals: dict[str, list[int]] = {}
+def _bytes_section(run: RunResults) -> str:
+    totals: dict[str, Traffic] = {}
     rows = []
-    for phase, record in phases.items():
-        for site, traffic in record.get("bytes", {}).items():
-            total = totals.setdefault(site, [0, 0])
-            total[0] += traffic.get("sent", 0)
-            total[1] += traffic.get("received", 0)
-            rows.append((phase, site, _size(traffic.get("sent", 0)), _size(traffic.get("received", 0))))
+    for phase, record in run.phases.items():
+        for site, traffic in record.bytes.items():
+            total = totals.setdefault(site, Traffic())
+            total.sent += traffic.sent
+            total.received += traffic.received
+            rows.append((phase, site, _size(traffic.sent), _size(traffic.received)))
     if not totals:
         return _section("Bytes on the wire", _note("No message was exchanged."))
-    rows += [("all phases", site, _size(sent), _size(received)) for site, (sent, received) in totals.items()]
+    rows += [("all phases", site, _size(total.sent), _size(total.received)) for site, total in totals.items()]
     figure = _figure(7.5, 1.2 + 0.55 * len(totals))
     axes = figure.subplots()
     positions = range(len(totals))
-    axes.barh([p - 0.2 for p in positions], [t[0] / 1e6 for t in totals.values()], 0.4, label="sent to the site")
-    axes.barh([p + 0.2 for p in positions], [t[1] / 1e6 for t in totals.values()], 0.4, label="received from it")
+    axes.barh([p - 0.2 for p in positions], [t.sent / 1e6 for t in totals.values()], 0.4, label="sent to the site")
+    axes.barh([p + 0.2 for p in positions], [t.received / 1e6 for t in totals.values()], 0.4, label="received from it")
     axes.set_yticks(list(positions), [_plain(s) for s in totals])
     axes.invert_yaxis()
     axes.set_xlabel("MB (all phases)")
@@ -329,9 +329,9 @@ def _bytes_section(results: Mapping[str, Any]) -> str:
     return _section("Bytes on the wire", _image(figure, "bytes per site"), table)
 
 
-def _timing_section(results: Mapping[str, Any]) -> str:
-    phases = {name: record.get("seconds", 0.0) for name, record in results.get("phases", {}).items()}
-    wall = f"Wall time of the run: {_number(results.get('wall_seconds'), 1)} s."
+def _timing_section(run: RunResults) -> str:
+    phases = {name: record.seconds for name, record in run.phases.items()}
+    wall = f"Wall time of the run: {_number(run.wall_seconds, 1)} s."
     if not phases:
         return _section("Wall time per phase", _note(wall))
     figure = _figure(7.5, 1.2 + 0.4 * len(phases))
@@ -345,17 +345,15 @@ def _timing_section(results: Mapping[str, Any]) -> str:
     return _section("Wall time per phase", _note(wall), _image(figure, "seconds per phase"), table)
 
 
-def _problems_section(results: Mapping[str, Any]) -> str:
-    refused = results.get("refused", [])
-    failures = results.get("failures", [])
+def _problems_section(run: RunResults) -> str:
     refused_part = (
-        _table(["site", "modality", "reason"], [(r.get("site"), r.get("modality"), r.get("reason")) for r in refused])
-        if refused
+        _table(["site", "modality", "reason"], [(r.site, r.modality, r.reason) for r in run.refused])
+        if run.refused
         else _note("Refused packages: none.")
     )
     failed_part = (
-        _table(["site", "phase", "reason"], [(f.get("site"), f.get("phase"), f.get("reason")) for f in failures])
-        if failures
+        _table(["site", "phase", "reason"], [(f.site, f.phase, f.reason) for f in run.failures])
+        if run.failures
         else _note("Failed sites: none.")
     )
     return _section(
@@ -367,26 +365,16 @@ def _problems_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def _privacy_section(results: Mapping[str, Any]) -> str:
-    privacy = results.get("privacy", {})
-    if not privacy:
+def _privacy_section(run: RunResults) -> str:
+    privacy = run.privacy
+    if privacy is None or (privacy.blocks is None and privacy.fuse is None):
         return _section("Differential privacy", _note("DP off: no block and no fuse round was trained with DP."))
-    blocks = privacy.get("blocks", {})
-    fuse = privacy.get("fuse")
+    blocks = privacy.blocks or {}
+    fuse = privacy.fuse
     block_part = (
         _table(
             ["block", "site", "ε", "δ", "noise multiplier", "clip"],
-            [
-                (
-                    m,
-                    b.get("site"),
-                    _number(b.get("epsilon")),
-                    b.get("delta"),
-                    _number(b.get("noise_multiplier")),
-                    b.get("clip"),
-                )
-                for m, b in blocks.items()
-            ],
+            [(m, b.site, _number(b.epsilon), b.delta, _number(b.noise_multiplier), b.clip) for m, b in blocks.items()],
             numeric=(2, 3, 4, 5),
         )
         if blocks
@@ -398,16 +386,16 @@ def _privacy_section(results: Mapping[str, Any]) -> str:
             [
                 (
                     "central DP-FedAvg",
-                    _number(fuse.get("epsilon")),
-                    fuse.get("delta"),
-                    fuse.get("noise_multiplier"),
-                    fuse.get("clip"),
-                    fuse.get("rounds"),
-                    ", ".join(str(c) for c in fuse.get("clipped_updates", [])),
+                    _number(fuse.epsilon),
+                    fuse.delta,
+                    fuse.noise_multiplier,
+                    fuse.clip,
+                    fuse.rounds,
+                    ", ".join(str(c) for c in fuse.clipped_updates),
                 )
             ],
         )
-        if fuse
+        if fuse is not None
         else _note("Fuse rounds: DP off.")
     )
     return _section(
@@ -420,9 +408,8 @@ def _privacy_section(results: Mapping[str, Any]) -> str:
 
 def render_report(run: RunResults) -> str:
     """The whole report as one self-contained HTML document."""
-    results = run.to_dict()
     body = "".join(
-        part(results)
+        part(run)
         for part in (
             _header,
             _sites_section,
@@ -434,7 +421,7 @@ def render_report(run: RunResults) -> str:
             _privacy_section,
         )
     )
-    title = _e(f"fedlego report {results.get('run_id', '')}")
+    title = _e(f"fedlego report {run.run_id}")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
@@ -442,7 +429,7 @@ def render_report(run: RunResults) -> str:
 
 
 def write_report(results: RunResults, out_dir: Path) -> Path:
-    """Write ``out_dir/report.html`` from a results document; returns its path."""
+    """Write ``out_dir/report.html`` from a run's results; returns its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_NAME

@@ -2,20 +2,16 @@
 keys, the in-process federation and the centralized option."""
 
 import math
-import tomllib
-from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import torch
 
 from fedlego.common.aggregation import dp_average_updates
 from fedlego.common.centralized import CentralizedConfig, run_centralized
-from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
+from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.federation import FederationSettings
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import block_from_package, block_to_package, check_block_package
 from fedlego.common.privacy import (
@@ -23,10 +19,10 @@ from fedlego.common.privacy import (
     calibrate_noise,
     central_epsilon,
     default_delta,
-    privacy_config_from_json,
-    privacy_config_to_json,
     privacy_metrics,
 )
+from fedlego.common.protocol import BlockRequest
+from fedlego.common.tasks import ClassificationTask
 from fedlego.common.workflow import train_block
 from tests.test_federation import SMALL, run
 
@@ -120,11 +116,11 @@ def test_no_privacy_changes_nothing(data):
         torch.testing.assert_close(off.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_privacy_config_round_trips_through_json():
+def test_privacy_config_travels_in_the_block_request():
     config = PrivacyConfig(target_epsilon=2.0, max_grad_norm=0.5)
-    assert privacy_config_from_json(privacy_config_to_json(config)) == config
-    assert privacy_config_from_json(privacy_config_to_json(None)) is None
-    assert privacy_config_from_json(None) is None
+    for privacy in (config, None):
+        request = BlockRequest("run", ClassificationTask(2), ModelConfig(), TrainConfig(), {}, privacy)
+        assert BlockRequest.from_payload(request.to_payload()).privacy == privacy
 
 
 # -- central DP ---------------------------------------------------------------------------------
@@ -159,23 +155,12 @@ def test_central_accountant_grows_with_rounds_and_shrinks_with_noise():
 
 
 # -- settings, federation, centralized ----------------------------------------------------------
-def test_run_config_keys_match_the_flower_app():
-    path = Path(__file__).resolve().parents[1] / "fedlego" / "flwr_app" / "pyproject.toml"
-    table = tomllib.loads(path.read_text())["tool"]["flwr"]["app"]["config"]
-    keys = {f.name.replace("_", "-") for f in fields(FederationSettings) if f.name != "extra"}
-    assert set(table) == keys
-    defaults = FederationSettings()
-    for key in ("block-dp-epsilon", "block-dp-clip", "fuse-dp-noise", "fuse-dp-clip", "fuse-dp-delta"):
-        assert table[key] == getattr(defaults, key.replace("-", "_"))
-    assert defaults.block_privacy() is None
-
-
 def test_settings_refuse_block_dp_with_block_rounds():
     with pytest.raises(ValueError, match="block-rounds"):
-        FederationSettings.from_run_config({"block-dp-epsilon": 3.0, "block-rounds": 2})
+        RunConfig.from_flat({"block-dp-epsilon": 3.0, "block-rounds": 2})
     with pytest.raises(ValueError, match="fuse-dp-clip"):
-        FederationSettings.from_run_config({"fuse-dp-clip": 0.0})
-    settings = FederationSettings.from_run_config({"block-dp-epsilon": 3.0, "block-rounds": 0})
+        RunConfig.from_flat({"fuse-dp-clip": 0.0})
+    settings = RunConfig.from_flat({"block-dp-epsilon": 3.0, "block-rounds": 0})
     assert settings.block_privacy() == PrivacyConfig(target_epsilon=3.0, max_grad_norm=1.0)
 
 

@@ -1,0 +1,30 @@
+"""What the command line prints about a federated run."""
+
+from __future__ import annotations
+
+import math
+
+from fedlego.server.results import RunResults
+
+
+def federation_table(results: RunResults) -> str:
+    """Per phase and model: sample-weighted mean metric over sites, with each site's value; then
+    the refused packages and failed sites."""
+    metric = results.metric or "metric"
+    lines = [f"{'phase':<8} {'model':<18} {metric + ' (weighted)':>20}  n   per site"]
+    for phase, models in results.metrics.items():
+        for model, entry in models.items():
+            shown = "n/a" if math.isnan(entry.weighted_mean) else f"{entry.weighted_mean:.3f}"
+            per_site = ", ".join(
+                f"{site} {v.metric:.3f} (n={v.n})" if not math.isnan(v.metric) else f"{site} n/a (n={v.n})"
+                for site, v in entry.per_site.items()
+            )
+            lines.append(f"{phase:<8} {model:<18} {shown:>20}  {entry.n:<3} {per_site}")
+    lines += [f"refused: {r.site}/{r.modality}: {r.reason}" for r in results.refused]
+    lines += [f"failed: {f.site} in {f.phase}: {f.reason}" for f in results.failures]
+    return "\n".join(lines)
+
+
+def phase_times(results: RunResults) -> str:
+    """``describe 1.2 s, block 3.4 s, ...``."""
+    return ", ".join(f"{name} {record.seconds:.1f} s" for name, record in results.phases.items())
