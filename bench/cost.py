@@ -3,8 +3,10 @@ bytes per site per phase, and how the simulated federation scales with sites and
 
 Every number comes from a real ``python -m fedlego.cli ...`` subprocess run inside :func:`run_cost`,
 one at a time (so wall time includes Python, Flower and Ray start-up), with the memory of its whole
-process tree polled every 0.25 s. The suite (``bench/suite.py``) calls :func:`run_cost`, then
-``cost_page.cost_markdown`` and ``cost_page.cost_figures``; ``measure.run_measured`` measures each run.
+process tree polled every 0.25 s. What a run computed is read from the results.json it writes only
+(``RunResults.read`` for a federation, the centralized document as it is), never from its printed
+output. The suite (``bench/suite.py``) calls :func:`run_cost`, then ``cost_page.cost_markdown`` and
+``cost_page.cost_figures``; ``measure.run_measured`` measures each run.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from measure import run_measured
+
+from fedlego.server.results import RESULTS_NAME, RunResults
 
 DATASETS = ("tcga-acc", "pbc")
 FOLDS = 5
@@ -57,8 +60,29 @@ class _Runner:
         self.deadline = time.monotonic() + budget
         self.count = 0
 
-    def __call__(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], dict | None]:
-        """The run's record (for the document) and its results.json (None when it wrote none)."""
+    def simulate(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], RunResults | None]:
+        """``fedlego simulate ...``: the run's record and its results (None when it wrote no readable
+        results.json)."""
+        record, out = self._run(label, ["simulate", *arguments], timeout)
+        results = _read_federated(out / RESULTS_NAME) if out else None
+        status = None if results is None else results.status if results.status is not None else "completed"
+        self._finish(record, status, results.wall_seconds if results else None)
+        if results is not None:
+            record["phase_seconds"] = {name: phase.seconds for name, phase in results.phases.items()}
+            record["site_count"] = len(results.sites)
+        return record, results
+
+    def centralized(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], dict | None]:
+        """``fedlego centralized ...``: the run's record and its results.json document (None when it
+        wrote none)."""
+        record, out = self._run(label, ["centralized", *arguments], timeout)
+        results = _read_json(out / RESULTS_NAME) if out else None
+        status = None if results is None else results.get("status", "completed")
+        self._finish(record, status, results.get("wall_seconds") if results else None)
+        return record, results
+
+    def _run(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], Path | None]:
+        """Run one command; its record so far and its output folder (None when it did not run)."""
         self.count += 1
         out = self.work / f"{self.count:02d}-{label.replace(' ', '-').replace('/', '-')}"
         shown = " ".join(["fedlego", *arguments, "--out", "DIR"])
@@ -69,24 +93,30 @@ class _Runner:
         self.log(f"  $ {shown}")
         command = [sys.executable, "-m", "fedlego.cli", *arguments, "--out", str(out)]
         flwr_home = out.resolve() / ".flower" / "home" if arguments[0] == "simulate" else None
-        (out / "results.json").unlink(missing_ok=True)  # never read a previous run's results
+        (out / RESULTS_NAME).unlink(missing_ok=True)  # never read a previous run's results
         try:
             measured = run_measured(command, flwr_home, timeout)
         except OSError as error:
             return {**record, "status": f"failed: {error}", **_EMPTY_MEASUREMENT}, None
-        results = _read_json(out / "results.json")
         record.update({k: v for k, v in measured.items() if k != "output"})
-        record["status"] = _status(measured, results)
         record["timeout_seconds"] = timeout
-        record["orchestrator_wall_seconds"] = (results or {}).get("wall_seconds")
-        record["phase_seconds"] = {k: v["seconds"] for k, v in (results or {}).get("phases", {}).items()}
-        record["site_count"] = _site_count(measured["output"])
+        record["output_tail"] = measured["output"][-TAIL_LINES:]  # kept for a run that did not complete
+        return record, out
+
+    def _finish(self, record: dict[str, Any], status: str | None, wall_seconds: float | None) -> None:
+        """Complete a run's record from its results' status (None: no results.json) and wall time."""
+        if record.get("returncode") is None and "timed_out" not in record or "timeout_seconds" not in record:
+            return  # skipped or never started: the record is complete
+        record["status"] = _status(record, status)
+        record["orchestrator_wall_seconds"] = wall_seconds
+        record["phase_seconds"] = {}
+        record["site_count"] = None
+        tail = record.pop("output_tail")
         if record["status"] != "completed":
-            record["output_tail"] = measured["output"][-TAIL_LINES:]
+            record["output_tail"] = tail
         self.log(
-            f"  -> {record['status']}, {measured['wall_seconds']:.1f} s, {measured['peak_rss_bytes'] / 2**20:.0f} MiB"
+            f"  -> {record['status']}, {record['wall_seconds']:.1f} s, {record['peak_rss_bytes'] / 2**20:.0f} MiB"
         )
-        return record, results
 
 
 _EMPTY_MEASUREMENT = {

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from baselines import BASELINES, BaselineConfig, fit_baseline
 
-from fedlego.cli import PRESETS
 from fedlego.common.centralized import CentralizedConfig, mean_std, train_fold
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.presets import PRESETS
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
@@ -55,7 +55,7 @@ def load_benchmark_dataset(name: str) -> tuple[MultimodalDataset, CentralizedCon
         modalities, preprocessing = list(dataset.modalities), {}
     else:
         dataset = load_dataset(name)
-        modalities, preprocessing = PRESETS[name]["modalities"], PRESETS[name]["preprocessing"]
+        modalities, preprocessing = list(PRESETS[name].modalities or ()), PRESETS[name].preprocessing
     dataset = dataset.subset(dataset.patient_ids(), modalities)
     return dataset, CentralizedConfig(name, modalities, preprocessing=preprocessing)
 
@@ -130,19 +130,15 @@ def table_fold(
         models[name] = metric(task, baselines[name].scores(test), test)
         if hasattr(baselines[name], "bytes_per_site"):
             fedavg = {"bytes_per_site": baselines[name].bytes_per_site, "parameters": baselines[name].parameter_count}
+    merge = config.merge
+
+    def merged_metric(latent: str, head: str, weighting: str) -> float:
+        return metric(task, scores_of(LegoMerge(fold.blocks, latent, head, weighting), test, task), test)
+
     merges = {
-        latent: {
-            head: metric(task, scores_of(LegoMerge(fold.blocks, latent, head, config.merge.weighting), test, task), test)
-            for head in HEAD_MERGES
-        }
-        for latent in LATENT_MERGES
+        latent: {head: merged_metric(latent, head, merge.weighting) for head in HEAD_MERGES} for latent in LATENT_MERGES
     }
-    weightings = {
-        weighting: metric(
-            task, scores_of(LegoMerge(fold.blocks, config.merge.latent_merge, config.merge.head_merge, weighting), test, task), test
-        )
-        for weighting in MERGE_WEIGHTINGS
-    }
+    weightings = {w: merged_metric(merge.latent_merge, merge.head_merge, w) for w in MERGE_WEIGHTINGS}
     missing = missing_modality_fold(fold.blocks, fold.merged, fold.fused, baselines, test, task, split.fold)
     log(f"  fold {split.fold}: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
     return {

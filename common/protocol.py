@@ -212,9 +212,7 @@ class BlockReply:
     packages: dict[str, bytes]
 
     def to_payload(self) -> Payload:
-        return Payload(
-            config=_versioned({"modalities": list(self.packages), "packages": list(self.packages.values())})
-        )
+        return Payload(config=_versioned({"modalities": list(self.packages), "packages": list(self.packages.values())}))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> BlockReply:

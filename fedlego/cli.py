@@ -21,6 +21,7 @@ from fedlego.server.report import REPORT_NAME
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
+
 def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "centralized",

@@ -41,8 +41,9 @@ from fedlego.launcher import (
     wait_ready,
     write_connection,
 )
-from fedlego.options import add_scenario_arguments, scenario_overrides, set_overrides
+from fedlego.options import add_scenario_arguments, config_overrides, set_overrides
 from fedlego.server.report import REPORT_NAME
+from fedlego.server.results import RunResults, Signatures
 
 SECURITY_REQUIRED = (
     "TLS is required: pass --certs {what} (made by `fedlego certs`), or --insecure explicitly "
@@ -398,8 +399,8 @@ def run_deployment(
     timeout: float | None = None,
     echo: Callable[[str], None] = lambda line: print(line, flush=True),
     certs: Path | None = None,
-) -> dict[str, Any]:
-    """Submit the fedlego app to ``superlink`` with ``flwr run --stream``; returns results.json.
+) -> RunResults:
+    """Submit the fedlego app to ``superlink`` with ``flwr run --stream``; returns its results.
 
     With ``certs`` (the ``fedlego certs`` folder) the connection verifies the SuperLink with the
     consortium CA and the run config gets ``trusted-sites`` and ``coordinator-key`` from
@@ -439,7 +440,7 @@ def _check_settings(overrides: Mapping[str, Any]) -> None:
 
 
 def _export_sites(args: argparse.Namespace) -> int:
-    overrides = scenario_overrides(args)
+    overrides = config_overrides(args)
     written = export_sites(overrides, args.out)
     for name, folder, modalities in written:
         print(f"{name:<14} {'+'.join(modalities):<30} {folder}")
@@ -489,7 +490,7 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedlego.server.checks import format_federation_table
+    from fedlego.console import federation_table, phase_times
 
     check_address(args.superlink)
     _require_security(args.certs, args.insecure, "DIR")
@@ -509,20 +510,19 @@ def _run(args: argparse.Namespace) -> int:
             )
     _check_settings(overrides)
     results = run_deployment(args.superlink, overrides, args.out, timeout=args.timeout, certs=certs)
-    print(format_federation_table(results))
-    phases = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in results.get("phases", {}).items())
-    print(f"status {results.get('status')}; wall time {results.get('wall_seconds', 0.0):.1f} s ({phases})")
-    signatures = results.get("signatures", {})
+    print(federation_table(results))
+    print(f"status {results.status}; wall time {results.wall_seconds or 0.0:.1f} s ({phase_times(results)})")
+    signatures = results.signatures or Signatures()
     print(
-        f"signatures: packages {'required' if signatures.get('required') else 'NOT required'}, "
-        f"models {'signed' if signatures.get('models_signed') else 'NOT signed'}"
+        f"signatures: packages {'required' if signatures.required else 'NOT required'}, "
+        f"models {'signed' if signatures.models_signed else 'NOT signed'}"
     )
-    if results.get("error"):
-        print(f"error: {results['error']}")
+    if results.error:
+        print(f"error: {results.error}")
     print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
     if (args.out / REPORT_NAME).exists():
         print(f"report in {args.out / REPORT_NAME}")
-    return 0 if results.get("status") == "completed" else 1
+    return 0 if results.status == "completed" else 1
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from fedlego.common.config import toml_value
 from fedlego.server.report import REPORT_NAME
+from fedlego.server.results import RunResults
 
 CONNECTION = "fedlego"
 """Name of the one SuperLink connection in a run's isolated ``FLWR_HOME/config.toml``."""
@@ -143,9 +144,9 @@ class RunFolder:
         """Where the ServerApp writes the results document."""
         return self.out_dir / "results.json"
 
-    def read_results(self) -> dict[str, Any] | None:
-        """The results document, or None when the run wrote none."""
-        return json.loads(self.results.read_text()) if self.results.exists() else None
+    def read_results(self) -> RunResults | None:
+        """The run's results, or None when the run wrote none."""
+        return RunResults.read(self.results) if self.results.exists() else None
 
 
 def prepare_run(out_dir: Path, overrides: Mapping[str, Any]) -> RunFolder:

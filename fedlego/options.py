@@ -82,10 +82,6 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-scenario_overrides = config_overrides
-"""The run-config keys a scenario's options set (``fedlego export-sites``)."""
-
-
 def parse_value(text: str) -> Any:
     """A ``--set`` value: int, float, true/false, or the text itself."""
     for kind in (int, float):

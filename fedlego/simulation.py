@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlego.launcher import background_superlink, free_port, prepare_run, stream_run, write_connection
+from fedlego.server.results import RunResults
 
 
 @contextmanager
@@ -32,8 +33,8 @@ def run_simulation(
     gpu_fraction: float = 0.0,
     timeout: float | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
-    """Run the federation with ``n_sites`` simulated sites; returns the results document."""
+) -> RunResults:
+    """Run the federation with ``n_sites`` simulated sites; returns its results."""
     out_dir = Path(out_dir).resolve()
     if not resume and (out_dir / "checkpoint").exists():
         shutil.rmtree(out_dir / "checkpoint")  # a new run; the audit log keeps the old one's entries

@@ -200,7 +200,7 @@ def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
             torch.testing.assert_close(federated.state_dict()[name], value, rtol=1e-5, atol=1e-6)
         assert federated.n_samples == central[modality].n_samples
     merged = model_from_package(parse_model_package((tmp_path / "packages" / "merged.pb").read_bytes()))
-    reference = LegoMerge(central, settings.latent_merge, settings.head_merge, settings.weighting)
+    reference = LegoMerge(central, settings.merge.latent_merge, settings.merge.head_merge, settings.merge.weighting)
     for name, value in reference.head.state_dict().items():
         torch.testing.assert_close(merged.head.state_dict()[name], value, rtol=1e-5, atol=1e-6)
 

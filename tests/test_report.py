@@ -2,10 +2,9 @@
 (embedded PNGs, no external resource), escaped, complete, and re-rendered offline by ``fedlego report``."""
 
 import base64
-import copy
+import dataclasses
 import html
 import io
-import json
 import re
 from pathlib import Path
 
@@ -13,39 +12,50 @@ import pytest
 from PIL import Image
 
 from fedlego.cli import main
+from fedlego.client.simulated import scenario_cohort, simulated_scenario
 from fedlego.common.config import RunConfig
-from fedlego.server import orchestrator
+from fedlego.server import recorder
 from fedlego.server.orchestrator import Federation
 from fedlego.server.report import write_report
+from fedlego.server.results import Refusal, RunResults
 from tests.inprocess import InProcessTransport
-from tests.test_federation import SMALL, Tampering, run
+from tests.test_federation import SMALL, Tampering
 
 FAST = {**SMALL, "fuse-rounds": 1}
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
+def federate(
+    run_config: dict, out: Path, transport: type[InProcessTransport] = InProcessTransport, **faults
+) -> RunResults:
+    """Run a federation in process into ``out`` (one site per scenario site)."""
+    config = {**run_config, "out-dir": str(out)}
+    settings = RunConfig.from_flat(config)
+    n_sites = len(simulated_scenario(settings, scenario_cohort(settings)).sites)
+    return Federation(transport(config, n_sites, **faults), settings, log=lambda _: None).run()
+
+
 @pytest.fixture(scope="module")
-def dp_run(tmp_path_factory) -> tuple[dict, str]:
+def dp_run(tmp_path_factory) -> tuple[RunResults, str]:
     """A completed run with FedAvg block rounds and central DP on the fuse rounds."""
     out = tmp_path_factory.mktemp("dp-run")
-    results, _ = run({**FAST, "fuse-dp-noise": 1.0}, out)
-    assert results["status"] == "completed"
+    results = federate({**FAST, "fuse-dp-noise": 1.0}, out)
+    assert results.status == "completed"
     return results, (out / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")
-def tampered_run(tmp_path_factory) -> tuple[dict, str]:
+def tampered_run(tmp_path_factory) -> tuple[RunResults, str]:
     """A run with a refused (tampered) package, no fuse rounds and no DP."""
     out = tmp_path_factory.mktemp("tampered-run")
-    config = {**SMALL, "block-rounds": 0, "fuse-rounds": 0, "out-dir": str(out)}
-    results = Federation(Tampering(config, 3), RunConfig.from_flat(config), log=lambda _: None).run().to_dict()
-    assert results["status"] == "completed" and results["refused"]
+    results = federate({**SMALL, "block-rounds": 0, "fuse-rounds": 0}, out, transport=Tampering)
+    assert results.status == "completed" and results.refused
     return results, (out / "report.html").read_text()
 
 
 def test_the_report_is_written_next_to_results_json_with_embedded_pngs(dp_run):
     results, text = dp_run
-    out = Path(results["config"]["out-dir"])
+    out = Path(results.config["out-dir"])
     assert (out / "results.json").exists() and (out / "report.html").exists()
     images = PNG.findall(text)
     assert len(images) == 4  # models, rounds, bytes, wall time
@@ -64,23 +74,29 @@ def test_the_report_is_self_contained(dp_run, tampered_run):
 
 def test_the_report_shows_every_site_phase_model_and_round(dp_run):
     results, text = dp_run
-    for site in results["sites"]:
+    for site in results.sites:
         assert html.escape(site) in text
-    for phase in results["phases"]:
+    for phase in results.phases:
         assert f"<td>{html.escape(phase)}</td>" in text
-    for models in results["metrics"].values():
+    for models in results.metrics.values():
         for model, entry in models.items():
             assert f"<td>{html.escape(model)}</td>" in text
-            assert f"{entry['weighted_mean']:.3f}" in text
-    assert set(results["rounds"]) == {"block:tabular_0", "block:timeseries_1", "fuse"}
-    assert all(f"<td>{name}</td>" in text for name in results["rounds"])
-    assert results["run_id"] in text and results["audit_head"] in text and results["finished_at"] in text
+            assert f"{entry.weighted_mean:.3f}" in text
+    assert set(results.rounds) == {"block:tabular_0", "block:timeseries_1", "fuse"}
+    assert all(f"<td>{name}</td>" in text for name in results.rounds)
+    assert results.run_id in text and results.audit_head in text and results.finished_at in text
     assert "Refused packages: none." in text and "Failed sites: none." in text
+
+
+def test_the_header_shows_the_run_settings(dp_run):
+    results, text = dp_run
+    for key in ("dataset", "block-rounds", "fuse-rounds", "weighting"):
+        assert f"<td>setting {key}</td><td>{html.escape(str(results.config[key]))}</td>" in text
 
 
 def test_dp_budget_or_dp_off(dp_run, tampered_run):
     results, text = dp_run
-    assert f"{results['privacy']['fuse']['epsilon']:.3f}" in text and "Blocks: DP off." in text
+    assert f"{results.privacy.fuse.epsilon:.3f}" in text and "Blocks: DP off." in text
     assert "DP off: no block and no fuse round" not in text
     _, text = tampered_run
     assert "DP off: no block and no fuse round was trained with DP." in text
@@ -88,8 +104,8 @@ def test_dp_budget_or_dp_off(dp_run, tampered_run):
 
 def test_refused_packages_with_reasons_and_a_run_without_fuse_rounds(tampered_run):
     results, text = tampered_run
-    refusal = results["refused"][0]
-    assert html.escape(refusal["reason"]) in text and "Refused packages: none." not in text
+    refusal = results.refused[0]
+    assert html.escape(refusal.reason) in text and "Refused packages: none." not in text
     assert "No fuse rounds (fuse-rounds = 0" in text
     assert len(PNG.findall(text)) == 3  # no rounds to plot
 
@@ -97,51 +113,53 @@ def test_refused_packages_with_reasons_and_a_run_without_fuse_rounds(tampered_ru
 def test_strings_from_the_results_are_escaped(dp_run, tmp_path):
     results, _ = dp_run
     evil = "<script>alert(1)</script>$x$"
-    document = json.loads(json.dumps(results).replace("paired-0", evil))
-    document["refused"] = [{"site": evil, "modality": "m", "reason": "bad <img src=x onerror=alert(1)>"}]
-    document["resumed"] = 1
+    document = RunResults.from_json(results.to_json().replace("paired-0", evil))
+    document.refused = [Refusal(site=evil, modality="m", reason="bad <img src=x onerror=alert(1)>")]
+    document.resumed = 1
     text = write_report(document, tmp_path).read_text()
     assert "<script>" not in text and "<img src=x" not in text
     assert html.escape(evil) in text and "bad &lt;img src=x onerror=alert(1)&gt;" in text
     assert "1 time(s)" in text
 
 
-def test_a_report_from_a_document_missing_sections_still_renders(dp_run, tmp_path):
+def test_a_report_from_results_missing_sections_still_renders(dp_run, tmp_path):
     results, _ = dp_run
-    document = copy.deepcopy(results)
-    for key in ("metrics", "rounds", "phases", "privacy", "sites", "status", "finished_at"):
-        document.pop(key)
+    document = dataclasses.replace(
+        results, metrics={}, rounds={}, phases={}, privacy=None, sites={}, status=None, finished_at=None
+    )
     text = write_report(document, tmp_path).read_text()
     assert "No evaluation finished." in text and "status: interrupted" in text and not PNG.findall(text)
+    assert "not recorded" in text and "No site described itself." in text
 
 
 def test_a_failed_run_gets_a_report_with_its_error(tmp_path):
-    results, _ = run({**FAST, "min-responses": 3}, tmp_path, silent={("query.describe", 2)})
-    assert results["status"] == "failed"
+    results = federate({**FAST, "min-responses": 3}, tmp_path, silent={("query.describe", 2)})
+    assert results.status == "failed"
     text = (tmp_path / "report.html").read_text()
-    assert "status: failed" in text and html.escape(results["error"]) in text
+    assert "status: failed" in text and html.escape(results.error) in text
 
 
 def test_a_report_failure_never_loses_results_json(tmp_path, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr(orchestrator, "write_report", broken)
+    monkeypatch.setattr(recorder, "write_report", broken)
     config = {**FAST, "min-responses": 3, "out-dir": str(tmp_path)}
     logged: list[str] = []
     transport = InProcessTransport(config, 3, silent={("query.describe", 2)})
-    Federation(transport, RunConfig.from_flat(config), log=logged.append).run().to_dict()
-    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    Federation(transport, RunConfig.from_flat(config), log=logged.append).run()
+    assert RunResults.read(tmp_path / "results.json").status == "failed"
     assert not (tmp_path / "report.html").exists()
     assert "report not written: RuntimeError: renderer broke" in logged
 
 
 def test_fedlego_report_re_renders_offline(dp_run, tmp_path, capsys):
     results, original = dp_run
-    results_json = Path(results["config"]["out-dir"]) / "results.json"
+    results_json = Path(results.config["out-dir"]) / "results.json"
+    assert RunResults.read(results_json) == results
     assert main(["report", str(results_json), "--out", str(tmp_path / "copy")]) == 0
     assert f"report in {tmp_path / 'copy' / 'report.html'}" in capsys.readouterr().out
     rendered = (tmp_path / "copy" / "report.html").read_text()
     assert len(PNG.findall(rendered)) == len(PNG.findall(original))
-    assert html.escape(results["run_id"]) in rendered
+    assert html.escape(results.run_id) in rendered
     assert main(["report", str(tmp_path / "missing.json")]) == 2
