@@ -3,9 +3,9 @@ bytes per site per phase, and how the simulated federation scales with sites and
 
 Every number comes from a real ``python -m fedlego.cli ...`` subprocess run inside :func:`run_cost`,
 one at a time (so wall time includes Python, Flower and Ray start-up), with the memory of its whole
-process tree polled every 0.25 s. What a run computed is read from the results.json it writes only
-(``RunResults.read`` for a federation, the centralized document as it is), never from its printed
-output. The suite (``bench/suite.py``) calls :func:`run_cost`, then ``cost_page.cost_markdown`` and
+process tree polled every 0.25 s. What a run computed is read from the results.json it wrote, never
+from what it printed: ``RunResults.read`` for a federation, the centralized document as it is. The
+suite (``bench/suite.py``) calls :func:`run_cost`, then ``cost_page.cost_markdown`` and
 ``cost_page.cost_figures``; ``measure.run_measured`` measures each run.
 """
 
@@ -20,13 +20,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from measure import run_measured
 
-from fedlego.server.results import RESULTS_NAME, RunResults
+from fedlego.server.results import RESULTS_NAME, ModelMetrics, RunResults
+
+_Results = TypeVar("_Results", RunResults, dict)
 
 DATASETS = ("tcga-acc", "pbc")
 FOLDS = 5
@@ -61,28 +64,21 @@ class _Runner:
         self.count = 0
 
     def simulate(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], RunResults | None]:
-        """``fedlego simulate ...``: the run's record and its results (None when it wrote no readable
-        results.json)."""
-        record, out = self._run(label, ["simulate", *arguments], timeout)
-        results = _read_federated(out / RESULTS_NAME) if out else None
-        status = None if results is None else results.status if results.status is not None else "completed"
-        self._finish(record, status, results.wall_seconds if results else None)
-        if results is not None:
-            record["phase_seconds"] = {name: phase.seconds for name, phase in results.phases.items()}
-            record["site_count"] = len(results.sites)
-        return record, results
+        """``fedlego simulate ARGUMENTS``: the run's record (for the document) and its results (None
+        when it wrote no readable results.json)."""
+        return self._run(label, ["simulate", *arguments], timeout, _federated_results)
 
     def centralized(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], dict | None]:
-        """``fedlego centralized ...``: the run's record and its results.json document (None when it
-        wrote none)."""
-        record, out = self._run(label, ["centralized", *arguments], timeout)
-        results = _read_json(out / RESULTS_NAME) if out else None
-        status = None if results is None else results.get("status", "completed")
-        self._finish(record, status, results.get("wall_seconds") if results else None)
-        return record, results
+        """``fedlego centralized ARGUMENTS``: the run's record and its results.json document."""
+        return self._run(label, ["centralized", *arguments], timeout, _centralized_results)
 
-    def _run(self, label: str, arguments: list[str], timeout: float) -> tuple[dict[str, Any], Path | None]:
-        """Run one command; its record so far and its output folder (None when it did not run)."""
+    def _run(
+        self,
+        label: str,
+        arguments: list[str],
+        timeout: float,
+        read: Callable[[Path], tuple[_Results | None, _Summary | None]],
+    ) -> tuple[dict[str, Any], _Results | None]:
         self.count += 1
         out = self.work / f"{self.count:02d}-{label.replace(' ', '-').replace('/', '-')}"
         shown = " ".join(["fedlego", *arguments, "--out", "DIR"])
@@ -98,25 +94,19 @@ class _Runner:
             measured = run_measured(command, flwr_home, timeout)
         except OSError as error:
             return {**record, "status": f"failed: {error}", **_EMPTY_MEASUREMENT}, None
+        results, summary = read(out / RESULTS_NAME)
         record.update({k: v for k, v in measured.items() if k != "output"})
+        record["status"] = _status(measured, summary)
         record["timeout_seconds"] = timeout
-        record["output_tail"] = measured["output"][-TAIL_LINES:]  # kept for a run that did not complete
-        return record, out
-
-    def _finish(self, record: dict[str, Any], status: str | None, wall_seconds: float | None) -> None:
-        """Complete a run's record from its results' status (None: no results.json) and wall time."""
-        if record.get("returncode") is None and "timed_out" not in record or "timeout_seconds" not in record:
-            return  # skipped or never started: the record is complete
-        record["status"] = _status(record, status)
-        record["orchestrator_wall_seconds"] = wall_seconds
-        record["phase_seconds"] = {}
-        record["site_count"] = None
-        tail = record.pop("output_tail")
+        record["orchestrator_wall_seconds"] = summary.wall_seconds if summary else None
+        record["phase_seconds"] = summary.phase_seconds if summary else {}
+        record["site_count"] = summary.site_count if summary else None
         if record["status"] != "completed":
-            record["output_tail"] = tail
+            record["output_tail"] = measured["output"][-TAIL_LINES:]
         self.log(
-            f"  -> {record['status']}, {record['wall_seconds']:.1f} s, {record['peak_rss_bytes'] / 2**20:.0f} MiB"
+            f"  -> {record['status']}, {measured['wall_seconds']:.1f} s, {measured['peak_rss_bytes'] / 2**20:.0f} MiB"
         )
+        return record, results
 
 
 _EMPTY_MEASUREMENT = {
@@ -131,33 +121,60 @@ _EMPTY_MEASUREMENT = {
 }
 
 
+@dataclass
+class _Summary:
+    """What a run's record takes from its results.json: the run's own status (``completed`` when it
+    records none), its wall time inside the command, seconds per phase and, for a federation, the
+    number of sites it describes."""
+
+    status: str
+    wall_seconds: float | None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    site_count: int | None = None
+
+
+def _federated_results(path: Path) -> tuple[RunResults | None, _Summary | None]:
+    """A federation's results.json, typed; (None, None) when it is missing or unreadable."""
+    try:
+        results = RunResults.read(path)
+    except (OSError, ValueError):
+        return None, None
+    summary = _Summary(
+        status=results.status if results.status is not None else "completed",
+        wall_seconds=results.wall_seconds,
+        phase_seconds={name: phase.seconds for name, phase in results.phases.items()},
+        site_count=len(results.sites),
+    )
+    return results, summary
+
+
+def _centralized_results(path: Path) -> tuple[dict | None, _Summary | None]:
+    """The centralized pipeline's results.json document; (None, None) when missing or unreadable."""
+    document = _read_json(path)
+    if document is None:
+        return None, None
+    return document, _Summary(status=document.get("status", "completed"), wall_seconds=document.get("wall_seconds"))
+
+
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        document = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return document if isinstance(document, dict) else None
 
 
-def _status(measured: dict[str, Any], results: dict | None) -> str:
+def _status(measured: dict[str, Any], summary: _Summary | None) -> str:
     """completed, timed out, or failed: why."""
     if measured["timed_out"]:
         return f"failed: timed out after {measured['wall_seconds']:.0f} s"
-    if results is None:
+    if summary is None:
         return f"failed: exit {measured['returncode']}, no results.json"
-    if results.get("status", "completed") != "completed":
-        return f"failed: run status {results['status']}"
+    if summary.status != "completed":
+        return f"failed: run status {summary.status}"
     if measured["returncode"] != 0:
         return f"failed: exit {measured['returncode']}"
     return "completed"
-
-
-def _site_count(lines: list[str]) -> int | None:
-    """The site count ``fedlego simulate`` prints on its first line."""
-    for line in lines:
-        if line.startswith("fedlego simulate:") and " sites (" in line:
-            with suppress(ValueError, IndexError):
-                return int(line.split(" sites (")[0].rsplit(" ", 1)[1])
-    return None
 
 
 # -- federated vs centralized ----------------------------------------------------------------
@@ -172,18 +189,19 @@ def _mean_std(values: list[float | None]) -> dict[str, Any]:
     }
 
 
-def _model_names(federated: list[dict | None], centralized: dict | None) -> list[str]:
+def _model_names(federated: list[RunResults | None], centralized: dict | None) -> list[str]:
     """Blocks (centralized order first), then merge and fuse."""
     first = next(iter((centralized or {}).get("folds", [])), {})
     names = [n for n in first.get("models", {}) if n.startswith("block:")]
     for result in federated:
-        names += [n for n in (result or {}).get("metrics", {}).get("merge", {}) if n.startswith("block:")]
+        names += [n for n in (result.metrics.get("merge", {}) if result else {}) if n.startswith("block:")]
     return [*dict.fromkeys(names), "merge", "fuse"]
 
 
-def _federated_entry(result: dict | None, name: str) -> dict:
+def _federated_entry(result: RunResults | None, name: str) -> ModelMetrics | None:
+    """A model's metrics in a federation's results: ``fuse`` from the fuse phase, the rest from merge."""
     phase = "fuse" if name == "fuse" else "merge"
-    return (result or {}).get("metrics", {}).get(phase, {}).get(name) or {}
+    return result.metrics.get(phase, {}).get(name) if result else None
 
 
 def _centralized_entry(centralized: dict | None, fold: int, name: str) -> dict:
@@ -191,7 +209,7 @@ def _centralized_entry(centralized: dict | None, fold: int, name: str) -> dict:
     return folds[fold].get("models", {}).get(name, {}) if fold < len(folds) else {}
 
 
-def compare_metrics(federated: list[dict | None], centralized: dict | None, folds: list[int]) -> dict[str, dict]:
+def compare_metrics(federated: list[RunResults | None], centralized: dict | None, folds: list[int]) -> dict[str, dict]:
     """Per model: federated sample-weighted mean over sites and centralized complete-case metric,
     each as mean +- std over folds, with the test counts per fold."""
     rows = {}
@@ -199,8 +217,8 @@ def compare_metrics(federated: list[dict | None], centralized: dict | None, fold
         fed = [_federated_entry(result, name) for result in federated]
         cen = [_centralized_entry(centralized, k, name) for k in folds]
         rows[name] = {
-            "federated": _mean_std([e.get("weighted_mean") for e in fed]),
-            "federated_n_per_fold": [e.get("n") for e in fed],
+            "federated": _mean_std([e.weighted_mean if e else None for e in fed]),
+            "federated_n_per_fold": [e.n if e else None for e in fed],
             "centralized": _mean_std([e.get("metric") for e in cen]),
             "centralized_n_per_fold": [e.get("n") for e in cen],
         }
@@ -209,22 +227,22 @@ def compare_metrics(federated: list[dict | None], centralized: dict | None, fold
 
 def check_same_patients(dataset: str, folds: list[int]) -> dict[str, Any]:
     """Rebuild, in this process, the patient split of each fold the way the federation does
-    (``FederationSettings`` + ``scenario_dataset``, ``dataset_splits(n_folds=fold + 1)[fold]``) and the
-    way ``fedlego centralized --folds N`` does (``dataset_splits(n_folds=N)``), and compare them."""
+    (``RunConfig`` + ``scenario_cohort``, ``dataset_splits(n_folds=fold + 1)[fold]``) and the way
+    ``fedlego centralized --folds N`` does (the preset's modalities, ``dataset_splits(n_folds=N)``),
+    and compare them."""
     try:
-        from fedlego.cli import PRESETS
-        from fedlego.common.data.bundled import load_dataset
+        from fedlego.client.simulated import scenario_cohort
+        from fedlego.common.config import RunConfig
+        from fedlego.common.data.presets import load_cohort
         from fedlego.common.data.scenarios import dataset_splits
-        from fedlego.common.federation import FederationSettings, scenario_dataset
 
-        central = load_dataset(dataset, **({"task": "survival"} if dataset == "pbc" else {}))  # as the CLI loads it
-        central = central.subset(central.patient_ids(), PRESETS[dataset]["modalities"])
+        central = load_cohort(dataset)  # as `fedlego centralized --dataset` loads it: the preset's modalities
         central_splits = dataset_splits(central, n_folds=len(folds), seed=0)
         identical = []
         for fold in folds:
-            settings = FederationSettings(dataset=dataset, fold=fold)
-            federated = scenario_dataset(settings)
-            split = dataset_splits(federated, n_folds=fold + 1, seed=settings.seed)[fold]
+            config = RunConfig.from_flat({"dataset": dataset, "fold": fold})
+            federated = scenario_cohort(config)
+            split = dataset_splits(federated, n_folds=fold + 1, seed=config.seed)[fold]
             other = central_splits[fold]
             identical.append((split.train, split.validation, split.test) == (other.train, other.validation, other.test))
         return {"identical_per_fold": identical, "identical": all(identical), "error": None}
@@ -232,28 +250,31 @@ def check_same_patients(dataset: str, folds: list[int]) -> dict[str, Any]:
         return {"identical_per_fold": [], "identical": None, "error": f"{type(error).__name__}: {error}"}
 
 
-def _fold_ok(result: dict | None, fold: int) -> bool | None:
+def _fold_ok(result: RunResults | None, fold: int) -> bool | None:
     """Whether the run's results.json reports the fold it was asked for."""
-    return None if result is None else result.get("config", {}).get("fold") == fold
+    return None if result is None else result.config.get("fold") == fold
 
 
-def federated_vs_centralized(dataset: str, folds: list[int], run: _Runner) -> tuple[dict, list[dict | None]]:
+def federated_vs_centralized(dataset: str, folds: list[int], run: _Runner) -> tuple[dict, list[RunResults | None]]:
     """One ``simulate`` per fold and one ``centralized --folds N``; the comparison entry and the
     federation runs' results documents (for the phase and byte tables)."""
-    records, results = [], []
+    records: list[dict[str, Any]] = []
+    results: list[RunResults | None] = []
     for fold in folds:
-        arguments = ["simulate", "--scenario", dataset, "--overlap", "1", "--set", f"fold={fold}"]
-        record, result = run(f"{dataset} simulate fold {fold}", arguments, TIMEOUT["simulate"])
+        arguments = ["--scenario", dataset, "--overlap", "1", "--set", f"fold={fold}"]
+        record, result = run.simulate(f"{dataset} simulate fold {fold}", arguments, TIMEOUT["simulate"])
         record["fold"], record["fold_honoured"] = fold, _fold_ok(result, fold)
         records.append(record)
         results.append(result if record["status"] == "completed" else None)
-    arguments = ["centralized", "--dataset", dataset, "--folds", str(len(folds))]
-    central_record, central = run(f"{dataset} centralized", arguments, TIMEOUT["centralized"])
+    arguments = ["--dataset", dataset, "--folds", str(len(folds))]
+    central_record, central = run.centralized(f"{dataset} centralized", arguments, TIMEOUT["centralized"])
     central = central if central_record["status"] == "completed" else None
+    metrics = [r.metric for r in results if r and r.metric is not None]
+    metrics += [central["metric"]] if central and "metric" in central else []
     entry = {
         "dataset": dataset,
         "folds": folds,
-        "metric": next((r["metric"] for r in [*results, central] if r and "metric" in r), "metric"),
+        "metric": next(iter(metrics), "metric"),
         "simulate_runs": records,
         "centralized_run": central_record,
         "same_patients": check_same_patients(dataset, folds),
@@ -266,14 +287,21 @@ def federated_vs_centralized(dataset: str, folds: list[int], run: _Runner) -> tu
 
 
 FEDERATED_KEYS = ("weighting", "block_epochs", "block_rounds", "block_local_epochs", "fuse_rounds", "fuse_local_epochs")
+"""The document's names of the federated settings; results.json spells the run-config keys with dashes."""
+ROUND_KEYS = ("block_rounds", "block_local_epochs", "fuse_rounds", "fuse_local_epochs")
 
 
-def _settings(result: dict | None, central: dict | None) -> dict[str, dict[str, Any]]:
+def _run_config(result: RunResults | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The run-config values of a federation (``block_rounds`` read as ``block-rounds``...); None when absent."""
+    config = result.config if result else {}
+    return {key: config.get(key.replace("_", "-")) for key in keys}
+
+
+def _settings(result: RunResults | None, central: dict | None) -> dict[str, dict[str, Any]]:
     """The training settings that differ between the two sides, from each run's results."""
-    federated = (result or {}).get("config", {})
     centralized = (central or {}).get("config", {})
     return {
-        "federated": {key: federated.get(key) for key in FEDERATED_KEYS},
+        "federated": _run_config(result, FEDERATED_KEYS),
         "centralized": {
             "weighting": centralized.get("weighting"),
             "block_epochs": centralized.get("training", {}).get("epochs"),
@@ -282,11 +310,11 @@ def _settings(result: dict | None, central: dict | None) -> dict[str, dict[str, 
     }
 
 
-def _sites(result: dict | None) -> dict[str, dict]:
+def _sites(result: RunResults | None) -> dict[str, dict]:
     """Site -> modalities and test patients per modality, from a federation's results."""
     return {
         name: {"modalities": site.get("modalities"), "n_test": site.get("n_test")}
-        for name, site in (result or {}).get("sites", {}).items()
+        for name, site in (result.sites if result else {}).items()
     }
 
 
@@ -307,12 +335,12 @@ def federated_summaries(doc: dict) -> dict[str, dict[str, dict[str, float]]]:
 
 
 # -- time, memory and bytes ------------------------------------------------------------------
-def phase_seconds(results: list[dict | None]) -> dict[str, dict[str, Any]]:
+def phase_seconds(results: list[RunResults | None]) -> dict[str, dict[str, Any]]:
     """Per phase: mean +- std seconds over the completed federation runs."""
     phases: dict[str, list[float]] = {}
     for result in results:
-        for name, phase in (result or {}).get("phases", {}).items():
-            phases.setdefault(name, []).append(phase["seconds"])
+        for name, phase in (result.phases if result else {}).items():
+            phases.setdefault(name, []).append(phase.seconds)
     return {name: _mean_std(values) for name, values in phases.items()}
 
 
@@ -320,16 +348,16 @@ def _lego_phase(name: str) -> bool:
     return name != "describe" and not name.startswith("evaluate-")
 
 
-def bytes_per_site(result: dict | None) -> dict[str, Any]:
+def bytes_per_site(result: RunResults | None) -> dict[str, Any]:
     """Measured bytes (sent + received) per site per phase of one federation run, and the LegoMerge
     share per site: every phase except ``describe`` and ``evaluate-*``."""
-    result = result or {}
-    sites = sorted(result.get("sites", {}))
-    phases = list(result.get("phases", {}))
-    per_site = {site: {} for site in sites}
-    for phase in phases:
-        for site, traffic in result["phases"][phase].get("bytes", {}).items():
-            per_site.setdefault(site, {})[phase] = {"sent": traffic["sent"], "received": traffic["received"]}
+    sites = sorted(result.sites) if result else []
+    records = result.phases if result else {}
+    phases = list(records)
+    per_site: dict[str, dict[str, dict[str, int]]] = {site: {} for site in sites}
+    for phase, record in records.items():
+        for site, traffic in record.bytes.items():
+            per_site.setdefault(site, {})[phase] = {"sent": traffic.sent, "received": traffic.received}
     lego = {
         site: {
             "per_phase": {p: t["sent"] + t["received"] for p, t in traffic.items() if _lego_phase(p)},
@@ -338,18 +366,15 @@ def bytes_per_site(result: dict | None) -> dict[str, Any]:
     }
     for value in lego.values():
         value["total"] = sum(value["per_phase"].values())
-    config = result.get("config", {})
     return {
-        "available": bool(result.get("phases")),
+        "available": bool(records),
         "sites": _sites(result),
         "phases": phases,
         "per_site": per_site,
         "legomerge_phases": [p for p in phases if _lego_phase(p)],
         "legomerge_bytes_per_site": lego,
         "legomerge_total_bytes": sum(v["total"] for v in lego.values()),
-        "rounds": {
-            k: config.get(k) for k in ("block_rounds", "block_local_epochs", "fuse_rounds", "fuse_local_epochs")
-        },
+        "rounds": _run_config(result, ROUND_KEYS),
     }
 
 
@@ -372,9 +397,9 @@ def scaling_sites(targets: tuple[int, ...], run: _Runner) -> list[dict[str, Any]
     rows = []
     for target in targets:
         per_modality, paired = SITE_LAYOUTS[target]
-        arguments = ["simulate", "--scenario", "synthetic", *SMALL, "--set", "synthetic-modalities=2"]
+        arguments = ["--scenario", "synthetic", *SMALL, "--set", "synthetic-modalities=2"]
         arguments += ["--sites-per-modality", str(per_modality), "--paired-sites", str(paired)]
-        record, _ = run(f"scaling {target} sites", arguments, TIMEOUT["scaling"])
+        record, _ = run.simulate(f"scaling {target} sites", arguments, TIMEOUT["scaling"])
         rows.append(_scaling_row(record, sites=target, modalities=2, sites_per_modality=per_modality, paired=paired))
     return rows
 
@@ -383,9 +408,9 @@ def scaling_modalities(counts: tuple[int, ...], run: _Runner) -> list[dict[str, 
     """Synthetic, ``count`` modalities, one site per modality plus one paired site, small settings."""
     rows = []
     for count in counts:
-        arguments = ["simulate", "--scenario", "synthetic", *SMALL, "--set", f"synthetic-modalities={count}"]
+        arguments = ["--scenario", "synthetic", *SMALL, "--set", f"synthetic-modalities={count}"]
         arguments += ["--sites-per-modality", "1", "--paired-sites", "1"]
-        record, _ = run(f"scaling {count} modalities", arguments, TIMEOUT["scaling"])
+        record, _ = run.simulate(f"scaling {count} modalities", arguments, TIMEOUT["scaling"])
         rows.append(_scaling_row(record, sites=count + 1, modalities=count, sites_per_modality=1, paired=1))
     return rows
 
@@ -464,12 +489,12 @@ def run_cost(work: Path, quick: bool = False, log: Callable[[str], None] = print
     }
 
 
-def _timing(entry: dict, results: list[dict | None]) -> dict[str, Any]:
+def _timing(entry: dict, results: list[RunResults | None]) -> dict[str, Any]:
     done = [r["wall_seconds"] for r in entry["simulate_runs"] if r["status"] == "completed"]
     return {
         "phase_seconds": phase_seconds(results),
         "simulate_wall_seconds": _mean_std(done),
-        "orchestrator_wall_seconds": _mean_std([r["wall_seconds"] for r in results if r]),
+        "orchestrator_wall_seconds": _mean_std([r.wall_seconds for r in results if r]),
         "centralized_wall_seconds": entry["centralized_run"]["wall_seconds"],
         "centralized_pipeline_seconds": entry["centralized_run"].get("orchestrator_wall_seconds"),
     }

@@ -164,7 +164,9 @@ class RunResults:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunResults:
-        """Inverse of ``to_dict`` (missing optional fields are None)."""
+        """Inverse of ``to_dict`` (missing optional fields are None); TypeError when malformed."""
+        if not isinstance(values, dict):
+            raise TypeError(f"results must be an object, not {type(values).__name__}")
         return _typed(cls, values)
 
     @classmethod
@@ -203,13 +205,19 @@ def _typed(kind: Any, value: Any) -> Any:
         options = [a for a in typing.get_args(kind) if a is not type(None)]
         return _typed(options[0], value) if len(options) == 1 else value
     if hasattr(kind, "__dataclass_fields__"):
+        if not isinstance(value, dict):
+            raise TypeError(f"{kind.__name__} must be an object, not {type(value).__name__}")
         hints = typing.get_type_hints(kind)
         names = {f.name for f in fields(kind)}
         return kind(**{k: _typed(hints[k], v) for k, v in value.items() if k in names})
     if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, not {type(value).__name__}")
         _, item = typing.get_args(kind)
         return {k: _typed(item, v) for k, v in value.items()}
     if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, not {type(value).__name__}")
         (item,) = typing.get_args(kind)
         return [_typed(item, v) for v in value]
     return value

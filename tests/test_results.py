@@ -154,17 +154,14 @@ def test_read_takes_a_file_or_its_run_folder(tmp_path):
         pytest.param(
             "[1, 2]",
             id="a-list",
-            marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason="results.py: AttributeError escapes"),
         ),
         pytest.param(
             "null",
             id="null",
-            marks=pytest.mark.xfail(strict=True, reason="results.py: from_dict(None) returns None"),
         ),
         pytest.param(
             '{"run_id": "r", "config": {}, "phases": {"block": 5}}',
             id="malformed-phase",
-            marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason="results.py: AttributeError escapes"),
         ),
     ],
 )
