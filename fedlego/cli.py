@@ -184,10 +184,101 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
-    from fedlego.deploy import add_subcommands
+def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
+    """certs, export-sites, superlink, site and run (handlers in ``fedlego.deploy``)."""
+    from fedlego import deploy
 
-    add_subcommands(subparsers)
+    p = subparsers.add_parser(
+        "certs",
+        help="make (or complete) a consortium's keys and certificates",
+        description="Creates under OUT a CA, the SuperLink's TLS certificate, the coordinator's signing key and "
+        "trusted-sites.json, and per site a node-auth key pair, a signing key pair and the public files it needs. "
+        "Re-running adds what is missing (e.g. a new --site) and never overwrites a key.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the consortium folder")
+    p.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a site name as in its site.json (repeatable)",
+    )
+    p.add_argument(
+        "--server-name",
+        action="append",
+        metavar="NAME",
+        help="a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1 and localhost; "
+        "include 127.0.0.1 or localhost so `fedlego superlink` can register node keys locally)",
+    )
+    p.set_defaults(handler=deploy.cmd_certs)
+
+    p = subparsers.add_parser(
+        "export-sites",
+        help="write one site folder per scenario site (hospital-like data folders for tests and demos)",
+        description="Cut a bundled or synthetic cohort into sites as `fedlego simulate` does and write each "
+        "as a site folder OUT/<site>/ (site.json, labels, one file per modality, split.csv of the global fold).",
+    )
+    add_scenario_arguments(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=deploy.cmd_export_sites)
+
+    p = subparsers.add_parser(
+        "superlink",
+        help="coordinator: run a Flower SuperLink (deployment mode) in the foreground",
+        description="Starts flower-superlink serving its Fleet, Control and Runtime APIs on HOST:PORT. "
+        "The ServerApp of each run executes here, in --home.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines)")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--home", type=Path, required=True, help="FLWR_HOME and working directory of the SuperLink")
+    p.add_argument(
+        "--certs",
+        type=Path,
+        metavar="DIR",
+        help="the consortium folder of `fedlego certs`: TLS, SuperNode authentication, registers "
+        "DIR/coordinator/node-auth/*.pub",
+    )
+    p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
+    p.set_defaults(handler=deploy.cmd_superlink)
+
+    p = subparsers.add_parser(
+        "site",
+        help="hospital: run a Flower SuperNode on a site folder in the foreground",
+        description="Validates the site folder, then starts flower-supernode connected to the SuperLink.",
+    )
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    p.add_argument("--data-dir", type=Path, required=True, help="the site folder (site.json, labels, modalities)")
+    p.add_argument("--port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
+    p.add_argument("--home", type=Path, help="FLWR_HOME of the SuperNode (default: a temporary folder)")
+    p.add_argument(
+        "--certs",
+        type=Path,
+        metavar="SITE_DIR",
+        help="this site's folder sites/<name> of `fedlego certs`: TLS, node key, package signing, "
+        "models checked against the coordinator's key",
+    )
+    p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
+    p.set_defaults(handler=deploy.cmd_site)
+
+    p = subparsers.add_parser(
+        "run",
+        help="coordinator: run the federation on a SuperLink and print the results",
+        description="Submits the fedlego Flower app to the SuperLink (flwr run --stream) with the run config "
+        "overrides; the ServerApp writes OUT/results.json and OUT/packages/ on the SuperLink's machine.",
+    )
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    p.add_argument(
+        "--certs",
+        type=Path,
+        metavar="DIR",
+        help="the consortium folder of `fedlego certs`: verifies the SuperLink with DIR/superlink/ca.pem and "
+        "sets trusted-sites and coordinator-key from DIR/coordinator (paths read on the SuperLink's machine)",
+    )
+    p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
+    p.add_argument("--out", type=Path, required=True, help="output folder (absolute path on the SuperLink's machine)")
+    add_set_argument(p)
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.set_defaults(handler=deploy.cmd_run)
 
 
 def _add_audit(subparsers: argparse._SubParsersAction) -> None:
@@ -246,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_audit(subparsers)
     _add_report(subparsers)
-    _add_deploy(subparsers)
+    _add_deployment(subparsers)
     return parser
 
 

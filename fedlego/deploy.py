@@ -41,7 +41,7 @@ from fedlego.launcher import (
     wait_ready,
     write_connection,
 )
-from fedlego.options import add_scenario_arguments, config_overrides, set_overrides
+from fedlego.options import config_overrides, set_overrides
 from fedlego.server.report import REPORT_NAME
 from fedlego.server.results import RunResults, Signatures
 
@@ -439,19 +439,21 @@ def _check_settings(overrides: Mapping[str, Any]) -> None:
     RunConfig.from_flat(overrides)
 
 
-def _export_sites(args: argparse.Namespace) -> int:
+def cmd_export_sites(args: argparse.Namespace) -> int:
+    """``fedlego export-sites``: write the scenario's site folders."""
     overrides = config_overrides(args)
     written = export_sites(overrides, args.out)
     for name, folder, modalities in written:
         print(f"{name:<14} {'+'.join(modalities):<30} {folder}")
     print(
         f"{len(written)} site folders in {args.out}; start one `fedlego site --data-dir <folder>` per site and "
-        f"`fedlego run ... --set dataset={args.scenario} min-sites={len(written)}`"
+        f"`fedlego run ... --set dataset={RunConfig.from_flat(overrides).scenario.dataset} min-sites={len(written)}`"
     )
     return 0
 
 
-def _certs(args: argparse.Namespace) -> int:
+def cmd_certs(args: argparse.Namespace) -> int:
+    """``fedlego certs``: make or complete the consortium folder."""
     from fedlego.certs import make_consortium
 
     out = Path(args.out)
@@ -471,7 +473,8 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _superlink(args: argparse.Namespace) -> int:
+def cmd_superlink(args: argparse.Namespace) -> int:
+    """``fedlego superlink``: the coordinator's SuperLink in the foreground."""
     _require_security(args.certs, args.insecure, "DIR")
     certs = None
     if args.certs is not None:
@@ -479,7 +482,8 @@ def _superlink(args: argparse.Namespace) -> int:
     return serve_superlink(args.host, args.port, args.home, certs)
 
 
-def _site(args: argparse.Namespace) -> int:
+def cmd_site(args: argparse.Namespace) -> int:
+    """``fedlego site``: a hospital's SuperNode in the foreground."""
     check_address(args.superlink)
     if args.certs is None and not args.insecure:
         raise DeploymentError(SECURITY_REQUIRED.format(what="SITE_DIR"))
@@ -489,7 +493,8 @@ def _site(args: argparse.Namespace) -> int:
     return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs)
 
 
-def _run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    """``fedlego run``: submit the federation to a SuperLink and print its results."""
     from fedlego.console import federation_table, phase_times
 
     check_address(args.superlink)
@@ -523,105 +528,3 @@ def _run(args: argparse.Namespace) -> int:
     if (args.out / REPORT_NAME).exists():
         print(f"report in {args.out / REPORT_NAME}")
     return 0 if results.status == "completed" else 1
-
-
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register certs, export-sites, superlink, site and run on the ``fedlego`` parser."""
-    p = subparsers.add_parser(
-        "certs",
-        help="make (or complete) a consortium's keys and certificates",
-        description="Creates under OUT a CA, the SuperLink's TLS certificate, the coordinator's signing key and "
-        "trusted-sites.json, and per site a node-auth key pair, a signing key pair and the public files it needs. "
-        "Re-running adds what is missing (e.g. a new --site) and never overwrites a key.",
-    )
-    p.add_argument("--out", type=Path, required=True, help="the consortium folder")
-    p.add_argument(
-        "--site",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a site name as in its site.json (repeatable)",
-    )
-    p.add_argument(
-        "--server-name",
-        action="append",
-        metavar="NAME",
-        help="a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1 and localhost; "
-        "include 127.0.0.1 or localhost so `fedlego superlink` can register node keys locally)",
-    )
-    p.set_defaults(handler=_certs)
-
-    p = subparsers.add_parser(
-        "export-sites",
-        help="write one site folder per scenario site (hospital-like data folders for tests and demos)",
-        description="Cut a bundled or synthetic cohort into sites as `fedlego simulate` does and write each "
-        "as a site folder OUT/<site>/ (site.json, labels, one file per modality, split.csv of the global fold).",
-    )
-    add_scenario_arguments(p)
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(handler=_export_sites)
-
-    p = subparsers.add_parser(
-        "superlink",
-        help="coordinator: run a Flower SuperLink (deployment mode) in the foreground",
-        description="Starts flower-superlink serving its Fleet, Control and Runtime APIs on HOST:PORT. "
-        "The ServerApp of each run executes here, in --home.",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines)")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--home", type=Path, required=True, help="FLWR_HOME and working directory of the SuperLink")
-    p.add_argument(
-        "--certs",
-        type=Path,
-        metavar="DIR",
-        help="the consortium folder of `fedlego certs`: TLS, SuperNode authentication, registers "
-        "DIR/coordinator/node-auth/*.pub",
-    )
-    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
-    p.set_defaults(handler=_superlink)
-
-    p = subparsers.add_parser(
-        "site",
-        help="hospital: run a Flower SuperNode on a site folder in the foreground",
-        description="Validates the site folder, then starts flower-supernode connected to the SuperLink.",
-    )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
-    p.add_argument("--data-dir", type=Path, required=True, help="the site folder (site.json, labels, modalities)")
-    p.add_argument("--port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
-    p.add_argument("--home", type=Path, help="FLWR_HOME of the SuperNode (default: a temporary folder)")
-    p.add_argument(
-        "--certs",
-        type=Path,
-        metavar="SITE_DIR",
-        help="this site's folder sites/<name> of `fedlego certs`: TLS, node key, package signing, "
-        "models checked against the coordinator's key",
-    )
-    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
-    p.set_defaults(handler=_site)
-
-    p = subparsers.add_parser(
-        "run",
-        help="coordinator: run the federation on a SuperLink and print the results",
-        description="Submits the fedlego Flower app to the SuperLink (flwr run --stream) with the run config "
-        "overrides; the ServerApp writes OUT/results.json and OUT/packages/ on the SuperLink's machine.",
-    )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
-    p.add_argument(
-        "--certs",
-        type=Path,
-        metavar="DIR",
-        help="the consortium folder of `fedlego certs`: verifies the SuperLink with DIR/superlink/ca.pem and "
-        "sets trusted-sites and coordinator-key from DIR/coordinator (paths read on the SuperLink's machine)",
-    )
-    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
-    p.add_argument("--out", type=Path, required=True, help="output folder (absolute path on the SuperLink's machine)")
-    p.add_argument(
-        "--set",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-config keys (see fedlego/flwr_app/pyproject.toml), e.g. --set min-sites=5 fuse-rounds=1",
-    )
-    p.add_argument("--timeout", type=float, help="give up after this many seconds")
-    p.set_defaults(handler=_run)

@@ -59,10 +59,11 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE``, repeatable, for any run-config key."""
     parser.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="any run-config key (`fedlego config` lists them with their defaults), repeatable",
+        help="any run-config keys (`fedlego config` lists them with their defaults): --set a=1 b=2 or repeated",
     )
 
 

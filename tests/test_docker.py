@@ -375,7 +375,7 @@ def test_no_insecure_anywhere() -> None:
 def test_service_commands_are_accepted_by_the_fedlego_cli(compose: dict[str, Any]) -> None:
     services = compose["services"]
     link = parse(services["coordinator"]["command"])
-    assert link.handler is deploy._superlink and link.certs is not None and not link.insecure
+    assert link.handler is deploy.cmd_superlink and link.certs is not None and not link.insecure
     assert link.host == "0.0.0.0"
     published = services["coordinator"]["ports"][0].rsplit(":", 1)[1]
     assert int(published) == link.port
@@ -387,7 +387,7 @@ def test_service_commands_are_accepted_by_the_fedlego_cli(compose: dict[str, Any
             assert args.superlink == address, f"{name}: connect to the coordinator service"
             assert "coordinator" in service["depends_on"], name
     run = parse(services["submit"]["command"])
-    assert run.handler is deploy._run
+    assert run.handler is deploy.cmd_run
     overrides = set_overrides(run.set)
     deploy._check_settings(overrides)  # the check `fedlego run` makes before submitting
     assert int(overrides["min-sites"]) == len(site_services(compose))
@@ -444,7 +444,7 @@ def test_dockerfile_targets_are_non_root_and_quiet() -> None:
 def test_dockerfile_default_commands_parse() -> None:
     _, by_name = stages()
     args = parse(exec_form(effective("coordinator", "CMD", by_name)[-1]))
-    assert args.handler is deploy._superlink and args.certs is not None and not args.insecure
+    assert args.handler is deploy.cmd_superlink and args.certs is not None and not args.insecure
     assert effective("coordinator", "EXPOSE", by_name) == [str(args.port)]
 
 

@@ -29,6 +29,7 @@ from fedlego.launcher import (
     write_connection,
     write_run_config,
 )
+from fedlego.server.results import RunResults
 
 TAIL = ["--isolation", "subprocess", "--host", "127.0.0.1", "--port", "9093", "--database", ":flwr-in-memory:"]
 
@@ -160,8 +161,8 @@ def test_prepare_run_starts_from_a_clean_folder(tmp_path):
     assert not (out / "results.json").exists() and not (out / "report.html").exists()
     assert (out / "packages").is_dir()  # only what this run rewrites is removed
     assert run.read_results() is None
-    run.results.write_text('{"status": "completed"}')
-    assert run.read_results() == {"status": "completed"}
+    run.results.write_text('{"run_id": "r", "config": {}, "status": "completed"}')
+    assert run.read_results() == RunResults("r", {}, status="completed")
 
 
 # --------------------------------------------------------------------------- processes
