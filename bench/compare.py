@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             found, traffic = compare_document(old / "results.json", new / "results.json"), []
         settings = [line for line in found if _settings_path(line)]
-        found = [line for line in found if not _settings_path(line)]
+        traffic += [line for line in found if "/bytes/" in line and line not in settings]
+        found = [line for line in found if not _settings_path(line) and "/bytes/" not in line]
         print(f"{name}: {'identical' if not found else f'{len(found)} differences'}", end="")
         print(f"; settings: {'identical' if not settings else f'{len(settings)} differences'}", end="")
         print(f"; payload bytes: {'identical' if not traffic else f'{len(traffic)} differences'}")

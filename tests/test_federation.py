@@ -358,3 +358,15 @@ def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_
     assert "tabular_0.csv" in failure["reason"] and "column" in failure["reason"]
     assert results["status"] == "completed"  # the other sites go on
     assert ("train.block", 0) not in transport.calls  # the broken site is never asked for weights
+
+
+def test_every_model_field_set_in_the_run_config_reaches_the_sites_blocks(tmp_path):
+    config = {**SMALL, "steps": 1, "heads": 2, "head-dim": 8, "encoder-width": 24, "dropout": 0.0}
+    results, _ = run({**config, "block-rounds": 0, "fuse-rounds": 0}, tmp_path)
+    assert results["status"] == "completed"
+    merged = parse_model_package((tmp_path / "packages" / "merged.pb").read_bytes())
+    for block in merged.blocks:
+        architecture = json.loads(block.architecture_json)
+        assert (architecture["steps"], architecture["heads"], architecture["head_dim"]) == (1, 2, 8)
+        assert architecture["encoder"]["kwargs"]["width"] == 24 and architecture["dropout"] == 0.0
+    assert results["config"]["steps"] == 1 and results["config"]["encoder-width"] == 24
