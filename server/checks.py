@@ -28,7 +28,8 @@ def agree_task(descriptions: Sequence[SiteDescription]) -> Task:
     kind = kinds.pop()
     if kind != "survival":
         return ClassificationTask(max(int(d.n_classes) for d in descriptions))
-    with_bins = [d for d in descriptions if d.cut_points]
+    # in site order, so that the float sums do not depend on the order replies arrived in
+    with_bins = sorted((d for d in descriptions if d.cut_points), key=lambda d: d.site)
     if not with_bins:
         raise ValueError("no site reported survival time quantiles (no training patients?)")
     lengths = {len(d.cut_points or []) for d in with_bins}

@@ -6,6 +6,7 @@ import pytest
 
 from fedlego.cli import main
 from fedlego.server.audit import AuditLog, verify_log
+from fedlego.server.results import RunResults
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_a_broken_log_is_never_extended(log):
 def test_cli_verify(log, tmp_path, capsys):
     path, head = log
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"audit_head": head}))
+    results.write_text(RunResults("run", {}, audit_head=head).to_json())
     assert main(["audit", "verify", str(path), "--results", str(results)]) == 0
     assert "chain intact" in capsys.readouterr().out
     rewrite(path, path.read_text().splitlines()[:-1])

@@ -1,0 +1,28 @@
+"""The coordinator's task agreement: common survival bins from the sites' own quantiles."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fedlego.common.protocol import SiteDescription
+from fedlego.server.checks import agree_task
+
+
+def _site(name: str, events: int, cuts: list[float]) -> SiteDescription:
+    return SiteDescription(name, "survival", 0, ["x"], ["tabular"], [10], [2], [2], events, cuts)
+
+
+def test_bins_are_the_event_weighted_mean_whatever_order_the_sites_answered_in():
+    sites = [_site("a", 3, [0.1, 1.3, 7.7]), _site("b", 11, [0.3, 2.9, 5.1]), _site("c", 7, [1 / 3, 2 / 3, 9.9])]
+    tasks = {agree_task(list(order)).cut_points for order in itertools.permutations(sites)}
+    assert len(tasks) == 1  # bit-identical, not only close
+    (cuts,) = tasks
+    assert cuts[0] == pytest.approx((3 * 0.1 + 11 * 0.3 + 7 / 3) / 21)
+
+
+def test_sites_that_disagree_on_the_task_are_an_error():
+    classification = SiteDescription("d", "binary", 2, ["x"], ["tabular"], [10], [2], [2])
+    with pytest.raises(ValueError, match="disagree on the task"):
+        agree_task([_site("a", 3, [1.0, 2.0, 3.0]), classification])
