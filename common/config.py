@@ -40,8 +40,11 @@ class ScenarioConfig:
     layout: str = "modality-sites"
     """modality-sites (one site per modality plus paired sites) or pooled."""
     paired_sites: int = 1
+    """Simulated sites holding every modality for their patients."""
     paired_fraction: float = 0.3
+    """Share of the cohort held by the paired sites."""
     sites_per_modality: int = 1
+    """Unimodal sites per modality."""
     overlap: float = 0.0
     """Share of patients common to the unimodal sites."""
     missing_rate: float = 0.0
@@ -49,7 +52,9 @@ class ScenarioConfig:
     imbalance: float = 0.0
     """Skew of patient counts across unimodal sites."""
     synthetic_patients: int = 300
+    """Synthetic cohort: number of patients."""
     synthetic_modalities: int = 3
+    """Synthetic cohort: number of modalities."""
     fold: int = 0
     """Which patient-level fold a federation trains and tests on (the centralized pipeline's folds)."""
 
@@ -63,13 +68,19 @@ class ModelConfig:
     """Architecture of every block of a run (the latent contract comes from here)."""
 
     latent_channels: int = 32
+    """Latent array rows (the latent contract every block shares)."""
     latent_dim: int = 32
+    """Latent array width (the latent contract every block shares)."""
     steps: int = 2
     """Cross-attention latent updates per block."""
     heads: int = 4
+    """Attention heads of each latent update."""
     head_dim: int = 16
+    """Width of each attention head."""
     encoder_width: int = 64
+    """Hidden width of the reference encoders."""
     dropout: float = 0.1
+    """Dropout in encoders and latent updates."""
     frequency: bool = True
     """Latent updates in the frequency domain (false: the spatial-domain ablation)."""
     seed: int = 0
@@ -84,9 +95,13 @@ class TrainConfig:
     """Optimisation settings for one local training run."""
 
     epochs: int = 50
+    """Most block training epochs (early stopping on validation loss)."""
     learning_rate: float = 1e-3
+    """AdamW learning rate of block training."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     batch_size: int = 32
+    """Patients per batch of block training."""
     patience: int = 10
     """Early-stopping patience in epochs (validation loss)."""
     seed: int = 0
@@ -132,9 +147,13 @@ class RoundsConfig:
     """Federated rounds: block FedAvg per modality held by several sites, and LegoFuse rounds."""
 
     block_rounds: int = 2
+    """FedAvg rounds on a modality held by several sites (0: keep the largest site's block)."""
     block_local_epochs: int = 5
+    """Local epochs per block FedAvg round."""
     fuse_rounds: int = 2
+    """Federated LegoFuse rounds (0: no fuse)."""
     fuse_local_epochs: int = 1
+    """Local epochs per fuse round."""
     fuse_aggregation: str = "fedavg"
     """fedavg or fedprox."""
     proximal_mu: float = 0.01
@@ -148,9 +167,13 @@ class PrivacyConfig:
     training set size. Epsilon and noise 0: no DP."""
 
     target_epsilon: float = 0.0
+    """DP-SGD of blocks: target epsilon per block (0: off; needs block-rounds = 0)."""
     noise_multiplier: float = 0.0
+    """DP-SGD of blocks: a fixed noise multiplier instead of a target epsilon (0: calibrated)."""
     max_grad_norm: float = 1.0
+    """DP-SGD of blocks: per-patient gradient clipping norm."""
     delta: float = 0.0
+    """DP-SGD of blocks: delta (0: min(1e-5, 1/n to a power of ten))."""
 
     @property
     def enabled(self) -> bool:
@@ -172,8 +195,11 @@ class CentralPrivacyConfig:
     """Central DP of the fuse rounds (DP-FedAvg): noise multiplier (0 = off), clip and delta."""
 
     noise: float = 0.0
+    """Fuse rounds: DP-FedAvg noise multiplier (0: plain FedAvg)."""
     clip: float = 1.0
+    """Fuse rounds: clipping norm of each site's update."""
     delta: float = 1e-5
+    """Fuse rounds: delta of the reported epsilon."""
 
 
 @dataclass
@@ -185,14 +211,19 @@ class CoordinatorConfig:
     min_responses: int = 1
     """Answers a phase needs to go on."""
     wait_timeout: float = 120.0
+    """Seconds to wait for min-sites to connect."""
     phase_timeout: float = 600.0
+    """Seconds a phase waits for the sites' answers."""
     max_package_mb: float = 256.0
+    """Largest block package accepted (MiB)."""
     trusted_sites: str = ""
     """trusted-sites.json (made by ``fedlego certs``): then unsigned packages are refused."""
     coordinator_key: str = ""
     """The key that signs merged and fused models (made by ``fedlego certs``)."""
     out_dir: str = ""
+    """Coordinator folder for results.json, packages, audit log and checkpoint."""
     run_name: str = ""
+    """Run id (empty: a hash of the settings)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +265,7 @@ SECTIONS = (
     Section("coordinator", CoordinatorConfig),
 )
 CHOICES = {
+    "dataset": ("tcga-acc", "pbc", "synthetic"),
     "fuse-aggregation": ("fedavg", "fedprox"),
     "fuse-mode": ("stack", "weave"),
     "latent-merge": ("harmonic", "mean", "sum"),
