@@ -227,13 +227,12 @@ def compare_metrics(federated: list[RunResults | None], centralized: dict | None
 
 def check_same_patients(dataset: str, folds: list[int]) -> dict[str, Any]:
     """Rebuild, in this process, the patient split of each fold the way the federation does
-    (``RunConfig`` + ``scenario_cohort``, ``dataset_splits(n_folds=fold + 1)[fold]``) and the way
+    (``RunConfig`` + ``run_cohort``, ``dataset_splits(n_folds=fold + 1)[fold]``) and the way
     ``fedlego centralized --folds N`` does (the preset's modalities, ``dataset_splits(n_folds=N)``),
     and compare them."""
     try:
-        from fedlego.client.simulated import scenario_cohort
         from fedlego.common.config import RunConfig
-        from fedlego.common.data.presets import load_cohort
+        from fedlego.common.data.presets import load_cohort, run_cohort
         from fedlego.common.data.scenarios import dataset_splits
 
         central = load_cohort(dataset)  # as `fedlego centralized --dataset` loads it: the preset's modalities
@@ -241,7 +240,7 @@ def check_same_patients(dataset: str, folds: list[int]) -> dict[str, Any]:
         identical = []
         for fold in folds:
             config = RunConfig.from_flat({"dataset": dataset, "fold": fold})
-            federated = scenario_cohort(config)
+            federated = run_cohort(config)
             split = dataset_splits(federated, n_folds=fold + 1, seed=config.seed)[fold]
             other = central_splits[fold]
             identical.append((split.train, split.validation, split.test) == (other.train, other.validation, other.test))

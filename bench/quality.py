@@ -201,16 +201,12 @@ def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: F
     return models
 
 
-def site_blocks_fold(
-    dataset: MultimodalDataset,
-    config: CentralizedConfig,
-    split: FoldSplit,
-    overlap: float,
-    imbalance: float,
-) -> dict[str, float]:
+def unimodal_site_blocks(
+    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, overlap: float, imbalance: float
+) -> tuple[Task, dict[str, LegoBlock], dict[str, Any]]:
     """Blocks trained as unimodal sites would train them (one site per modality, patients
     assigned by ``build_scenario`` with the given overlap and imbalance, no paired site; each
-    site fits its own preprocessing), then merged; evaluated on the complete-case test patients."""
+    site fits its own preprocessing): the task, the blocks and their preprocessors."""
     scenario = build_scenario(dataset, paired_sites=0, overlap=overlap, imbalance=imbalance, seed=split.fold)
     task = task_for(dataset.labels, split.train)
     blocks, preprocessors = {}, {}
@@ -231,6 +227,19 @@ def site_blocks_fold(
             config.training,
             preprocessors[modality].to_dict(),
         )
+    return task, blocks, preprocessors
+
+
+def site_blocks_fold(
+    dataset: MultimodalDataset,
+    config: CentralizedConfig,
+    split: FoldSplit,
+    overlap: float,
+    imbalance: float,
+) -> dict[str, float]:
+    """Blocks of unimodal sites (``unimodal_site_blocks``), merged; evaluated on the complete-case
+    test patients."""
+    task, blocks, preprocessors = unimodal_site_blocks(dataset, config, split, overlap, imbalance)
     complete = set(dataset.complete_case_ids(config.modalities))
     test = make_tensor_set(dataset, preprocessors, [i for i in split.test if i in complete])
     models = {f"n_train:{m}": float(b.n_samples) for m, b in blocks.items()} | {

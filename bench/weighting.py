@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from quality import load_benchmark_dataset, metric, quick_config
+from quality import load_benchmark_dataset, metric, quick_config, unimodal_site_blocks
 from scipy import stats
 
 from fedlego.common.centralized import train_fold
-from fedlego.common.data.scenarios import build_scenario, dataset_splits, site_dataset, site_split
-from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.tensors import make_tensor_set
 from fedlego.common.lego import LegoMerge
 from fedlego.common.training import evaluate_loss
-from fedlego.common.workflow import scores_of, train_block
+from fedlego.common.workflow import scores_of
 
 WEIGHTINGS = ("uniform", "samples", "validation")
 DATASETS = ("tcga-acc", "pbc", "synthetic")
@@ -59,20 +59,7 @@ def pooled_fold(dataset, config, split) -> dict[str, dict[str, float]]:
 
 def imbalanced_sites_fold(dataset, config, split) -> dict[str, dict[str, float]]:
     """Blocks of unimodal sites with imbalanced patient counts, each fitting its own preprocessing."""
-    scenario = build_scenario(dataset, paired_sites=0, overlap=0.0, imbalance=IMBALANCE, seed=split.fold)
-    task = task_for(dataset.labels, split.train)
-    blocks, preprocessors = {}, {}
-    for site in scenario.sites:
-        (modality,) = site.modalities
-        roles = site_split(site, dataset, split)
-        local = site_dataset(dataset, site)
-        preprocessors[modality] = fit_preprocessors(local, roles["train"], config.preprocessing)[modality]
-        train = make_tensor_set(local, {modality: preprocessors[modality]}, roles["train"])
-        validation = make_tensor_set(local, {modality: preprocessors[modality]}, roles["validation"])
-        blocks[modality], _ = train_block(
-            modality, dataset.modalities[modality].kind, train, validation, task, config.model, config.training,
-            preprocessors[modality].to_dict(),
-        )  # fmt: skip
+    task, blocks, preprocessors = unimodal_site_blocks(dataset, config, split, 0.0, IMBALANCE)
     complete = set(dataset.complete_case_ids(config.modalities))
     validation = make_tensor_set(dataset, preprocessors, [i for i in split.validation if i in complete])
     return _scores(blocks, task, validation, config)

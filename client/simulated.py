@@ -6,21 +6,8 @@ from __future__ import annotations
 from fedlego.client.runtime import SiteRuntime
 from fedlego.common.config import RunConfig
 from fedlego.common.data.dataset import MultimodalDataset
-from fedlego.common.data.presets import load_cohort
+from fedlego.common.data.presets import run_cohort
 from fedlego.common.data.scenarios import Scenario, build_scenario, dataset_splits, site_dataset, site_split
-
-
-def scenario_cohort(config: RunConfig) -> MultimodalDataset:
-    """The cohort a simulated federation is built from, restricted to the run's modalities."""
-    scenario = config.scenario
-    return load_cohort(
-        scenario.dataset,
-        scenario.modality_list() or None,
-        task=scenario.task,
-        synthetic_patients=scenario.synthetic_patients,
-        synthetic_modalities=scenario.synthetic_modalities,
-        seed=config.seed,
-    )
 
 
 def simulated_scenario(config: RunConfig, dataset: MultimodalDataset) -> Scenario:
@@ -41,7 +28,7 @@ def simulated_scenario(config: RunConfig, dataset: MultimodalDataset) -> Scenari
 
 def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
     """Site number ``index`` of the scenario, with its roles from the run's global fold."""
-    dataset = scenario_cohort(config)
+    dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)
     if not 0 <= index < len(scenario.sites):
         raise ValueError(

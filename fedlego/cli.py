@@ -46,21 +46,13 @@ CENTRALIZED_WEIGHTING = "uniform"
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
     from fedlego.common.config import RunConfig
-    from fedlego.common.data.presets import load_cohort, preset
+    from fedlego.common.data.presets import preset, run_cohort
 
     overrides = {"weighting": CENTRALIZED_WEIGHTING, **config_overrides(args)}
     config = RunConfig.from_flat(overrides)
-    scenario = config.scenario
-    dataset = load_cohort(
-        scenario.dataset,
-        scenario.modality_list() or None,
-        task=scenario.task,
-        synthetic_patients=scenario.synthetic_patients,
-        synthetic_modalities=scenario.synthetic_modalities,
-        seed=config.seed,
-    )
+    dataset = run_cohort(config)
     modalities = list(dataset.modalities)
-    central = CentralizedConfig.from_run(config, modalities, args.folds, preset(scenario.dataset).preprocessing)
+    central = CentralizedConfig.from_run(config, modalities, args.folds, preset(config.scenario.dataset).preprocessing)
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)
     document = run_centralized(dataset, central, args.out, progress=args.progress)
     title = (
@@ -90,14 +82,15 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedlego.client.simulated import scenario_cohort, simulated_scenario
+    from fedlego.client.simulated import simulated_scenario
     from fedlego.common.config import RunConfig
+    from fedlego.common.data.presets import run_cohort
     from fedlego.console import federation_table, phase_times
     from fedlego.simulation import run_simulation
 
     overrides = config_overrides(args)
     config = RunConfig.from_flat(overrides)
-    scenario = simulated_scenario(config, scenario_cohort(config))
+    scenario = simulated_scenario(config, run_cohort(config))
     print(
         f"fedlego simulate: {config.scenario.dataset}, {len(scenario.sites)} sites "
         f"({', '.join(s.name + ':' + '+'.join(s.modalities) for s in scenario.sites)})",

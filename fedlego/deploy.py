@@ -105,12 +105,13 @@ def export_sites(overrides: Mapping[str, Any], out: Path) -> list[tuple[str, Pat
 
     Returns (site name, folder, modalities) per site.
     """
-    from fedlego.client.simulated import scenario_cohort, simulated_scenario
+    from fedlego.client.simulated import simulated_scenario
+    from fedlego.common.data.presets import run_cohort
     from fedlego.common.data.scenarios import dataset_splits
     from fedlego.common.data.sitefolder import write_site_folder
 
     config = RunConfig.from_flat(overrides)
-    dataset = scenario_cohort(config)
+    dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)
     fold = config.scenario.fold
     split = dataset_splits(dataset, n_folds=fold + 1, seed=config.seed)[fold]

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fedlego.certs import make_consortium
-from fedlego.client.simulated import scenario_cohort, simulated_scenario
+from fedlego.client.simulated import simulated_scenario
 from fedlego.common.config import RunConfig
+from fedlego.common.data.presets import run_cohort
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.sitefolder import write_site_folder
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
@@ -45,7 +46,7 @@ SMALL = {
 def run(run_config: dict, out: Path | None = None, **faults) -> tuple[dict, InProcessTransport]:
     config = {**run_config, **({"out-dir": str(out)} if out else {})}
     settings = RunConfig.from_flat(config)
-    n_sites = len(simulated_scenario(settings, scenario_cohort(settings)).sites)
+    n_sites = len(simulated_scenario(settings, run_cohort(settings)).sites)
     transport = InProcessTransport(config, n_sites, **faults)
     return Federation(transport, settings, log=lambda _: None).run().to_dict(), transport
 
@@ -176,7 +177,7 @@ def test_federated_blocks_and_merge_equal_the_centralized_ones(tmp_path):
     results, _ = run(config, tmp_path)
     assert results["status"] == "completed"
     settings = RunConfig.from_flat(config)
-    dataset = scenario_cohort(settings)
+    dataset = run_cohort(settings)
     split = dataset_splits(dataset, n_folds=2, seed=settings.seed)[1]
     task = task_from_dict(results["task"])
     preprocessors = fit_preprocessors(dataset, split.train)
@@ -345,7 +346,7 @@ def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merg
 def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_path):
     """A deployed site whose folder fails validation answers with the reason only."""
     settings = RunConfig.from_flat(SMALL)
-    dataset = scenario_cohort(settings)
+    dataset = run_cohort(settings)
     scenario = simulated_scenario(settings, dataset)
     split = dataset_splits(dataset, n_folds=1, seed=0)[0]
     folder = write_site_folder(dataset, scenario.sites[0], split, tmp_path / "site")

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from fedlego.cli import main
-from fedlego.client.simulated import scenario_cohort, simulated_scenario
+from fedlego.client.simulated import simulated_scenario
 from fedlego.common.config import RunConfig
+from fedlego.common.data.presets import run_cohort
 from fedlego.server import recorder
 from fedlego.server.orchestrator import Federation
 from fedlego.server.report import write_report
@@ -31,7 +32,7 @@ def federate(
     """Run a federation in process into ``out`` (one site per scenario site)."""
     config = {**run_config, "out-dir": str(out)}
     settings = RunConfig.from_flat(config)
-    n_sites = len(simulated_scenario(settings, scenario_cohort(settings)).sites)
+    n_sites = len(simulated_scenario(settings, run_cohort(settings)).sites)
     return Federation(transport(config, n_sites, **faults), settings, log=lambda _: None).run()
 
 

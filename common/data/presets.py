@@ -4,11 +4,14 @@ and one loader for the centralized pipeline, simulated federations and the bench
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.synthetic import default_synthetic_modalities
+
+if TYPE_CHECKING:
+    from fedlego.common.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,16 @@ def load_cohort(
     if missing:
         raise ValueError(f"dataset {name!r} has no modalities {missing}; it has {sorted(dataset.modalities)}")
     return dataset.subset(dataset.patient_ids(), names)
+
+
+def run_cohort(config: RunConfig) -> MultimodalDataset:
+    """The bundled cohort a run's scenario names, restricted to its modalities."""
+    scenario = config.scenario
+    return load_cohort(
+        scenario.dataset,
+        scenario.modality_list() or None,
+        task=scenario.task,
+        synthetic_patients=scenario.synthetic_patients,
+        synthetic_modalities=scenario.synthetic_modalities,
+        seed=config.seed,
+    )
