@@ -107,7 +107,9 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['folds']} patient-level folds of each of {', '.join(document['datasets'])}; merges scored on the "
         "fold's complete-case validation patients only (no test patient). Paired per-fold differences against "
         "uniform weights, mean and 95 % t-interval over all folds of all data sets; loss: lower is better, "
-        "metric (c-index or AUC): higher is better.",
+        "metric (c-index or AUC): higher is better. Validation weights come from each block's score on "
+        "validation patients, so on the pooled blocks they are scored on patients that chose them: their "
+        "advantage there is optimistic. Uniform and samples weights use no validation data.",
         "",
         "| blocks | score | samples - uniform | validation - uniform |",
         "|---|---|---|---|",

@@ -34,7 +34,7 @@ class CentralizedConfig:
     modalities: list[str]
     n_folds: int = 5
     seed: int = 0
-    merge: MergeConfig = field(default_factory=lambda: MergeConfig(weighting="uniform"))
+    merge: MergeConfig = field(default_factory=MergeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)

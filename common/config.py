@@ -124,8 +124,8 @@ class MergeConfig:
     """harmonic, mean or sum."""
     head_merge: str = "slerp"
     """slerp or linear."""
-    weighting: str = "samples"
-    """Block weights: uniform, samples or validation."""
+    weighting: str = "uniform"
+    """Block weights: uniform, samples or validation (see docs/benchmarks/weighting.md)."""
 
 
 @dataclass

@@ -39,17 +39,12 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_centralized)
 
 
-CENTRALIZED_WEIGHTING = "uniform"
-"""The centralized pipeline's merge weighting when none is given (see the README)."""
-
-
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
     from fedlego.common.config import RunConfig
     from fedlego.common.data.presets import preset, run_cohort
 
-    overrides = {"weighting": CENTRALIZED_WEIGHTING, **config_overrides(args)}
-    config = RunConfig.from_flat(overrides)
+    config = RunConfig.from_flat(config_overrides(args))
     dataset = run_cohort(config)
     modalities = list(dataset.modalities)
     central = CentralizedConfig.from_run(config, modalities, args.folds, preset(config.scenario.dataset).preprocessing)

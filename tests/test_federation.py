@@ -371,3 +371,22 @@ def test_every_model_field_set_in_the_run_config_reaches_the_sites_blocks(tmp_pa
         assert (architecture["steps"], architecture["heads"], architecture["head_dim"]) == (1, 2, 8)
         assert architecture["encoder"]["kwargs"]["width"] == 24 and architecture["dropout"] == 0.0
     assert results["config"]["steps"] == 1 and results["config"]["encoder-width"] == 24
+
+
+class OldSite(InProcessTransport):
+    """Site 0 answers with another protocol version (an incompatible fedlego installed there)."""
+
+    def exchange(self, message_type, requests, timeout):
+        replies = super().exchange(message_type, requests, timeout)
+        if 1000 in replies and replies[1000].payload is not None:
+            replies[1000].payload.config["protocol"] = 99
+        return replies
+
+
+def test_a_site_speaking_another_protocol_version_is_left_out_with_the_reason():
+    config = {**SMALL, "block-rounds": 0}
+    results = Federation(OldSite(config, 3), RunConfig.from_flat(config), log=lambda _: None).run().to_dict()
+    assert results["status"] == "completed"
+    (failure,) = [f for f in results["failures"] if f["phase"] == "describe"]
+    assert "protocol version 99" in failure["reason"] and failure["site"] == "node-1000"
+    assert "tabular_0" not in results["sites"] and len(results["sites"]) == 2
