@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint docker-lint bench bench-quick bench-privacy proto clean
+.PHONY: setup demo test lint docker-lint bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,10 @@ docker-lint: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Regenerate the Flower app's [tool.flwr.app.config] from common/config.py (tests/test_config.py checks it).
+app-config: setup
+	$(PY) -c "from pathlib import Path; from fedlego.common.config import write_app_config; write_app_config(Path('fedlego/flwr_app/pyproject.toml'))"
 
 proto: setup
 	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto proto/fedlego.proto

@@ -48,8 +48,8 @@ def site_for(context: Context) -> SiteRuntime:
     if key not in _SITES:
         settings = RunConfig.from_flat(context.run_config)
         if "data-dir" in context.node_config:
-            data = read_site_folder(Path(str(context.node_config["data-dir"])), salt=f"fedlego-roles-{settings.seed}")
-            _SITES[key] = SiteRuntime(data.name, data.dataset, data.roles)
+            data = read_site_folder(Path(str(context.node_config["data-dir"])))
+            _SITES[key] = SiteRuntime(data.name, data.dataset, data.roles, data.source())
         else:
             _SITES[key] = simulated_site(settings, int(context.node_config["partition-id"]))
     return _SITES[key]

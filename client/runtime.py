@@ -34,6 +34,8 @@ class SiteRuntime:
     name: str
     dataset: MultimodalDataset
     roles: dict[str, list[str]]
+    source: dict[str, str] | None = None
+    """Where the data came from (``SiteData.source()``; bundled data set and name otherwise)."""
 
     def modalities(self) -> list[str]:
         """Modalities this site holds."""
@@ -62,6 +64,7 @@ class SiteRuntime:
             n_train=counts["train"],
             n_validation=counts["validation"],
             n_test=counts["test"],
+            data=self.source,
         )
         train = self._ids("train")
         if labels.task == "survival" and train:

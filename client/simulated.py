@@ -1,13 +1,18 @@
-"""Simulated hospitals: a bundled cohort cut into sites by the run's scenario settings, each site
-with its patient roles from the run's global fold (the centralized pipeline's folds)."""
+"""Simulated hospitals: one per site folder (``site-folders``: read as ``fedlego site`` reads it,
+roles from its split.csv or hashed), or a cohort (a bundled data set or a pooled site folder) cut
+into sites by the run's scenario settings, each site with its patient roles from the run's global
+fold (the centralized pipeline's folds)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fedlego.client.runtime import SiteRuntime
 from fedlego.common.config import RunConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.presets import run_cohort
 from fedlego.common.data.scenarios import Scenario, build_scenario, dataset_splits, site_dataset, site_split
+from fedlego.common.data.sitefolder import SiteData, folder_digest, read_site_folder
 
 
 def simulated_scenario(config: RunConfig, dataset: MultimodalDataset) -> Scenario:
@@ -27,7 +32,14 @@ def simulated_scenario(config: RunConfig, dataset: MultimodalDataset) -> Scenari
 
 
 def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
-    """Site number ``index`` of the scenario, with its roles from the run's global fold."""
+    """Site number ``index``: its site folder, or its share of the scenario with its roles from
+    the run's global fold."""
+    folders = config.scenario.folder_list()
+    if folders:
+        if not 0 <= index < len(folders):
+            raise ValueError(f"site index {index} outside the {len(folders)} site folders")
+        data = read_site_folder(Path(folders[index]))
+        return SiteRuntime(data.name, data.dataset, data.roles, data.source())
     dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)
     if not 0 <= index < len(scenario.sites):
@@ -38,4 +50,24 @@ def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
     spec = scenario.sites[index]
     fold = config.scenario.fold
     split = dataset_splits(dataset, n_folds=fold + 1, seed=config.seed)[fold]
-    return SiteRuntime(spec.name, site_dataset(dataset, spec), site_split(spec, dataset, split))
+    return SiteRuntime(spec.name, site_dataset(dataset, spec), site_split(spec, dataset, split), cohort_source(config))
+
+
+def cohort_source(config: RunConfig) -> dict[str, str]:
+    """How results name the cohort a scenario is cut from."""
+    scenario = config.scenario
+    if scenario.data:
+        data = Path(scenario.data).resolve()
+        return {"source": "site-folder", "path": str(data), "sha256": folder_digest(data)}
+    return {"source": "bundled", "dataset": scenario.dataset}
+
+
+def site_folders(config: RunConfig) -> list[SiteData]:
+    """Every site folder of a ``site-folders`` run, read and validated (SiteDataError naming the
+    file at fault); their names must differ."""
+    sites = [read_site_folder(Path(folder)) for folder in config.scenario.folder_list()]
+    names = [s.name for s in sites]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"site folders must have different names in site.json; repeated: {repeated}")
+    return sites

@@ -41,6 +41,8 @@ class CentralizedConfig:
     preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     privacy: PrivacyConfig | None = None
     """DP-SGD for block training (None: plain training); see ``common.privacy``."""
+    source: dict[str, str] = field(default_factory=dict)
+    """Where the cohort came from when it is not the bundled ``dataset`` (a site folder and its hash)."""
 
     @classmethod
     def from_run(
@@ -256,6 +258,7 @@ def run_centralized(
         "config": asdict(config),
         "dataset": {
             "name": dataset.name,
+            "source": config.source or {"source": "bundled", "dataset": config.dataset},
             "task": dataset.labels.task,
             "n_patients": len(dataset.patient_ids()),
             "n_complete": len(dataset.complete_case_ids(config.modalities)),

@@ -21,6 +21,7 @@ import textwrap
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from fedlego.common.lego import LatentContract
@@ -32,7 +33,12 @@ class ScenarioConfig:
     """Which cohort a run uses and, for a simulated federation, how it is cut into sites."""
 
     dataset: str = "tcga-acc"
-    """Bundled data set: tcga-acc, pbc or synthetic."""
+    """Bundled data set: tcga-acc, pbc or synthetic (unused with data or site-folders)."""
+    data: str = ""
+    """A site folder pooled as one cohort instead of a bundled data set (centralized --data,
+    simulate --split): cut into simulated sites by the options below."""
+    site_folders: str = ""
+    """Site folders, one simulated hospital each (simulate --sites), separated by commas."""
     task: str = "survival"
     """PBC only: survival or binary (2-year landmark outcome)."""
     modalities: str = ""
@@ -61,6 +67,14 @@ class ScenarioConfig:
     def modality_list(self) -> list[str]:
         """The modalities named in ``modalities`` (empty: the preset decides)."""
         return [m.strip() for m in self.modalities.split(",") if m.strip()]
+
+    def folder_list(self) -> list[str]:
+        """The paths in ``site_folders``."""
+        return [f.strip() for f in self.site_folders.split(",") if f.strip()]
+
+    def uses_own_data(self) -> bool:
+        """Whether the run reads site folders rather than a bundled data set."""
+        return bool(self.data or self.site_folders)
 
 
 @dataclass
@@ -345,6 +359,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be at least 1")
         if not 0 <= self.model.dropout < 1:
             raise ValueError("dropout must lie in [0, 1)")
+        if self.scenario.data and self.scenario.site_folders:
+            raise ValueError("data (one pooled folder) and site-folders (one folder per site) exclude each other")
         self.privacy.validate()
         if self.fuse_privacy.noise < 0:
             raise ValueError("fuse-dp-noise must be at least 0 (0 = off)")
@@ -447,3 +463,11 @@ def app_config_toml() -> str:
             lines.append(f"# {text}")
         lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def write_app_config(path: Path) -> None:
+    """Replace the ``[tool.flwr.app.config]`` table (the end of the Flower app's pyproject.toml)
+    with :func:`app_config_toml` (``make app-config``)."""
+    text = path.read_text()
+    start = text.index("[tool.flwr.app.config]")
+    path.write_text(text[:start] + app_config_toml())

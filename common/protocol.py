@@ -121,6 +121,9 @@ class SiteDescription:
     n_test: list[int]
     n_train_events: int | None = None
     cut_points: list[float] | None = None
+    data: dict[str, str] | None = None
+    """Where the site's data came from: a site folder (name, path, SHA-256 of its files) or a
+    bundled data set."""
 
     def to_dict(self) -> dict[str, Any]:
         """The description as JSON-ready values (absent survival fields left out)."""

@@ -40,14 +40,18 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _centralized(args: argparse.Namespace) -> int:
+    from fedlego.client.simulated import cohort_source
     from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
     from fedlego.common.config import RunConfig
-    from fedlego.common.data.presets import preset, run_cohort
+    from fedlego.common.data.presets import preprocessing_for, run_cohort
 
     config = RunConfig.from_flat(config_overrides(args))
     dataset = run_cohort(config)
     modalities = list(dataset.modalities)
-    central = CentralizedConfig.from_run(config, modalities, args.folds, preset(config.scenario.dataset).preprocessing)
+    central = CentralizedConfig.from_run(config, modalities, args.folds, preprocessing_for(config))
+    if config.scenario.data:
+        central.dataset = dataset.name
+        central.source = cohort_source(config)
     print(f"fedlego centralized: {dataset.name}, modalities {modalities}, {args.folds} folds", file=sys.stderr)
     document = run_centralized(dataset, central, args.out, progress=args.progress)
     title = (
@@ -77,7 +81,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedlego.client.simulated import simulated_scenario
+    from fedlego.client.simulated import simulated_scenario, site_folders
     from fedlego.common.config import RunConfig
     from fedlego.common.data.presets import run_cohort
     from fedlego.console import federation_table, phase_times
@@ -85,21 +89,52 @@ def _simulate(args: argparse.Namespace) -> int:
 
     overrides = config_overrides(args)
     config = RunConfig.from_flat(overrides)
-    scenario = simulated_scenario(config, run_cohort(config))
-    print(
-        f"fedlego simulate: {config.scenario.dataset}, {len(scenario.sites)} sites "
-        f"({', '.join(s.name + ':' + '+'.join(s.modalities) for s in scenario.sites)})",
-        flush=True,
-    )
-    results = run_simulation(
-        overrides, len(scenario.sites), args.out, gpu_fraction=args.gpu_fraction, resume=args.resume
-    )
+    if config.scenario.site_folders:
+        sites = [(s.name, sorted(s.dataset.modalities)) for s in site_folders(config)]
+        source = f"{len(sites)} site folders"
+    else:
+        sites = [(s.name, s.modalities) for s in simulated_scenario(config, run_cohort(config)).sites]
+        source = f"site folder {config.scenario.data}" if config.scenario.data else config.scenario.dataset
+    described = ", ".join(name + ":" + "+".join(modalities) for name, modalities in sites)
+    print(f"fedlego simulate: {source}, {len(sites)} sites ({described})", flush=True)
+    results = run_simulation(overrides, len(sites), args.out, gpu_fraction=args.gpu_fraction, resume=args.resume)
     print(federation_table(results))
     print(f"status {results.status}; wall time {results.wall_seconds or 0.0:.1f} s ({phase_times(results)})")
     print(f"results in {args.out / 'results.json'}, packages in {args.out / 'packages'}")
     if (args.out / REPORT_NAME).exists():
         print(f"report in {args.out / REPORT_NAME}")
     return 0 if results.status == "completed" else 1
+
+
+def _add_check(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="validate a site folder and print what it holds (no SuperNode started)",
+        description="Reads a site folder exactly as `fedlego site` and the simulated sites do (site.json, labels, "
+        "modality files, split.csv) and prints the patients per modality and role, labelled patients without "
+        "any modality, and the SHA-256 of its files. Exit code 2 with the file and field at fault otherwise.",
+    )
+    p.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="site folder(s)")
+    p.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from fedlego.common.data.sitefolder import read_site_folder
+
+    for folder in args.folders:
+        data = read_site_folder(folder)
+        summary = data.summary()
+        roles = ", ".join(f"{n} {r}" for r, n in summary["roles"].items())
+        print(f"{folder}: site {summary['name']!r}, task {summary['task']}, patients with a role: {roles}")
+        for modality, counts in summary["modalities"].items():
+            per_role = ", ".join(f"{counts[r]} {r}" for r in summary["roles"])
+            print(f"  {modality:<16} {counts['kind']:<10} {per_role}")
+        unused = summary["labelled_without_data"]
+        if unused:
+            shown = ", ".join(unused[:10]) + (", ..." if len(unused) > 10 else "")
+            print(f"  {len(unused)} labelled patients hold no modality and are not used: {shown}")
+        print(f"  sha256 {data.sha256}")
+    return 0
 
 
 def _add_config(subparsers: argparse._SubParsersAction) -> None:
@@ -207,6 +242,7 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "as a site folder OUT/<site>/ (site.json, labels, one file per modality, split.csv of the global fold).",
     )
     add_scenario_arguments(p)
+    add_set_argument(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=deploy.cmd_export_sites)
 
@@ -322,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_centralized(subparsers)
     _add_simulate(subparsers)
     _add_config(subparsers)
+    _add_check(subparsers)
     _add_predict(subparsers)
     _add_audit(subparsers)
     _add_report(subparsers)

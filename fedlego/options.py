@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedlego.common.config import CHOICES, flat_defaults, flat_fields, key_help
@@ -14,7 +15,11 @@ SCENARIO_SECTIONS = ("scenario",)
 """What ``fedlego simulate`` and ``fedlego export-sites`` need to cut a cohort into sites."""
 CENTRALIZED_SECTIONS = ("model", "training", "merge", "fuse", "privacy")
 """The sections the centralized pipeline uses (besides the data set)."""
-CENTRALIZED_DATA_KEYS = ("dataset", "task", "modalities", "synthetic-patients", "synthetic-modalities")
+CENTRALIZED_DATA_KEYS = ("dataset", "data", "task", "modalities", "synthetic-patients", "synthetic-modalities")
+LIST_KEYS = {"modalities": "MODALITY", "site-folders": "FOLDER"}
+"""Keys given as several words on the command line, joined with commas."""
+PATH_KEYS = ("data", "site-folders", "trusted-sites", "coordinator-key", "out-dir")
+"""Keys holding paths: made absolute (Flower runs the apps in other working directories)."""
 ALIASES = {
     "block-epochs": ("--epochs",),
     "block-dp-epsilon": ("--dp-epsilon",),
@@ -32,8 +37,8 @@ def _add_key(group: argparse._ActionsContainer, key: str, extra_names: Sequence[
     common: dict[str, Any] = {"dest": key, "default": None, "help": f"{text} (default: {default})".strip()}
     if kind is bool:
         group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
-    elif key == "modalities":
-        group.add_argument(*names, nargs="+", metavar="MODALITY", **common)
+    elif key in LIST_KEYS:
+        group.add_argument(*names, nargs="+", metavar=LIST_KEYS[key], **common)
     else:
         group.add_argument(*names, type=kind, choices=CHOICES.get(key), **common)
 
@@ -70,16 +75,27 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     """Options naming the data set (``--scenario``), its modalities and how patients are spread
     over sites."""
-    add_config_arguments(parser, SCENARIO_SECTIONS, names={"dataset": ("--scenario",)})
+    add_config_arguments(
+        parser,
+        SCENARIO_SECTIONS,
+        names={"dataset": ("--scenario",), "site-folders": ("--sites",), "data": ("--split",)},
+    )
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The run-config keys given on the command line (options, then ``--set`` items)."""
     known = set(flat_defaults())
     overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    if isinstance(overrides.get("modalities"), list):
-        overrides["modalities"] = ",".join(overrides["modalities"])
     overrides.update(set_overrides(getattr(args, "set", None) or []))
+    for key in PATH_KEYS:
+        if overrides.get(key):
+            parts = overrides[key] if isinstance(overrides[key], list) else str(overrides[key]).split(",")
+            overrides[key] = [str(Path(p.strip()).expanduser().resolve()) for p in parts if p.strip()]
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            if any("," in item for item in value):
+                raise ValueError(f"{key}: a comma cannot appear in an item ({value})")
+            overrides[key] = ",".join(value)
     return overrides
 
 

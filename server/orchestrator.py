@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedlego.common.aggregation import average_states, dp_average_updates
 from fedlego.common.config import RunConfig
-from fedlego.common.data.presets import PRESETS
+from fedlego.common.data.presets import preprocessing_for
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import (
     PackageError,
@@ -170,15 +170,11 @@ class Federation:
             self.exchange.site_names[node] = description.site
             self.sites[node] = description
             self.results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
+        self.results.data = {d.site: d.data for d in self.sites.values() if d.data is not None} or None
         task = agree_task(list(self.sites.values()))
         self.results.task = task.to_dict()
         self.results.metric = task.metric_name
         return task
-
-    def preprocessing(self) -> dict:
-        """Preprocessing options per modality (the bundled data set's preset)."""
-        dataset = self.settings.scenario.dataset
-        return PRESETS[dataset].preprocessing if dataset in PRESETS else {}
 
     def train_blocks(self, task: Task) -> list[BlockPackage]:
         """Every site trains a block per held modality and uploads the packages."""
@@ -188,7 +184,7 @@ class Federation:
             task,
             self.settings.model,
             self.settings.training,
-            self.preprocessing(),
+            preprocessing_for(self.settings),
             self.settings.block_privacy(),
         )
         nodes = [n for n, d in self.sites.items() if d.modalities]

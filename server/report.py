@@ -25,9 +25,7 @@ if TYPE_CHECKING:
 REPORT_NAME = "report.html"
 
 HEADER_SETTINGS = (
-    "dataset",
     "layout",
-    "task",
     "seed",
     "fold",
     "block-rounds",
@@ -152,14 +150,30 @@ def _metric_name(run: RunResults) -> str:
 
 
 # -- sections --------------------------------------------------------------------------------
+def _data_text(run: RunResults) -> str:
+    """The data each site used: a bundled data set, or a site folder with its content hash."""
+    parts = []
+    for site, source in (run.data or {}).items():
+        if source.get("source") == "bundled":
+            parts.append(f"{site}: bundled {source.get('dataset')}")
+        else:
+            where = source.get("path") or source.get("name", "")
+            parts.append(f"{site}: site folder {where} (sha256 {source.get('sha256', '')[:12]})")
+    return "; ".join(parts) or "not reported"
+
+
 def _header(run: RunResults) -> str:
     config = run.config
     status = run.status if run.status is not None else "interrupted"
     rendered = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    task = (run.task or {}).get("kind", config.get("task", "?"))
+    task = (run.task or {}).get("kind", "?")
+    bundled = {d.get("dataset") for d in (run.data or {}).values() if d.get("source") == "bundled"}
+    if not bundled:  # a user's data: no bundled data set's name anywhere in the report
+        config = {k: v for k, v in config.items() if k != "dataset"}
     facts = [
         ("run ended (UTC)", run.finished_at if run.finished_at is not None else "not recorded"),
         ("report rendered (UTC)", rendered),
+        ("data", _data_text(run)),
         ("task / metric", f"{task} / {run.metric if run.metric is not None else '?'}"),
         ("sites", ", ".join(run.sites) or "none described"),
         ("merged modalities", ", ".join(run.merged_modalities or []) or "none"),

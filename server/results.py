@@ -133,6 +133,8 @@ class RunResults:
     metrics: dict[str, dict[str, ModelMetrics]] = field(default_factory=dict)
     rounds: dict[str, RoundsRecord] = field(default_factory=dict)
     signatures: Signatures | None = None
+    data: dict[str, dict[str, str]] | None = None
+    """Per site, where its data came from (a site folder and its SHA-256, or a bundled data set)."""
     task: dict[str, Any] | None = None
     metric: str | None = None
     audit_head: str | None = None

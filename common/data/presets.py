@@ -4,10 +4,12 @@ and one loader for the centralized pipeline, simulated federations and the bench
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.sitefolder import read_site_folder
 from fedlego.common.data.synthetic import default_synthetic_modalities
 
 if TYPE_CHECKING:
@@ -66,8 +68,11 @@ def load_cohort(
 
 
 def run_cohort(config: RunConfig) -> MultimodalDataset:
-    """The bundled cohort a run's scenario names, restricted to its modalities."""
+    """The cohort a run's scenario names: its pooled site folder (``data``) or a bundled data
+    set, restricted to its modalities."""
     scenario = config.scenario
+    if scenario.data:
+        return folder_cohort(Path(scenario.data), scenario.modality_list() or None)
     return load_cohort(
         scenario.dataset,
         scenario.modality_list() or None,
@@ -76,3 +81,21 @@ def run_cohort(config: RunConfig) -> MultimodalDataset:
         synthetic_modalities=scenario.synthetic_modalities,
         seed=config.seed,
     )
+
+
+def folder_cohort(path: Path, modalities: list[str] | None = None) -> MultimodalDataset:
+    """A site folder read and validated as ``fedlego site`` reads it, as one cohort restricted to
+    ``modalities`` (default: all it holds)."""
+    dataset = read_site_folder(path).dataset
+    names = list(modalities or dataset.modalities)
+    missing = [m for m in names if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"site folder {path} has no modalities {missing}; it has {sorted(dataset.modalities)}")
+    return dataset.subset(dataset.patient_ids(), names)
+
+
+def preprocessing_for(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Preprocessing options per modality: a bundled data set's preset, none for site folders."""
+    if config.scenario.uses_own_data():
+        return {}
+    return preset(config.scenario.dataset).preprocessing

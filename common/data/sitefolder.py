@@ -46,11 +46,51 @@ RESERVED_NAMES = frozenset({"labels", "split"})
 
 @dataclass
 class SiteData:
-    """A site folder as read: its name, its data and the patient ids in each role."""
+    """A site folder as read: its name, its data, the patient ids in each role, and where it
+    came from (the folder and the SHA-256 of its files, see :func:`folder_digest`)."""
 
     name: str
     dataset: MultimodalDataset
     roles: dict[str, list[str]]
+    path: Path | None = None
+    sha256: str = ""
+
+    def source(self) -> dict[str, str]:
+        """How results name this data: the site folder's name and content hash (not its local
+        path, which stays at the hospital)."""
+        return {"source": "site-folder", "name": self.name, "sha256": self.sha256}
+
+    def summary(self) -> dict[str, Any]:
+        """Patients per modality and role, labelled patients without any modality, and patients
+        with a role but no label-usable data (what ``fedlego check`` prints)."""
+        held = {m: set(d.patient_ids()) for m, d in self.dataset.modalities.items()}
+        return {
+            "name": self.name,
+            "task": self.dataset.labels.task,
+            "modalities": {
+                m: {
+                    "kind": self.dataset.modalities[m].kind,
+                    **{r: len(held[m] & set(ids)) for r, ids in self.roles.items()},
+                }
+                for m in sorted(held)
+            },
+            "roles": {r: len(ids) for r, ids in self.roles.items()},
+            "labelled_without_data": sorted(set(self.dataset.labels.patient_ids()) - set(self.dataset.patient_ids())),
+        }
+
+
+def folder_digest(path: Path) -> str:
+    """SHA-256 over a folder's files (relative path and bytes, in sorted order): names the exact
+    data a run used without revealing it."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- roles
@@ -250,7 +290,7 @@ def read_site_folder(
         roles = _read_split(split_path, dataset)
     else:
         roles = hash_roles(dataset.patient_ids(), salt, fractions)
-    return SiteData(manifest.name, dataset, roles)
+    return SiteData(manifest.name, dataset, roles, path.resolve(), folder_digest(path))
 
 
 def read_site_modalities(path: Path, names: Collection[str] | None = None) -> dict[str, ModalityData]:
