@@ -10,10 +10,12 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 .PHONY: setup demo test lint docker-lint bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The example encoder plugin (plugins/) is installed too: tests run federations with it.
+$(VENV)/.installed: pyproject.toml plugins/fedlego-tabular-transformer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -e plugins/fedlego-tabular-transformer
 	touch $@
 
 setup: $(VENV)/.installed

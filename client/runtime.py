@@ -7,7 +7,7 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,8 @@ class SiteRuntime:
     roles: dict[str, list[str]]
     source: dict[str, str] | None = None
     """Where the data came from (``SiteData.source()``; bundled data set and name otherwise)."""
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality, the encoder to use instead of the reference one (``site.json``)."""
 
     def modalities(self) -> list[str]:
         """Modalities this site holds."""
@@ -108,6 +110,7 @@ class SiteRuntime:
                 train_config,
                 preprocessors[modality].to_dict(),
                 privacy=privacy,
+                encoder=self.encoders.get(modality),
             )
             metrics = {"best_epoch": float(report.best_epoch)}
             if report.best_validation_loss is not None:

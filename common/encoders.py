@@ -7,6 +7,9 @@ an embedding (b, w) or tokens (b, n, w) with an optional token mask (b, n).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,12 +133,96 @@ ENCODER_FACTORIES: dict[str, type[nn.Module]] = {
     "small-cnn": SmallCNN,
 }
 """Encoders a package may name. Packages never carry code: a receiver rebuilds an encoder only
-from this registry, so unknown names are refused instead of imported."""
+from this registry (built in, ``register_encoder`` or a plugin), so unknown names are refused."""
+
+PLUGIN_GROUP = "fedlego.encoders"
+"""The entry-point group through which installed distributions add encoders: ``name = "module:Class"``."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """Where a plugin encoder comes from: its distribution and version."""
+
+    distribution: str
+    version: str
+
+
+PLUGINS: dict[str, Plugin] = {}
+"""Encoders that came from plugins, by name."""
+PLUGIN_ERRORS: dict[str, str] = {}
+"""Plugin entry points that failed to load, by name, with the reason."""
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register every encoder of the ``fedlego.encoders`` entry-point group (once per process).
+    A plugin that fails to import is recorded in ``PLUGIN_ERRORS``, not raised: only blocks that
+    use it are refused."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in entry_points(group=PLUGIN_GROUP):
+        distribution = entry.dist.name if entry.dist is not None else "unknown"
+        version = entry.dist.version if entry.dist is not None else "0"
+        try:
+            factory = entry.load()
+            if not (isinstance(factory, type) and issubclass(factory, nn.Module)):
+                raise TypeError(f"{entry.value} is not an nn.Module class")
+        except Exception as error:  # a broken plugin must not stop the encoders that work
+            PLUGIN_ERRORS[entry.name] = f"plugin {distribution} {version}: {type(error).__name__}: {error}"
+            continue
+        ENCODER_FACTORIES[entry.name] = factory
+        PLUGINS[entry.name] = Plugin(distribution, version)
 
 
 def register_encoder(name: str, factory: type[nn.Module]) -> None:
-    """Make a user encoder class rebuildable from packages (every site must register it)."""
+    """Make a user encoder class rebuildable from packages in this process (every party that
+    runs the block must register it; a plugin distribution does that for every process)."""
     ENCODER_FACTORIES[name] = factory
+
+
+def known_encoder(name: str) -> bool:
+    """Whether ``name`` can be built here (built in, registered or from a plugin)."""
+    load_plugins()
+    return name in ENCODER_FACTORIES
+
+
+def _example_entry(value: torch.Tensor) -> list[int] | dict[str, Any]:
+    shape = [int(s) for s in value.shape[1:]]
+    return shape if value.dtype == torch.float32 else {"shape": shape, "dtype": str(value.dtype).removeprefix("torch.")}
+
+
+def encoder_spec(name: str, kwargs: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict:
+    """The spec of encoder ``name`` for inputs like ``tensors``: its kwargs (completed by the
+    class's ``infer_kwargs(example, **kwargs)`` when it has one, e.g. the input width), the
+    per-patient shape and dtype of every input, and for a plugin its distribution and version."""
+    load_plugins()
+    if name not in ENCODER_FACTORIES:
+        raise ValueError(unknown_encoder_message(name))
+    factory = ENCODER_FACTORIES[name]
+    if hasattr(factory, "infer_kwargs"):
+        kwargs = factory.infer_kwargs(tensors, **kwargs)
+    spec: dict[str, Any] = {
+        "name": name,
+        "kwargs": dict(kwargs),
+        "example": {key: _example_entry(value) for key, value in tensors.items()},
+    }
+    if name in PLUGINS:
+        spec["plugin"] = {"distribution": PLUGINS[name].distribution, "version": PLUGINS[name].version}
+    return spec
+
+
+def unknown_encoder_message(name: str, plugin: dict | None = None) -> str:
+    """Why ``name`` cannot be built here."""
+    if name in PLUGIN_ERRORS:
+        return f"encoder {name!r} failed to load: {PLUGIN_ERRORS[name]}"
+    if plugin:
+        return (
+            f"encoder {name!r} comes from plugin {plugin.get('distribution')!r} {plugin.get('version')}, "
+            "which is not installed here"
+        )
+    return f"unknown encoder {name!r}; registered: {sorted(ENCODER_FACTORIES)}"
 
 
 def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1) -> dict:
@@ -143,7 +230,6 @@ def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: i
 
     A spec is ``{"name", "kwargs", "example"}``: the factory name, its keyword arguments and the
     per-patient shape of every input tensor (for rebuilding the block elsewhere)."""
-    example = {key: list(value.shape[1:]) for key, value in tensors.items()}
     if kind == "tabular":
         name, kwargs = "snn", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
     elif kind == "bags":
@@ -161,21 +247,51 @@ def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: i
     return {
         "name": name,
         "kwargs": {k: int(v) if isinstance(v, int) else v for k, v in kwargs.items()},
-        "example": example,
+        "example": {key: [int(s) for s in value.shape[1:]] for key, value in tensors.items()},
     }
 
 
 def build_encoder(spec: dict) -> nn.Module:
-    """The encoder a spec describes, from the registry only."""
+    """The encoder a spec describes, from the registry only. A plugin encoder needs the same
+    plugin installed with the same major version."""
+    load_plugins()
     name = spec.get("name")
+    plugin = spec.get("plugin")
     if name not in ENCODER_FACTORIES:
-        raise ValueError(f"unknown encoder {name!r}; registered: {sorted(ENCODER_FACTORIES)}")
+        raise ValueError(unknown_encoder_message(str(name), plugin))
+    if plugin:
+        installed = PLUGINS.get(name)
+        if installed is None or installed.distribution != plugin.get("distribution"):
+            raise ValueError(
+                f"encoder {name!r} comes from plugin {plugin.get('distribution')!r}, "
+                f"here it is {'built in' if installed is None else repr(installed.distribution)}"
+            )
+        if _major(installed.version) != _major(str(plugin.get("version"))):
+            raise ValueError(
+                f"encoder {name!r}: plugin {installed.distribution!r} {plugin.get('version')} made the package, "
+                f"{installed.version} is installed here (major versions differ)"
+            )
     return ENCODER_FACTORIES[name](**spec.get("kwargs", {}))
 
 
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+EXAMPLE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                  "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}  # fmt: skip
+"""The input dtypes a spec may name (a plain shape list means float32)."""
+
+
 def example_input(spec: dict) -> dict[str, torch.Tensor]:
-    """A batch of two all-zero inputs shaped as in the spec (enough to infer widths)."""
-    return {key: torch.zeros(2, *shape) for key, shape in spec["example"].items()}
+    """A batch of two all-zero inputs with the spec's shapes and dtypes (enough to infer widths)."""
+    batch = {}
+    for key, entry in spec["example"].items():
+        shape, dtype = (entry, "float32") if isinstance(entry, list) else (entry["shape"], entry["dtype"])
+        if dtype not in EXAMPLE_DTYPES:
+            raise ValueError(f"example input {key!r}: dtype {dtype!r} not one of {sorted(EXAMPLE_DTYPES)}")
+        batch[key] = torch.zeros(2, *shape, dtype=EXAMPLE_DTYPES[dtype])
+    return batch
 
 
 def reference_encoder(kind: str, tensors: dict[str, torch.Tensor], width: int = 64, dropout: float = 0.1) -> nn.Module:

@@ -6,6 +6,7 @@ federated sites share exactly the same code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 
 from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
-from fedlego.common.encoders import build_encoder, reference_encoder_spec
+from fedlego.common.encoders import build_encoder, encoder_spec, reference_encoder_spec
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.privacy import fit_private
 from fedlego.common.tasks import Task, average_scores
@@ -22,11 +23,20 @@ from fedlego.common.training import TrainReport, fit, predict
 
 
 def build_block(
-    modality: str, kind: str, example: dict[str, torch.Tensor], task: Task, config: ModelConfig
+    modality: str,
+    kind: str,
+    example: dict[str, torch.Tensor],
+    task: Task,
+    config: ModelConfig,
+    encoder: Mapping[str, Any] | None = None,
 ) -> LegoBlock:
-    """A fresh block with the reference encoder for ``kind``, seeded for reproducibility."""
+    """A fresh block, seeded for reproducibility, with the reference encoder for ``kind`` or the
+    named ``encoder`` (``{"name": ..., "kwargs": {...}}``: built in, registered or a plugin)."""
     torch.manual_seed(config.seed)
-    spec = reference_encoder_spec(kind, example, width=config.encoder_width, dropout=config.dropout)
+    if encoder is None:
+        spec = reference_encoder_spec(kind, example, width=config.encoder_width, dropout=config.dropout)
+    else:
+        spec = encoder_spec(str(encoder["name"]), dict(encoder.get("kwargs") or {}), example)
     block = LegoBlock(
         modality,
         build_encoder(spec),
@@ -58,8 +68,10 @@ def train_block(
     preprocessing: dict[str, Any] | None = None,
     progress: bool = False,
     privacy: PrivacyConfig | None = None,
+    encoder: Mapping[str, Any] | None = None,
 ) -> tuple[LegoBlock, TrainReport]:
     """Train one modality's block on the patients holding it; early stopping on validation.
+    ``encoder`` names another encoder than the kind's reference one (see ``build_block``).
 
     ``preprocessing`` is the fitted preprocessor state that produced the tensors; it is stored
     with the block. ``privacy`` (enabled): DP-SGD instead of plain training (see
@@ -69,7 +81,7 @@ def train_block(
     if len(train_m) == 0:
         raise ValueError(f"no training patient holds modality {modality!r}")
     example = {k: v[:2] for k, v in train_m.inputs[modality].items()}
-    block = build_block(modality, kind, example, task, model_config)
+    block = build_block(modality, kind, example, task, model_config, encoder)
     if privacy is not None and privacy.enabled:
         report = fit_private(
             block,

@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from fedlego.common.encoders import known_encoder, unknown_encoder_message
 
 from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
@@ -54,6 +56,8 @@ class SiteData:
     roles: dict[str, list[str]]
     path: Path | None = None
     sha256: str = ""
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality, the encoder ``site.json`` names (``{"name", "kwargs"}``)."""
 
     def source(self) -> dict[str, str]:
         """How results name this data: the site folder's name and content hash (not its local
@@ -199,6 +203,8 @@ class _Manifest:
     labels: str
     modalities: dict[str, tuple[str, str]]
     """Modality name -> (kind, path)."""
+    encoders: dict[str, dict[str, Any]]
+    """Modality name -> {"name", "kwargs"} for modalities that name an encoder."""
 
 
 def _text_field(raw: dict[str, Any], key: str, file: str, where: str = "") -> str:
@@ -240,7 +246,30 @@ def _read_manifest(path: Path) -> _Manifest:
     if task not in TASK_KINDS:
         raise SiteDataError(file, f"field 'task': unknown task {task!r} (valid: {list(TASK_KINDS)})")
     labels = _text_field(raw, "labels", file)
-    return _Manifest(name, task, labels, _modality_entries(raw, file))
+    entries = raw.get("modalities") if isinstance(raw.get("modalities"), dict) else {}
+    encoders = {
+        str(m): _encoder_entry(str(m), e["encoder"], file)
+        for m, e in entries.items()
+        if isinstance(e, dict) and "encoder" in e
+    }
+    return _Manifest(name, task, labels, _modality_entries(raw, file), encoders)
+
+
+def _encoder_entry(modality: str, entry: Any, file: str) -> dict[str, Any]:
+    """``modalities.<m>.encoder``: ``{"name": <registered or plugin encoder>, "kwargs": {...}}``."""
+    where = f"modalities.{modality}.encoder"
+    if not isinstance(entry, dict):
+        raise SiteDataError(file, f"field '{where}' must be an object with 'name' and optional 'kwargs'")
+    name = _text_field(entry, "name", file, where + ".")
+    kwargs = entry.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise SiteDataError(file, f"field '{where}.kwargs' must be an object, got {kwargs!r}")
+    if not known_encoder(name):
+        raise SiteDataError(file, f"field '{where}.name': {unknown_encoder_message(name)}")
+    unknown = sorted(set(entry) - {"name", "kwargs"})
+    if unknown:
+        raise SiteDataError(file, f"field '{where}': unknown keys {unknown} (valid: name, kwargs)")
+    return {"name": name, "kwargs": kwargs}
 
 
 def _modality_entries(raw: dict[str, Any], file: str) -> dict[str, tuple[str, str]]:
@@ -290,7 +319,7 @@ def read_site_folder(
         roles = _read_split(split_path, dataset)
     else:
         roles = hash_roles(dataset.patient_ids(), salt, fractions)
-    return SiteData(manifest.name, dataset, roles, path.resolve(), folder_digest(path))
+    return SiteData(manifest.name, dataset, roles, path.resolve(), folder_digest(path), manifest.encoders)
 
 
 def read_site_modalities(path: Path, names: Collection[str] | None = None) -> dict[str, ModalityData]:
