@@ -127,7 +127,10 @@ class SiteRuntime:
         site's training patients with the block's shared preprocessing."""
         train = self.tensors_for({block.modality: block}, "train").restrict([block.modality])
         validation = self.tensors_for({block.modality: block}, "validation").restrict([block.modality])
-        return self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
+        result = self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
+        adapter = set(block.adapter_state_dict())  # a frozen encoder never travels back
+        result.state = {k: v for k, v in result.state.items() if k in adapter}
+        return result
 
     def fuse_round(
         self, model: LegoFuse, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0

@@ -122,6 +122,10 @@ class LegoBlock(nn.Module):
         self.preprocessing: dict[str, Any] | None = None
         """State of the preprocessor fitted on this block's training patients (JSON-ready), so
         that prediction applies the same transform; see ``data.preprocess``."""
+        self.frozen_encoder = False
+        """The encoder never trains (pre-trained): only the latent array, updates and head do."""
+        self.encoder_weights: str | None = None
+        """SHA-256 of the encoder's weights file when they travel by reference (model store)."""
 
     def _infer_width(self, example_input: ModalityInput) -> int:
         was_training = self.encoder.training
@@ -180,6 +184,28 @@ class LegoBlock(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the wrapped encoder (frozen by parameter-efficient fusion)."""
         return list(self.encoder.parameters())
+
+    def freeze_encoder(self) -> LegoBlock:
+        """Freeze the encoder for good: no gradient, always in eval mode (no dropout, no batch
+        statistics), recorded in the block's package and honoured by every training step."""
+        self.frozen_encoder = True
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        return self
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state without a frozen encoder's tensors (all of it when the encoder trains)."""
+        state = self.state_dict()
+        if not self.frozen_encoder:
+            return state
+        return {k: v for k, v in state.items() if not k.startswith("encoder.")}
+
+    def train(self, mode: bool = True) -> LegoBlock:
+        """Training mode, except a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()
+        return self
 
     def describe(self) -> dict[str, Any]:
         """Architecture summary for manifests and reports."""
@@ -318,8 +344,8 @@ class LegoFuse(nn.Module):
     def train(self, mode: bool = True) -> LegoFuse:
         """Training mode, except frozen encoders stay in eval mode (no dropout/batch stats)."""
         super().train(mode)
-        if self.freeze_encoders:
-            for block in self.blocks.values():
+        for block in self.blocks.values():
+            if self.freeze_encoders or block.frozen_encoder:
                 block.encoder.eval()
         return self
 

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from fedlego.common.encoders import build_encoder, example_input
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.model_store import WeightsError, load_encoder_weights, load_from_store
 from fedlego.common.tasks import Task, task_from_dict
 from fedlego.proto import fedlego_pb2 as pb
 
@@ -98,6 +99,10 @@ def block_to_package(
             "class with encoders.register_encoder and pass encoder_spec to LegoBlock"
         )
     architecture = {"encoder": block.encoder_spec, **block.hyperparameters}
+    if block.frozen_encoder:
+        architecture["frozen_encoder"] = True
+    if block.encoder_weights:  # by reference: the weights stay in every party's model store
+        architecture["encoder_weights_sha256"] = block.encoder_weights
     metric_values = {k: float(v) for k, v in (metrics or {}).items()}
     if block.validation_score is not None:
         metric_values.setdefault("validation_score", float(block.validation_score))
@@ -108,7 +113,7 @@ def block_to_package(
         run_id=run_id,
         architecture_json=json.dumps(architecture, sort_keys=True),
         contract=_contract_to_proto(block.contract),
-        tensors=state_to_proto(block.state_dict()),
+        tensors=state_to_proto(block.adapter_state_dict() if block.encoder_weights else block.state_dict()),
         metrics=metric_values,
         n_samples=int(block.n_samples),
         preprocessing_json=json.dumps(block.preprocessing, sort_keys=True) if block.preprocessing else "",
@@ -150,10 +155,18 @@ def block_from_package(package: pb.BlockPackage) -> LegoBlock:
             dropout=float(architecture["dropout"]),
             encoder_spec=architecture["encoder"],
         )
+        by_reference = architecture.get("encoder_weights_sha256")
+        if by_reference:
+            load_encoder_weights(block.encoder, load_from_store(by_reference), f"{where}: encoder weights")
+            block.encoder_weights = by_reference
+        if architecture.get("frozen_encoder"):
+            block.freeze_encoder()
+    except WeightsError as error:
+        raise PackageError(f"{where}: {error}") from error
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise PackageError(f"{where}: cannot rebuild the block from its architecture ({error})") from error
     state = state_from_proto(package.tensors, where)
-    expected = block.state_dict()
+    expected = block.adapter_state_dict() if block.encoder_weights else block.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise PackageError(
@@ -165,7 +178,7 @@ def block_from_package(package: pb.BlockPackage) -> LegoBlock:
                 f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
                 f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}"
             )
-    block.load_state_dict(state)
+    block.load_state_dict(state, strict=not block.encoder_weights)
     block.n_samples = int(package.n_samples)
     block.validation_score = package.metrics.get("validation_score")
     block.preprocessing = _json_field(package, "preprocessing_json")

@@ -7,6 +7,7 @@ federated sites share exactly the same code.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainC
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import build_encoder, encoder_spec, reference_encoder_spec
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.model_store import add_to_store, load_encoder_weights, read_weights
 from fedlego.common.privacy import fit_private
 from fedlego.common.tasks import Task, average_scores
 from fedlego.common.training import TrainReport, fit, predict
@@ -37,9 +39,13 @@ def build_block(
         spec = reference_encoder_spec(kind, example, width=config.encoder_width, dropout=config.dropout)
     else:
         spec = encoder_spec(str(encoder["name"]), dict(encoder.get("kwargs") or {}), example)
+    built = build_encoder(spec)
+    weights = encoder.get("weights") if encoder is not None else None
+    if weights:
+        load_encoder_weights(built, read_weights(Path(weights)), f"{modality}: {weights}")
     block = LegoBlock(
         modality,
-        build_encoder(spec),
+        built,
         config.contract(task),
         example,
         steps=config.steps,
@@ -49,6 +55,10 @@ def build_block(
         dropout=config.dropout,
         encoder_spec=spec,
     )
+    if encoder is not None and encoder.get("frozen"):
+        block.freeze_encoder()
+        if weights and not encoder.get("ship_weights"):
+            block.encoder_weights = add_to_store(Path(weights))
     return block
 
 

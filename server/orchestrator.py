@@ -218,7 +218,7 @@ class Federation:
         rounds_config = self.settings.rounds
 
         def request(round_index: int, final: bool, state: StateDict) -> RoundRequest:
-            block.load_state_dict(state)
+            block.load_state_dict(state, strict=not block.frozen_encoder)
             package = block_to_package(block, task, site=COORDINATOR, run_id=self.run_id)
             package.preprocessing_json = reference_package.preprocessing_json
             self._sign(package)
@@ -240,7 +240,7 @@ class Federation:
                 validation_loss=finished.validation_loss,
             )
 
-        rounds = Rounds(rounds_config.block_rounds, [copy.deepcopy(block.state_dict())])
+        rounds = Rounds(rounds_config.block_rounds, [copy.deepcopy(block.adapter_state_dict())])
         rounds.run(
             self._site_nodes({p.site for p, _ in candidates}),
             request,
@@ -248,7 +248,7 @@ class Federation:
             record,
         )
         best = rounds.best()
-        block.load_state_dict(rounds.states[best])
+        block.load_state_dict(rounds.states[best], strict=not block.frozen_encoder)
         block.n_samples = sum(p.n_samples for p, _ in candidates)
         block.preprocessing = json.loads(reference_package.preprocessing_json or "null")
         self.results.rounds[f"block:{modality}"] = RoundsRecord(

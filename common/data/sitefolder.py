@@ -255,8 +255,13 @@ def _read_manifest(path: Path) -> _Manifest:
     return _Manifest(name, task, labels, _modality_entries(raw, file), encoders)
 
 
+ENCODER_KEYS = ("name", "kwargs", "weights", "frozen", "ship_weights")
+"""Fields of ``modalities.<m>.encoder`` in site.json."""
+
+
 def _encoder_entry(modality: str, entry: Any, file: str) -> dict[str, Any]:
-    """``modalities.<m>.encoder``: ``{"name": <registered or plugin encoder>, "kwargs": {...}}``."""
+    """``modalities.<m>.encoder``: ``{"name": <registered or plugin encoder>, "kwargs": {...},
+    "weights": <pre-trained weights file, relative>, "frozen": bool, "ship_weights": bool}``."""
     where = f"modalities.{modality}.encoder"
     if not isinstance(entry, dict):
         raise SiteDataError(file, f"field '{where}' must be an object with 'name' and optional 'kwargs'")
@@ -266,10 +271,21 @@ def _encoder_entry(modality: str, entry: Any, file: str) -> dict[str, Any]:
         raise SiteDataError(file, f"field '{where}.kwargs' must be an object, got {kwargs!r}")
     if not known_encoder(name):
         raise SiteDataError(file, f"field '{where}.name': {unknown_encoder_message(name)}")
-    unknown = sorted(set(entry) - {"name", "kwargs"})
+    unknown = sorted(set(entry) - set(ENCODER_KEYS))
     if unknown:
-        raise SiteDataError(file, f"field '{where}': unknown keys {unknown} (valid: name, kwargs)")
-    return {"name": name, "kwargs": kwargs}
+        raise SiteDataError(file, f"field '{where}': unknown keys {unknown} (valid: {', '.join(ENCODER_KEYS)})")
+    choice: dict[str, Any] = {"name": name, "kwargs": kwargs}
+    for flag in ("frozen", "ship_weights"):
+        if flag in entry:
+            if not isinstance(entry[flag], bool):
+                raise SiteDataError(file, f"field '{where}.{flag}' must be true or false, got {entry[flag]!r}")
+            choice[flag] = entry[flag]
+    if "weights" in entry:
+        weights = Path(file).parent / _text_field(entry, "weights", file, where + ".")
+        if not weights.is_file():
+            raise SiteDataError(file, f"field '{where}.weights': file {weights} not found")
+        choice["weights"] = str(weights.resolve())
+    return choice
 
 
 def _modality_entries(raw: dict[str, Any], file: str) -> dict[str, tuple[str, str]]:
