@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -134,6 +135,90 @@ def _check(args: argparse.Namespace) -> int:
             shown = ", ".join(unused[:10]) + (", ..." if len(unused) > 10 else "")
             print(f"  {len(unused)} labelled patients hold no modality and are not used: {shown}")
         print(f"  sha256 {data.sha256}")
+    return 0
+
+
+def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pre-train a tabular encoder on a site folder's unlabelled features (denoising autoencoder)",
+        description="Fits the modality's preprocessing on the folder's training patients (as its block will), "
+        "trains the reference SNN encoder to denoise their features (labels are not used; early stopping on the "
+        "validation patients' reconstruction), saves it as safetensors, adds it to the model store and prints "
+        "the site.json entry that uses it frozen.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="FOLDER", help="site folder")
+    p.add_argument("--modality", required=True, help="a tabular modality of the folder")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the .safetensors file to write")
+    p.set_defaults(handler=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from fedlego.common.data.sitefolder import read_site_folder
+    from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
+    from fedlego.common.model_store import add_to_store, save_weights, store_folder
+    from fedlego.common.pretraining import PretrainConfig, pretrain_tabular_encoder
+
+    data = read_site_folder(args.data)
+    if args.modality not in data.dataset.modalities or data.dataset.modalities[args.modality].kind != "tabular":
+        raise ValueError(
+            f"{args.data}: no tabular modality {args.modality!r} (it has {sorted(data.dataset.modalities)})"
+        )
+    holding = set(data.dataset.modalities[args.modality].patient_ids())
+    train = [i for i in data.roles["train"] if i in holding]
+    validation = [i for i in data.roles["validation"] if i in holding]
+    preprocessors = fit_preprocessors(data.dataset.subset(data.dataset.patient_ids(), [args.modality]), train)
+    tensors = make_tensor_set(data.dataset, preprocessors, train + validation).inputs[args.modality]["x"]
+    config = PretrainConfig(width=args.width, epochs=args.epochs, seed=args.seed)
+    encoder, report = pretrain_tabular_encoder(tensors[: len(train)], tensors[len(train) :], config)
+    save_weights(encoder, args.out)
+    sha = add_to_store(args.out)
+    print(
+        f"pre-trained on {len(train)} patients ({tensors.shape[1]} features), best epoch {report.best_epoch}, "
+        f"validation reconstruction MSE {min(report.validation_loss):.4f}"
+    )
+    print(f"wrote {args.out} (sha256 {sha}); added to the model store {store_folder()}")
+    entry = {
+        "name": "snn",
+        "kwargs": {"in_features": int(tensors.shape[1]), "width": args.width, "dropout": config.dropout},
+        "weights": str(args.out),
+        "frozen": True,
+    }
+    print(f'site.json: "modalities": {{"{args.modality}": {{..., "encoder": {json.dumps(entry)}}}}}')
+    return 0
+
+
+def _add_models(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="the local model store of pre-trained encoder weights (found by SHA-256)",
+        description="Packages of frozen encoders name their weights by SHA-256; every party loads them from its "
+        "model store (FEDLEGO_MODEL_STORE, default ~/.cache/fedlego/models).",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="copy weights files into the store (safetensors, or weights-only torch)")
+    add.add_argument("files", type=Path, nargs="+")
+    add.set_defaults(handler=_models_add)
+    listing = actions.add_parser("list", help="the weights in the store")
+    listing.set_defaults(handler=_models_list)
+
+
+def _models_add(args: argparse.Namespace) -> int:
+    from fedlego.common.model_store import add_to_store, store_folder
+
+    for file in args.files:
+        print(f"{add_to_store(file)}  {file} -> {store_folder()}")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from fedlego.common.model_store import store_folder
+
+    for file in sorted(store_folder().glob("*.safetensors")):
+        print(f"{file.stem}  {file.stat().st_size} bytes")
     return 0
 
 
@@ -359,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(subparsers)
     _add_config(subparsers)
     _add_check(subparsers)
+    _add_pretrain(subparsers)
+    _add_models(subparsers)
     _add_predict(subparsers)
     _add_audit(subparsers)
     _add_report(subparsers)

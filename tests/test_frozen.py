@@ -146,3 +146,25 @@ def test_a_missing_or_altered_weights_file_is_refused(sites, store):
     assert block.encoder_weights is None and len(serialize(block_to_package(block, task, site="s", run_id="r"))) > len(
         serialize(package)
     )
+
+
+def test_a_pretrained_encoder_made_by_fedlego_pretrain_is_used_frozen_by_a_federation(sites, tmp_path, capsys):
+    weights = tmp_path / "pretrained.safetensors"
+    assert main(["pretrain", "--data", str(sites["paired-0"]), "--modality", "tabular_0", "--width", "16",
+                 "--epochs", "30", "--out", str(weights)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    entry = json.loads(printed.split('"encoder": ', 1)[1].rsplit("}}", 1)[0])
+    assert entry["weights"] == str(weights) and entry["frozen"] is True
+    for name in ("tabular_0", "paired-0"):
+        manifest = json.loads((sites[name] / "site.json").read_text())
+        manifest["modalities"]["tabular_0"]["encoder"] = entry
+        (sites[name] / "site.json").write_text(json.dumps(manifest))
+    order = ["paired-0", "tabular_0", "timeseries_1"]
+    config = {**SMALL, "site-folders": ",".join(str(sites[n]) for n in order), "block-rounds": 1, "fuse-rounds": 1,
+              "out-dir": str(tmp_path / "run")}  # fmt: skip
+    results = Federation(InProcessTransport(config, 3), RunConfig.from_flat(config), log=lambda _: None).run()
+    assert results.status == "completed" and not results.refused
+    merged = parse_model_package((tmp_path / "run" / "packages" / "merged.pb").read_bytes())
+    package = next(b for b in merged.blocks if b.modality == "tabular_0")
+    assert json.loads(package.architecture_json)["encoder_weights_sha256"] == file_sha256(weights)
+    assert_unchanged(encoder_state(block_from_package(package)), read_weights(weights))
