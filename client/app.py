@@ -86,14 +86,15 @@ def train_block(message: Message, context: Context) -> Message:
     """Train one block per held modality; return the packages."""
     request = BlockRequest.from_payload(from_records(message.content))
     site = site_for(context)
-    packages = site.train_blocks(
+    results = site.train_blocks(
         request.task, request.model, request.training, request.run_id, request.preprocessing, request.privacy
     )
     key = signing_key_for(context)
     if key is not None:
-        for package in packages.values():
+        for package in results.packages.values():
             sign_package(package, key, site.name)
-    return reply(message, BlockReply({m: serialize(p) for m, p in packages.items()}))
+    packages = {m: serialize(p) for m, p in results.packages.items()}
+    return reply(message, BlockReply(packages, results.errors))
 
 
 @app.train(MessageType.BLOCK_ROUND.action)

@@ -28,6 +28,14 @@ from fedlego.proto.fedlego_pb2 import BlockPackage
 
 
 @dataclass
+class BlockResults:
+    """The block packages a site trained, and why the others failed (by modality)."""
+
+    packages: dict[str, BlockPackage] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class SiteRuntime:
     """One site's data and its patient roles (train / validation / test ids)."""
 
@@ -91,33 +99,43 @@ class SiteRuntime:
         run_id: str,
         preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None,
         privacy: PrivacyConfig | None = None,
-    ) -> dict[str, BlockPackage]:
+    ) -> BlockResults:
         """One block per held modality, trained on the site's training patients holding it and
         early-stopped on its validation patients; returned as packages. With ``privacy``, DP-SGD;
-        the spent budget goes into the manifest metrics (``dp_epsilon``, ``dp_delta``...)."""
+        the spent budget goes into the manifest metrics (``dp_epsilon``, ``dp_delta``...). A block
+        that cannot be built or trained (its encoder raises, returns a wrong shape or non-finite
+        values, exceeds the parameter budget, its weights are missing) is reported in ``errors``
+        with the cause; the site's other blocks still come back."""
         preprocessors = fit_preprocessors(self.dataset, self._ids("train"), preprocessing_options)
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
-        packages = {}
+        results = BlockResults()
         for modality in self.modalities():
-            block, report = train_block(
-                modality,
-                self.dataset.modalities[modality].kind,
-                train,
-                validation,
-                task,
-                model_config,
-                train_config,
-                preprocessors[modality].to_dict(),
-                privacy=privacy,
-                encoder=self.encoders.get(modality),
-            )
+            try:
+                block, report = train_block(
+                    modality,
+                    self.dataset.modalities[modality].kind,
+                    train,
+                    validation,
+                    task,
+                    model_config,
+                    train_config,
+                    preprocessors[modality].to_dict(),
+                    privacy=privacy,
+                    encoder=self.encoders.get(modality),
+                )
+                bad = [k for k, v in block.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+                if bad:
+                    raise ValueError(f"training left non-finite values in {bad[:3]} (an encoder returning NaN?)")
+            except Exception as error:  # one bad block must not take the site's other blocks down
+                results.errors[modality] = f"{type(error).__name__}: {error}"
+                continue
             metrics = {"best_epoch": float(report.best_epoch)}
             if report.best_validation_loss is not None:
                 metrics["validation_loss"] = report.best_validation_loss
             metrics.update(privacy_metrics(report))
-            packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
-        return packages
+            results.packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
+        return results
 
     def block_round(
         self, block: LegoBlock, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0

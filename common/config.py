@@ -97,6 +97,8 @@ class ModelConfig:
     """Dropout in encoders and latent updates."""
     frequency: bool = True
     """Latent updates in the frequency domain (false: the spatial-domain ablation)."""
+    max_encoder_parameters: int = 50_000_000
+    """Largest encoder a block may have (parameters), counted before anything is allocated."""
     seed: int = 0
 
     def contract(self, task: Task) -> LatentContract:

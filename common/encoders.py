@@ -251,9 +251,24 @@ def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: i
     }
 
 
-def build_encoder(spec: dict) -> nn.Module:
+DEFAULT_MAX_ENCODER_PARAMETERS = 50_000_000
+"""The largest encoder a party builds (parameters) unless the run sets ``max-encoder-parameters``."""
+
+
+def encoder_parameter_count(factory: type[nn.Module], kwargs: dict[str, Any]) -> int:
+    """Parameters of ``factory(**kwargs)``, counted on the meta device (nothing is allocated)."""
+    try:
+        with torch.device("meta"):
+            probe = factory(**kwargs)
+    except Exception as error:  # bad kwargs or an encoder that cannot be sized without allocating
+        raise ValueError(f"cannot build {factory.__name__}({kwargs}) on the meta device: {error}") from error
+    return sum(p.numel() for p in probe.parameters())
+
+
+def build_encoder(spec: dict, max_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS) -> nn.Module:
     """The encoder a spec describes, from the registry only. A plugin encoder needs the same
-    plugin installed with the same major version."""
+    plugin installed with the same major version. An encoder over ``max_parameters`` is refused
+    before any weight is allocated."""
     load_plugins()
     name = spec.get("name")
     plugin = spec.get("plugin")
@@ -271,7 +286,16 @@ def build_encoder(spec: dict) -> nn.Module:
                 f"encoder {name!r}: plugin {installed.distribution!r} {plugin.get('version')} made the package, "
                 f"{installed.version} is installed here (major versions differ)"
             )
-    return ENCODER_FACTORIES[name](**spec.get("kwargs", {}))
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"encoder {name!r}: kwargs must be an object")
+    count = encoder_parameter_count(ENCODER_FACTORIES[name], kwargs)
+    if count > max_parameters:
+        raise ValueError(
+            f"encoder {name!r} has {count:,} parameters, over the budget of {max_parameters:,} "
+            "(run-config key max-encoder-parameters)"
+        )
+    return ENCODER_FACTORIES[name](**kwargs)
 
 
 def _major(version: str) -> str:

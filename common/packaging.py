@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from fedlego.common.encoders import build_encoder, example_input
+from fedlego.common.encoders import DEFAULT_MAX_ENCODER_PARAMETERS, build_encoder, example_input
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.model_store import WeightsError, load_encoder_weights, load_from_store
 from fedlego.common.tasks import Task, task_from_dict
@@ -135,14 +135,17 @@ def _json_field(package: pb.BlockPackage, field: str) -> Any:
         raise PackageError(f"{_where(package)}: field {field} is not valid JSON ({error})") from error
 
 
-def block_from_package(package: pb.BlockPackage) -> LegoBlock:
-    """Rebuild a block from its package; refuses unknown encoders and mismatching tensors."""
+def block_from_package(
+    package: pb.BlockPackage, max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS
+) -> LegoBlock:
+    """Rebuild a block from its package; refuses unknown encoders, encoders over the parameter
+    budget (counted before allocating) and mismatching tensors."""
     where = _where(package)
     architecture = _json_field(package, "architecture_json")
     if not isinstance(architecture, dict) or "encoder" not in architecture:
         raise PackageError(f"{where}: architecture_json has no encoder spec")
     try:
-        encoder = build_encoder(architecture["encoder"])
+        encoder = build_encoder(architecture["encoder"], max_encoder_parameters)
         block = LegoBlock(
             package.modality,
             encoder,
@@ -198,6 +201,7 @@ def check_block_package(
     contract: LatentContract | None = None,
     task: Task | None = None,
     max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
+    max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS,
 ) -> LegoBlock:
     """Everything the coordinator checks before merging; returns the rebuilt block.
 
@@ -220,7 +224,7 @@ def check_block_package(
             raise PackageError(f"{where}: latent contract mismatch: {'; '.join(differences)}")
     if task is not None and package_task(package) != task:
         raise PackageError(f"{where}: task {package_task(package).to_dict()} differs from the run's {task.to_dict()}")
-    block = block_from_package(package)
+    block = block_from_package(package, max_encoder_parameters)
     for name, value in block.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise PackageError(f"{where}: tensor {name!r} holds non-finite values")

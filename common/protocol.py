@@ -210,12 +210,17 @@ class BlockRequest:
 
 @dataclass
 class BlockReply:
-    """A site's block packages (serialised ``BlockPackage`` bytes), one per modality."""
+    """A site's block packages (serialised ``BlockPackage`` bytes), one per modality, and the
+    reason for each block it could not train."""
 
     packages: dict[str, bytes]
+    errors: dict[str, str] = field(default_factory=dict)
 
     def to_payload(self) -> Payload:
-        return Payload(config=_versioned({"modalities": list(self.packages), "packages": list(self.packages.values())}))
+        config: dict[str, Any] = {"modalities": list(self.packages), "packages": list(self.packages.values())}
+        if self.errors:
+            config["errors"] = json.dumps(self.errors)
+        return Payload(config=_versioned(config))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> BlockReply:
@@ -225,7 +230,10 @@ class BlockReply:
             raise ProtocolError("block reply: 'modalities' and 'packages' must be lists of the same length")
         if not all(isinstance(m, str) for m in modalities) or not all(isinstance(p, bytes) for p in packages):
             raise ProtocolError("block reply: modalities must be text and packages bytes")
-        return cls(dict(zip(modalities, packages, strict=True)))
+        errors = _json(payload, "errors", "block reply") if "errors" in payload.config else {}
+        if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
+            raise ProtocolError("block reply: 'errors' must map modalities to reasons")
+        return cls(dict(zip(modalities, packages, strict=True)), {str(k): v for k, v in errors.items()})
 
 
 @dataclass

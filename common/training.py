@@ -155,6 +155,11 @@ def fit(
             loss = task.loss(forward(inputs), targets)
             if regulariser is not None:
                 loss = loss + regulariser()
+            if not torch.isfinite(loss):
+                raise ValueError(
+                    f"non-finite training loss in epoch {epoch + 1}: the model produced NaN or inf "
+                    "(an encoder output, or a learning rate too high)"
+                )
             loss.backward()
             optimiser.step()
             losses.append(loss.item())

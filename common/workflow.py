@@ -39,7 +39,7 @@ def build_block(
         spec = reference_encoder_spec(kind, example, width=config.encoder_width, dropout=config.dropout)
     else:
         spec = encoder_spec(str(encoder["name"]), dict(encoder.get("kwargs") or {}), example)
-    built = build_encoder(spec)
+    built = build_encoder(spec, config.max_encoder_parameters)
     weights = encoder.get("weights") if encoder is not None else None
     if weights:
         load_encoder_weights(built, read_weights(Path(weights)), f"{modality}: {weights}")

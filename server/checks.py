@@ -10,6 +10,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlego.common.aggregation import weighted_mean
+from fedlego.common.encoders import DEFAULT_MAX_ENCODER_PARAMETERS
 from fedlego.common.lego import LatentContract, LegoBlock
 from fedlego.common.packaging import PackageError, check_block_package
 from fedlego.common.protocol import SiteDescription
@@ -55,6 +56,7 @@ def check_packages(
     max_bytes: int,
     run_id: str,
     trusted: Mapping[str, Ed25519PublicKey] | None = None,
+    max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS,
 ) -> PackageSelection:
     """Check every uploaded package; valid ones grouped by modality, the rest refused with a reason.
 
@@ -66,7 +68,7 @@ def check_packages(
                 verify_signature(package, trusted, run_id, expected_signer=package.site)
             if package.run_id != run_id:
                 raise PackageError(f"package belongs to run {package.run_id!r}, not this run {run_id!r}")
-            block = check_block_package(package, contract, task, max_bytes)
+            block = check_block_package(package, contract, task, max_bytes, max_encoder_parameters)
         except PackageError as error:
             selection.refused.append(Refusal(package.site, package.modality, str(error)))
             continue

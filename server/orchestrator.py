@@ -46,6 +46,7 @@ from fedlego.server.exchange import FederationError, PhaseExchange
 from fedlego.server.recorder import RecordError, RunRecorder
 from fedlego.server.results import (
     BlockPrivacy,
+    Failure,
     FusePrivacy,
     Refusal,
     RoundsRecord,
@@ -192,6 +193,10 @@ class Federation:
         packages = []
         for node, reply in answered.items():
             site = self.exchange.site(node)
+            for modality, reason in reply.errors.items():
+                self.results.failures.append(Failure(site, f"block:{modality}", reason))
+                self.recorder.audit("block-failed", site=site, modality=modality, reason=reason.splitlines()[0])
+                self.log(f"  block: {site}/{modality} failed: {reason.splitlines()[0]}")
             for modality, data in reply.packages.items():
                 self.recorder.save_package(f"uploads/{site}-{modality}.pb", data)
                 self.recorder.audit(
@@ -265,7 +270,9 @@ class Federation:
         start = time.perf_counter()
         contract = self.settings.model.contract(task)
         max_bytes = int(self.settings.coordinator.max_package_mb * 1024 * 1024)
-        selection = check_packages(packages, contract, task, max_bytes, self.run_id, self.trusted)
+        selection = check_packages(
+            packages, contract, task, max_bytes, self.run_id, self.trusted, self.settings.model.max_encoder_parameters
+        )
         for refusal in selection.refused:
             self.log(f"  refused {refusal.site}/{refusal.modality}: {refusal.reason}")
             self.recorder.audit("package-refused", site=refusal.site, modality=refusal.modality, reason=refusal.reason)

@@ -59,7 +59,10 @@ def test_the_example_plugin_is_installed_through_its_entry_point():
 def test_a_federation_with_a_plugin_encoder_trains_merges_and_predicts(folders, tmp_path):
     out = tmp_path / "run"
     results = federate(folders, out=out)
-    assert results.status == "completed" and not results.refused and not results.failures
+    assert results.status == "completed" and not results.refused and not results.failures, (
+        results.error,
+        results.failures,
+    )
     merged = parse_model_package((out / "packages" / "merged.pb").read_bytes())
     block = next(b for b in merged.blocks if b.modality == "tabular_0")
     spec = json.loads(block.architecture_json)["encoder"]

@@ -68,7 +68,8 @@ def build_run(root: Path, task_kind: str, epochs: int) -> Run:
     roles = hash_roles(dataset.patient_ids(), DEFAULT_ROLE_SALT)
     site = SiteRuntime("hospital", dataset, roles)
     task = task_for(dataset.labels, roles["train"])
-    block_packages = site.train_blocks(task, CONFIG, TrainConfig(epochs=epochs, patience=2, batch_size=16), RUN)
+    training = TrainConfig(epochs=epochs, patience=2, batch_size=16)
+    block_packages = site.train_blocks(task, CONFIG, training, RUN).packages
     blocks = {m: block_from_package(p).eval() for m, p in block_packages.items()}
     models = {"merged": LegoMerge(blocks).eval(), "fused": LegoFuse(blocks, "stack").eval(), "block": blocks["clin"]}
     key, site_key, other = generate_signing_key(), generate_signing_key(), generate_signing_key()
