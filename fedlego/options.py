@@ -92,10 +92,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             parts = overrides[key] if isinstance(overrides[key], list) else str(overrides[key]).split(",")
             overrides[key] = [str(Path(p.strip()).expanduser().resolve()) for p in parts if p.strip()]
     for key, value in overrides.items():
-        if isinstance(value, list):
-            if any("," in item for item in value):
-                raise ValueError(f"{key}: a comma cannot appear in an item ({value})")
-            overrides[key] = ",".join(value)
+        if isinstance(value, list):  # `--modalities a b` and `--modalities a,b` alike
+            overrides[key] = ",".join(part.strip() for item in value for part in str(item).split(",") if part.strip())
     return overrides
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from fedlego.cli import main
 from fedlego.common.config import RunConfig
 from fedlego.common.data.sitefolder import folder_digest, read_site_folder
+from fedlego.common.packaging import parse_model_package
 from fedlego.launcher import processes_with_home
 from fedlego.server.orchestrator import Federation
 from tests.inprocess import InProcessTransport
@@ -107,9 +109,19 @@ def test_data_and_site_folders_exclude_each_other():
 
 
 @pytest.mark.timeout(600)
-def test_simulate_on_site_folders_end_to_end(folders, tmp_path, capsys):
+def test_simulate_on_site_folders_end_to_end_with_a_plugin_encoder(folders, tmp_path, capsys):
+    """Flower's simulation engine, one process per site: the plugin encoder is found through its
+    entry point in every process (sites and coordinator)."""
     out = tmp_path / "sim"
-    sites = [str(folders[n]) for n in ("paired-0", "tabular_0", "timeseries_1")]
+    copies = {}
+    for name in ("paired-0", "tabular_0", "timeseries_1"):
+        copies[name] = tmp_path / "sites" / name
+        shutil.copytree(folders[name], copies[name])
+        if name != "timeseries_1":
+            manifest = json.loads((copies[name] / "site.json").read_text())
+            manifest["modalities"]["tabular_0"]["encoder"] = {"name": "tabular-transformer", "kwargs": {"width": 16}}
+            (copies[name] / "site.json").write_text(json.dumps(manifest))
+    sites = [str(copies[n]) for n in ("paired-0", "tabular_0", "timeseries_1")]
     code = main(
         ["simulate", "--sites", *sites, "--fuse-rounds", "1", "--block-rounds", "1", "--set", *TINY, "--out", str(out)]
     )
@@ -120,4 +132,8 @@ def test_simulate_on_site_folders_end_to_end(folders, tmp_path, capsys):
     assert results["status"] == "completed" and set(results["data"]) == {"paired-0", "tabular_0", "timeseries_1"}
     report = (out / "report.html").read_text()
     assert "tcga-acc" not in report and "bundled" not in report and "site folder paired-0" in report
+    merged = parse_model_package((out / "packages" / "merged.pb").read_bytes())
+    tabular = next(b for b in merged.blocks if b.modality == "tabular_0")
+    assert json.loads(tabular.architecture_json)["encoder"]["plugin"]["distribution"] == "fedlego-tabular-transformer"
+    assert not results["refused"] and not results["failures"]
     assert processes_with_home(out.resolve() / ".flower" / "home") == []

@@ -91,8 +91,10 @@ def test_the_report_shows_every_site_phase_model_and_round(dp_run):
 
 def test_the_header_shows_the_run_settings(dp_run):
     results, text = dp_run
-    for key in ("dataset", "block-rounds", "fuse-rounds", "weighting"):
+    for key in ("layout", "block-rounds", "fuse-rounds", "weighting"):
         assert f"<td>setting {key}</td><td>{html.escape(str(results.config[key]))}</td>" in text
+    site, source = next(iter(results.data.items()))
+    assert f"{site}: bundled {source['dataset']}" in text  # the data each site used
 
 
 def test_dp_budget_or_dp_off(dp_run, tampered_run):
