@@ -137,3 +137,21 @@ def test_simulate_on_site_folders_end_to_end_with_a_plugin_encoder(folders, tmp_
     assert json.loads(tabular.architecture_json)["encoder"]["plugin"]["distribution"] == "fedlego-tabular-transformer"
     assert not results["refused"] and not results["failures"]
     assert processes_with_home(out.resolve() / ".flower" / "home") == []
+
+
+def test_the_roles_a_site_reports_at_start_are_the_ones_the_run_uses(folders, tmp_path):
+    """Without split.csv roles are hashed; `fedlego site` (validate_site_folder) and the ClientApp
+    must hash them alike, whatever the run's seed."""
+    from fedlego.deploy import validate_site_folder
+
+    folder = tmp_path / "hashed"
+    shutil.copytree(folders["paired-0"], folder)
+    (folder / "split.csv").unlink()
+    printed = validate_site_folder(folder).summary()["modalities"]
+    config = {"seed": 7, "block-rounds": 0, "fuse-rounds": 0, "latent-channels": 8, "block-epochs": 1}
+    transport = InProcessTransport(config, 1, node_configs={0: {"data-dir": str(folder)}})
+    results = Federation(transport, RunConfig.from_flat(config), log=lambda _: None).run()
+    site = results.sites["paired-0"]
+    for index, modality in enumerate(site["modalities"]):
+        assert site["n_train"][index] == printed[modality]["train"]
+        assert site["n_test"][index] == printed[modality]["test"]
