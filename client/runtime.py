@@ -46,6 +46,8 @@ class SiteRuntime:
     """Where the data came from (``SiteData.source()``; bundled data set and name otherwise)."""
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per modality, the encoder to use instead of the reference one (``site.json``)."""
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality, preprocessing options of this site (``site.json``), over the coordinator's."""
 
     def modalities(self) -> list[str]:
         """Modalities this site holds."""
@@ -106,7 +108,8 @@ class SiteRuntime:
         that cannot be built or trained (its encoder raises, returns a wrong shape or non-finite
         values, exceeds the parameter budget, its weights are missing) is reported in ``errors``
         with the cause; the site's other blocks still come back."""
-        preprocessors = fit_preprocessors(self.dataset, self._ids("train"), preprocessing_options)
+        options = {**(preprocessing_options or {}), **self.preprocessing}
+        preprocessors = fit_preprocessors(self.dataset, self._ids("train"), options)
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
         results = BlockResults()

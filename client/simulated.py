@@ -39,7 +39,7 @@ def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
         if not 0 <= index < len(folders):
             raise ValueError(f"site index {index} outside the {len(folders)} site folders")
         data = read_site_folder(Path(folders[index]))
-        return SiteRuntime(data.name, data.dataset, data.roles, data.source(), data.encoders)
+        return SiteRuntime(data.name, data.dataset, data.roles, data.source(), data.encoders, data.preprocessing)
     dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)
     if not 0 <= index < len(scenario.sites):

@@ -106,7 +106,7 @@ def export_sites(overrides: Mapping[str, Any], out: Path) -> list[tuple[str, Pat
     Returns (site name, folder, modalities) per site.
     """
     from fedlego.client.simulated import simulated_scenario
-    from fedlego.common.data.presets import run_cohort
+    from fedlego.common.data.presets import preprocessing_for, run_cohort
     from fedlego.common.data.scenarios import dataset_splits
     from fedlego.common.data.sitefolder import write_site_folder
 
@@ -118,7 +118,7 @@ def export_sites(overrides: Mapping[str, Any], out: Path) -> list[tuple[str, Pat
     out = Path(out)
     written = []
     for spec in scenario.sites:
-        folder = write_site_folder(dataset, spec, split, out / spec.name)
+        folder = write_site_folder(dataset, spec, split, out / spec.name, preprocessing_for(config))
         written.append((spec.name, folder, list(spec.modalities)))
     return written
 

@@ -11,6 +11,7 @@ import pytest
 
 from fedlego.cli import main
 from fedlego.common.config import RunConfig
+from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.sitefolder import folder_digest, read_site_folder
 from fedlego.common.packaging import parse_model_package
 from fedlego.launcher import processes_with_home
@@ -155,3 +156,26 @@ def test_the_roles_a_site_reports_at_start_are_the_ones_the_run_uses(folders, tm
     for index, modality in enumerate(site["modalities"]):
         assert site["n_train"][index] == printed[modality]["train"]
         assert site["n_test"][index] == printed[modality]["test"]
+
+
+def test_an_exported_bundled_cohort_gives_the_bundled_results_exactly(tmp_path):
+    """export-sites writes the preset's preprocessing into site.json, so the same cohort as a
+    user's folder goes through the same folds, preprocessing and models."""
+    assert main(["export-sites", "--scenario", "pbc", "--layout", "pooled", "--out", str(tmp_path / "pbc")]) == 0
+    manifest = json.loads((tmp_path / "pbc" / "pooled" / "site.json").read_text())
+    assert manifest["modalities"]["labs"]["preprocessing"] == {"log_transform": True}
+    common = ["--folds", "2", "--set", *TINY]
+    assert main(["centralized", "--data", str(tmp_path / "pbc" / "pooled"), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["centralized", "--dataset", "pbc", *common, "--out", str(tmp_path / "b")]) == 0
+    own, bundled = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("a", "b"))
+    assert own["summary"] == bundled["summary"]
+
+
+def test_bad_preprocessing_options_in_site_json_name_the_field(folders, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(folders["tabular_0"], folder)
+    manifest = json.loads((folder / "site.json").read_text())
+    manifest["modalities"]["tabular_0"]["preprocessing"] = {"no_such_option": 1}
+    (folder / "site.json").write_text(json.dumps(manifest))
+    with pytest.raises(SiteDataError, match=r"modalities.tabular_0.preprocessing.*no_such_option"):
+        read_site_folder(folder)

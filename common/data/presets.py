@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
-from fedlego.common.data.sitefolder import read_site_folder
+from fedlego.common.data.sitefolder import folder_preprocessing, read_site_folder
 from fedlego.common.data.synthetic import default_synthetic_modalities
 
 if TYPE_CHECKING:
@@ -95,7 +95,10 @@ def folder_cohort(path: Path, modalities: list[str] | None = None) -> Multimodal
 
 
 def preprocessing_for(config: RunConfig) -> dict[str, dict[str, Any]]:
-    """Preprocessing options per modality: a bundled data set's preset, none for site folders."""
-    if config.scenario.uses_own_data():
+    """Preprocessing options per modality: a bundled data set's preset, or what the pooled
+    folder's site.json sets (site folders of ``site-folders`` runs apply their own at each site)."""
+    if config.scenario.data:
+        return folder_preprocessing(Path(config.scenario.data))
+    if config.scenario.site_folders:
         return {}
     return preset(config.scenario.dataset).preprocessing

@@ -32,6 +32,7 @@ from fedlego.common.encoders import known_encoder, unknown_encoder_message
 from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
 from .formats import LABEL_COLUMNS, _read_table, _require_columns, read_labels, read_modality, validate_dataset
+from .preprocess import make_preprocessor
 from .scenarios import FoldSplit, SiteSpec, site_dataset, site_split
 
 MANIFEST = "site.json"
@@ -58,6 +59,8 @@ class SiteData:
     sha256: str = ""
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per modality, the encoder ``site.json`` names (``{"name", "kwargs"}``)."""
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality, the preprocessing options ``site.json`` sets."""
 
     def source(self) -> dict[str, str]:
         """How results name this data: the site folder's name and content hash (not its local
@@ -162,8 +165,15 @@ def _write_split(roles: dict[str, list[str]], path: Path) -> None:
     pd.DataFrame(rows, columns=["id", "role"]).to_csv(path, index=False)
 
 
-def write_site_folder(dataset: MultimodalDataset, site: SiteSpec, split: FoldSplit | None, path: Path) -> Path:
+def write_site_folder(
+    dataset: MultimodalDataset,
+    site: SiteSpec,
+    split: FoldSplit | None,
+    path: Path,
+    preprocessing: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """Write one site's data (withheld entries removed) as a site folder at ``path``; return ``path``.
+    ``preprocessing`` options per modality go into ``site.json``.
 
     Writes ``labels.csv``, one file per modality, ``site.json`` and, with ``split``, ``split.csv``
     holding the site's patients in each role (``site_split``); without ``split`` a stale
@@ -184,6 +194,8 @@ def write_site_folder(dataset: MultimodalDataset, site: SiteSpec, split: FoldSpl
         file = f"{name}{SUFFIXES[data.kind]}"
         _write_modality(data, path / file)
         entries[name] = {"kind": data.kind, "path": file}
+        if (preprocessing or {}).get(name):
+            entries[name]["preprocessing"] = dict(preprocessing[name])
     manifest = {"name": site.name, "task": local.labels.task, "labels": LABELS_FILE, "modalities": entries}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if split is None:
@@ -205,6 +217,8 @@ class _Manifest:
     """Modality name -> (kind, path)."""
     encoders: dict[str, dict[str, Any]]
     """Modality name -> {"name", "kwargs"} for modalities that name an encoder."""
+    preprocessing: dict[str, dict[str, Any]]
+    """Modality name -> preprocessing options (``data.preprocess``) for modalities that set them."""
 
 
 def _text_field(raw: dict[str, Any], key: str, file: str, where: str = "") -> str:
@@ -252,7 +266,26 @@ def _read_manifest(path: Path) -> _Manifest:
         for m, e in entries.items()
         if isinstance(e, dict) and "encoder" in e
     }
-    return _Manifest(name, task, labels, _modality_entries(raw, file), encoders)
+    modalities = _modality_entries(raw, file)
+    preprocessing = {
+        str(m): _preprocessing_entry(str(m), modalities[str(m)][0], e["preprocessing"], file)
+        for m, e in entries.items()
+        if isinstance(e, dict) and "preprocessing" in e
+    }
+    return _Manifest(name, task, labels, modalities, encoders, preprocessing)
+
+
+def _preprocessing_entry(modality: str, kind: str, options: Any, file: str) -> dict[str, Any]:
+    """``modalities.<m>.preprocessing``: keyword options of the kind's preprocessor, checked by
+    building one."""
+    where = f"modalities.{modality}.preprocessing"
+    if not isinstance(options, dict):
+        raise SiteDataError(file, f"field '{where}' must be an object, got {options!r}")
+    try:
+        make_preprocessor(kind, **options)
+    except (TypeError, ValueError) as error:
+        raise SiteDataError(file, f"field '{where}': {error}") from error
+    return dict(options)
 
 
 ENCODER_KEYS = ("name", "kwargs", "weights", "frozen", "ship_weights")
@@ -335,7 +368,14 @@ def read_site_folder(
         roles = _read_split(split_path, dataset)
     else:
         roles = hash_roles(dataset.patient_ids(), salt, fractions)
-    return SiteData(manifest.name, dataset, roles, path.resolve(), folder_digest(path), manifest.encoders)
+    return SiteData(
+        manifest.name, dataset, roles, path.resolve(), folder_digest(path), manifest.encoders, manifest.preprocessing
+    )
+
+
+def folder_preprocessing(path: Path) -> dict[str, dict[str, Any]]:
+    """The preprocessing options a site folder's ``site.json`` sets, per modality (no data read)."""
+    return _read_manifest(Path(path) / MANIFEST).preprocessing
 
 
 def read_site_modalities(path: Path, names: Collection[str] | None = None) -> dict[str, ModalityData]:
