@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import inspect
 import itertools
@@ -22,10 +23,11 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedlego.common.lego import LatentContract
-from fedlego.common.tasks import Task
+if TYPE_CHECKING:  # the CLI imports this module on every command: no torch at import time
+    from fedlego.common.lego import LatentContract
+    from fedlego.common.tasks import Task
 
 
 @dataclass
@@ -103,6 +105,8 @@ class ModelConfig:
 
     def contract(self, task: Task) -> LatentContract:
         """The latent contract blocks of this run must share."""
+        from fedlego.common.lego import LatentContract
+
         return LatentContract(self.latent_channels, self.latent_dim, task.n_outputs, task.kind, self.seed)
 
 
@@ -388,6 +392,7 @@ class RunConfig:
         return f"run-{digest[:12]}"
 
 
+@functools.cache
 def flat_fields() -> dict[str, tuple[Section, str, type]]:
     """Every flat key but ``seed``: its section, field name and Python type."""
     known = {}
@@ -411,6 +416,7 @@ def key_help(key: str) -> str:
     return _field_docs(section.kind).get(name, "")
 
 
+@functools.cache
 def _field_docs(kind: type) -> dict[str, str]:
     """Field docstrings (the string literal right after a field) of a dataclass."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(kind)))

@@ -29,9 +29,8 @@ ALIASES = {
 """Older option names kept working."""
 
 
-def _add_key(group: argparse._ActionsContainer, key: str, extra_names: Sequence[str] = ()) -> None:
+def _add_key(group: argparse._ActionsContainer, key: str, default: Any, extra_names: Sequence[str] = ()) -> None:
     _, _, kind = flat_fields()[key] if key != "seed" else (None, None, int)
-    default = flat_defaults()[key]
     text = key_help(key)
     names = [f"--{key}", *extra_names, *ALIASES.get(key, ())]
     common: dict[str, Any] = {"dest": key, "default": None, "help": f"{text} (default: {default})".strip()}
@@ -56,8 +55,9 @@ def add_config_arguments(
     chosen = [k for k, (section, _, _) in flat_fields().items() if section.attribute in wanted]
     chosen += [k for k in keys if k not in chosen]
     group = parser.add_argument_group("run configuration (defaults as in `fedlego config`)")
+    defaults = flat_defaults()
     for key in ["seed", *chosen] if seed else chosen:
-        _add_key(group, key, (names or {}).get(key, ()))
+        _add_key(group, key, defaults[key], (names or {}).get(key, ()))
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

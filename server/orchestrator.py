@@ -37,6 +37,7 @@ from fedlego.common.protocol import (
     MessageType,
     RoundReply,
     RoundRequest,
+    SiteDescription,
 )
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.tasks import Task
@@ -101,7 +102,7 @@ class Federation:
             settings.coordinator.phase_timeout,
             settings.coordinator.min_responses,
         )
-        self.sites: dict[int, dict] = {}
+        self.sites: dict[int, SiteDescription] = {}
         self.trusted = None
         self.signing_key = None
         self.models = Models()
