@@ -40,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the in-process transport lives with the tests
 
+from standalone import command_line, write_page  # noqa: E402
+
 from fedlego.common.config import RunConfig  # noqa: E402
 from fedlego.common.data.scenarios import build_scenario, dataset_splits  # noqa: E402
 from fedlego.common.data.sitefolder import write_site_folder  # noqa: E402
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             extra = {k: v for k, v in variant.items() if k != "frozen"}
             variants[name] = run_variant(folders, {**settings, **extra})
     document = {
-        "command": " ".join(["python bench/encoder_bytes.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("encoder_bytes.py", argv),
         "date": datetime.date.today().isoformat(),
         "patients": patients,
         "features": features,
@@ -179,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "variants": variants,
         "wall_seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encoder-bytes.json").write_text(json.dumps(document, indent=2))
-    (args.out / "encoder-bytes.md").write_text(markdown(document))
-    print(markdown(document))
+    write_page(args.out, "encoder-bytes", document, markdown)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from quality import load_benchmark_dataset, metric, quick_config
+from standalone import command_line, write_page
 from weighting import paired_difference
 
 from fedlego.common.data.scenarios import dataset_splits
@@ -143,17 +143,14 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )  # fmt: skip
     document = {
-        "command": " ".join(["python bench/pretrained.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("pretrained.py", argv),
         "date": datetime.date.today().isoformat(),
         "folds": 1 if args.quick else 5,
         "rows": rows,
         "overall": paired_difference(differences),
         "wall_seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pretrained.json").write_text(json.dumps(document, indent=2))
-    (args.out / "pretrained.md").write_text(markdown(document))
-    print(markdown(document))
+    write_page(args.out, "pretrained", document, markdown)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from quality import load_benchmark_dataset, metric, quick_config, unimodal_site_blocks
 from scipy import stats
+from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
 from fedlego.common.data.scenarios import dataset_splits
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
     document = {
-        "command": " ".join(["python bench/weighting.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("weighting.py", argv),
         "date": datetime.date.today().isoformat(),
         "datasets": list(DATASETS),
         "folds": 1 if args.quick else 5,
@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summarise(records),
         "wall_seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "weighting.json").write_text(json.dumps(document, indent=2))
-    (args.out / "weighting.md").write_text(markdown(document))
-    print(markdown(document))
+    write_page(args.out, "weighting", document, markdown)
 
 
 if __name__ == "__main__":
