@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import textwrap
 import typing
 from collections.abc import Iterator, Mapping
@@ -124,12 +125,26 @@ class TrainConfig:
     """Patients per batch of block training."""
     patience: int = 10
     """Early-stopping patience in epochs (validation loss)."""
+    max_steps: int = 2000
+    """Most optimiser steps of block training: a large cohort gets fewer epochs (and a patience
+    shortened in proportion) instead of ``epochs`` passes over thousands of patients; 0: no cap.
+    The bundled cohorts (at most 350 steps in 50 epochs) never reach it."""
     seed: int = 0
     device: str = "auto"
     """Where to train: ``cpu``, ``cuda``, ``cuda:1``... or ``auto`` (CUDA when available)."""
     keep_initial: bool = False
     """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
     improves the validation loss returns the model unchanged (used for LegoFuse)."""
+
+    def within_step_budget(self, n_rows: int) -> TrainConfig:
+        """The settings for ``n_rows`` training rows: epochs cut so that at most ``max_steps``
+        batches are drawn, patience shortened by the same ratio (at least 2 epochs)."""
+        steps_per_epoch = max(math.ceil(n_rows / self.batch_size), 1)
+        if self.max_steps <= 0 or self.epochs * steps_per_epoch <= self.max_steps:
+            return self
+        epochs = max(self.max_steps // steps_per_epoch, 1)
+        patience = min(self.patience, max(2, math.ceil(self.patience * epochs / self.epochs)))
+        return replace(self, epochs=epochs, patience=patience)
 
     def for_round(self, epochs: int) -> TrainConfig:
         """A fixed number of local epochs for one federated round (no early stopping)."""
@@ -359,6 +374,8 @@ class RunConfig:
         for key in ("min-sites", "min-responses"):
             if flat[key] < 1:
                 raise ValueError(f"{key} must be at least 1")
+        if self.training.max_steps < 0:
+            raise ValueError("max-steps must be at least 0 (0 = no cap)")
         positive = ("block-epochs", "batch-size", "fuse-batch-size", "latent-channels", "latent-dim", "steps", "heads")
         for key in (*positive, "head-dim", "encoder-width"):
             if flat[key] < 1:

@@ -85,11 +85,13 @@ def train_block(
 
     ``preprocessing`` is the fitted preprocessor state that produced the tensors; it is stored
     with the block. ``privacy`` (enabled): DP-SGD instead of plain training (see
-    ``common.privacy``); the spent epsilon and delta are in ``report.privacy``."""
+    ``common.privacy``); the spent epsilon and delta are in ``report.privacy``. A large cohort
+    trains within ``train_config.max_steps`` (``TrainConfig.within_step_budget``)."""
     train_m = train.restrict([modality])
     validation_m = validation.restrict([modality])
     if len(train_m) == 0:
         raise ValueError(f"no training patient holds modality {modality!r}")
+    train_config = train_config.within_step_budget(len(train_m))
     example = {k: v[:2] for k, v in train_m.inputs[modality].items()}
     block = build_block(modality, kind, example, task, model_config, encoder)
     if privacy is not None and privacy.enabled:

@@ -360,6 +360,12 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
     p.add_argument("--home", type=Path, help="FLWR_HOME of the SuperNode (default: a temporary folder)")
     p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for training (default: OMP_NUM_THREADS, else half the cores, at most 4); "
+        "sites sharing one machine should split its cores between them",
+    )
+    p.add_argument(
         "--certs",
         type=Path,
         metavar="SITE_DIR",

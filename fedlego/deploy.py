@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -326,18 +327,42 @@ def check_site_certs(site_certs: Path) -> Path:
     return _check_files(site_certs, SITE_FILES, "a site certs folder (sites/<name> of `fedlego certs`)")
 
 
+def default_threads() -> int:
+    """Training threads of a site unless ``--threads`` or ``OMP_NUM_THREADS`` say otherwise: half
+    the cores, at most 4. Sites sharing a machine must not oversubscribe it: three sites of 2
+    threads each on 2 cores trained 8x slower than with 1 thread each (docs/benchmarks/scale.md)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def site_threads(threads: int | None) -> int:
+    """The threads a site trains with: ``--threads``, else ``OMP_NUM_THREADS``, else the default."""
+    if threads is not None:
+        if threads < 1:
+            raise DeploymentError(f"--threads must be at least 1, got {threads}")
+        return threads
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else default_threads()
+
+
 def serve_site(
-    superlink: str, data_dir: Path, port: int | None, home: Path | None, site_certs: Path | None = None
+    superlink: str,
+    data_dir: Path,
+    port: int | None,
+    home: Path | None,
+    site_certs: Path | None = None,
+    threads: int | None = None,
 ) -> int:
     """``fedlego site``: validate the site folder, then run the hospital's SuperNode in the
-    foreground. With ``site_certs`` a refused connection (e.g. a SuperLink that has not registered
-    this site's key yet) is retried a few times before giving up."""
+    foreground, training with ``threads`` CPU threads (``site_threads``). With ``site_certs`` a
+    refused connection (e.g. a SuperLink that has not registered this site's key yet) is retried a
+    few times before giving up."""
     data = validate_site_folder(data_dir)
     counts = {role: len(ids) for role, ids in data.roles.items()}
     mode = "TLS, node key and package signing" if site_certs is not None else "INSECURE"
+    threads = site_threads(threads)
     print(
         f"fedlego site: {data.name} ({', '.join(sorted(data.dataset.modalities))}; patients per role {counts}) "
-        f"-> SuperLink {superlink} ({mode})",
+        f"-> SuperLink {superlink} ({mode}; {threads} training threads)",
         flush=True,
     )
     if site_certs is not None and Path(site_certs).resolve().name != data.name:
@@ -353,7 +378,12 @@ def serve_site(
         flwr_home.mkdir(parents=True, exist_ok=True)
         attempts = SITE_RETRIES if site_certs is not None else 1
         for attempt in range(1, attempts + 1):
-            code = _foreground(command, quiet_environment(flwr_home))
+            environment = {
+                **quiet_environment(flwr_home),
+                "OMP_NUM_THREADS": str(threads),
+                "MKL_NUM_THREADS": str(threads),
+            }
+            code = _foreground(command, environment)
             if code != NODE_REFUSED:
                 return code
             reason = (
@@ -491,7 +521,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     site_certs = None if args.certs is None else check_site_certs(args.certs)
     validate_site_folder(args.data_dir)  # a bad folder fails before any warning or connection
     _require_security(args.certs, args.insecure, "SITE_DIR")
-    return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs)
+    return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -52,10 +52,15 @@ class PhaseExchange:
         if requests:
             message_type = message_types.pop()
             start = time.perf_counter()
+            record.begin()
             replies = self.transport.exchange(
-                message_type.value, {n: r.to_payload() for n, r in requests.items()}, self.timeout
+                message_type.value,
+                {n: r.to_payload() for n, r in requests.items()},
+                self.timeout,
+                ProgressLog(phase, len(requests), self.site, self.log, self.timeout),
             )
             record.seconds += time.perf_counter() - start
+            record.end()
             for node, reply in replies.items():
                 traffic = record.bytes.setdefault(self.site(node), Traffic())
                 traffic.sent += reply.bytes_sent
@@ -81,3 +86,28 @@ class PhaseExchange:
         results.failures.append(Failure(site, phase, reason))
         self.audit("site-failed", site=site, phase=phase, reason=reason.splitlines()[0])
         self.log(f"  {phase}: {site} failed: {reason.splitlines()[0]}")
+
+
+PROGRESS_SECONDS = 30.0
+"""How often the coordinator says which sites a phase still waits for."""
+
+
+class ProgressLog:
+    """A transport's ``waiting`` callback: every ``PROGRESS_SECONDS`` one line naming the sites a
+    phase still waits for, so that a long block phase is never silent for minutes."""
+
+    def __init__(
+        self, phase: str, total: int, site: Callable[[int], str], log: Callable[[str], None], timeout: float
+    ) -> None:
+        self.phase, self.total, self.site, self.log, self.timeout = phase, total, site, log, timeout
+        self.next_report = PROGRESS_SECONDS
+
+    def __call__(self, pending: list[int], elapsed: float) -> None:
+        if elapsed < self.next_report:
+            return
+        self.next_report = elapsed + PROGRESS_SECONDS
+        names = ", ".join(self.site(node) for node in pending)
+        self.log(
+            f"  {self.phase}: {self.total - len(pending)}/{self.total} sites answered after {elapsed:.0f} s; "
+            f"still working: {names} (phase timeout {self.timeout:.0f} s)"
+        )

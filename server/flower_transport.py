@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedlego.common.protocol import Payload, payload_bytes
 from fedlego.messages import from_records, to_records
-from fedlego.server.transport import Reply
+from fedlego.server.transport import Reply, Waiting
+
+POLL_SECONDS = 1.0
+"""How often the coordinator asks the SuperLink for replies."""
 
 
 class FlowerTransport:
-    """Sends one message per node through the Grid and waits for the replies."""
+    """Sends one message per node through the Grid and polls for the replies."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -19,17 +24,21 @@ class FlowerTransport:
     def node_ids(self) -> list[int]:
         return list(self.grid.get_node_ids())
 
-    def exchange(self, message_type: str, requests: dict[int, Payload], timeout: float) -> dict[int, Reply]:
+    def exchange(
+        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting: Waiting | None = None
+    ) -> dict[int, Reply]:
         messages = [
             Message(content=to_records(p), dst_node_id=n, message_type=message_type) for n, p in requests.items()
         ]
         sent = {n: payload_bytes(p) for n, p in requests.items()}
         replies: dict[int, Reply] = {}
-        answers = list(self.grid.send_and_receive(messages, timeout=timeout))
         # Replies name the request they answer; an error about an unreachable node comes from the
         # SuperLink itself, so its source node id is not the site's.
-        node_of = {m.metadata.message_id: n for m, n in zip(messages, requests, strict=True) if m.metadata.message_id}
-        for message in answers:
+        pushed = set(self.grid.push_messages(messages))
+        node_of = {
+            m.metadata.message_id: n for m, n in zip(messages, requests, strict=True) if m.metadata.message_id in pushed
+        }
+        for message in self._collect(node_of, timeout, waiting):
             node = node_of.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
             if message.has_error():
                 reason = message.error.reason or f"error code {message.error.code}"
@@ -41,3 +50,20 @@ class FlowerTransport:
             if node not in replies:
                 replies[node] = Reply(node, None, f"no reply within {timeout:.0f} s", sent[node], 0)
         return replies
+
+    def _collect(self, node_of: dict[str, int], timeout: float, waiting: Waiting | None) -> list[Message]:
+        """Pull replies until every message is answered or ``timeout`` passes."""
+        start = time.monotonic()
+        pending = set(node_of)
+        answers: list[Message] = []
+        while pending:
+            for message in self.grid.pull_messages(pending):
+                answers.append(message)
+                pending.discard(message.metadata.reply_to_message_id)
+            elapsed = time.monotonic() - start
+            if not pending or elapsed >= timeout:
+                break
+            if waiting is not None:
+                waiting(sorted(node_of[m] for m in pending), elapsed)
+            time.sleep(min(POLL_SECONDS, max(timeout - elapsed, 0.0)))
+        return answers

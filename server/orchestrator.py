@@ -269,6 +269,7 @@ class Federation:
         """Check every package, FedAvg shared modalities if asked, and LegoMerge the blocks."""
         self.log("phase merge")
         start = time.perf_counter()
+        self.results.phase("merge").begin()
         contract = self.settings.model.contract(task)
         max_bytes = int(self.settings.coordinator.max_package_mb * 1024 * 1024)
         selection = check_packages(
@@ -310,6 +311,7 @@ class Federation:
         merged = LegoMerge(blocks, merge.latent_merge, merge.head_merge, merge.weighting)
         package = self._sign(merged_to_package(merged, block_packages, self.run_id))
         self.results.phase("merge").seconds += time.perf_counter() - start
+        self.results.phase("merge").end()
         self.results.merged_modalities = sorted(blocks)
         self.recorder.audit(
             "merged",

@@ -4,6 +4,7 @@ by the report, the command line and the benchmarks (``RunResults.from_json``).""
 from __future__ import annotations
 
 import json
+import time
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -23,10 +24,22 @@ class Traffic:
 
 @dataclass
 class PhaseRecord:
-    """Wall time of a phase and its traffic per site."""
+    """Wall time of a phase and its traffic per site; ``started``/``ended``: Unix times of its
+    first exchange's start and last exchange's end (to line up with outside measurements)."""
 
     seconds: float = 0.0
     bytes: dict[str, Traffic] = field(default_factory=dict)
+    started: float | None = None
+    ended: float | None = None
+
+    def begin(self) -> None:
+        """Mark the start of an exchange (the first one sets ``started``)."""
+        if self.started is None:
+            self.started = time.time()
+
+    def end(self) -> None:
+        """Mark the end of an exchange."""
+        self.ended = time.time()
 
 
 @dataclass

@@ -4,6 +4,7 @@ The Flower implementation is ``flower_transport``; it counts the payload bytes b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,13 @@ class Transport(Protocol):
         """Sites connected now."""
         ...
 
-    def exchange(self, message_type: str, requests: dict[int, Payload], timeout: float) -> dict[int, Reply]:
-        """Send each node its payload; every requested node gets a Reply (error on timeout)."""
+    def exchange(
+        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting: Waiting | None = None
+    ) -> dict[int, Reply]:
+        """Send each node its payload; every requested node gets a Reply (error on timeout).
+        While replies are outstanding, ``waiting(pending node ids, elapsed seconds)`` is called
+        after every poll (a transport that answers at once never calls it)."""
         ...
+
+
+Waiting = Callable[[list[int], float], None]

@@ -44,7 +44,9 @@ class InProcessTransport:
     def node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def exchange(self, message_type: str, requests: dict[int, Payload], timeout: float) -> dict[int, Reply]:
+    def exchange(
+        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting=None
+    ) -> dict[int, Reply]:
         replies = {}
         for node, payload in requests.items():
             index = node - 1000

@@ -140,8 +140,8 @@ def test_no_valid_block_fails_with_the_reasons():
 class Tampering(InProcessTransport):
     """Flips a byte in the packages one site uploads."""
 
-    def exchange(self, message_type, requests, timeout):
-        replies = super().exchange(message_type, requests, timeout)
+    def exchange(self, message_type, requests, timeout, waiting=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)
         if message_type == "train.block":
             payload: Payload = replies[1000].payload
             tampered = []
@@ -263,12 +263,12 @@ class CrashingTransport(InProcessTransport):
 
     crash_at_fuse_round: int = -1
 
-    def exchange(self, message_type, requests, timeout):
+    def exchange(self, message_type, requests, timeout, waiting=None):
         if message_type == "train.fuse":
             round_index = next(iter(requests.values())).config["round"]
             if round_index == self.crash_at_fuse_round:
                 raise CoordinatorCrash
-        return super().exchange(message_type, requests, timeout)
+        return super().exchange(message_type, requests, timeout, waiting)
 
 
 def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
@@ -316,10 +316,10 @@ class SiteDiesMidFuse(InProcessTransport):
 
     dead: int = 3
 
-    def exchange(self, message_type, requests, timeout):
+    def exchange(self, message_type, requests, timeout, waiting=None):
         if message_type == "train.fuse" and next(iter(requests.values())).config["round"] >= 1:
             self.silent.add((message_type, self.dead))
-        return super().exchange(message_type, requests, timeout)
+        return super().exchange(message_type, requests, timeout, waiting)
 
 
 def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
@@ -376,8 +376,8 @@ def test_every_model_field_set_in_the_run_config_reaches_the_sites_blocks(tmp_pa
 class OldSite(InProcessTransport):
     """Site 0 answers with another protocol version (an incompatible fedlego installed there)."""
 
-    def exchange(self, message_type, requests, timeout):
-        replies = super().exchange(message_type, requests, timeout)
+    def exchange(self, message_type, requests, timeout, waiting=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)
         if 1000 in replies and replies[1000].payload is not None:
             replies[1000].payload.config["protocol"] = 99
         return replies

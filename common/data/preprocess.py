@@ -12,6 +12,9 @@ Encoders are called as ``encoder(**tensors)``. Tensor keys per kind:
   ``mask`` (n, T)
 - ``image``: ``x`` (n, C, H, W)
 - ``bags``: ``x`` (n, B, F), ``mask`` (n, B)
+
+A ``mask`` (n, L) marks the valid positions (visits, instances) along dimension 1 of every tensor
+of its modality; batches are cut after their last valid position (``tensors.cut_padding``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .errors import SiteDataError
 Tensors = dict[str, torch.Tensor]
 MIN_STD = 1e-12
 DAYS_PER_YEAR = 365.25
+DEFAULT_MAX_VISITS = 64
+"""Visits a time series keeps per patient unless its preprocessing sets ``max_visits``."""
 
 
 def _train_ids(data: ModalityData, train_ids: Sequence[str]) -> list[str]:
@@ -188,17 +193,21 @@ class TimeSeriesPreprocessor(Preprocessor):
     (sorted names); values optionally log1p-transformed (bool or list of variables) then
     standardised with training statistics. Repeated measurements at one time are averaged;
     variables unseen in training are ignored, and patients with no remaining observation are
-    absent."""
+    absent. A patient's series keeps its ``max_visits`` most recent visits (the ones nearest the
+    prediction time), so that one patient with thousands of measurements neither pads every
+    patient's tensors to that length nor dominates the compute."""
 
     kind = "timeseries"
 
-    def __init__(self, log_transform: bool | Sequence[str] = False):
+    def __init__(self, log_transform: bool | Sequence[str] = False, max_visits: int = DEFAULT_MAX_VISITS):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
-        super().__init__(log_transform=log)
+        if isinstance(max_visits, bool) or not isinstance(max_visits, int) or max_visits < 1:
+            raise ValueError(f"max_visits must be a positive integer, got {max_visits!r}")
+        super().__init__(log_transform=log, max_visits=max_visits)
 
     def fit(self, data: ModalityData, train_ids: Sequence[str]) -> TimeSeriesPreprocessor:
         assert data.table is not None
-        table = data.table[data.table["id"].isin(_train_ids(data, train_ids))]
+        table = self._most_recent(data.table[data.table["id"].isin(_train_ids(data, train_ids))])
         variables = sorted(table["variable"].unique())
         logged = _log_names(self.state["options"]["log_transform"], variables)
         values = table["value"].to_numpy(dtype=float)
@@ -227,7 +236,7 @@ class TimeSeriesPreprocessor(Preprocessor):
         column = {v: k for k, v in enumerate(fit["variables"])}
         table = data.table
         table = table[table["id"].isin(list(ids)) & table["variable"].isin(list(column))]
-        obs = table.groupby(["id", "time", "variable"], as_index=False)["value"].mean()
+        obs = self._most_recent(table.groupby(["id", "time", "variable"], as_index=False)["value"].mean())
         patients = sorted(obs["id"].unique())
         row = {p: k for k, p in enumerate(patients)}
         p = obs["id"].map(row).to_numpy(dtype=int)
@@ -255,6 +264,15 @@ class TimeSeriesPreprocessor(Preprocessor):
             result[present] = array[index[present]]
             tensors[key] = torch.from_numpy(result)
         return tensors, present
+
+    def _most_recent(self, obs: pd.DataFrame) -> pd.DataFrame:
+        """Observations of each patient's ``max_visits`` latest distinct times (packages made
+        before the option existed keep every visit)."""
+        limit = self.state["options"].get("max_visits")
+        if limit is None:
+            return obs
+        from_last = obs.groupby("id")["time"].rank(method="dense", ascending=False)
+        return obs[from_last.to_numpy() <= limit]
 
 
 def _chw_shape(image: np.ndarray) -> tuple[int, ...]:

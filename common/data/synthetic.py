@@ -9,8 +9,10 @@ Generative model (all draws from one ``seed``):
 - Observed data are noisy, mildly nonlinear functions of ``z_m``:
 
   - ``tabular``: ``n_features`` columns ``A z + 0.5 tanh(B z) + noise``;
-  - ``timeseries``: 1-8 irregular visits in the first year (``time`` in days), ``n_features``
-    variables whose level and slope depend on ``z``; long format ``id, time, variable, value``;
+  - ``timeseries``: 1 to ``max_visits`` (8) irregular visits in the first year (``time`` in
+    days), ``n_features`` variables whose level and slope depend on ``z``, each measured at a
+    visit with probability ``observed`` (1; at least one per visit); long format
+    ``id, time, variable, value``;
   - ``image``: 16x16 ``uint8`` noise image with a Gaussian blob whose brightness depends on
     ``z[0]`` and width on ``z[1]`` (``n_features`` is ignored);
   - ``bags``: 2-12 instances of ``n_features`` each; about 30 % of them ("key instances") are
@@ -57,6 +59,10 @@ class SyntheticModality:
     signal: float
     missing_rate: float = 0.0
     n_features: int = 16
+    max_visits: int = MAX_VISITS
+    """``timeseries``: most visits of a patient (drawn uniformly from 1 to this)."""
+    observed: float = 1.0
+    """``timeseries``: probability that a variable is measured at a visit (sparse labs)."""
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
@@ -65,6 +71,8 @@ class SyntheticModality:
             raise ValueError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
         if self.n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {self.n_features}")
+        if self.max_visits < 1 or not 0.0 < self.observed <= 1.0:
+            raise ValueError(f"need max_visits >= 1 and observed in (0, 1], got {self.max_visits}, {self.observed}")
 
 
 def default_synthetic_modalities(n: int) -> list[SyntheticModality]:
@@ -98,7 +106,7 @@ def _timeseries(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.
     n_vars = spec.n_features
     level_w = rng.normal(size=(n_vars, LATENT_DIM))
     slope_w = rng.normal(size=(n_vars, LATENT_DIM))
-    counts = rng.integers(1, MAX_VISITS + 1, size=len(ids))
+    counts = rng.integers(1, spec.max_visits + 1, size=len(ids))
     patient = np.repeat(np.arange(len(ids)), counts)
     times = rng.uniform(0.0, 365.0, size=len(patient))
     level = np.tanh(z @ level_w.T)[patient]  # (visits, variables)
@@ -113,6 +121,10 @@ def _timeseries(spec: SyntheticModality, z: np.ndarray, ids: list[str], rng: np.
             "value": values.reshape(-1),
         }
     )
+    if spec.observed < 1.0:
+        measured = rng.random(values.shape) < spec.observed
+        measured[np.arange(len(patient)), rng.integers(n_vars, size=len(patient))] = True
+        table = table[measured.reshape(-1)]
     table = table.sort_values(["id", "time", "variable"]).reset_index(drop=True)
     return ModalityData(spec.name, "timeseries", SOURCE, table=table)
 

@@ -68,7 +68,7 @@ class TensorSet:
         index = torch.as_tensor(rows, dtype=torch.int64)
         inputs: dict[str, dict[str, torch.Tensor] | None] = dict.fromkeys(self.inputs)
         for m in modalities:
-            inputs[m] = {k: v[index] for k, v in self.inputs[m].items()}
+            inputs[m] = cut_padding({k: v[index] for k, v in self.inputs[m].items()})
         return inputs, {k: v[index] for k, v in self.targets.items()}
 
     def batches(
@@ -83,6 +83,21 @@ class TensorSet:
             chunks = [chunks[i] for i in generator.permutation(len(chunks))]
         for key, rows in chunks:
             yield rows, self.batch(rows, key)
+
+
+def cut_padding(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of a padded modality (one with a ``mask`` (b, L) of valid positions: time series
+    visits, bag instances) cut after its last valid position, along dimension 1 of every tensor
+    that has it; padding to the cohort's longest series then costs no compute."""
+    mask = tensors.get("mask")
+    if mask is None or mask.dim() != 2:
+        return tensors
+    used = torch.nonzero(mask.bool().any(dim=0))
+    length = int(used.max()) + 1 if len(used) else 1
+    if length == mask.shape[1]:
+        return tensors
+    padded = mask.shape[1]
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == padded else v for k, v in tensors.items()}
 
 
 def targets_for(labels: Labels, ids: Sequence[str]) -> Targets:
