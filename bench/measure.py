@@ -68,10 +68,13 @@ def process_tree(root: int, needle: bytes | None) -> set[int]:
     return _descendants(roots, children)
 
 
-def run_measured(command: list[str], flwr_home: Path | None, timeout: float) -> dict[str, Any]:
+def run_measured(
+    command: list[str], flwr_home: Path | None, timeout: float, trace: list[tuple[float, int]] | None = None
+) -> dict[str, Any]:
     """Run ``command`` in its own session and poll the RSS of its process tree every 0.25 s; on
     timeout interrupt it (SIGINT, so the CLI stops its Flower processes), then kill what is left of
-    the tree by pid. Returns exit code, wall time, peak tree RSS and the output lines."""
+    the tree by pid. Returns exit code, wall time, peak tree RSS and the output lines; ``trace``
+    receives every poll as (Unix time, tree RSS bytes)."""
     needle = None if flwr_home is None else f"FLWR_HOME={flwr_home}".encode() + b"\0"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     start = time.perf_counter()
@@ -85,6 +88,8 @@ def run_measured(command: list[str], flwr_home: Path | None, timeout: float) -> 
         while not done.is_set():
             tree = process_tree(process.pid, needle)
             total = sum(_rss(pid) for pid in tree)
+            if trace is not None:
+                trace.append((time.time(), total))
             if total > state["peak_bytes"]:
                 state["peak_bytes"], state["peak_processes"] = total, len(tree)
             if not state["timed_out"] and time.perf_counter() - start > timeout:

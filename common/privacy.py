@@ -37,12 +37,10 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -53,6 +51,9 @@ from fedlego.common.config import PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import Task
 from fedlego.common.training import EarlyStopping, TrainReport, resolve_device
+
+if TYPE_CHECKING:  # Opacus costs about a second to import: only runs with DP load it
+    from opacus.accountants import RDPAccountant
 
 
 def default_delta(n: int) -> float:
@@ -67,6 +68,8 @@ def default_delta(n: int) -> float:
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
     """The noise multiplier with which ``epochs`` epochs of Poisson-sampled DP-SGD at
     ``sample_rate`` spend at most ``target_epsilon`` at ``delta`` (RDP accountant)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
@@ -133,6 +136,8 @@ def fit_private(
         noise = privacy.noise_multiplier
     else:  # Opacus's own calibration, as in make_private_with_epsilon (cached: it is slow)
         noise = calibrate_noise(privacy.target_epsilon, delta, 1 / len(loader), config.epochs)
+    from opacus import PrivacyEngine
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see module docstring
         engine = PrivacyEngine(accountant="rdp")
@@ -206,6 +211,12 @@ def privacy_metrics(report: TrainReport) -> dict[str, float]:
 # -- central DP for federated aggregation -------------------------------------------------------
 
 
+def _rdp_accountant() -> RDPAccountant:
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
+
+
 @dataclass
 class CentralAccountant:
     """RDP accounting of DP-FedAvg rounds: one step per aggregation at the given sample rate."""
@@ -213,7 +224,7 @@ class CentralAccountant:
     noise_multiplier: float
     clip: float
     delta: float = 1e-5
-    accountant: RDPAccountant = field(default_factory=RDPAccountant)
+    accountant: RDPAccountant = field(default_factory=_rdp_accountant)
     rounds: int = 0
 
     def step(self, sample_rate: float = 1.0) -> None:
