@@ -16,7 +16,7 @@ each phase (``results.json`` ``phases[...].bytes``), as in every run:
   blocks travel, LegoFuse rounds exchange the fusion parameters (encoders frozen in fuse);
 - **end-to-end FedAvg**: the same block phase, then the same fuse rounds with
   ``freeze-encoders = false``: FedAvg of the whole multimodal model, encoders included, with the
-  paired site every round (the end-to-end model here is LegoFuse's stack; no separate early-fusion
+  paired site every round (the end-to-end model here is LegoFuse's default topology; no separate early-fusion
   network is trained).
 
 Same seeds, fold, epochs and rounds in all three. Writes ``OUT/encoder-bytes.json`` and

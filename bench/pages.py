@@ -121,6 +121,21 @@ def weighting_table(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fuse_modes_table(quality: dict[str, Any]) -> list[str]:
+    """LegoFuse in each topology on the same blocks, with the share of folds whose fine-tuned model
+    was kept (the rest kept the untrained model: in merge mode, the merge itself)."""
+    names = list(quality)
+    modes = quality[names[0]]["summary"]["fuse_modes"]
+    lines = _header("fuse topology (share of folds fine-tuned)", names)
+    for mode in modes:
+        cells = []
+        for n in names:
+            entry = quality[n]["summary"]["fuse_modes"][mode]
+            cells.append(f"{cell(entry['metric'])} ({entry['fine_tuned']['mean']:.0%})")
+        lines.append(_row(mode, cells))
+    return lines
+
+
 def missing_tables(quality: dict[str, Any]) -> list[str]:
     """Per data set: each model's metric for each share of modalities hidden at test time."""
     lines = []

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from baselines import BASELINES, BaselineConfig, fit_baseline
 
-from fedlego.common.centralized import CentralizedConfig, mean_std, train_fold
+from fedlego.common.centralized import CentralizedConfig, FoldModels, mean_std, train_fold
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
@@ -32,10 +32,10 @@ from fedlego.common.data.presets import PRESETS
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.lego import LegoBlock, LegoMerge
+from fedlego.common.lego import FUSE_MODES, LegoBlock, LegoMerge
 from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
-from fedlego.common.workflow import evaluate_all, scores_of, train_block, unimodal_forward
+from fedlego.common.workflow import evaluate_all, fuse_blocks, scores_of, train_block, unimodal_forward
 
 Log = Callable[[str], None]
 TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -139,6 +139,7 @@ def table_fold(
         latent: {head: merged_metric(latent, head, merge.weighting) for head in HEAD_MERGES} for latent in LATENT_MERGES
     }
     weightings = {w: merged_metric(merge.latent_merge, merge.head_merge, w) for w in MERGE_WEIGHTINGS}
+    fuse_modes = fuse_modes_fold(fold, config)
     missing = missing_modality_fold(fold.blocks, fold.merged, fold.fused, baselines, test, task, split.fold)
     log(f"  fold {split.fold}: " + ", ".join(f"{k} {v:.3f}" for k, v in models.items()))
     return {
@@ -148,11 +149,31 @@ def table_fold(
         "models": models,
         "merge_methods": merges,
         "merge_weighting": weightings,
+        "fuse_modes": fuse_modes,
         "missing_at_test": missing,
         "fedavg_early_fusion": fedavg,
         "baseline_failures": failures,
         "seconds": seconds,
     }
+
+
+def fuse_modes_fold(fold: FoldModels, config: CentralizedConfig) -> dict[str, dict[str, float]]:
+    """LegoFuse in every topology on the fold's blocks and paired patients: test metric, and
+    whether the fine-tuned model was kept (1) or the untrained one (0: in merge mode the merge)."""
+    validation = fold.paired_validation if len(fold.paired_validation) else None
+    result = {}
+    for mode in FUSE_MODES:
+        if mode == config.fuse.mode:
+            fused, report = fold.fused, fold.fuse_report
+        else:
+            fused, report = fuse_blocks(
+                fold.blocks, fold.paired_train, validation, fold.task, replace(config.fuse, mode=mode), config.merge
+            )
+        result[mode] = {
+            "metric": metric(fold.task, scores_of(fused, fold.test, fold.task), fold.test),
+            "fine_tuned": float(report.best_epoch > 0),
+        }
+    return result
 
 
 def missing_modality_fold(
@@ -286,7 +307,16 @@ def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
         folds.append(record)
     summary = {
         key: summarise_folds(folds, key)
-        for key in ("models", "merge_methods", "merge_weighting", "missing_at_test", "spatial", "overlap", "imbalance")
+        for key in (
+            "models",
+            "merge_methods",
+            "merge_weighting",
+            "fuse_modes",
+            "missing_at_test",
+            "spatial",
+            "overlap",
+            "imbalance",
+        )
         if key in folds[0]
     }
     return {

@@ -27,6 +27,7 @@ from cost_page import cost_figures, cost_markdown
 from figures import quality_figures
 from pages import (
     frequency_table,
+    fuse_modes_table,
     merge_methods_table,
     missing_tables,
     poster_table,
@@ -120,6 +121,15 @@ def quality_markdown(document: dict[str, Any]) -> list[str]:
         "validation skill (max(validation c-index - 0.5, 0.01), from each block's own validation patients):",
         "",
         *weighting_table(quality),
+        "",
+        "### LegoFuse topologies",
+        "",
+        "The same blocks fine-tuned on the paired training patients (2 epochs, encoders frozen) as `merge` (the",
+        "default: starts as the merged model, anchored to it), and as the authors' `stack` and `weave`. In brackets",
+        "the share of folds whose fine-tuned model beat the untrained one on validation by the 1 % margin (the",
+        "others keep the untrained model: for `merge`, the merge itself).",
+        "",
+        *fuse_modes_table(quality),
         "",
         "### Modalities missing at test time",
         "",

@@ -6,7 +6,7 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,7 +160,9 @@ class SiteRuntime:
         least two of the model's modalities); the returned state holds the fusion parameters only."""
         train = self._paired(self.tensors_for(model.blocks, "train"))
         validation = self._paired(self.tensors_for(model.blocks, "validation"))
-        result = self._local_round(model, train, validation, task, train_config, proximal_mu, model)
+        result = self._local_round(
+            model, train, validation, task, train_config, proximal_mu, model, penalty=model.anchor_penalty
+        )
         trainable = set(model.fusion_state_dict())
         result.state = {k: v for k, v in result.state.items() if k in trainable}
         return result
@@ -179,29 +181,25 @@ class SiteRuntime:
         train_config: TrainConfig,
         proximal_mu: float,
         forward,
+        penalty: Callable[[], torch.Tensor] | None = None,
     ) -> RoundReply:
+        """``train_config.epochs`` local epochs with the FedProx term (``proximal_mu`` > 0) and
+        the model's own ``penalty`` (LegoFuse's anchor to the merged weights) added to the loss."""
         if len(train) == 0:
             raise ValueError("this site has no training patient for this model")
         before = evaluate_loss(model, validation, task, forward) if len(validation) else float("nan")
         if train_config.epochs > 0:
             anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-            def proximal() -> torch.Tensor:
-                return (
-                    0.5
-                    * proximal_mu
-                    * sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad)
-                )
+            def regulariser() -> torch.Tensor:
+                total = penalty() if penalty is not None else torch.zeros(())
+                if proximal_mu > 0:
+                    total = total + 0.5 * proximal_mu * sum(
+                        ((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad
+                    )
+                return total
 
-            fit(
-                model,
-                train,
-                None,
-                task,
-                train_config,
-                forward=forward,
-                regulariser=proximal if proximal_mu > 0 else None,
-            )
+            fit(model, train, None, task, train_config, forward=forward, regulariser=regulariser)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return RoundReply(state, len(train), before)
 

@@ -135,8 +135,7 @@ def train_fold(
         paired_validation if len(paired_validation) else None,
         task,
         config.fuse,
-        config.merge.head_merge,
-        config.merge.weighting,
+        config.merge,
         progress,
     )
     return FoldModels(

@@ -135,6 +135,9 @@ class TrainConfig:
     keep_initial: bool = False
     """Count the untrained model as epoch 0 of early stopping, so that fine-tuning which never
     improves the validation loss returns the model unchanged (used for LegoFuse)."""
+    min_improvement: float = 0.0
+    """With ``keep_initial``: the relative validation-loss improvement over the untrained model
+    an epoch needs before it replaces it."""
 
     def within_step_budget(self, n_rows: int) -> TrainConfig:
         """The settings for ``n_rows`` training rows: epochs cut so that at most ``max_steps``
@@ -167,13 +170,20 @@ class MergeConfig:
 class FuseConfig:
     """LegoFuse settings: a short fine-tune (the poster's "2 epochs") on paired data."""
 
-    mode: str = "stack"
-    """stack or weave."""
+    mode: str = "merge"
+    """merge (the merged model fine-tuned: at step 0 it is the merge), or the authors' stack or
+    weave topologies (ablations)."""
     epochs: int = 2
     """Centralized pipeline: fine-tuning epochs."""
     learning_rate: float = 1e-3
     batch_size: int = 32
     freeze_encoders: bool = True
+    anchor: float = 0.01
+    """merge mode: penalty (anchor / 2 x squared distance) pulling the fine-tuned weights toward
+    the merged ones, in place of weight decay."""
+    min_improvement: float = 0.01
+    """Fine-tuning replaces the untrained model (the merge, in merge mode) only when it lowers
+    the validation loss by this fraction of the untrained model's (epochs and federated rounds)."""
     seed: int = 0
 
 
@@ -282,7 +292,12 @@ class Section:
 SECTIONS = (
     Section("scenario", ScenarioConfig),
     Section("model", ModelConfig, internal=("seed",)),
-    Section("training", TrainConfig, rename={"epochs": "block-epochs"}, internal=("seed", "keep_initial")),
+    Section(
+        "training",
+        TrainConfig,
+        rename={"epochs": "block-epochs"},
+        internal=("seed", "keep_initial", "min_improvement"),
+    ),
     Section("rounds", RoundsConfig),
     Section("merge", MergeConfig),
     Section("fuse", FuseConfig, prefix="fuse-", rename={"freeze_encoders": "freeze-encoders"}, internal=("seed",)),
@@ -302,7 +317,7 @@ SECTIONS = (
 CHOICES = {
     "dataset": ("tcga-acc", "pbc", "synthetic"),
     "fuse-aggregation": ("fedavg", "fedprox"),
-    "fuse-mode": ("stack", "weave"),
+    "fuse-mode": ("merge", "stack", "weave"),
     "latent-merge": ("harmonic", "mean", "sum"),
     "head-merge": ("slerp", "linear"),
     "weighting": ("uniform", "samples", "validation"),
@@ -385,6 +400,10 @@ class RunConfig:
         if self.scenario.data and self.scenario.site_folders:
             raise ValueError("data (one pooled folder) and site-folders (one folder per site) exclude each other")
         self.privacy.validate()
+        if self.fuse.anchor < 0:
+            raise ValueError("fuse-anchor must be at least 0")
+        if not 0 <= self.fuse.min_improvement < 1:
+            raise ValueError("fuse-min-improvement must lie in [0, 1)")
         if self.fuse_privacy.noise < 0:
             raise ValueError("fuse-dp-noise must be at least 0 (0 = off)")
         if self.fuse_privacy.clip <= 0:

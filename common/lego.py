@@ -293,34 +293,50 @@ class LegoMerge(nn.Module):
         return self.head(self.encode(inputs))
 
 
-class LegoFuse(nn.Module):
-    """Blocks fused for fine-tuning on paired data, by stacking or weaving their updates.
+FUSE_MODES = ("merge", "stack", "weave")
+"""LegoFuse topologies: ``merge`` (the merged model, fine-tuned; the default) and the authors'
+``stack`` and ``weave`` (ablations)."""
 
+
+class LegoFuse(nn.Module):
+    """Blocks fused for fine-tuning on paired data.
+
+    - ``merge``: the merged model itself, made trainable: each present block refines its own
+      latent array, the final latents are combined as LegoMerge combines them (``latent_merge``,
+      the merge weights) and the merged head reads the result, so before any step its outputs are
+      the merge's for every subset of modalities. The whole model stays in eval mode (no dropout
+      in the fused layers) and ``anchor_penalty`` pulls the trainable weights toward the merged
+      ones (instead of weight decay toward zero).
     - ``stack``: the latent state passes from block to block (in ``order``), each running all
       its updates from the previous block's output latent.
     - ``weave``: update step s of every block in turn, then step s + 1, on one shared state.
 
-    Both start from the mean of the present blocks' latent arrays. The blocks' own heads are
-    frozen and unused: one fused head, initialised by merging them, reads the final latent.
+    Stack and weave start from the mean of the present blocks' latent arrays; the final latent of
+    stack comes from the last block in ``order``. The blocks' own heads are frozen and unused: one
+    fused head, initialised by merging them, reads the final latent.
 
-    The blocks are copied (the merged model stays intact). The head starts from the merged
-    heads. With ``freeze_encoders`` only the fusion parameters (latents, attention, feed-forward,
-    head) train: those are what a federation sends each round. Missing modalities are skipped.
+    The blocks are copied (the merged model stays intact). With ``freeze_encoders`` only the
+    fusion parameters (latents, attention, feed-forward, head) train: those are what a federation
+    sends each round. Missing modalities are skipped.
     """
 
     def __init__(
         self,
         blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock],
-        mode: str = "stack",
+        mode: str = "merge",
         *,
         order: Sequence[str] | None = None,
         head_merge: str = "slerp",
         weighting: str | Mapping[str, float] = "uniform",
+        latent_merge: str = "harmonic",
         freeze_encoders: bool = True,
+        anchor: float = 0.0,
     ) -> None:
         super().__init__()
-        if mode not in ("stack", "weave"):
-            raise ValueError(f"unknown fusion mode {mode!r}; choose stack or weave")
+        if mode not in FUSE_MODES:
+            raise ValueError(f"unknown fusion mode {mode!r}; choose {', '.join(FUSE_MODES)}")
+        if anchor < 0:
+            raise ValueError(f"the anchor penalty must be at least 0, got {anchor}")
         items = _as_block_dict(blocks)
         self.mode = mode
         self.order = list(order) if order is not None else list(items)
@@ -328,10 +344,11 @@ class LegoFuse(nn.Module):
             raise ValueError(f"order {self.order} must list exactly the modalities {sorted(items)}")
         self.blocks = nn.ModuleDict({m: copy.deepcopy(b) for m, b in items.items()})
         self.contract = next(iter(items.values())).contract
-        weights = block_weights(items, weighting)
+        self.weights = block_weights(items, weighting)
+        self.latent_merge = latent_merge
         self.head = TaskHead(self.contract.dim, self.contract.n_outputs)
         self.head.load_state_dict(
-            merge_state_dicts(head_merge, [b.head.state_dict() for b in items.values()], list(weights.values()))
+            merge_state_dicts(head_merge, [b.head.state_dict() for b in items.values()], list(self.weights.values()))
         )
         self.freeze_encoders = freeze_encoders
         for block in self.blocks.values():
@@ -340,10 +357,23 @@ class LegoFuse(nn.Module):
             for block in self.blocks.values():
                 for parameter in block.encoder_parameters():
                     parameter.requires_grad_(False)
+        self.anchor = anchor
+        self._anchor_state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def anchor_penalty(self) -> torch.Tensor:
+        """``anchor / 2`` times the squared distance of the trainable weights from the ones the
+        model was built with (the merge's, in ``merge`` mode); 0 without an anchor."""
+        if self.anchor == 0:
+            return torch.zeros(())
+        distance = sum(
+            ((p - self._anchor_state[n].to(p.device)) ** 2).sum() for n, p in self.named_parameters() if p.requires_grad
+        )
+        return 0.5 * self.anchor * distance
 
     def train(self, mode: bool = True) -> LegoFuse:
-        """Training mode, except frozen encoders stay in eval mode (no dropout/batch stats)."""
-        super().train(mode)
+        """Training mode, except frozen encoders stay in eval mode (no dropout/batch stats); in
+        ``merge`` mode every layer stays in eval mode (gradients still flow)."""
+        super().train(mode and self.mode != "merge")
         for block in self.blocks.values():
             if self.freeze_encoders or block.frozen_encoder:
                 block.encoder.eval()
@@ -356,6 +386,9 @@ class LegoFuse(nn.Module):
     def encode(self, inputs: MultimodalInput) -> torch.Tensor:
         """Fused latent of the modalities present in ``inputs``."""
         present = self._present_in_order(inputs)
+        if self.mode == "merge":
+            latents = [self.blocks[m].encode(inputs[m]) for m in present]
+            return merge_latents(self.latent_merge, latents, [self.weights[m] for m in present])
         tokens = {m: self.blocks[m].tokens(inputs[m]) for m in present}
         batch = next(iter(tokens.values()))[0].shape[0]
         state = torch.stack([self.blocks[m].latent for m in present]).mean(dim=0).expand(batch, -1, -1)

@@ -263,7 +263,14 @@ def merged_to_package(model: LegoMerge, blocks: Mapping[str, pb.BlockPackage], r
 def fused_to_package(model: LegoFuse, blocks: Mapping[str, pb.BlockPackage], run_id: str) -> pb.ModelPackage:
     """A LegoFuse model as a package: its block packages, recipe and the fine-tuned (trainable)
     parameters; everything frozen is rebuilt from the block packages."""
-    recipe = {"mode": model.mode, "order": model.order, "freeze_encoders": model.freeze_encoders}
+    recipe = {
+        "mode": model.mode,
+        "order": model.order,
+        "freeze_encoders": model.freeze_encoders,
+        "latent_merge": model.latent_merge,
+        "weights": model.weights,
+        "anchor": model.anchor,
+    }
     return _model_package("fused", model.fusion_state_dict(), blocks, recipe, run_id, "")
 
 
@@ -299,7 +306,15 @@ def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
         model: LegoMerge | LegoFuse = LegoMerge(blocks, recipe["latent_merge"], recipe["head_merge"], recipe["weights"])
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
     elif package.kind == "fused":
-        model = LegoFuse(blocks, recipe["mode"], order=recipe["order"], freeze_encoders=recipe["freeze_encoders"])
+        model = LegoFuse(
+            blocks,
+            recipe["mode"],
+            order=recipe["order"],
+            freeze_encoders=recipe["freeze_encoders"],
+            latent_merge=recipe.get("latent_merge", "harmonic"),
+            weighting=recipe.get("weights", "uniform"),
+            anchor=recipe.get("anchor", 0.0),
+        )
         expected = model.fusion_state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             raise PackageError(f"{where}: fusion parameters do not match the blocks and recipe")

@@ -38,16 +38,20 @@ Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]
 
 class EarlyStopping:
     """Keeps the weights of the epoch with the lowest validation loss and says when ``patience``
-    epochs passed without improvement; ``restore`` loads the kept weights back."""
+    epochs passed without improvement; ``restore`` loads the kept weights back. While the kept
+    model is the untrained one (epoch 0), an epoch must beat its loss by ``margin`` (a fraction)."""
 
-    def __init__(self, model: nn.Module, report: TrainReport, patience: int) -> None:
-        self.model, self.report, self.patience = model, report, patience
+    def __init__(self, model: nn.Module, report: TrainReport, patience: int, margin: float = 0.0) -> None:
+        self.model, self.report, self.patience, self.margin = model, report, patience, margin
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stale = 0
 
     def update(self, validation_loss: float, epoch: int) -> bool:
         """Record the loss after ``epoch`` (0 = before training); True when training should stop."""
-        if self.report.best_validation_loss is None or validation_loss < self.report.best_validation_loss:
+        best = self.report.best_validation_loss
+        if best is not None and self.report.best_epoch == 0:
+            best -= self.margin * abs(best)
+        if best is None or validation_loss < best:
             self.report.best_validation_loss = validation_loss
             self.report.best_epoch = epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -140,7 +144,7 @@ def fit(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
-    stopping = EarlyStopping(model, report, config.patience)
+    stopping = EarlyStopping(model, report, config.patience, config.min_improvement if config.keep_initial else 0.0)
     if validation is not None and len(validation) and config.keep_initial:
         stopping.update(evaluate_loss(model, validation, task, forward), epoch=0)
     bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, TrainConfig
+from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import build_encoder, encoder_spec, reference_encoder_spec
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
@@ -131,14 +131,13 @@ def fuse_blocks(
     validation: TensorSet | None,
     task: Task,
     config: FuseConfig,
-    head_merge: str = "slerp",
-    weighting: str = "uniform",
+    merge: MergeConfig | None = None,
     progress: bool = False,
 ) -> tuple[LegoFuse, TrainReport]:
-    """LegoFuse of the blocks, fine-tuned for a few epochs on the paired training patients."""
-    model = LegoFuse(
-        blocks, config.mode, head_merge=head_merge, weighting=weighting, freeze_encoders=config.freeze_encoders
-    )
+    """LegoFuse of the blocks (``fuse_model``), fine-tuned for a few epochs on the paired training
+    patients; with validation patients the untrained model (in ``merge`` mode: the merge) is kept
+    unless an epoch lowers the validation loss."""
+    model = fuse_model(blocks, config, merge or MergeConfig())
     training = TrainConfig(
         epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -146,9 +145,39 @@ def fuse_blocks(
         patience=config.epochs,
         seed=config.seed,
         keep_initial=True,
+        min_improvement=config.min_improvement,
+        weight_decay=fuse_weight_decay(config),
     )
-    report = fit(model, train, validation, task, training, description="fuse", progress=progress)
+    report = fit(
+        model,
+        train,
+        validation,
+        task,
+        training,
+        description="fuse",
+        progress=progress,
+        regulariser=model.anchor_penalty,
+    )
     return model, report
+
+
+def fuse_model(blocks: Mapping[str, LegoBlock], config: FuseConfig, merge: MergeConfig) -> LegoFuse:
+    """The untrained LegoFuse of the blocks as a run's settings describe it."""
+    return LegoFuse(
+        blocks,
+        config.mode,
+        head_merge=merge.head_merge,
+        weighting=merge.weighting,
+        latent_merge=merge.latent_merge,
+        freeze_encoders=config.freeze_encoders,
+        anchor=config.anchor if config.mode == "merge" else 0.0,
+    )
+
+
+def fuse_weight_decay(config: FuseConfig, otherwise: float = TrainConfig.weight_decay) -> float:
+    """Weight decay of LegoFuse training: none in ``merge`` mode (the anchor penalty pulls toward
+    the merged weights instead of toward zero), ``otherwise`` in the other modes."""
+    return 0.0 if config.mode == "merge" else otherwise
 
 
 def scores_of(model: nn.Module, data: TensorSet, task: Task, forward=None) -> np.ndarray:

@@ -20,6 +20,12 @@ def federation_table(results: RunResults) -> str:
                 for site, v in entry.per_site.items()
             )
             lines.append(f"{phase:<8} {model:<18} {shown:>20}  {entry.n:<3} {per_site}")
+    fuse = results.rounds.get("fuse")
+    if fuse is not None and fuse.kept_round == 0 and "fuse" in results.metrics:
+        lines.append(
+            "fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept "
+            f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
+        )
     lines += [f"refused: {r.site}/{r.modality}: {r.reason}" for r in results.refused]
     lines += [f"failed: {f.site} in {f.phase}: {f.reason}" for f in results.failures]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 from fedlego.common.aggregation import average_states, dp_average_updates
 from fedlego.common.config import RunConfig
 from fedlego.common.data.presets import preprocessing_for
-from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import (
     PackageError,
     block_to_package,
@@ -41,6 +41,7 @@ from fedlego.common.protocol import (
 )
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.tasks import Task
+from fedlego.common.workflow import fuse_model, fuse_weight_decay
 from fedlego.proto.fedlego_pb2 import BlockPackage, ModelPackage
 from fedlego.server.checks import aggregate_metrics, agree_task, check_packages
 from fedlego.server.exchange import FederationError, PhaseExchange
@@ -364,19 +365,15 @@ class Federation:
             self.log("phase fuse skipped: no site holds paired data" if not paired else "phase fuse skipped")
             return None
         self.log(f"phase fuse: {rounds_config.fuse_rounds} rounds on {len(paired)} paired sites")
-        merge = self.settings.merge
-        model = LegoFuse(
-            blocks,
-            self.settings.fuse.mode,
-            head_merge=merge.head_merge,
-            weighting=merge.weighting,
-            freeze_encoders=self.settings.fuse.freeze_encoders,
-        )
+        model = fuse_model(blocks, self.settings.fuse, self.settings.merge)
         base = serialize(self._sign(fused_to_package(model, block_packages, self.run_id)))
         mu = rounds_config.proximal_mu if rounds_config.fuse_aggregation == "fedprox" else 0.0
         training = self.settings.training
         fuse_training = replace(
-            training, learning_rate=self.settings.fuse.learning_rate, batch_size=self.settings.fuse.batch_size
+            training,
+            learning_rate=self.settings.fuse.learning_rate,
+            batch_size=self.settings.fuse.batch_size,
+            weight_decay=fuse_weight_decay(self.settings.fuse, training.weight_decay),
         )
         rounds, participants = Rounds(rounds_config.fuse_rounds, [model.fusion_state_dict()]), []
         done = self.recorder.progress.inside.get("fuse")
@@ -426,7 +423,7 @@ class Federation:
             aggregate=self._aggregate_fuse,
             drop_lost=True,  # a site that dropped out is not waited for again
         )
-        best = rounds.best()
+        best = rounds.best(self.settings.fuse.min_improvement)
         model.load_state_dict(rounds.states[best], strict=False)
         counts = model.parameter_counts()
         self.results.rounds["fuse"] = RoundsRecord(

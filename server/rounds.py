@@ -81,7 +81,13 @@ class Rounds:
                 self.states.append(aggregate(self.states[-1], answered, counts, len(requests)))
             on_round(Round(index, final, answered, self.history[-1]))
 
-    def best(self) -> int:
+    def best(self, margin: float = 0.0) -> int:
         """The round with the lowest validation loss: the earliest on ties, a NaN loss never
-        (round 0 when every loss is NaN)."""
-        return min(range(len(self.history)), key=lambda i: math.inf if math.isnan(self.history[i]) else self.history[i])
+        (round 0 when every loss is NaN). A later round replaces round 0 (the parameters the
+        rounds started from) only when its loss is below round 0's by ``margin`` (a fraction)."""
+        loss = [math.inf if math.isnan(v) else v for v in self.history]
+        if not loss:
+            return 0
+        threshold = loss[0] - margin * abs(loss[0]) if math.isfinite(loss[0]) else math.inf
+        better = [i for i in range(1, len(loss)) if loss[i] < threshold]
+        return min(better, key=lambda i: loss[i]) if better else 0

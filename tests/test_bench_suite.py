@@ -60,8 +60,11 @@ def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
     assert set(synthetic["summary"]["missing_at_test"]) == {"0.0", "0.2", "0.4", "0.6", "0.8"}
     assert set(synthetic["summary"]["overlap"]) == {"0.0", "0.5", "1.0"}
     assert set(synthetic["summary"]["merge_weighting"]) == {"uniform", "samples", "validation"}
+    fuse_modes = synthetic["summary"]["fuse_modes"]
+    assert set(fuse_modes) == {"merge", "stack", "weave"}
+    assert fuse_modes["merge"]["metric"]["mean"] == models["fuse"]["mean"]  # the default is the table's fuse
     page = (out / "README.md").read_text()
-    assert "Smoke run" in page and "| LegoMerge |" in page
+    assert "Smoke run" in page and "| LegoMerge |" in page and "### LegoFuse topologies" in page
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     assert linked and set(linked) <= set(document["figures"])
     for name in document["figures"]:

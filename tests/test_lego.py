@@ -1,5 +1,7 @@
 """LegoBlock, LegoMerge and LegoFuse: contracts, merge properties, fusion trainability."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -191,7 +193,7 @@ def test_merge_weighting_schemes():
         LegoMerge(blocks, weighting="magic")
 
 
-@pytest.mark.parametrize("mode", ["stack", "weave"])
+@pytest.mark.parametrize("mode", ["merge", "stack", "weave"])
 def test_fuse_trains_every_fusion_parameter_in_place(mode):
     blocks = make_blocks()
     fused = LegoFuse(blocks, mode)
@@ -230,7 +232,7 @@ def test_fuse_is_parameter_efficient_and_reports_counts():
     assert sum(v.numel() for v in frozen.fusion_state_dict().values()) == counts["trainable"]
 
 
-@pytest.mark.parametrize("mode", ["stack", "weave"])
+@pytest.mark.parametrize("mode", ["merge", "stack", "weave"])
 def test_fuse_skips_missing_modalities_and_leaves_merge_blocks_untouched(mode):
     blocks = make_blocks()
     snapshot = {m: {k: v.clone() for k, v in b.state_dict().items()} for m, b in blocks.items()}
@@ -250,3 +252,41 @@ def test_fuse_skips_missing_modalities_and_leaves_merge_blocks_untouched(mode):
 def test_fuse_order_must_name_every_block():
     with pytest.raises(ValueError, match="order"):
         LegoFuse(make_blocks(), order=["omics"])
+
+
+@pytest.mark.parametrize("latent_merge", ["harmonic", "mean", "sum"])
+@pytest.mark.parametrize("weighting", ["uniform", "validation"])
+def test_merge_mode_fuse_is_the_merge_before_any_step_for_every_subset(latent_merge, weighting):
+    blocks = make_blocks()
+    for score, block in zip((0.8, 0.6, 0.7, 0.55), blocks.values(), strict=True):
+        block.validation_score = score
+    merged = LegoMerge(blocks, latent_merge, "slerp", weighting).eval()
+    fused = LegoFuse(blocks, "merge", latent_merge=latent_merge, weighting=weighting).train()  # stays in eval
+    x = inputs()
+    names = list(blocks)
+    with torch.no_grad():
+        for size in range(1, len(names) + 1):
+            for subset in itertools.combinations(names, size):
+                given = {m: x[m] if m in subset else None for m in names}
+                torch.testing.assert_close(fused(given), merged(given), msg=f"subset {subset}")
+    assert float(fused.anchor_penalty()) == 0.0
+
+
+def test_merge_mode_fuse_has_no_dropout_in_training_and_is_pulled_back_to_the_merge():
+    blocks = make_blocks()
+    fused = LegoFuse(blocks, "merge", anchor=0.5).train()
+    assert not any(module.training for module in fused.modules())
+    x = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), fused(x))  # no dropout: two passes agree
+        trainable = [p for p in fused.parameters() if p.requires_grad]
+        for p in trainable:
+            p.add_(0.1)
+    penalty = fused.anchor_penalty()
+    expected = 0.5 * 0.5 * sum(p.numel() * 0.1**2 for p in trainable)
+    assert float(penalty.detach()) == pytest.approx(expected, rel=1e-4)
+    penalty.backward()
+    assert all(float((p.grad - 0.5 * 0.1).abs().max()) < 1e-5 for p in trainable)  # gradient toward the merge
+    assert float(LegoFuse(blocks, "stack").anchor_penalty()) == 0.0
+    with pytest.raises(ValueError, match="anchor"):
+        LegoFuse(blocks, "merge", anchor=-1.0)

@@ -196,3 +196,19 @@ def test_tampered_model_package_is_refused(blocks, packages):
     package.recipe_json = package.recipe_json.replace("slerp", "linear")
     with pytest.raises(PackageError, match="content hash"):
         model_from_package(package)
+
+
+def test_a_merge_mode_fused_package_keeps_its_latent_merge_weights_and_anchor(blocks, packages):
+    """Rebuilt with the recipe's latent merge and merge weights (not the defaults), the model gives
+    the same outputs, and its anchor is still the merged weights."""
+    x = {m: example for m, (_, example) in EXAMPLES.items()}
+    weights = {m: float(i + 1) for i, m in enumerate(sorted(blocks))}
+    fused = LegoFuse(blocks, "merge", latent_merge="mean", weighting=weights, anchor=0.3).eval()
+    with torch.no_grad():
+        next(p for n, p in fused.named_parameters() if n.endswith(".latent")).add_(0.5)
+    package = parse_model_package(serialize(fused_to_package(fused, packages, "run-1")))
+    rebuilt = model_from_package(package)
+    assert isinstance(rebuilt, LegoFuse) and rebuilt.latent_merge == "mean" and rebuilt.weights == weights
+    torch.testing.assert_close(rebuilt(x), fused(x))
+    torch.testing.assert_close(rebuilt.anchor_penalty(), fused.anchor_penalty())
+    assert float(rebuilt.anchor_penalty()) > 0

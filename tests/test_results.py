@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fedlego.console import federation_table
 from fedlego.server.results import (
     RESULTS_NAME,
     BlockPrivacy,
@@ -170,3 +171,13 @@ def test_reading_a_malformed_file_is_a_value_error_naming_it(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match=r"broken\.json"):
         RunResults.read(path)
+
+
+def test_the_console_table_says_when_fuse_kept_no_fine_tuning():
+    metrics = {"fuse": {"fuse": ModelMetrics({"a": SiteMetric(0.7, 20)}, 0.7, 20)}}
+    kept = RunResults(
+        run_id="r", config={"fuse-mode": "merge"}, metrics=metrics, rounds={"fuse": RoundsRecord([1.0, 1.1], 0)}
+    )
+    assert "fuse kept round 0" in federation_table(kept) and "merge model as it started" in federation_table(kept)
+    tuned = RunResults(run_id="r", config={}, metrics=metrics, rounds={"fuse": RoundsRecord([1.0, 0.9], 1)})
+    assert "kept round 0" not in federation_table(tuned)

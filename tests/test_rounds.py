@@ -9,6 +9,7 @@ import torch
 from fedlego.common.config import TrainConfig
 from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
 from fedlego.common.tasks import ClassificationTask
+from fedlego.common.training import EarlyStopping, TrainReport
 from fedlego.server.rounds import Rounds
 
 
@@ -85,3 +86,27 @@ def test_the_kept_round_is_the_earliest_lowest_and_never_nan():
     assert best([math.nan, 0.5, 0.5, 0.7]) == 1
     assert best([0.9, math.nan, 0.2]) == 2
     assert best([math.nan, math.nan]) == 0
+
+
+def test_a_later_round_replaces_the_start_only_by_the_margin():
+    def best(history: list[float], margin: float) -> int:
+        return Rounds(len(history) - 1, [], history=history).best(margin)
+
+    assert best([1.0, 0.995, 0.999], 0.01) == 0  # 0.5 % better: noise, the start (the merge) stays
+    assert best([1.0, 0.995, 0.98], 0.01) == 2
+    assert best([1.0, 0.98, 0.97], 0.01) == 2  # past the margin, the lowest wins
+    assert best([1.0, 0.995], 0.0) == 1
+    assert best([math.nan, 0.8], 0.5) == 1  # no usable start: any finite round
+
+
+def test_early_stopping_leaves_the_untrained_model_only_by_the_margin():
+    model = torch.nn.Linear(2, 1)
+    report = TrainReport(best_epoch=0, best_validation_loss=None)
+    stopping = EarlyStopping(model, report, patience=5, margin=0.01)
+    stopping.update(2.0, epoch=0)
+    stopping.update(1.99, epoch=1)  # 0.5 %: not enough
+    assert report.best_epoch == 0
+    stopping.update(1.97, epoch=2)
+    assert report.best_epoch == 2
+    stopping.update(1.969, epoch=3)  # once fine-tuned, any improvement counts
+    assert report.best_epoch == 3
