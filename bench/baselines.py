@@ -14,6 +14,10 @@ Names (``BASELINES``):
 - ``cox-late``: one penalised linear model per modality, combined by the mean of rank risks.
 - ``early-fusion``: SNN on the flat features plus presence indicators.
 - ``late-fusion``: each modality's reference encoder with its own linear head; mean of logits.
+
+Per modality, ``fit_plain_unimodal`` trains the LegoBlock's comparator (the same encoder with a
+linear head, trained like the block on all its training patients); ``MeanOfModels`` late-fuses
+those separately trained models, the comparison for LegoMerge (neither needs paired data).
 - ``attention-fusion``: HEALNet-style latent array cross-attending to each modality in turn.
 - ``fedavg-early-fusion``: ``early-fusion`` trained with FedAvg over simulated sites.
 
@@ -539,6 +543,31 @@ def fit_late_fusion(train: TensorSet, validation: TensorSet, task: Task, config:
     torch.manual_seed(config.seed)
     model = LateFusionNet(_examples(train, config.modalities), task.n_outputs, config.width, config.dropout)
     return _fit_network("late-fusion", model, train, validation, task, config)
+
+
+class MeanOfModels(nn.Module):
+    """Late fusion of separately trained models: the mean of the logits of the models whose
+    modality is present (no joint training, no paired data)."""
+
+    def __init__(self, models: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.models = nn.ModuleDict(models)
+
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor] | None]) -> torch.Tensor:
+        return torch.stack([model(inputs) for m, model in self.models.items() if inputs.get(m) is not None]).mean(0)
+
+
+def fit_plain_unimodal(
+    modality: str, train: TensorSet, validation: TensorSet, task: Task, config: BaselineConfig
+) -> nn.Module:
+    """The LegoBlock's comparator: the modality's reference encoder with a linear head on its pooled
+    tokens, trained like the block (every training patient holding the modality, the task loss, the
+    blocks' training settings and step budget, early stopping on the validation patients)."""
+    train_m, validation_m = train.restrict([modality]), validation.restrict([modality])
+    torch.manual_seed(config.seed)
+    model = LateFusionNet(_examples(train_m, [modality]), task.n_outputs, config.width, config.dropout)
+    fit(model, train_m, _or_none(validation_m), task, _training(config).within_step_budget(len(train_m)))
+    return model.eval()
 
 
 class FeatureGroupTokens(nn.Module):

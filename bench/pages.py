@@ -14,6 +14,7 @@ BASELINE_NAMES = {
     "cox-late": "Cox late fusion (mean of rank risks)",
     "early-fusion": "Early fusion (concatenated features, SNN)",
     "late-fusion": "Late fusion (encoders + heads, mean of logits)",
+    "plain-late": "Late fusion of the separately trained encoders + heads (no paired data)",
     "attention-fusion": "Attention fusion (HEALNet/Perceiver-like)",
     "fedavg-early-fusion": "FedAvg early fusion (paired sites)",
 }
@@ -60,6 +61,9 @@ def poster_table(quality: dict[str, Any], federated: dict[str, dict[str, dict[st
         blocks += [k for k in summaries[n] if k.startswith("block:") and k not in blocks]
     for key in blocks:
         lines.append(_row(f"LegoBlock: {key.split(':', 1)[1]}", [cell(summaries[n].get(key), folds[n]) for n in names]))
+        plain = "plain:" + key.split(":", 1)[1]
+        label = f"encoder + linear head: {key.split(':', 1)[1]} (trained as the block)"
+        lines.append(_row(label, [cell(summaries[n].get(plain), folds[n]) for n in names]))
     for key, label in LEGO_ROWS.items():
         lines.append(_row(label, [cell(summaries[n].get(key), folds[n]) for n in names]))
         if key in ("merge", "fuse"):
@@ -79,7 +83,9 @@ def targets(quality: dict[str, Any]) -> list[str]:
     for name, doc in quality.items():
         summary = doc["summary"]["models"]
         best, merge, fuse = best_block_mean(summary), summary["merge"]["mean"], summary["fuse"]["mean"]
-        candidates = [k for k in summary if not k.startswith("block:") and not math.isnan(summary[k]["mean"])]
+        candidates = [
+            k for k in summary if not k.startswith(("block:", "plain:")) and not math.isnan(summary[k]["mean"])
+        ]
         strongest = max(candidates, key=lambda k: summary[k]["mean"])
         lines.append(
             f"- {name}: LegoMerge ≥ best block: {'met' if merge >= best else 'MISSED'} ({merge:.3f} vs {best:.3f}); "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import BASELINES, BaselineConfig, fit_baseline
+from baselines import BASELINES, BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
 
 from fedlego.common.centralized import CentralizedConfig, FoldModels, mean_std, train_fold
 from fedlego.common.config import ModelConfig, TrainConfig
@@ -130,6 +130,10 @@ def table_fold(
         models[name] = metric(task, baselines[name].scores(test), test)
         if hasattr(baselines[name], "bytes_per_site"):
             fedavg = {"bytes_per_site": baselines[name].bytes_per_site, "parameters": baselines[name].parameter_count}
+    plain = {m: fit_plain_unimodal(m, fold.train, fold.validation, task, baseline_config) for m in fold.blocks}
+    for m, model in plain.items():
+        models[f"plain:{m}"] = metric(task, scores_of(model, test, task), test)
+    models["plain-late"] = metric(task, scores_of(MeanOfModels(plain), test, task), test)
     merge = config.merge
 
     def merged_metric(latent: str, head: str, weighting: str) -> float:

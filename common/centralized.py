@@ -74,6 +74,9 @@ class FoldModels:
     task: Task
     test: TensorSet
     """Test patients holding every modality of the run."""
+    train: TensorSet
+    """Every training patient (the blocks' training data)."""
+    validation: TensorSet
     paired_train: TensorSet
     paired_validation: TensorSet
     blocks: dict[str, LegoBlock]
@@ -141,6 +144,8 @@ def train_fold(
     return FoldModels(
         task,
         test,
+        train,
+        validation,
         paired_train,
         paired_validation,
         blocks,

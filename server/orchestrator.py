@@ -267,8 +267,9 @@ class Federation:
         return self._sign(package), block
 
     def merge(self, packages: list[BlockPackage], task: Task) -> None:
-        """Check every package, FedAvg shared modalities if asked, and LegoMerge the blocks."""
-        self.log("phase merge")
+        """Check every package, FedAvg shared modalities if asked, and LegoMerge the blocks. The
+        merge phase's time excludes the FedAvg rounds (phases ``block-fedavg:<modality>``)."""
+        self.log(f"phase merge: checking {len(packages)} block packages")
         start = time.perf_counter()
         self.results.phase("merge").begin()
         contract = self.settings.model.contract(task)
@@ -295,9 +296,13 @@ class Federation:
                 + "; ".join(f"{r.site}/{r.modality}: {r.reason}" for r in selection.refused)
             )
         chosen: dict[str, tuple[BlockPackage, LegoBlock]] = {}
+        fedavg_seconds = 0.0  # timed as phases of their own (block-fedavg:<modality>)
         for modality, candidates in sorted(selection.candidates.items()):
             if len(candidates) > 1 and self.settings.rounds.block_rounds > 0:
+                self.log(f"phase block-fedavg:{modality}: {len(candidates)} sites")
+                begin = time.perf_counter()
                 chosen[modality] = self.fedavg_block(modality, candidates, task)
+                fedavg_seconds += time.perf_counter() - begin
             else:
                 chosen[modality] = candidates[0]
                 if len(candidates) > 1:
@@ -311,7 +316,8 @@ class Federation:
         merge = self.settings.merge
         merged = LegoMerge(blocks, merge.latent_merge, merge.head_merge, merge.weighting)
         package = self._sign(merged_to_package(merged, block_packages, self.run_id))
-        self.results.phase("merge").seconds += time.perf_counter() - start
+        self.log(f"phase merge: LegoMerge of {', '.join(sorted(blocks))}")
+        self.results.phase("merge").seconds += time.perf_counter() - start - fedavg_seconds
         self.results.phase("merge").end()
         self.results.merged_modalities = sorted(blocks)
         self.recorder.audit(

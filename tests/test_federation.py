@@ -63,6 +63,12 @@ def test_run_goes_through_every_phase(completed):
     assert results["status"] == "completed"
     assert set(results["sites"]) == {"tabular_0", "timeseries_1", "paired-0"}
     assert {"describe", "block", "merge", "evaluate-merge", "fuse", "evaluate-fuse"} <= set(results["phases"])
+    assert any(name.startswith("block-fedavg:") for name in results["phases"])
+    # phases are timed apart: the merge, which runs the block FedAvg rounds, does not count their time
+    phases = results["phases"]
+    fedavg = sum(p["seconds"] for name, p in phases.items() if name.startswith("block-fedavg:"))
+    assert phases["merge"]["seconds"] <= phases["merge"]["ended"] - phases["merge"]["started"] - fedavg + 0.05
+    assert sum(p["seconds"] for p in phases.values()) <= results["wall_seconds"]
     assert set(results["metrics"]["merge"]) == {"merge", "block:tabular_0", "block:timeseries_1"}
     merge = results["metrics"]["merge"]["merge"]
     assert set(merge["per_site"]) == set(results["sites"])  # every site evaluates with what it has
