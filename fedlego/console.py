@@ -11,15 +11,16 @@ def federation_table(results: RunResults) -> str:
     """Per phase and model: sample-weighted mean metric over sites, with each site's value; then
     the refused packages and failed sites."""
     metric = results.metric or "metric"
-    lines = [f"{'phase':<8} {'model':<18} {metric + ' (weighted)':>20}  n   per site"]
+    lines = [f"{'phase':<8} {'model':<18} {metric + ' (weighted)':>20} {'pooled (pairs)':>18}  n   per site"]
     for phase, models in results.metrics.items():
         for model, entry in models.items():
             shown = "n/a" if math.isnan(entry.weighted_mean) else f"{entry.weighted_mean:.3f}"
+            pooled = "n/a" if math.isnan(entry.pooled) else f"{entry.pooled:.3f} ({entry.pairs})"
             per_site = ", ".join(
                 f"{site} {v.metric:.3f} (n={v.n})" if not math.isnan(v.metric) else f"{site} n/a (n={v.n})"
                 for site, v in entry.per_site.items()
             )
-            lines.append(f"{phase:<8} {model:<18} {shown:>20}  {entry.n:<3} {per_site}")
+            lines.append(f"{phase:<8} {model:<18} {shown:>20} {pooled:>18}  {entry.n:<3} {per_site}")
     fuse = results.rounds.get("fuse")
     if fuse is not None and fuse.kept_round == 0 and "fuse" in results.metrics:
         lines.append(

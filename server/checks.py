@@ -15,7 +15,7 @@ from fedlego.common.lego import LatentContract, LegoBlock
 from fedlego.common.packaging import PackageError, check_block_package
 from fedlego.common.protocol import SiteDescription
 from fedlego.common.signing import verify_signature
-from fedlego.common.tasks import ClassificationTask, SurvivalTask, Task
+from fedlego.common.tasks import ClassificationTask, PairCounts, SurvivalTask, Task
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.results import ModelMetrics, Refusal, SiteMetric
 
@@ -79,14 +79,19 @@ def check_packages(
 
 
 def aggregate_metrics(per_site: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, ModelMetrics]:
-    """Per model: each site's metric and n, and the sample-weighted mean over sites."""
+    """Per model: each site's metric and n, the sample-weighted mean over sites, and the pooled
+    metric from the pair counts the sites report (pairs are only formed within a site)."""
     models: dict[str, ModelMetrics] = {}
+    pooled: dict[str, PairCounts] = {}
     for site, results in per_site.items():
         for model, values in results.items():
             entry = models.setdefault(model, ModelMetrics())
             entry.per_site[site] = SiteMetric(float(values["metric"]), int(values["n"]))
-    for entry in models.values():
+            counts = PairCounts(*(int(values.get(k, 0)) for k in ("concordant", "discordant", "tied")))
+            pooled[model] = pooled.get(model, PairCounts()) + counts
+    for model, entry in models.items():
         sites = entry.per_site.values()
         entry.weighted_mean = weighted_mean([s.metric for s in sites], [s.n for s in sites])
         entry.n = sum(s.n for s in sites)
+        entry.pooled, entry.pairs = pooled[model].metric, pooled[model].pairs
     return models

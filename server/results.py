@@ -70,11 +70,14 @@ class SiteMetric:
 
 @dataclass
 class ModelMetrics:
-    """A model's metric per site and the sample-weighted mean over sites."""
+    """A model's metric per site, the sample-weighted mean over sites and the pooled metric: the
+    comparable pairs of every site's test patients counted together (``pairs`` of them)."""
 
     per_site: dict[str, SiteMetric] = field(default_factory=dict)
     weighted_mean: float = float("nan")
     n: int = 0
+    pooled: float = float("nan")
+    pairs: int = 0
 
 
 @dataclass

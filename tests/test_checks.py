@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from fedlego.common.protocol import SiteDescription
-from fedlego.server.checks import agree_task
+from fedlego.server.checks import aggregate_metrics, agree_task
 
 
 def _site(name: str, events: int, cuts: list[float]) -> SiteDescription:
@@ -26,3 +26,15 @@ def test_sites_that_disagree_on_the_task_are_an_error():
     classification = SiteDescription("d", "binary", 2, ["x"], ["tabular"], [10], [2], [2])
     with pytest.raises(ValueError, match="disagree on the task"):
         agree_task([_site("a", 3, [1.0, 2.0, 3.0]), classification])
+
+
+def test_metrics_pool_the_pairs_the_sites_report_and_tolerate_sites_without_counts():
+    per_site = {
+        "a": {"merge": {"metric": 1.0, "n": 3, "concordant": 2, "discordant": 0, "tied": 0}},
+        "b": {"merge": {"metric": 0.25, "n": 10, "concordant": 10, "discordant": 28, "tied": 2}},
+        "old": {"merge": {"metric": 0.9, "n": 5}},  # a site of an earlier version: no counts
+    }
+    merge = aggregate_metrics(per_site)["merge"]
+    assert merge.pairs == 42
+    assert merge.pooled == (12 + 1) / 42
+    assert merge.weighted_mean == (3 * 1.0 + 10 * 0.25 + 5 * 0.9) / 18

@@ -47,10 +47,18 @@ def populated() -> RunResults:
                     per_site={"tabular_0": SiteMetric(0.71, 12), "paired-0": SiteMetric(0.64, 8)},
                     weighted_mean=0.682,
                     n=20,
+                    pooled=0.69,
+                    pairs=61,
                 ),
-                "block:tabular_0": ModelMetrics(per_site={"tabular_0": SiteMetric(0.7, 12)}, weighted_mean=0.7, n=12),
+                "block:tabular_0": ModelMetrics(
+                    per_site={"tabular_0": SiteMetric(0.7, 12)}, weighted_mean=0.7, n=12, pooled=0.7, pairs=40
+                ),
             },
-            "fuse": {"fuse": ModelMetrics(per_site={"paired-0": SiteMetric(0.66, 8)}, weighted_mean=0.66, n=8)},
+            "fuse": {
+                "fuse": ModelMetrics(
+                    per_site={"paired-0": SiteMetric(0.66, 8)}, weighted_mean=0.66, n=8, pooled=0.66, pairs=21
+                )
+            },
         },
         rounds={
             "block:tabular": RoundsRecord(validation_loss=[1.2, 1.1], kept_round=1, sites=["tabular_0", "paired-0"]),

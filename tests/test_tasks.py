@@ -79,3 +79,45 @@ def test_c_index_is_nan_when_no_pair_is_comparable():
     targets = {"time": torch.tensor([1.0, 2.0, 3.0]), "event": torch.tensor([0, 0, 1])}
     assert np.isnan(task.metric(np.array([0.1, 0.2, 0.3]), targets))
     assert np.isnan(task.metric(np.array([0.1]), {"time": torch.tensor([1.0]), "event": torch.tensor([1])}))
+
+
+def _survival_targets(rng, n):
+    return {"time": torch.tensor(rng.exponential(10, n)), "event": torch.tensor(rng.random(n) < 0.6)}
+
+
+def test_pair_counts_give_the_c_index_and_pool_over_sites():
+    rng = np.random.default_rng(3)
+    task = SurvivalTask((5.0, 10.0))
+    sites = []
+    for n in (7, 12, 30):
+        targets = _survival_targets(rng, n)
+        scores = np.round(rng.normal(size=n) - targets["time"].numpy() / 10, 1)  # some ties
+        counts = task.pair_counts(scores, targets)
+        assert counts.metric == pytest.approx(task.metric(scores, targets))
+        sites.append((scores, targets, counts))
+    pooled = sites[0][2] + sites[1][2] + sites[2][2]
+    concordant = sum(s[2].concordant for s in sites)
+    tied = sum(s[2].tied for s in sites)
+    assert pooled.pairs == sum(s[2].pairs for s in sites)
+    assert pooled.metric == pytest.approx((concordant + 0.5 * tied) / pooled.pairs)
+    # pooling is not the mean of the sites' c-indices weighted by patients
+    weighted = sum(len(s[0]) * s[2].metric for s in sites) / sum(len(s[0]) for s in sites)
+    assert pooled.metric != pytest.approx(weighted, abs=1e-6)
+
+
+def test_binary_pair_counts_give_the_auc_with_ties():
+    rng = np.random.default_rng(4)
+    label = rng.integers(0, 2, 40)
+    scores = np.round(rng.random(40) + 0.3 * label, 1)
+    counts = ClassificationTask(2).pair_counts(scores, {"label": torch.tensor(label)})
+    assert counts.pairs == (label == 1).sum() * (label == 0).sum()
+    assert counts.tied > 0
+    assert counts.metric == pytest.approx(roc_auc_score(label, scores))
+
+
+def test_no_pairs_without_events_or_for_several_classes():
+    task = SurvivalTask((5.0,))
+    none = task.pair_counts(np.zeros(3), {"time": torch.ones(3), "event": torch.zeros(3, dtype=torch.bool)})
+    assert none.pairs == 0 and np.isnan(none.metric)
+    multi = ClassificationTask(3).pair_counts(np.ones((4, 3)) / 3, {"label": torch.tensor([0, 1, 2, 0])})
+    assert multi.pairs == 0
