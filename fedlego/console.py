@@ -6,6 +6,9 @@ import math
 
 from fedlego.server.results import RunResults
 
+FEW_TEST_PATIENTS = 20
+"""Below this many test patients a site's own metric gets a warning."""
+
 
 def federation_table(results: RunResults) -> str:
     """Per phase and model: sample-weighted mean metric over sites, with each site's value; then
@@ -21,6 +24,20 @@ def federation_table(results: RunResults) -> str:
                 for site, v in entry.per_site.items()
             )
             lines.append(f"{phase:<8} {model:<18} {shown:>20} {pooled:>18}  {entry.n:<3} {per_site}")
+    small = sorted(
+        {
+            site
+            for models in results.metrics.values()
+            for e in models.values()
+            for site, v in e.per_site.items()
+            if v.n < FEW_TEST_PATIENTS
+        }
+    )
+    if small:
+        lines.append(
+            f"note: {', '.join(small)} evaluated on fewer than {FEW_TEST_PATIENTS} test patients: their own figures "
+            "are noise; read the pooled column"
+        )
     fuse = results.rounds.get("fuse")
     if fuse is not None and fuse.kept_round == 0 and "fuse" in results.metrics:
         lines.append(

@@ -189,3 +189,11 @@ def test_the_console_table_says_when_fuse_kept_no_fine_tuning():
     assert "fuse kept round 0" in federation_table(kept) and "merge model as it started" in federation_table(kept)
     tuned = RunResults(run_id="r", config={}, metrics=metrics, rounds={"fuse": RoundsRecord([1.0, 0.9], 1)})
     assert "kept round 0" not in federation_table(tuned)
+
+
+def test_the_console_table_warns_about_sites_with_few_test_patients():
+    few = {"merge": {"merge": ModelMetrics({"a": SiteMetric(0.5, 4), "b": SiteMetric(0.7, 60)}, 0.68, 64)}}
+    table = federation_table(RunResults(run_id="r", config={}, metrics=few))
+    assert "note: a evaluated on fewer than 20 test patients" in table
+    many = {"merge": {"merge": ModelMetrics({"b": SiteMetric(0.7, 60)}, 0.7, 60)}}
+    assert "fewer than" not in federation_table(RunResults(run_id="r", config={}, metrics=many))
