@@ -142,6 +142,28 @@ def fuse_modes_table(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def disjoint_paired_table(quality: dict[str, Any]) -> list[str]:
+    """Fusion on paired patients that trained no block: best block, merge and fuse per topology."""
+    names = list(quality)
+    rows = quality[names[0]]["summary"]["disjoint_paired"]
+    lines = _header("model (paired hospital trained no block)", names)
+    for row in rows:
+        if row.startswith("fine-tuned") or row == "hospital patients":
+            continue
+        cells = []
+        for n in names:
+            entry = quality[n]["summary"]["disjoint_paired"]
+            mode = row[len("fuse (") : -1] if row.startswith("fuse (") else None
+            text = cell(entry[row])
+            if mode is not None:
+                text += f" ({entry[f'fine-tuned ({mode})']['mean']:.0%} fine-tuned)"
+            cells.append(text)
+        lines.append(_row(row, cells))
+    sizes = [f"{quality[n]['summary']['disjoint_paired']['hospital patients']['mean']:.0f}" for n in names]
+    lines.append(_row("paired hospital's patients (mean)", sizes))
+    return lines
+
+
 def missing_tables(quality: dict[str, Any]) -> list[str]:
     """Per data set: each model's metric for each share of modalities hidden at test time."""
     lines = []

@@ -28,6 +28,7 @@ from fedlego.common.centralized import CentralizedConfig, FoldModels, mean_std, 
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.preprocess import preprocessor_from_dict
 from fedlego.common.data.presets import PRESETS
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
@@ -226,6 +227,40 @@ def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: F
     return models
 
 
+def disjoint_paired_fold(
+    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, log: Log
+) -> dict[str, float]:
+    """The scenario where fusion should pay: half of the fold's paired (complete-case) training
+    patients form a hospital that trains no block; the blocks train on the other training
+    patients; LegoFuse fine-tunes on the hospital's patients only (validation and test as in the
+    table). Test metric of the best block, the merge and the fuse in every topology."""
+    complete = set(dataset.complete_case_ids(config.modalities))
+    paired = sorted(i for i in split.train if i in complete)
+    rng = np.random.default_rng(2000 + split.fold)
+    hospital = sorted(rng.choice(paired, size=len(paired) // 2, replace=False).tolist())
+    held = set(hospital)
+    fold = train_fold(dataset, config, replace(split, train=[i for i in split.train if i not in held]), lambda _: None)
+    preprocessors = {m: preprocessor_from_dict(b.preprocessing) for m, b in fold.blocks.items()}
+    fine_tune = make_tensor_set(dataset, preprocessors, hospital)
+    validation = fold.paired_validation if len(fold.paired_validation) else None
+    task, test = fold.task, fold.test
+    result = {
+        "best block": max(
+            metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for b in fold.blocks.values()
+        ),
+        "merge": metric(task, scores_of(fold.merged, test, task), test),
+        "hospital patients": float(len(hospital)),
+    }
+    for mode in FUSE_MODES:
+        fused, report = fuse_blocks(
+            fold.blocks, fine_tune, validation, task, replace(config.fuse, mode=mode), config.merge
+        )
+        result[f"fuse ({mode})"] = metric(task, scores_of(fused, test, task), test)
+        result[f"fine-tuned ({mode})"] = float(report.best_epoch > 0)
+    log(f"  fold {split.fold} disjoint paired: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    return result
+
+
 def unimodal_site_blocks(
     dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, overlap: float, imbalance: float
 ) -> tuple[Task, dict[str, LegoBlock], dict[str, Any]]:
@@ -301,6 +336,7 @@ def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
         log(f"{name}: fold {split.fold + 1}/{len(splits)}")
         record = table_fold(dataset, config, baseline_config, split, log)
         record["spatial"] = spatial_fold(dataset, config, split, log)
+        record["disjoint_paired"] = disjoint_paired_fold(dataset, config, split, log)
         if name in SITE_ABLATION_DATASETS:
             record["overlap"] = {f"{o:.1f}": site_blocks_fold(dataset, config, split, o, 0.0) for o in OVERLAPS}
             # imbalance 0 at overlap 0 is the overlap-0 run itself (same scenario, same seed)
@@ -318,6 +354,7 @@ def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
             "fuse_modes",
             "missing_at_test",
             "spatial",
+            "disjoint_paired",
             "overlap",
             "imbalance",
         )

@@ -26,6 +26,7 @@ from cost import federated_summaries, machine_description, run_cost
 from cost_page import cost_figures, cost_markdown
 from figures import quality_figures
 from pages import (
+    disjoint_paired_table,
     frequency_table,
     fuse_modes_table,
     merge_methods_table,
@@ -130,6 +131,14 @@ def quality_markdown(document: dict[str, Any]) -> list[str]:
         "others keep the untrained model: for `merge`, the merge itself).",
         "",
         *fuse_modes_table(quality),
+        "",
+        "### Paired patients that trained no block",
+        "",
+        "The scenario where fusion should pay: half of each fold's paired training patients form a hospital that",
+        "trains no block; the blocks train on the other training patients and LegoFuse fine-tunes on the hospital's",
+        "patients only (same validation and test patients as the table). In brackets: share of folds fine-tuned.",
+        "",
+        *disjoint_paired_table(quality),
         "",
         "### Modalities missing at test time",
         "",

@@ -62,6 +62,9 @@ def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
     assert set(synthetic["summary"]["merge_weighting"]) == {"uniform", "samples", "validation"}
     fuse_modes = synthetic["summary"]["fuse_modes"]
     assert set(fuse_modes) == {"merge", "stack", "weave"}
+    disjoint = synthetic["summary"]["disjoint_paired"]
+    assert {"best block", "merge", "fuse (merge)", "fuse (stack)", "fuse (weave)"} <= set(disjoint)
+    assert "### Paired patients that trained no block" in (out / "README.md").read_text()
     assert fuse_modes["merge"]["metric"]["mean"] == models["fuse"]["mean"]  # the default is the table's fuse
     page = (out / "README.md").read_text()
     assert "Smoke run" in page and "| LegoMerge |" in page and "### LegoFuse topologies" in page
