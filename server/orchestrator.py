@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -485,6 +486,12 @@ class Federation:
                     clip=package.metrics.get("dp_clip"),
                 )
 
+    def _failed(self, reason: str) -> None:
+        self.results.status = "failed"
+        self.results.error = reason
+        self.log(f"federation stopped: {reason}")
+        self.recorder.audit("run-failed", reason=reason)
+
     def run(self) -> RunResults:
         """All phases; on a fatal error the results so far are written with the reason."""
         start = time.perf_counter()
@@ -504,10 +511,10 @@ class Federation:
             self.results.status = "completed"
             self.recorder.audit("run-completed")
         except FederationError as error:
-            self.results.status = "failed"
-            self.results.error = str(error)
-            self.log(f"federation stopped: {error}")
-            self.recorder.audit("run-failed", reason=str(error))
+            self._failed(str(error))
+        except Exception as error:  # a bug or hostile input nothing else caught: the run still ends, on record
+            self.log(traceback.format_exc().rstrip())
+            self._failed(f"unexpected {type(error).__name__}: {error}")
         finally:
             self.results.wall_seconds = time.perf_counter() - start
             self.results.finished_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

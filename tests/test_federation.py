@@ -397,3 +397,21 @@ def test_a_site_speaking_another_protocol_version_is_left_out_with_the_reason():
     (failure,) = [f for f in results["failures"] if f["phase"] == "describe"]
     assert "protocol version 99" in failure["reason"] and failure["site"] == "node-1000"
     assert "tabular_0" not in results["sites"] and len(results["sites"]) == 2
+
+
+def test_an_unexpected_error_ends_the_run_as_failed_on_record(tmp_path, monkeypatch):
+    """A bug (here a KeyError raised by the merge) still ends the run: status failed with the
+    reason in results.json, a run-failed audit entry, and a log that verifies."""
+
+    def broken_merge(self, packages, task):
+        raise KeyError("architecture")
+
+    monkeypatch.setattr(Federation, "merge", broken_merge)
+    results, _ = run({**SMALL, "block-rounds": 0, "fuse-rounds": 0}, tmp_path)
+    assert results["status"] == "failed"
+    assert results["error"] == "unexpected KeyError: 'architecture'"
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["status"] == "failed" and "KeyError" in written["error"]
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert entries[-1]["event"] == "run-failed" and "KeyError" in entries[-1]["reason"]
+    assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
