@@ -84,6 +84,22 @@ class Models:
     fused: ModelPackage | None = None
 
 
+def undeclared(description: SiteDescription, modality: str, package: BlockPackage) -> str | None:
+    """Why an uploaded block does not match what its site described (None when it does): a site
+    uploads only modalities it described, under its own name, trained on as many patients as it
+    said it holds for training (the count weighs block selection and sample-weighted merges)."""
+    if modality not in description.modalities:
+        return f"modality {modality!r} was not described by the site (it described {description.modalities})"
+    if package.modality != modality:
+        return f"package for modality {package.modality!r} uploaded as {modality!r}"
+    if package.site != description.site:
+        return f"package names site {package.site!r}, uploaded by {description.site!r}"
+    declared = description.n_train[description.modalities.index(modality)]
+    if package.n_samples != declared:
+        return f"n_samples {package.n_samples} differs from the {declared} training patients the site described"
+    return None
+
+
 class Federation:
     """One federated run: call ``run()``; results are returned and written to ``out_dir``."""
 
@@ -210,9 +226,17 @@ class Federation:
                     bytes=len(data),
                 )
                 try:
-                    packages.append(parse_block_package(data, f"upload from {site}"))
+                    package = parse_block_package(data, f"upload from {site}")
                 except PackageError as error:
                     self.results.refused.append(Refusal(site, modality, str(error)))
+                    continue
+                problem = undeclared(self.sites[node], modality, package)
+                if problem is not None:
+                    self.results.refused.append(Refusal(site, modality, problem))
+                    self.recorder.audit("package-refused", site=site, modality=modality, reason=problem)
+                    self.log(f"  refused {site}/{modality}: {problem}")
+                    continue
+                packages.append(package)
         return packages
 
     def _site_nodes(self, sites: set[str]) -> list[int]:

@@ -17,9 +17,11 @@ from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
 from fedlego.common.lego import LegoMerge
 from fedlego.common.packaging import (
     block_from_package,
+    content_hash,
     model_from_package,
     parse_block_package,
     parse_model_package,
+    serialize,
 )
 from fedlego.common.protocol import Payload
 from fedlego.common.signing import load_trusted_sites, verify_signature
@@ -261,8 +263,9 @@ def test_sites_refuse_models_the_coordinator_did_not_sign(tmp_path):
     assert all("unsigned" in f["reason"] for f in results["failures"])
 
 
-class CoordinatorCrash(Exception):
-    """Stands for the coordinator process dying."""
+class CoordinatorCrash(BaseException):
+    """Stands for the coordinator process dying: like a kill, nothing in the coordinator catches it
+    (it ends any unexpected ``Exception`` as a failed run)."""
 
 
 class CrashingTransport(InProcessTransport):
@@ -415,3 +418,32 @@ def test_an_unexpected_error_ends_the_run_as_failed_on_record(tmp_path, monkeypa
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert entries[-1]["event"] == "run-failed" and "KeyError" in entries[-1]["reason"]
     assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
+
+
+class Overclaiming(InProcessTransport):
+    """Site 0 (tabular_0) re-hashes its package claiming 1000 x its patients; site 1 (timeseries_1)
+    adds a copy of its block under a modality it never described."""
+
+    def exchange(self, message_type, requests, timeout, waiting=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)
+        if message_type == "train.block":
+            inflated = parse_block_package(replies[1000].payload.config["packages"][0])
+            inflated.n_samples *= 1000
+            inflated.content_hash = content_hash(inflated)
+            replies[1000].payload.config["packages"] = [serialize(inflated)]
+            extra = replies[1001].payload.config
+            extra["modalities"] = [*extra["modalities"], "tabular_0"]
+            extra["packages"] = [*extra["packages"], extra["packages"][0]]
+        return replies
+
+
+def test_a_site_can_upload_only_what_it_described():
+    config = {**SMALL, "block-rounds": 0, "fuse-rounds": 0}
+    settings = RunConfig.from_flat(config)
+    transport = Overclaiming(config, len(simulated_scenario(settings, run_cohort(settings)).sites))
+    results = Federation(transport, settings, log=lambda _: None).run().to_dict()
+    assert results["status"] == "completed"
+    reasons = {(r["site"], r["modality"]): r["reason"] for r in results["refused"]}
+    assert "differs from the" in reasons[("tabular_0", "tabular_0")]
+    assert "was not described by the site" in reasons[("timeseries_1", "tabular_0")]
+    assert results["merged_modalities"] == ["tabular_0", "timeseries_1"]  # the honest paired site's blocks
