@@ -36,6 +36,13 @@ class AuditLog:
                 raise ValueError(f"{self.path}: existing audit log is broken, refusing to extend it: {report.problem}")
             self.sequence, self.head = report.entries, report.head
 
+    def last_entry(self) -> dict[str, Any] | None:
+        """The newest entry of the log (None when it is empty)."""
+        if not self.path.exists():
+            return None
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+
     def append(self, event: str, **fields: Any) -> str:
         """Record one event; returns the new head hash."""
         entry = {

@@ -62,6 +62,10 @@ class RunRecorder:
         self.results = RunResults.from_dict(state["results"])
         self.results.resumed = (self.results.resumed or 0) + 1
         self.log(f"resuming run {run_id}: finished phases {self.progress.completed}")
+        last = self.audit_log.last_entry()
+        if last is not None and last.get("event") not in ("run-completed", "run-failed"):
+            # the previous attempt died (killed, machine lost) without ending the run on record
+            self.audit("attempt-unfinished", last_event=last.get("event"), last_time=last.get("time"))
         self.audit("run-resumed", completed=self.progress.completed)
 
     def audit(self, event: str, **fields: Any) -> None:

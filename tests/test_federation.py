@@ -302,6 +302,7 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     assert len(results["rounds"]["fuse"]["validation_loss"]) == 4
     events = [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events[0] == "run-started" and "run-resumed" in events and events[-1] == "run-completed"
+    assert events[events.index("run-resumed") - 1] == "attempt-unfinished"  # the killed attempt, on record
     assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
 
 
