@@ -178,6 +178,18 @@ def test_missing_feature_columns_are_named(run: Run, tmp_path: Path) -> None:
     assert all(column in str(error.value) for column in dropped)
 
 
+def test_text_in_a_numeric_column_is_named_not_imputed(run: Run, tmp_path: Path) -> None:
+    folder = write_folder(run.site, tmp_path / "site", ["clin", "labs"])
+    table = pd.read_csv(folder / "clin.csv", dtype={"id": str})
+    column = table.columns[1]
+    table[column] = table[column].astype(object)
+    table.loc[2, column] = "n/a (lab closed)"
+    table.to_csv(folder / "clin.csv", index=False)
+    with pytest.raises(SiteDataError, match=r"clin\.csv: column '.*': non-numeric values") as error:
+        predict_folder(run.packages["merged"], folder, coordinator_key=run.public_key)
+    assert column in str(error.value) and "lab closed" in str(error.value) and table.loc[2, "id"] in str(error.value)
+
+
 def test_bad_inputs_give_errors_naming_the_culprit(run: Run, tmp_path: Path) -> None:
     folder = write_folder(run.site, tmp_path / "site", ["clin"])
     key = {"coordinator_key": run.public_key}

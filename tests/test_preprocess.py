@@ -235,3 +235,19 @@ def test_bags_padding_and_mask():
     bad.arrays["t"] = np.zeros((2, 4), np.float32)
     with pytest.raises(SiteDataError, match=r"wsi.npz: bags differ .* in rows \['t'\]"):
         fitted.transform(bad, ["t"])
+
+
+def test_text_given_for_a_fitted_numeric_column_is_an_error_naming_it():
+    """Frames given through the Python API skip the readers: the preprocessor itself refuses text
+    in a column it was fitted on as numbers, instead of imputing the training median."""
+    train = ModalityData(
+        "clin", "tabular", "train.csv", table=pd.DataFrame({"age": [50.0, 61.0, 70.0]}, index=["a", "b", "c"])
+    )
+    preprocessor = make_preprocessor("tabular").fit(train, ["a", "b", "c"])
+    new = pd.DataFrame({"age": [55.0, "unknown", None]}, index=["d", "e", "f"], dtype=object)
+    with pytest.raises(SiteDataError, match=r"new\.csv: column 'age': not a number .*'unknown'.* in rows \['e'\]"):
+        preprocessor.transform(ModalityData("clin", "tabular", "new.csv", table=new), ["d", "e", "f"])
+    tensors, present = preprocessor.transform(
+        ModalityData("clin", "tabular", "new.csv", table=new.drop("e")), ["d", "f"]
+    )
+    assert present.tolist() == [True, True] and torch.isfinite(tensors["x"]).all()  # an empty cell stays missing

@@ -76,6 +76,24 @@ def _float_matrix(frame: pd.DataFrame, log: Sequence[bool]) -> np.ndarray:
     return x
 
 
+def _refuse_text_in_numbers(source: str, frame: pd.DataFrame) -> None:
+    """A value that is not a number in a column fitted as numeric is an error naming the column
+    and rows (never silently the training median); empty cells stay missing values."""
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            continue
+        bad = column.notna() & pd.to_numeric(column, errors="coerce").isna()
+        if bad.any():
+            shown = ", ".join(repr(v) for v in column[bad].unique()[:3])
+            raise SiteDataError(
+                source,
+                f"not a number in a numeric column ({shown}; the preprocessor was fitted on numbers)",
+                name,
+                rows=list(column.index[bad]),
+            )
+
+
 def _log1p(values: np.ndarray) -> np.ndarray:
     return np.log1p(np.clip(values, 0.0, None))
 
@@ -176,6 +194,7 @@ class TabularPreprocessor(Preprocessor):
             raise SiteDataError(data.source, message, ", ".join(missing))
         present = pd.Index(list(ids), dtype=object).isin(data.table.index)
         rows = data.table.reindex(list(ids))
+        _refuse_text_in_numbers(data.source, rows[numeric["names"]])
         x = _float_matrix(rows[numeric["names"]], numeric["log"])
         x = np.where(np.isnan(x), np.array(numeric["median"]), x)
         blocks = [(x - np.array(numeric["mean"])) / np.array(numeric["std"])]
