@@ -139,5 +139,6 @@ def evaluate_models(message: Message, context: Context) -> Message:
         models = evaluable_models(dict(model.blocks), model, None)
     else:
         models = evaluable_models({}, None, model)
-    results = site_for(context).evaluate(models, package_task(package.blocks[0]))
-    return reply(message, EvaluateReply(results))
+    site = site_for(context)
+    results = site.evaluate(models, package_task(package.blocks[0]))
+    return reply(message, EvaluateReply(results, dict(site.evaluation_errors)))

@@ -48,6 +48,8 @@ class SiteRuntime:
     """Per modality, the encoder to use instead of the reference one (``site.json``)."""
     preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per modality, preprocessing options of this site (``site.json``), over the coordinator's."""
+    evaluation_errors: dict[str, str] = field(default_factory=dict)
+    """Why the models of the last ``evaluate`` that failed at this site failed, by model name."""
 
     def modalities(self) -> list[str]:
         """Modalities this site holds."""
@@ -205,18 +207,22 @@ class SiteRuntime:
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts
-        (single blocks: patients holding that block's modality)."""
-        results = {}
+        (single blocks: patients holding that block's modality). A model that fails here (bad
+        preprocessing state, an encoder error) is left out with the reason in ``evaluation_errors``."""
+        results, self.evaluation_errors = {}, {}
         for name, model in models.items():
             blocks = {model.modality: model} if isinstance(model, LegoBlock) else dict(model.blocks)
             usable = [m for m in blocks if m in self.dataset.modalities]
             if not usable:
                 continue
-            test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
-            if len(test) == 0:
-                continue
-            forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
-            results[name] = evaluate(model, test, task, forward)
+            try:
+                test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
+                if len(test) == 0:
+                    continue
+                forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
+                results[name] = evaluate(model, test, task, forward)
+            except Exception as error:  # one model that cannot run here must not hide the others
+                self.evaluation_errors[name] = f"{type(error).__name__}: {error}"
         return results
 
 

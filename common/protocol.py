@@ -327,19 +327,24 @@ class EvaluateRequest:
 
 @dataclass
 class EvaluateReply:
-    """Per model name: the site's metric and number of test patients."""
+    """Per model name: the site's metric and number of test patients; ``errors``: why the models
+    the site could not evaluate failed (the others are still reported)."""
 
     results: dict[str, dict[str, float]]
+    errors: dict[str, str] = field(default_factory=dict)
 
     def to_payload(self) -> Payload:
-        return Payload(config=_versioned({"results": json.dumps(self.results)}))
+        return Payload(config=_versioned({"results": json.dumps(self.results), "errors": json.dumps(self.errors)}))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> EvaluateReply:
         results = _json(payload, "results", "evaluate reply")
         if not isinstance(results, dict):
             raise ProtocolError("evaluate reply: 'results' must be an object")
-        return cls(results)
+        errors = _json(payload, "errors", "evaluate reply") if "errors" in payload.config else {}
+        if not isinstance(errors, dict):
+            raise ProtocolError("evaluate reply: 'errors' must be an object")
+        return cls(results, {str(k): str(v) for k, v in errors.items()})
 
 
 REPLY_TYPES: dict[MessageType, Any] = {

@@ -377,6 +377,12 @@ class Federation:
         self.log(f"phase evaluate ({phase})")
         request = EvaluateRequest(serialize(model_package))
         answered = self.exchange(f"evaluate-{phase}", dict.fromkeys(self.sites, request))
+        for node, reply in answered.items():
+            for model, reason in reply.errors.items():
+                site = self.exchange.site(node)
+                self.results.failures.append(Failure(site, f"evaluate-{phase}:{model}", reason))
+                self.recorder.audit("evaluation-failed", site=site, model=model, reason=reason.splitlines()[0])
+                self.log(f"  evaluate-{phase}: {site} could not evaluate {model}: {reason.splitlines()[0]}")
         per_site = {self.exchange.site(n): reply.results for n, reply in answered.items()}
         self.results.metrics[phase] = aggregate_metrics(per_site)
 

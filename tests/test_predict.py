@@ -3,6 +3,7 @@ on a label-free site folder; bad packages, keys and data are refused with clear 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fedlego.cli import main
-from fedlego.client.runtime import SiteRuntime
+from fedlego.client.runtime import SiteRuntime, evaluable_models
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.scenarios import SiteSpec
@@ -30,6 +31,7 @@ from fedlego.common.packaging import (
     serialize,
 )
 from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder
+from fedlego.common.protocol import EvaluateReply
 from fedlego.common.signing import COORDINATOR, generate_signing_key, public_key_pem, sign_package
 from fedlego.common.training import predict
 from fedlego.common.workflow import unimodal_forward
@@ -241,3 +243,15 @@ def test_cli_writes_the_csv_and_fails_with_exit_code_2(run: Run, tmp_path: Path,
         main(args)  # neither --coordinator-key nor --unverified
     assert exit_info.value.code == 2
     np.testing.assert_array_equal(pd.read_csv(out)["risk"], frame["risk"])  # the --unverified run's CSV
+
+
+def test_a_model_a_site_cannot_run_is_reported_and_the_others_still_evaluated(run: Run) -> None:
+    blocks = {m: copy.deepcopy(b) for m, b in run.models["merged"].blocks.items()}
+    blocks["labs"].preprocessing = {**blocks["labs"].preprocessing, "fit": {"variables": "broken"}}
+    models = evaluable_models(blocks, LegoMerge(blocks).eval(), None)
+    results = run.site.evaluate(models, run.task)
+    assert set(results) == {"block:clin"}
+    assert set(run.site.evaluation_errors) == {"block:labs", "merge"}
+    assert all(reason.split(":")[0].endswith("Error") for reason in run.site.evaluation_errors.values())
+    reply = EvaluateReply.from_payload(EvaluateReply(results, run.site.evaluation_errors).to_payload())
+    assert reply.errors == run.site.evaluation_errors and reply.results == results
