@@ -307,13 +307,26 @@ EXAMPLE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16":
 """The input dtypes a spec may name (a plain shape list means float32)."""
 
 
+MAX_EXAMPLE_ELEMENTS = 50_000_000
+"""The most values one example input of an encoder spec may hold (a bound checked before allocating)."""
+
+
 def example_input(spec: dict) -> dict[str, torch.Tensor]:
-    """A batch of two all-zero inputs with the spec's shapes and dtypes (enough to infer widths)."""
+    """A batch of two all-zero inputs with the spec's shapes and dtypes (enough to infer widths);
+    shapes must be lists of positive integers holding at most ``MAX_EXAMPLE_ELEMENTS`` values."""
     batch = {}
     for key, entry in spec["example"].items():
-        shape, dtype = (entry, "float32") if isinstance(entry, list) else (entry["shape"], entry["dtype"])
+        if not isinstance(entry, list | dict):
+            raise ValueError(f"example input {key!r}: shape must be a list of positive integers, got {entry!r}")
+        shape, dtype = (entry, "float32") if isinstance(entry, list) else (entry.get("shape"), entry.get("dtype"))
         if dtype not in EXAMPLE_DTYPES:
             raise ValueError(f"example input {key!r}: dtype {dtype!r} not one of {sorted(EXAMPLE_DTYPES)}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        ):
+            raise ValueError(f"example input {key!r}: shape must be a list of positive integers, got {shape!r}")
+        if math.prod(shape) > MAX_EXAMPLE_ELEMENTS:
+            raise ValueError(f"example input {key!r}: shape {shape} exceeds {MAX_EXAMPLE_ELEMENTS:,} values")
         batch[key] = torch.zeros(2, *shape, dtype=EXAMPLE_DTYPES[dtype])
     return batch
 

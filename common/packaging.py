@@ -85,6 +85,30 @@ def _contract_to_proto(contract: LatentContract) -> pb.LatentContract:
     return pb.LatentContract(**asdict(contract))
 
 
+ARCHITECTURE_BOUNDS = {"steps": (1, 32), "heads": (1, 64), "head_dim": (1, 1024)}
+"""Ranges of a block package's integer architecture fields, checked before anything is built."""
+CONTRACT_BOUNDS = {"channels": (1, 4096), "dim": (1, 4096), "n_outputs": (1, 1024)}
+
+
+def architecture_problem(architecture: Mapping[str, Any], contract: pb.LatentContract) -> str | None:
+    """What is wrong with a block's architecture fields and latent contract (None if nothing):
+    types and ranges, so that an absurd value is refused before anything is allocated."""
+    for name, (low, high) in ARCHITECTURE_BOUNDS.items():
+        value = architecture.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"architecture field {name!r} must be an integer in [{low}, {high}], got {value!r}"
+    if not isinstance(architecture.get("frequency"), bool):
+        return f"architecture field 'frequency' must be true or false, got {architecture.get('frequency')!r}"
+    dropout = architecture.get("dropout")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        return f"architecture field 'dropout' must be a number in [0, 1), got {dropout!r}"
+    for name, (low, high) in CONTRACT_BOUNDS.items():
+        value = getattr(contract, name)
+        if not low <= value <= high:
+            return f"latent contract field {name!r} must lie in [{low}, {high}], got {value}"
+    return None
+
+
 def _contract_from_proto(contract: pb.LatentContract) -> LatentContract:
     return LatentContract(contract.channels, contract.dim, contract.n_outputs, contract.task, contract.seed)
 
@@ -142,8 +166,11 @@ def block_from_package(
     budget (counted before allocating) and mismatching tensors."""
     where = _where(package)
     architecture = _json_field(package, "architecture_json")
-    if not isinstance(architecture, dict) or "encoder" not in architecture:
+    if not isinstance(architecture, dict) or not isinstance(architecture.get("encoder"), dict):
         raise PackageError(f"{where}: architecture_json has no encoder spec")
+    problem = architecture_problem(architecture, package.contract)
+    if problem is not None:
+        raise PackageError(f"{where}: {problem}")
     try:
         encoder = build_encoder(architecture["encoder"], max_encoder_parameters)
         block = LegoBlock(

@@ -212,3 +212,43 @@ def test_a_merge_mode_fused_package_keeps_its_latent_merge_weights_and_anchor(bl
     torch.testing.assert_close(rebuilt(x), fused(x))
     torch.testing.assert_close(rebuilt.anchor_penalty(), fused.anchor_penalty())
     assert float(rebuilt.anchor_penalty()) > 0
+
+
+def _with_architecture(packages, **changes):
+    def mutate(package):
+        architecture = json.loads(package.architecture_json)
+        for key, value in changes.items():
+            if key == "example":
+                architecture["encoder"]["example"] = value
+            else:
+                architecture[key] = value
+        package.architecture_json = json.dumps(architecture)
+
+    return tampered(packages, mutate)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 10**6}, "'steps' must be an integer in \\[1, 32\\], got 1000000"),
+        ({"steps": "2"}, "'steps' must be an integer"),
+        ({"heads": True}, "'heads' must be an integer"),
+        ({"head_dim": 0}, "'head_dim' must be an integer"),
+        ({"frequency": "yes"}, "'frequency' must be true or false"),
+        ({"dropout": 1.5}, "'dropout' must be a number in \\[0, 1\\)"),
+        ({"example": {"x": [10**5, 10**5]}}, "exceeds 50,000,000 values"),
+        ({"example": {"x": [-3]}}, "shape must be a list of positive integers"),
+        ({"example": {"x": "12"}}, "shape must be a list of positive integers"),
+    ],
+)
+def test_absurd_architecture_fields_are_refused_before_building(packages, changes, message):
+    with pytest.raises(PackageError, match=message):
+        check_block_package(_with_architecture(packages, **changes))
+
+
+def test_an_absurd_latent_contract_is_refused(packages):
+    def widen(package):
+        package.contract.channels = 10**6
+
+    with pytest.raises(PackageError, match="latent contract field 'channels'"):
+        check_block_package(tampered(packages, widen))
