@@ -40,6 +40,64 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     }
 
 
+ROUND_AGGREGATIONS = ("mean", "median", "trimmed-mean")
+"""How a round combines the sites' parameters: FedAvg's sample-weighted mean, or the robust
+coordinate-wise median / trimmed mean (unweighted: a site's claimed patient count buys nothing)."""
+TRIM_FRACTION = 0.2
+"""Share of the sites dropped at each end, per coordinate, by the trimmed mean (at least one)."""
+
+
+def _stacked(states: Sequence[Mapping[str, torch.Tensor]], key: str) -> torch.Tensor:
+    return torch.stack([s[key].double() for s in states])
+
+
+def combine_states(
+    method: str,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    reference: Mapping[str, torch.Tensor] | None = None,
+    norm_bound: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """One round's aggregate of the sites' states. With ``norm_bound`` > 0 and a ``reference``
+    (the parameters the round sent), each site's update is first scaled down to at most
+    ``norm_bound`` times the median update norm of the round, so one site cannot move the model
+    further than the others do. ``method``: see ``ROUND_AGGREGATIONS``."""
+    if method not in ROUND_AGGREGATIONS:
+        raise ValueError(f"unknown round aggregation {method!r}; choose {', '.join(ROUND_AGGREGATIONS)}")
+    if not states:
+        raise ValueError("nothing to aggregate")
+    if norm_bound > 0 and reference is not None:
+        states = bound_updates(reference, states, norm_bound)
+    if method == "mean":
+        return average_states(states, weights)
+    keys, dtypes = list(states[0]), {k: v.dtype for k, v in states[0].items()}
+    if method == "median":
+        return {k: _stacked(states, k).median(dim=0).values.to(dtypes[k]) for k in keys}
+    trim = max(1, math.floor(TRIM_FRACTION * len(states))) if len(states) >= 3 else 0
+    combined = {}
+    for key in keys:
+        ordered = _stacked(states, key).sort(dim=0).values
+        combined[key] = ordered[trim : len(states) - trim].mean(dim=0).to(dtypes[key])
+    return combined
+
+
+def bound_updates(
+    reference: Mapping[str, torch.Tensor], states: Sequence[Mapping[str, torch.Tensor]], factor: float
+) -> list[dict[str, torch.Tensor]]:
+    """The states with each update (state - reference) scaled to L2 norm at most ``factor`` x the
+    median update norm of all the states (over all tensors together)."""
+    keys = [k for k in reference if reference[k].is_floating_point()]
+    norms = [float(_flat({k: s[k] - reference[k] for k in keys}, keys).norm()) for s in states]
+    limit = factor * float(np.median(norms))
+    bounded = []
+    for state, norm in zip(states, norms, strict=True):
+        scale = min(1.0, limit / norm) if norm > 0 else 1.0
+        bounded.append(
+            {k: (reference[k] + scale * (v - reference[k])).to(v.dtype) if k in keys else v for k, v in state.items()}
+        )
+    return bounded
+
+
 def _flat(update: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
     return torch.cat([update[k].double().reshape(-1) for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
 

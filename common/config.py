@@ -203,6 +203,12 @@ class RoundsConfig:
     """fedavg or fedprox."""
     proximal_mu: float = 0.01
     """FedProx proximal term (with fuse-aggregation = fedprox)."""
+    round_aggregation: str = "mean"
+    """How block FedAvg and fuse rounds combine the sites' parameters: mean (FedAvg), or the robust
+    coordinate-wise median or trimmed-mean (a poisoned site cannot drag them)."""
+    update_norm_bound: float = 0.0
+    """Scale each site's round update down to at most this many times the round's median update
+    norm before combining (0: off)."""
 
 
 @dataclass
@@ -317,6 +323,7 @@ SECTIONS = (
 CHOICES = {
     "dataset": ("tcga-acc", "pbc", "synthetic"),
     "fuse-aggregation": ("fedavg", "fedprox"),
+    "round-aggregation": ("mean", "median", "trimmed-mean"),
     "fuse-mode": ("merge", "stack", "weave"),
     "latent-merge": ("harmonic", "mean", "sum"),
     "head-merge": ("slerp", "linear"),
@@ -400,6 +407,10 @@ class RunConfig:
         if self.scenario.data and self.scenario.site_folders:
             raise ValueError("data (one pooled folder) and site-folders (one folder per site) exclude each other")
         self.privacy.validate()
+        if self.rounds.update_norm_bound < 0:
+            raise ValueError("update-norm-bound must be at least 0 (0 = off)")
+        if self.fuse_privacy.noise > 0 and self.rounds.round_aggregation != "mean":
+            raise ValueError("fuse-dp-noise needs round-aggregation = mean: DP-FedAvg clips and averages by itself")
         if self.fuse.anchor < 0:
             raise ValueError("fuse-anchor must be at least 0")
         if not 0 <= self.fuse.min_improvement < 1:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedlego.common.aggregation import average_states, dp_average_updates
+from fedlego.common.aggregation import combine_states, dp_average_updates
 from fedlego.common.config import RunConfig
 from fedlego.common.data.presets import preprocessing_for
 from fedlego.common.lego import LegoBlock, LegoMerge
@@ -278,6 +278,8 @@ class Federation:
             request,
             functools.partial(self.exchange, f"block-fedavg:{modality}"),
             record,
+            aggregate=self._combine,
+            robust=self.settings.rounds.round_aggregation != "mean",
         )
         best = rounds.best()
         block.load_state_dict(rounds.states[best], strict=not block.frozen_encoder)
@@ -459,6 +461,7 @@ class Federation:
             record,
             aggregate=self._aggregate_fuse,
             drop_lost=True,  # a site that dropped out is not waited for again
+            robust=self.settings.rounds.round_aggregation != "mean",
         )
         best = rounds.best(self.settings.fuse.min_improvement)
         model.load_state_dict(rounds.states[best], strict=False)
@@ -476,6 +479,14 @@ class Federation:
         return package
 
     # -- differential privacy (fedlego.common.privacy) -------------------------------------
+    def _combine(
+        self, reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int
+    ) -> StateDict:
+        """A round's parameters from the sites' replies (``round-aggregation``, ``update-norm-bound``)."""
+        rounds = self.settings.rounds
+        states = [reply.state for reply in answered.values()]
+        return combine_states(rounds.round_aggregation, states, counts, reference, rounds.update_norm_bound)
+
     def _aggregate_fuse(
         self, reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int
     ) -> StateDict:
@@ -484,7 +495,7 @@ class Federation:
         states = [reply.state for reply in answered.values()]
         dp = self.settings.fuse_privacy
         if dp.noise <= 0:
-            return average_states(states, counts)
+            return self._combine(reference, answered, counts, asked)
         privacy = self.results.privacy_record()
         if privacy.fuse is None:
             privacy.fuse = FusePrivacy()

@@ -9,6 +9,7 @@ the aggregation (FedAvg, or central DP-FedAvg for fuse) and records each round (
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,12 @@ Aggregate = Callable[[StateDict, dict[int, RoundReply], list[float], int], State
 def fedavg(reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int) -> StateDict:
     """Plain FedAvg: the replies' parameters weighted by their sample counts."""
     return average_states([reply.state for reply in answered.values()], counts)
+
+
+def median_of_finite(values: list[float]) -> float:
+    """The median of the finite values (NaN if none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(statistics.median(finite)) if finite else float("nan")
 
 
 @dataclass
@@ -64,17 +71,21 @@ class Rounds:
         on_round: Callable[[Round], None],
         aggregate: Aggregate = fedavg,
         drop_lost: bool = False,
+        robust: bool = False,
     ) -> None:
         """Run the remaining rounds. ``request(index, final, state)`` is the message every node of
         the cohort gets; ``exchange`` sends the requests and returns the replies
         (raising when too few answered); ``on_round`` is called after each round is aggregated.
-        With ``drop_lost``, a site that did not answer a round is not asked again."""
+        With ``drop_lost``, a site that did not answer a round is not asked again. With
+        ``robust``, a round's validation loss is the median of the sites' reports (unweighted), so
+        neither a claimed patient count nor one site's report decides which round is kept."""
         for index in range(self.next_round, self.total + 1):
             final = index == self.total
             requests = dict.fromkeys(cohort, request(index, final, self.states[-1]))
             answered = exchange(requests)
             counts = [float(reply.n_train) for reply in answered.values()]
-            self.history.append(weighted_mean([reply.validation_loss_before for reply in answered.values()], counts))
+            losses = [reply.validation_loss_before for reply in answered.values()]
+            self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, counts))
             if drop_lost:
                 cohort = [n for n in cohort if n in answered]
             if not final:

@@ -2,12 +2,14 @@
 results, bytes, packages, failures, refusals, and equivalence with the centralized pipeline."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from fedlego.certs import make_consortium
+from fedlego.client.runtime import SiteRuntime
 from fedlego.client.simulated import simulated_scenario
 from fedlego.common.config import RunConfig
 from fedlego.common.data.presets import run_cohort
@@ -448,3 +450,40 @@ def test_a_site_can_upload_only_what_it_described():
     assert "differs from the" in reasons[("tabular_0", "tabular_0")]
     assert "was not described by the site" in reasons[("timeseries_1", "tabular_0")]
     assert results["merged_modalities"] == ["tabular_0", "timeseries_1"]  # the honest paired site's blocks
+
+
+def _poisoning_run(monkeypatch, aggregation: str) -> tuple[dict, str, str]:
+    """Three unimodal sites per modality; the first site claims 10^9 training patients, returns its
+    trained parameters x -1000 and lies about validation: the start is bad (10), what it poisoned
+    is perfect (0)."""
+    config = {**SMALL, "sites-per-modality": 3, "paired-sites": 0, "fuse-rounds": 0, "round-aggregation": aggregation}
+    settings = RunConfig.from_flat(config)
+    target = simulated_scenario(settings, run_cohort(settings)).sites[0]
+    honest_round = SiteRuntime.block_round
+
+    def poisoned_round(self, block, task, train_config, proximal_mu=0.0):
+        reply = honest_round(self, block, task, train_config, proximal_mu)
+        if self.name == target.name:
+            reply.n_train = 10**9
+            reply.validation_loss_before = 10.0 if train_config.epochs > 0 else 0.0
+            if train_config.epochs > 0:
+                reply.state = {k: -1000 * v if v.is_floating_point() else v for k, v in reply.state.items()}
+        return reply
+
+    monkeypatch.setattr(SiteRuntime, "block_round", poisoned_round)
+    results, _ = run(config)
+    return results, target.name, target.modalities[0]
+
+
+def test_what_one_poisoned_site_can_do_to_fedavg_and_cannot_do_to_a_robust_round(monkeypatch):
+    dragged, _, modality = _poisoning_run(monkeypatch, "mean")
+    # FedAvg: the poisoned parameters and the claimed count win, and its fake loss keeps that round
+    assert dragged["rounds"][f"block:{modality}"]["kept_round"] == 1
+    assert math.isnan(dragged["metrics"]["merge"][f"block:{modality}"]["weighted_mean"]) or (
+        dragged["metrics"]["merge"][f"block:{modality}"]["weighted_mean"] < 0.65
+    )
+    robust, _, modality = _poisoning_run(monkeypatch, "median")
+    assert robust["status"] == "completed"
+    history = robust["rounds"][f"block:{modality}"]["validation_loss"]
+    assert all(math.isfinite(v) and v < 10 for v in history)  # the honest majority's losses decide
+    assert robust["metrics"]["merge"][f"block:{modality}"]["weighted_mean"] > 0.6
