@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from quality import HIDDEN_SHARE
+from scipy import stats
 
 from fedlego.common.centralized import best_block_mean, uplift
 
@@ -161,6 +162,57 @@ def disjoint_paired_table(quality: dict[str, Any]) -> list[str]:
         lines.append(_row(row, cells))
     sizes = [f"{quality[n]['summary']['disjoint_paired']['hospital patients']['mean']:.0f}" for n in names]
     lines.append(_row("paired hospital's patients (mean)", sizes))
+    return lines
+
+
+PAIRED_DIFFERENCES = (
+    ("LegoFuse - LegoMerge", "fuse", "merge"),
+    ("LegoMerge - ensemble of the blocks", "merge", "ensemble"),
+    ("LegoMerge - late fusion of separately trained encoders + heads", "merge", "plain-late"),
+    ("LegoMerge - Cox late fusion", "merge", "cox-late"),
+    ("LegoMerge - Cox early fusion", "merge", "cox-early"),
+    ("LegoMerge - early fusion (SNN)", "merge", "early-fusion"),
+)
+
+
+def _difference(values: list[float]) -> str:
+    """Mean paired difference over folds with a 95 % t-interval."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return "—"
+    mean = sum(finite) / len(finite)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+    half = stats.t.ppf(0.975, len(finite) - 1) * sd / math.sqrt(len(finite))
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+
+
+def paired_differences_table(quality: dict[str, Any]) -> list[str]:
+    """Per data set, paired per-fold differences of the test metric with 95 % t-intervals: the
+    method's comparisons, each LegoBlock against its plain encoder + head, and fuse against merge
+    in the disjoint-paired scenario."""
+    names = list(quality)
+    lines = _header("paired difference (mean [95 % t-interval] over folds)", names)
+
+    def per_fold(name: str, first: str, second: str, key: str = "models") -> list[float]:
+        folds = quality[name]["folds"]
+        return [f[key].get(first, math.nan) - f[key].get(second, math.nan) for f in folds if key in f]
+
+    for label, first, second in PAIRED_DIFFERENCES:
+        lines.append(_row(label, [_difference(per_fold(n, first, second)) for n in names]))
+    if all("disjoint_paired" in quality[n]["folds"][0] for n in names):
+        cells = [_difference(per_fold(n, "fuse (merge)", "merge", "disjoint_paired")) for n in names]
+        lines.append(_row("disjoint paired: LegoFuse - LegoMerge", cells))
+    modalities = []
+    for n in names:
+        modalities += [k.split(":", 1)[1] for k in quality[n]["folds"][0]["models"] if k.startswith("block:")]
+    for m in dict.fromkeys(modalities):
+        cells = [
+            _difference(per_fold(n, f"block:{m}", f"plain:{m}"))
+            if f"block:{m}" in quality[n]["folds"][0]["models"]
+            else ""
+            for n in names
+        ]
+        lines.append(_row(f"LegoBlock - encoder + linear head: {m}", cells))
     return lines
 
 
