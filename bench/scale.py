@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ from fedlego.common.data.sitefolder import write_site_folder
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.workflow import evaluate, train_block, unimodal_forward
-from fedlego.launcher import free_port
+from fedlego.launcher import free_port, stop_process_group
 from fedlego.server.results import RunResults
 
 MODALITIES = (
@@ -133,19 +131,6 @@ def _start(command: list[str], log: Path, home: Path) -> subprocess.Popen:
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT to the process group this script started (the CLI stops its Flower processes), then SIGKILL."""
-    if process.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _wait_for(text: str, log: Path, process: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -227,7 +212,7 @@ def deployment_run(n_patients: int, work: Path, timeout: float) -> dict[str, Any
         )
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process_group(process, grace=30.0)  # SIGTERM: the CLI stops its Flower processes
     coordinator_log = (
         (out / ".flower" / "run.log").read_text() if (out / ".flower" / "run.log").exists() else run.stdout
     )
