@@ -97,6 +97,11 @@ def architecture_problem(architecture: Mapping[str, Any], contract: pb.LatentCon
         value = architecture.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             return f"architecture field {name!r} must be an integer in [{low}, {high}], got {value!r}"
+    encoder = architecture["encoder"]
+    if not isinstance(encoder.get("name"), str) or not isinstance(encoder.get("kwargs", {}), dict):
+        return "architecture field 'encoder' needs a text 'name' and an object 'kwargs'"
+    if not isinstance(encoder.get("example"), dict) or not encoder["example"]:
+        return "architecture field 'encoder.example' must be an object of input shapes"
     if not isinstance(architecture.get("frequency"), bool):
         return f"architecture field 'frequency' must be true or false, got {architecture.get('frequency')!r}"
     dropout = architecture.get("dropout")
@@ -151,12 +156,24 @@ def _where(package: pb.BlockPackage) -> str:
     return f"block package of site {package.site or '?'!r}, modality {package.modality or '?'!r}"
 
 
+MAX_JSON_CHARS = {"architecture_json": 256 * 1024, "task_json": 64 * 1024, "preprocessing_json": 8 * 1024 * 1024}
+"""The longest text each JSON field of a block package may hold (the preprocessing state of a wide
+omics table is the largest legitimate one)."""
+
+
 def _json_field(package: pb.BlockPackage, field: str) -> Any:
     text = getattr(package, field)
+    limit = MAX_JSON_CHARS.get(field, 64 * 1024)
+    if len(text) > limit:
+        raise PackageError(
+            f"{_where(package)}: field {field} holds {len(text):,} characters, over the limit of {limit:,}"
+        )
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError as error:
         raise PackageError(f"{_where(package)}: field {field} is not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise PackageError(f"{_where(package)}: field {field} is nested too deeply") from error
 
 
 def block_from_package(
@@ -193,7 +210,7 @@ def block_from_package(
             block.freeze_encoder()
     except WeightsError as error:
         raise PackageError(f"{where}: {error}") from error
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as error:
         raise PackageError(f"{where}: cannot rebuild the block from its architecture ({error})") from error
     state = state_from_proto(package.tensors, where)
     expected = block.adapter_state_dict() if block.encoder_weights else block.state_dict()
@@ -220,7 +237,10 @@ def package_task(package: pb.BlockPackage) -> Task:
     state = _json_field(package, "task_json")
     if not isinstance(state, dict):
         raise PackageError(f"{_where(package)}: task_json is missing")
-    return task_from_dict(state)
+    try:
+        return task_from_dict(state)
+    except ValueError as error:
+        raise PackageError(f"{_where(package)}: task_json: {error}") from error
 
 
 def check_block_package(

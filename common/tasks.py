@@ -11,6 +11,7 @@ Targets are dicts of tensors: ``{"time", "event"}`` for survival, ``{"label"}`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,11 +188,30 @@ class ClassificationTask:
 Task = SurvivalTask | ClassificationTask
 
 
+MAX_TIME_BINS = 64
+MAX_CLASSES = 1000
+
+
 def task_from_dict(state: dict[str, Any]) -> Task:
-    """Rebuild a task from ``to_dict`` output."""
-    if state["kind"] == "survival":
-        return SurvivalTask(tuple(state["cut_points"]))
-    return ClassificationTask(int(state["n_classes"]))
+    """Rebuild a task from ``to_dict`` output; a malformed state is a ``ValueError`` naming the
+    field (kind, at most ``MAX_TIME_BINS`` increasing finite cut points, 2 to ``MAX_CLASSES``
+    classes)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"a task must be an object, got {type(state).__name__}")
+    kind = state.get("kind")
+    if kind == "survival":
+        cuts = state.get("cut_points")
+        valid = isinstance(cuts, list) and len(cuts) <= MAX_TIME_BINS
+        valid = valid and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in cuts)
+        if not valid or list(cuts) != sorted(set(cuts)):
+            raise ValueError(f"survival cut_points must be at most {MAX_TIME_BINS} increasing finite numbers")
+        return SurvivalTask(tuple(float(c) for c in cuts))
+    if kind in ("binary", "multiclass"):
+        n = state.get("n_classes")
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_CLASSES or (kind == "binary") != (n == 2):
+            raise ValueError(f"{kind} n_classes must be an integer in [2, {MAX_CLASSES}] (2 for binary), got {n!r}")
+        return ClassificationTask(n)
+    raise ValueError(f"unknown task kind {kind!r}; valid: survival, binary, multiclass")
 
 
 def average_scores(scores: list[np.ndarray]) -> np.ndarray:
