@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from fedlego.common.data.preprocess import state_problem
 from fedlego.common.encoders import DEFAULT_MAX_ENCODER_PARAMETERS, build_encoder, example_input
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.model_store import WeightsError, load_encoder_weights, load_from_store
@@ -229,6 +230,10 @@ def block_from_package(
     block.n_samples = int(package.n_samples)
     block.validation_score = package.metrics.get("validation_score")
     block.preprocessing = _json_field(package, "preprocessing_json")
+    if block.preprocessing is not None:
+        problem = state_problem(block.preprocessing)
+        if problem is not None:
+            raise PackageError(f"{where}: preprocessing_json: {problem}")
     return block
 
 

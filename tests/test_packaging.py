@@ -252,3 +252,23 @@ def test_an_absurd_latent_contract_is_refused(packages):
 
     with pytest.raises(PackageError, match="latent contract field 'channels'"):
         check_block_package(tampered(packages, widen))
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"kind": "tabular", "options": {}, "fit": {"mean": [float("nan")]}}, "non-finite number"),
+        (
+            {"kind": "tabular", "options": {}, "fit": {"categorical": [{"name": "c", "categories": ["x"] * 200_000}]}},
+            "over the limit",
+        ),
+        ({"kind": "python", "options": {}, "fit": {}}, "with a kind in"),
+        ({"kind": "bags", "options": "all", "fit": {}}, "needs an 'options' object"),
+    ],
+)
+def test_hostile_preprocessing_states_are_refused_before_any_site_applies_them(packages, state, message):
+    def swap(package):
+        package.preprocessing_json = json.dumps(state, allow_nan=True)
+
+    with pytest.raises(PackageError, match=f"preprocessing_json: .*{message}"):
+        check_block_package(tampered(packages, swap))

@@ -20,6 +20,7 @@ of its modality; batches are cut after their last valid position (``tensors.cut_
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -417,6 +418,42 @@ def make_preprocessor(kind: str, **options: Any) -> Preprocessor:
     if kind not in PREPROCESSORS:
         raise ValueError(f"unknown modality kind {kind!r}; expected one of {list(PREPROCESSORS)}")
     return PREPROCESSORS[kind](**options)
+
+
+MAX_STATE_LIST = 100_000
+"""The longest list a preprocessing state may hold (columns, variables, statistics)."""
+MAX_CATEGORIES = 1_000
+"""The most categories of one categorical column a preprocessing state may hold."""
+
+
+def state_problem(state: Any) -> str | None:
+    """What makes a preprocessing state (as it travels in a package) unusable or hostile, or None:
+    a kind without a preprocessor, a non-finite statistic, an over-long list, too many categories.
+    Checked before any site applies the state to its patients."""
+    if not isinstance(state, dict) or state.get("kind") not in PREPROCESSORS:
+        return f"the state must be an object with a kind in {sorted(PREPROCESSORS)}"
+    if not isinstance(state.get("options"), dict) or not isinstance(state.get("fit"), dict | None):
+        return "the state needs an 'options' object and a 'fit' object"
+    stack: list[tuple[str, Any]] = [("", state)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int | float):
+            if not math.isfinite(value):
+                return f"{path or 'state'} holds the non-finite number {value!r}"
+        elif isinstance(value, list):
+            if len(value) > MAX_STATE_LIST:
+                return f"{path} holds {len(value):,} items, over the limit of {MAX_STATE_LIST:,}"
+            stack += [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, dict):
+            categories = value.get("categories")
+            if isinstance(categories, list) and len(categories) > MAX_CATEGORIES:
+                return f"{path}.categories holds {len(categories):,} categories, over the limit of {MAX_CATEGORIES:,}"
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        else:
+            return f"{path} holds a value of type {type(value).__name__}"
+    return None
 
 
 def preprocessor_from_dict(state: dict[str, Any]) -> Preprocessor:
