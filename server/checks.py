@@ -3,7 +3,7 @@ packages, aggregate per-site metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,9 +20,12 @@ from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.results import ModelMetrics, Refusal, SiteMetric
 
 
-def agree_task(descriptions: Sequence[SiteDescription]) -> Task:
+def agree_task(descriptions: Sequence[SiteDescription], note: Callable[[str], None] | None = None) -> Task:
     """The run's task from the sites' descriptions: survival time bins are the event-weighted
-    mean of the sites' own training quantiles (aggregates only; no site shares its times)."""
+    mean of the sites' own training quantiles (aggregates only; no site shares its times). A site
+    whose tied times collapsed some quantiles reports fewer cut points: the bins come from the
+    sites with the full count, and that site (told about it through ``note``) trains on the
+    common bins like every other, since the task travels in every request."""
     kinds = {d.task for d in descriptions}
     if len(kinds) != 1:
         raise ValueError(f"sites disagree on the task: {sorted(kinds)}")
@@ -33,9 +36,14 @@ def agree_task(descriptions: Sequence[SiteDescription]) -> Task:
     with_bins = sorted((d for d in descriptions if d.cut_points), key=lambda d: d.site)
     if not with_bins:
         raise ValueError("no site reported survival time quantiles (no training patients?)")
-    lengths = {len(d.cut_points or []) for d in with_bins}
-    if len(lengths) != 1:
-        raise ValueError(f"sites report different numbers of time bins: {sorted(lengths)}")
+    full = max(len(d.cut_points or []) for d in with_bins)
+    collapsed = [d.site for d in with_bins if len(d.cut_points or []) < full]
+    if collapsed and note is not None:
+        note(
+            f"{', '.join(collapsed)} reported fewer than {full} time-bin cut points (tied training times): "
+            "the common bins come from the other sites"
+        )
+    with_bins = [d for d in with_bins if len(d.cut_points or []) == full]
     weights = np.array([max(d.n_train_events or 0, 1) for d in with_bins], dtype=float)
     cuts = np.array([d.cut_points for d in with_bins], dtype=float)
     return SurvivalTask(tuple(float(c) for c in np.sort((weights[:, None] * cuts).sum(0) / weights.sum())))

@@ -191,7 +191,7 @@ class Federation:
             self.sites[node] = description
             self.results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
         self.results.data = {d.site: d.data for d in self.sites.values() if d.data is not None} or None
-        task = agree_task(list(self.sites.values()))
+        task = agree_task(list(self.sites.values()), note=lambda text: self.log(f"  describe: {text}"))
         self.results.task = task.to_dict()
         self.results.metric = task.metric_name
         return task

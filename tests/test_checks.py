@@ -22,6 +22,17 @@ def test_bins_are_the_event_weighted_mean_whatever_order_the_sites_answered_in()
     assert cuts[0] == pytest.approx((3 * 0.1 + 11 * 0.3 + 7 / 3) / 21)
 
 
+def test_a_site_whose_tied_times_collapsed_its_quantiles_does_not_stop_the_run():
+    """A small hospital with times in whole months reports 2 cut points where the others report 3:
+    the bins come from the others, the run is told, and nobody is excluded."""
+    notes: list[str] = []
+    sites = [_site("a", 30, [1.0, 2.0, 3.0]), _site("small", 5, [12.0, 24.0]), _site("b", 10, [2.0, 4.0, 6.0])]
+    task = agree_task(sites, note=notes.append)
+    assert task.cut_points == pytest.approx(((30 * 1 + 10 * 2) / 40, (30 * 2 + 10 * 4) / 40, (30 * 3 + 10 * 6) / 40))
+    assert len(notes) == 1 and "small reported fewer than 3 time-bin cut points" in notes[0]
+    assert agree_task(sites).cut_points == task.cut_points  # no note callback: same bins, silently
+
+
 def test_sites_that_disagree_on_the_task_are_an_error():
     classification = SiteDescription("d", "binary", 2, ["x"], ["tabular"], [10], [2], [2])
     with pytest.raises(ValueError, match="disagree on the task"):
