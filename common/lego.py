@@ -358,7 +358,9 @@ class LegoFuse(nn.Module):
                 for parameter in block.encoder_parameters():
                     parameter.requires_grad_(False)
         self.anchor = anchor
-        self._anchor_state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        self._anchor_state = (  # copied only when a penalty uses it (an unfrozen encoder is large)
+            {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad} if anchor > 0 else {}
+        )
 
     def anchor_penalty(self) -> torch.Tensor:
         """``anchor / 2`` times the squared distance of the trainable weights from the ones the

@@ -330,7 +330,7 @@ def check_site_certs(site_certs: Path) -> Path:
 def default_threads() -> int:
     """Training threads of a site unless ``--threads`` or ``OMP_NUM_THREADS`` say otherwise: half
     the cores, at most 4. Sites sharing a machine must not oversubscribe it: three sites of 2
-    threads each on 2 cores trained 8x slower than with 1 thread each (docs/benchmarks/scale.md)."""
+    threads each on 2 cores trained 8x slower than with 1 thread each (measured ad hoc, 2026-12-01)."""
     return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 

@@ -103,3 +103,19 @@ def aggregate_metrics(per_site: Mapping[str, Mapping[str, Mapping[str, float]]])
         entry.n = sum(s.n for s in sites)
         entry.pooled, entry.pairs = pooled[model].metric, pooled[model].pairs
     return models
+
+
+def undeclared(description: SiteDescription, modality: str, package: BlockPackage) -> str | None:
+    """Why an uploaded block does not match what its site described (None when it does): a site
+    uploads only modalities it described, under its own name, trained on as many patients as it
+    said it holds for training (the count weighs block selection and sample-weighted merges)."""
+    if modality not in description.modalities:
+        return f"modality {modality!r} was not described by the site (it described {description.modalities})"
+    if package.modality != modality:
+        return f"package for modality {package.modality!r} uploaded as {modality!r}"
+    if package.site != description.site:
+        return f"package names site {package.site!r}, uploaded by {description.site!r}"
+    declared = description.n_train[description.modalities.index(modality)]
+    if package.n_samples != declared:
+        return f"n_samples {package.n_samples} differs from the {declared} training patients the site described"
+    return None

@@ -44,7 +44,7 @@ from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_s
 from fedlego.common.tasks import Task
 from fedlego.common.workflow import fuse_model, fuse_weight_decay
 from fedlego.proto.fedlego_pb2 import BlockPackage, ModelPackage
-from fedlego.server.checks import aggregate_metrics, agree_task, check_packages
+from fedlego.server.checks import aggregate_metrics, agree_task, check_packages, undeclared
 from fedlego.server.exchange import FederationError, PhaseExchange
 from fedlego.server.recorder import RecordError, RunRecorder
 from fedlego.server.results import (
@@ -82,22 +82,6 @@ class Models:
     block_packages: dict[str, BlockPackage] = field(default_factory=dict)
     merged: ModelPackage | None = None
     fused: ModelPackage | None = None
-
-
-def undeclared(description: SiteDescription, modality: str, package: BlockPackage) -> str | None:
-    """Why an uploaded block does not match what its site described (None when it does): a site
-    uploads only modalities it described, under its own name, trained on as many patients as it
-    said it holds for training (the count weighs block selection and sample-weighted merges)."""
-    if modality not in description.modalities:
-        return f"modality {modality!r} was not described by the site (it described {description.modalities})"
-    if package.modality != modality:
-        return f"package for modality {package.modality!r} uploaded as {modality!r}"
-    if package.site != description.site:
-        return f"package names site {package.site!r}, uploaded by {description.site!r}"
-    declared = description.n_train[description.modalities.index(modality)]
-    if package.n_samples != declared:
-        return f"n_samples {package.n_samples} differs from the {declared} training patients the site described"
-    return None
 
 
 class Federation:
