@@ -9,7 +9,7 @@ from typing import Any
 
 from fedlego.common.protocol import REPLY_TYPES, ProtocolError
 from fedlego.server.results import Failure, RunResults, Traffic
-from fedlego.server.transport import Transport
+from fedlego.server.transport import Reply, Transport
 
 
 class FederationError(RuntimeError):
@@ -40,15 +40,43 @@ class PhaseExchange:
         """The name a node's site gave (``node-<id>`` before it described itself)."""
         return self.site_names.get(node, f"node-{node}")
 
-    def __call__(self, phase: str, requests: Mapping[int, Any], minimum: int | None = None) -> dict[int, Any]:
+    def __call__(
+        self,
+        phase: str,
+        requests: Mapping[int, Any],
+        minimum: int | None = None,
+        on_answer: Callable[[int, Any], None] | None = None,
+    ) -> dict[int, Any]:
         """Send every node its typed request (all of one message type) and return the typed
-        replies of the nodes that answered; raises FederationError below the minimum."""
+        replies of the nodes that answered; raises FederationError below the minimum.
+        ``on_answer(node, reply)`` is called for each typed reply as soon as it is decoded (as it
+        arrives, when the transport reports arrivals), e.g. to checkpoint it."""
         results = self.results()
         record = results.phase(phase)
         message_types = {r.message_type for r in requests.values()}
         if len(message_types) > 1:
             raise ValueError(f"phase {phase}: one message type per exchange, got {sorted(message_types)}")
         answered: dict[int, Any] = {}
+        handled: set[int] = set()
+
+        def handle(reply: Reply) -> None:
+            if reply.node_id in handled:
+                return
+            handled.add(reply.node_id)
+            traffic = record.bytes.setdefault(self.site(reply.node_id), Traffic())
+            traffic.sent += reply.bytes_sent
+            traffic.received += reply.bytes_received
+            error = reply.error
+            if error is None and reply.payload is not None:
+                try:
+                    answered[reply.node_id] = REPLY_TYPES[message_type].from_payload(reply.payload)
+                except ProtocolError as problem:
+                    error = f"ProtocolError: {problem}"
+            if error is not None:
+                self._failed(results, reply.node_id, phase, error)
+            elif on_answer is not None:
+                on_answer(reply.node_id, answered[reply.node_id])
+
         if requests:
             message_type = message_types.pop()
             start = time.perf_counter()
@@ -58,21 +86,12 @@ class PhaseExchange:
                 {n: r.to_payload() for n, r in requests.items()},
                 self.timeout,
                 ProgressLog(phase, len(requests), self.site, self.log, self.timeout),
+                handle,
             )
             record.seconds += time.perf_counter() - start
             record.end()
-            for node, reply in replies.items():
-                traffic = record.bytes.setdefault(self.site(node), Traffic())
-                traffic.sent += reply.bytes_sent
-                traffic.received += reply.bytes_received
-                error = reply.error
-                if error is None and reply.payload is not None:
-                    try:
-                        answered[node] = REPLY_TYPES[message_type].from_payload(reply.payload)
-                    except ProtocolError as problem:
-                        error = f"ProtocolError: {problem}"
-                if error is not None:
-                    self._failed(results, node, phase, error)
+            for reply in replies.values():
+                handle(reply)
         needed = min(minimum if minimum is not None else self.min_responses, len(requests))
         self.log(f"  {phase}: {len(answered)}/{len(requests)} sites answered")
         if len(answered) < needed:

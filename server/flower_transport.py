@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedlego.common.protocol import Payload, payload_bytes
 from fedlego.messages import from_records, to_records
-from fedlego.server.transport import Reply, Waiting
+from fedlego.server.transport import Received, Reply, Waiting
 
 POLL_SECONDS = 1.0
 """How often the coordinator asks the SuperLink for replies."""
@@ -25,7 +26,12 @@ class FlowerTransport:
         return list(self.grid.get_node_ids())
 
     def exchange(
-        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting: Waiting | None = None
+        self,
+        message_type: str,
+        requests: dict[int, Payload],
+        timeout: float,
+        waiting: Waiting | None = None,
+        received: Received | None = None,
     ) -> dict[int, Reply]:
         messages = [
             Message(content=to_records(p), dst_node_id=n, message_type=message_type) for n, p in requests.items()
@@ -38,27 +44,34 @@ class FlowerTransport:
         node_of = {
             m.metadata.message_id: n for m, n in zip(messages, requests, strict=True) if m.metadata.message_id in pushed
         }
-        for message in self._collect(node_of, timeout, waiting):
+
+        def arrived(message: Message) -> None:
             node = node_of.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
             if message.has_error():
                 reason = message.error.reason or f"error code {message.error.code}"
                 replies[node] = Reply(node, None, reason, sent.get(node, 0), 0)
-                continue
-            payload = from_records(message.content)
-            replies[node] = Reply(node, payload, None, sent.get(node, 0), payload_bytes(payload))
+            else:
+                payload = from_records(message.content)
+                replies[node] = Reply(node, payload, None, sent.get(node, 0), payload_bytes(payload))
+            if received is not None:
+                received(replies[node])
+
+        self._collect(node_of, timeout, waiting, arrived)
         for node in requests:
             if node not in replies:
                 replies[node] = Reply(node, None, f"no reply within {timeout:.0f} s", sent[node], 0)
         return replies
 
-    def _collect(self, node_of: dict[str, int], timeout: float, waiting: Waiting | None) -> list[Message]:
-        """Pull replies until every message is answered or ``timeout`` passes."""
+    def _collect(
+        self, node_of: dict[str, int], timeout: float, waiting: Waiting | None, arrived: Callable[[Message], None]
+    ) -> None:
+        """Pull replies, handing each to ``arrived``, until every message is answered or
+        ``timeout`` passes."""
         start = time.monotonic()
         pending = set(node_of)
-        answers: list[Message] = []
         while pending:
             for message in self.grid.pull_messages(pending):
-                answers.append(message)
+                arrived(message)
                 pending.discard(message.metadata.reply_to_message_id)
             elapsed = time.monotonic() - start
             if not pending or elapsed >= timeout:
@@ -66,4 +79,3 @@ class FlowerTransport:
             if waiting is not None:
                 waiting(sorted(node_of[m] for m in pending), elapsed)
             time.sleep(min(POLL_SECONDS, max(timeout - elapsed, 0.0)))
-        return answers

@@ -32,6 +32,7 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.privacy import CentralAccountant
 from fedlego.common.protocol import (
+    BlockReply,
     BlockRequest,
     DescribeRequest,
     EvaluateRequest,
@@ -181,7 +182,9 @@ class Federation:
         return task
 
     def train_blocks(self, task: Task) -> list[BlockPackage]:
-        """Every site trains a block per held modality and uploads the packages."""
+        """Every site trains a block per held modality and uploads the packages. Each site's
+        upload is checkpointed as it arrives: a restarted coordinator asks only the sites that
+        had not answered and reloads the verified uploads of the others."""
         self.log("phase block")
         request = BlockRequest(
             self.run_id,
@@ -191,37 +194,72 @@ class Federation:
             preprocessing_for(self.settings),
             self.settings.block_privacy(),
         )
-        nodes = [n for n, d in self.sites.items() if d.modalities]
-        answered = self.exchange("block", dict.fromkeys(nodes, request))
-        packages = []
-        for node, reply in answered.items():
+        progress = self.recorder.progress.inside.setdefault("block", {"answered": [], "accepted": []})
+        packages = [self._reload_upload(site, modality) for site, modality in progress["accepted"]]
+        nodes = [n for n, d in self.sites.items() if d.modalities and d.site not in progress["answered"]]
+        if progress["answered"]:
+            self.log(
+                f"  block: uploads of {', '.join(progress['answered'])} kept from before the restart; "
+                f"asking {', '.join(self.exchange.site(n) for n in nodes) or 'no other site'}"
+            )
+
+        def received(node: int, reply: BlockReply) -> None:
             site = self.exchange.site(node)
-            for modality, reason in reply.errors.items():
-                self.results.failures.append(Failure(site, f"block:{modality}", reason))
-                self.recorder.audit("block-failed", site=site, modality=modality, reason=reason.splitlines()[0])
-                self.log(f"  block: {site}/{modality} failed: {reason.splitlines()[0]}")
-            for modality, data in reply.packages.items():
-                self.recorder.save_package(f"uploads/{site}-{modality}.pb", data)
-                self.recorder.audit(
-                    "package-received",
-                    site=site,
-                    modality=modality,
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    bytes=len(data),
-                )
-                try:
-                    package = parse_block_package(data, f"upload from {site}")
-                except PackageError as error:
-                    self.results.refused.append(Refusal(site, modality, str(error)))
-                    continue
-                problem = undeclared(self.sites[node], modality, package)
-                if problem is not None:
-                    self.results.refused.append(Refusal(site, modality, problem))
-                    self.recorder.audit("package-refused", site=site, modality=modality, reason=problem)
-                    self.log(f"  refused {site}/{modality}: {problem}")
-                    continue
+            for modality, package in self._accept_uploads(node, reply):
                 packages.append(package)
+                progress["accepted"].append([site, modality])
+            progress["answered"].append(site)
+            self.recorder.save_progress()
+
+        minimum = max(self.exchange.min_responses - len(progress["answered"]), 0)
+        self.exchange("block", dict.fromkeys(nodes, request), minimum=minimum, on_answer=received)
         return packages
+
+    def _accept_uploads(self, node: int, reply: BlockReply) -> list[tuple[str, BlockPackage]]:
+        """One site's block reply: failures recorded, uploads saved and audited, packages that do
+        not parse or that the site never declared refused; the rest returned by modality."""
+        site = self.exchange.site(node)
+        for modality, reason in reply.errors.items():
+            self.results.failures.append(Failure(site, f"block:{modality}", reason))
+            self.recorder.audit("block-failed", site=site, modality=modality, reason=reason.splitlines()[0])
+            self.log(f"  block: {site}/{modality} failed: {reason.splitlines()[0]}")
+        accepted = []
+        for modality, data in reply.packages.items():
+            self.recorder.save_package(self._upload_name(site, modality), data)
+            self.recorder.audit(
+                "package-received",
+                site=site,
+                modality=modality,
+                sha256=hashlib.sha256(data).hexdigest(),
+                bytes=len(data),
+            )
+            try:
+                package = parse_block_package(data, f"upload from {site}")
+            except PackageError as error:
+                self.results.refused.append(Refusal(site, modality, str(error)))
+                continue
+            problem = undeclared(self.sites[node], modality, package)
+            if problem is not None:
+                self.results.refused.append(Refusal(site, modality, problem))
+                self.recorder.audit("package-refused", site=site, modality=modality, reason=problem)
+                self.log(f"  refused {site}/{modality}: {problem}")
+                continue
+            accepted.append((modality, package))
+        return accepted
+
+    @staticmethod
+    def _upload_name(site: str, modality: str) -> str:
+        return f"uploads/{site}-{modality}.pb"
+
+    def _reload_upload(self, site: str, modality: str) -> BlockPackage:
+        """A site's upload accepted before a restart, read back from the run folder."""
+        data = self.recorder.package(self._upload_name(site, modality))
+        if data is None:
+            raise FederationError(f"the checkpoint says {site} uploaded {modality}, but its upload file is missing")
+        try:
+            return parse_block_package(data, f"upload from {site} (kept from before the restart)")
+        except PackageError as error:
+            raise FederationError(str(error)) from error
 
     def _site_nodes(self, sites: set[str]) -> list[int]:
         return [n for n, d in self.sites.items() if d.site in sites]

@@ -30,12 +30,20 @@ class Transport(Protocol):
         ...
 
     def exchange(
-        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting: Waiting | None = None
+        self,
+        message_type: str,
+        requests: dict[int, Payload],
+        timeout: float,
+        waiting: Waiting | None = None,
+        received: Received | None = None,
     ) -> dict[int, Reply]:
         """Send each node its payload; every requested node gets a Reply (error on timeout).
         While replies are outstanding, ``waiting(pending node ids, elapsed seconds)`` is called
-        after every poll (a transport that answers at once never calls it)."""
+        after every poll (a transport that answers at once never calls it); ``received(reply)``
+        is called for each site's reply as it arrives (a transport may skip it: the caller then
+        handles the returned replies)."""
         ...
 
 
 Waiting = Callable[[list[int], float], None]
+Received = Callable[[Reply], None]

@@ -45,7 +45,7 @@ class InProcessTransport:
         return list(self.contexts)
 
     def exchange(
-        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting=None
+        self, message_type: str, requests: dict[int, Payload], timeout: float, waiting=None, received=None
     ) -> dict[int, Reply]:
         replies = {}
         for node, payload in requests.items():
@@ -54,7 +54,7 @@ class InProcessTransport:
             sent = payload_bytes(payload)
             if (message_type, index) in self.silent:
                 replies[node] = Reply(node, None, f"no reply within {timeout:.0f} s", sent, 0)
-                continue
+                continue  # a silent site's timeout is not an arrival
             message = Message(content=to_records(payload), dst_node_id=node, message_type=message_type)
             try:
                 if (message_type, index) in self.crash:
@@ -62,6 +62,8 @@ class InProcessTransport:
                 answer = from_records(client_app(message, self.contexts[node]).content)
             except Exception as error:  # a site's handler failing is data for the test
                 replies[node] = Reply(node, None, f"{type(error).__name__}: {error}", sent, 0)
-                continue
-            replies[node] = Reply(node, answer, None, sent, payload_bytes(answer))
+            else:
+                replies[node] = Reply(node, answer, None, sent, payload_bytes(answer))
+            if received is not None:  # as Flower's transport does, each reply as it arrives
+                received(replies[node])
         return replies

@@ -151,8 +151,8 @@ def test_no_valid_block_fails_with_the_reasons():
 class Tampering(InProcessTransport):
     """Flips a byte in the packages one site uploads."""
 
-    def exchange(self, message_type, requests, timeout, waiting=None):
-        replies = super().exchange(message_type, requests, timeout, waiting)
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)  # altered after the fact: no arrivals
         if message_type == "train.block":
             payload: Payload = replies[1000].payload
             tampered = []
@@ -275,12 +275,12 @@ class CrashingTransport(InProcessTransport):
 
     crash_at_fuse_round: int = -1
 
-    def exchange(self, message_type, requests, timeout, waiting=None):
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
         if message_type == "train.fuse":
             round_index = next(iter(requests.values())).config["round"]
             if round_index == self.crash_at_fuse_round:
                 raise CoordinatorCrash
-        return super().exchange(message_type, requests, timeout, waiting)
+        return super().exchange(message_type, requests, timeout, waiting, received)
 
 
 def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
@@ -308,6 +308,44 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
 
 
+class DiesMidBlock(InProcessTransport):
+    """Dies (like a killed coordinator) once the first site's block upload has arrived."""
+
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
+        if message_type != "train.block":
+            return super().exchange(message_type, requests, timeout, waiting, received)
+
+        def then_die(reply):
+            received(reply)
+            raise CoordinatorCrash
+
+        return super().exchange(message_type, requests, timeout, waiting, then_die)
+
+
+def test_a_coordinator_killed_mid_block_asks_only_the_sites_that_had_not_uploaded(tmp_path):
+    config = {**SMALL, "fuse-rounds": 1, "out-dir": str(tmp_path)}
+    settings = RunConfig.from_flat(config)
+    with pytest.raises(CoordinatorCrash):
+        Federation(DiesMidBlock(config, 3), settings, log=lambda _: None).run()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    first_site = state["progress"]["block"]["answered"]
+    assert state["completed"] == [] and len(first_site) == 1
+    kept = tmp_path / "packages" / "uploads" / f"{first_site[0]}-{state['progress']['block']['accepted'][0][1]}.pb"
+    kept_hash = parse_block_package(kept.read_bytes()).content_hash
+
+    second = InProcessTransport(config, 3)
+    results = Federation(second, settings, log=lambda _: None).run().to_dict()
+    assert results["status"] == "completed" and results["resumed"] == 1
+    assert [index for kind, index in second.calls if kind == "train.block"] == [1, 2]  # site 0 not asked again
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    verified = [e for e in events if e["event"] == "package-verified" and e["site"] == first_site[0]]
+    assert verified and verified[-1]["content_hash"] == kept_hash.hex()  # its upload went into the merge
+    received = [(e["site"], e["modality"]) for e in events if e["event"] == "package-received"]
+    described = sum(len(site["modalities"]) for site in results["sites"].values())
+    assert len(received) == len(set(received)) == described  # every upload once, none twice
+    assert "attempt-unfinished" in [e["event"] for e in events]
+
+
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     run(SMALL, tmp_path)
     results, _ = run({**SMALL, "seed": 5}, tmp_path)
@@ -329,10 +367,10 @@ class SiteDiesMidFuse(InProcessTransport):
 
     dead: int = 3
 
-    def exchange(self, message_type, requests, timeout, waiting=None):
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
         if message_type == "train.fuse" and next(iter(requests.values())).config["round"] >= 1:
             self.silent.add((message_type, self.dead))
-        return super().exchange(message_type, requests, timeout, waiting)
+        return super().exchange(message_type, requests, timeout, waiting, received)
 
 
 def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
@@ -389,8 +427,8 @@ def test_every_model_field_set_in_the_run_config_reaches_the_sites_blocks(tmp_pa
 class OldSite(InProcessTransport):
     """Site 0 answers with another protocol version (an incompatible fedlego installed there)."""
 
-    def exchange(self, message_type, requests, timeout, waiting=None):
-        replies = super().exchange(message_type, requests, timeout, waiting)
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)  # altered after the fact: no arrivals
         if 1000 in replies and replies[1000].payload is not None:
             replies[1000].payload.config["protocol"] = 99
         return replies
@@ -427,8 +465,8 @@ class Overclaiming(InProcessTransport):
     """Site 0 (tabular_0) re-hashes its package claiming 1000 x its patients; site 1 (timeseries_1)
     adds a copy of its block under a modality it never described."""
 
-    def exchange(self, message_type, requests, timeout, waiting=None):
-        replies = super().exchange(message_type, requests, timeout, waiting)
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
+        replies = super().exchange(message_type, requests, timeout, waiting)  # altered after the fact: no arrivals
         if message_type == "train.block":
             inflated = parse_block_package(replies[1000].payload.config["packages"][0])
             inflated.n_samples *= 1000
