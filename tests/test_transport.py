@@ -53,10 +53,16 @@ def test_replies_arrive_over_several_polls_and_the_silent_node_times_out(monkeyp
     monkeypatch.setattr(flower_transport.time, "monotonic", lambda: next(clock))
     grid = SlowGrid()
     waited: list[tuple[list[int], float]] = []
+    arrived: list[tuple[int, int]] = []
     requests = {n: DescribeRequest().to_payload() for n in (1, 2, 3)}
     replies = FlowerTransport(grid).exchange(  # type: ignore[arg-type]
-        "query.describe", requests, timeout=5.0, waiting=lambda pending, elapsed: waited.append((pending, elapsed))
+        "query.describe",
+        requests,
+        timeout=5.0,
+        waiting=lambda pending, elapsed: waited.append((pending, elapsed)),
+        received=lambda reply: arrived.append((reply.node_id, grid.polls)),
     )
+    assert arrived == [(1, 1), (2, 2)]  # each reply reported at the poll that brought it; none for the silent node
     assert replies[1].error is None and replies[2].error is None
     assert replies[3].payload is None and "no reply within 5 s" in str(replies[3].error)
     assert waited[0][0] == [2, 3]  # after the first poll node 1 has answered
