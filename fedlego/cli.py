@@ -293,7 +293,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
-    """certs, export-sites, superlink, site and run (handlers in ``fedlego.deploy``)."""
+    """certs, export-sites, superlink, site, run and stop (handlers in ``fedlego.deploy``)."""
     from fedlego import deploy
 
     p = subparsers.add_parser(
@@ -394,6 +394,21 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
     add_set_argument(p)
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
     p.set_defaults(handler=deploy.cmd_run)
+
+    p = subparsers.add_parser(
+        "stop",
+        help="coordinator: stop a run at the SuperLink and record it (results.json, audit log)",
+        description="Stops the run that `fedlego run --out OUT` started (flwr stop), waits until the SuperLink "
+        "has finished it, then records status stopped and a run-stopped audit entry in OUT (on the SuperLink's "
+        "machine), unless the run had already ended on record.",
+    )
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    p.add_argument("--certs", type=Path, metavar="DIR", help="the consortium folder of `fedlego certs` (TLS)")
+    p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
+    p.add_argument("--out", type=Path, required=True, help="the run's output folder, as given to `fedlego run`")
+    p.add_argument("--run-id", help="the Flower run id (default: the one OUT/.flower/run.log names)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the run to finish (default 60)")
+    p.set_defaults(handler=deploy.cmd_stop)
 
 
 def _add_audit(subparsers: argparse._SubParsersAction) -> None:

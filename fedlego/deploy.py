@@ -15,7 +15,6 @@ TLS they need an explicit ``--insecure`` and then warn loudly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from fedlego.launcher import (
     LaunchError,
     background_superlink,
     check_address,
+    flwr_json,
     free_port,
     prepare_run,
     quiet_environment,
@@ -60,6 +60,8 @@ INSECURE_WARNING = "\n".join(
         "*" * 78,
     ]
 )
+INTERRUPTED_EXIT = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
 NODE_REFUSED = 305
 """Exit code of ``flower-supernode`` when the SuperLink refuses to activate it (key not registered)."""
 SITE_RETRIES = 6
@@ -76,6 +78,10 @@ INSECURE_HELP = "no TLS, no site authentication, no signatures (a loud warning; 
 
 class DeploymentError(LaunchError):
     """A deployment command cannot start (missing --insecure, bad address, ...)."""
+
+
+class RunInterrupted(DeploymentError):
+    """Ctrl-C on ``fedlego run``: the streaming stopped here, the run goes on at the SuperLink."""
 
 
 def _require_security(certs: Path | None, insecure: bool, what: str) -> None:
@@ -247,23 +253,6 @@ def local_address(host: str, port: int, certs: Path | None = None) -> str:
     )
 
 
-def _flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
-    """A ``flwr ... --format json`` command's answer (flwr exits 0 even on failure in this format)."""
-    result = subprocess.run(
-        [tool("flwr"), *args, "--format", "json"],
-        env=quiet_environment(flwr_home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    text = result.stdout[result.stdout.find("{") :] if "{" in result.stdout else ""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return {"success": False, "error-message": (result.stdout + result.stderr).strip()[-2000:]}
-
-
 def register_node_keys(certs: Path, address: str, flwr_home: Path, echo: Callable[[str], None] = print) -> list[str]:
     """Register every ``certs/coordinator/node-auth/<site>.pub`` at the SuperLink (``flwr supernode
     register``) through an isolated connection in ``flwr_home``; returns the sites registered now or
@@ -275,7 +264,7 @@ def register_node_keys(certs: Path, address: str, flwr_home: Path, echo: Callabl
         echo(f"fedlego superlink: WARNING: no node keys in {certs / 'coordinator' / 'node-auth'}: no site can join")
     registered = []
     for key in keys:
-        answer = _flwr_json(["supernode", "register", str(key), CONNECTION, "--name", key.stem], flwr_home)
+        answer = flwr_json(["supernode", "register", str(key), CONNECTION, "--name", key.stem], flwr_home)
         error = str(answer.get("error-message", ""))
         if answer.get("success"):
             echo(f"fedlego superlink: registered site {key.stem} (node id {answer.get('node-id')})")
@@ -289,7 +278,7 @@ def register_node_keys(certs: Path, address: str, flwr_home: Path, echo: Callabl
 
 def list_nodes(flwr_home: Path) -> list[dict[str, Any]]:
     """``flwr supernode list`` through the connection in ``flwr_home``: one dict per registered node."""
-    answer = _flwr_json(["supernode", "list", CONNECTION], flwr_home)
+    answer = flwr_json(["supernode", "list", CONNECTION], flwr_home)
     if not answer.get("success"):
         raise DeploymentError(f"flwr supernode list failed: {answer.get('error-message', answer)}")
     return list(answer.get("nodes", []))
@@ -450,6 +439,15 @@ def run_deployment(
     write_connection(run.flwr_home, superlink, None if certs is None else certs / "superlink" / "ca.pem")
     log_path = run.work / "run.log"
     outcome = stream_run(run.app, run.run_config, run.flwr_home, echo=echo, log_path=log_path, timeout=timeout)
+    if outcome.interrupted:
+        security = f"--certs {certs}" if certs is not None else "--insecure"
+        raise RunInterrupted(
+            f"interrupted: only this command stopped; run {outcome.run_id or '(id not announced yet)'} goes on at "
+            f"the SuperLink {superlink} and still writes to {run.out_dir}.\n"
+            f"  to stop it: fedlego stop --superlink {superlink} {security} --out {run.out_dir}\n"
+            f"  to follow it: the ServerApp's log is {log_path} only while this command runs; "
+            f"results.json and audit.jsonl in {run.out_dir} grow as phases finish"
+        )
     if outcome.timed_out:
         raise DeploymentError(f"the run took longer than {timeout:.0f} s and was stopped (log: {log_path})")
     if outcome.returncode != 0:
@@ -545,7 +543,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "run `fedlego run` there, or pass --set trusted-sites=PATH coordinator-key=PATH (paths there)"
             )
     _check_settings(overrides)
-    results = run_deployment(args.superlink, overrides, args.out, timeout=args.timeout, certs=certs)
+    try:
+        results = run_deployment(args.superlink, overrides, args.out, timeout=args.timeout, certs=certs)
+    except RunInterrupted as interrupted:
+        print(f"fedlego: {interrupted}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(federation_table(results))
     print(f"status {results.status}; wall time {results.wall_seconds or 0.0:.1f} s ({phase_times(results)})")
     signatures = results.signatures or Signatures()
@@ -559,3 +561,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.out / REPORT_NAME).exists():
         print(f"report in {args.out / REPORT_NAME}")
     return 0 if results.status == "completed" else 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``fedlego stop``: stop a run at the SuperLink and record it in its run folder."""
+    from fedlego.stop import stop_run
+
+    _require_security(args.certs, args.insecure, "DIR")
+    ca = None
+    if args.certs is not None:
+        certs = _check_files(args.certs, ("superlink/ca.pem",), "a consortium folder of `fedlego certs`")
+        ca = certs / "superlink" / "ca.pem"
+    results = stop_run(args.superlink, args.out, ca, args.run_id, args.wait)
+    if results is not None:
+        print(f"status {results.status}: {results.error or ''}".rstrip(": "))
+        print(f"recorded in {Path(args.out) / 'results.json'} and {Path(args.out) / 'audit.jsonl'}")
+    return 0

@@ -128,6 +128,23 @@ def write_connection(flwr_home: Path, superlink: str, root_certificates: Path | 
     return path
 
 
+def flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
+    """A ``flwr ... --format json`` command's answer (flwr exits 0 even on failure in this format)."""
+    result = subprocess.run(
+        [tool("flwr"), *args, "--format", "json"],
+        env=quiet_environment(flwr_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    text = result.stdout[result.stdout.find("{") :] if "{" in result.stdout else ""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"success": False, "error-message": (result.stdout + result.stderr).strip()[-2000:]}
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The files of one ``flwr run``: ``out_dir`` (results, report, packages, written by the
@@ -348,6 +365,8 @@ class RunOutcome:
     """The id ``flwr run`` announced (empty when it announced none)."""
     timed_out: bool
     """The run took ``timeout`` seconds or more and was stopped (on the SuperLink too)."""
+    interrupted: bool = False
+    """Ctrl-C stopped the streaming here; the run itself goes on at the SuperLink."""
 
 
 def _print_line(line: str) -> None:
@@ -370,7 +389,8 @@ def stream_run(
 
     With ``timeout`` the ``flwr run`` process is stopped after that many seconds and, when it had
     announced a run id, the run is stopped on the SuperLink too (``flwr stop``), where the
-    ServerApp would otherwise keep running. The process is stopped whatever happens."""
+    ServerApp would otherwise keep running. Ctrl-C stops only the streaming (``interrupted``): the
+    run goes on at the SuperLink. The process is stopped whatever happens."""
     env = quiet_environment(flwr_home)
     start = time.monotonic()
     process = subprocess.Popen(
@@ -381,23 +401,27 @@ def stream_run(
         text=True,
         start_new_session=True,
     )
-    run_id = ""
+    run_id, interrupted = "", False
     watchdog = threading.Timer(timeout, stop_process_group, [process]) if timeout else None
     try:
         if watchdog is not None:
             watchdog.start()
         assert process.stdout is not None
         with open(log_path, "w") if log_path is not None else nullcontext() as log:
-            for line in process.stdout:
-                if log is not None:
-                    log.write(line)
-                    log.flush()
-                if line.startswith(RUN_STARTED):
-                    run_id = line.split()[-1]
-                if is_progress_line(line):
-                    echo(line.rstrip())
-        with suppress(subprocess.TimeoutExpired):  # its output ended: it is exiting (or stopped below)
-            process.wait(timeout=30)
+            try:
+                for line in process.stdout:
+                    if log is not None:
+                        log.write(line)
+                        log.flush()
+                    if line.startswith(RUN_STARTED):
+                        run_id = line.split()[-1]
+                    if is_progress_line(line):
+                        echo(line.rstrip())
+            except KeyboardInterrupt:
+                interrupted = True
+        if not interrupted:
+            with suppress(subprocess.TimeoutExpired):  # its output ended: it is exiting (or stopped below)
+                process.wait(timeout=30)
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -407,4 +431,4 @@ def stream_run(
         subprocess.run(
             [tool("flwr"), "stop", run_id, connection], env=env, capture_output=True, timeout=60, check=False
         )
-    return RunOutcome(process.returncode, run_id, timed_out)
+    return RunOutcome(process.returncode, run_id, timed_out, interrupted)

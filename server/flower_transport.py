@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import httpx
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedlego.common.protocol import Payload, payload_bytes
 from fedlego.messages import from_records, to_records
-from fedlego.server.transport import Received, Reply, Waiting
+from fedlego.server.transport import Received, Reply, TransportClosed, Waiting
 
 POLL_SECONDS = 1.0
 """How often the coordinator asks the SuperLink for replies."""
+REFUSED = (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN)
+"""What the SuperLink answers once a run is stopped (its task token is revoked)."""
+
+
+@contextmanager
+def _open_run() -> Iterator[None]:
+    """Turn the SuperLink refusing this run's calls into :class:`TransportClosed`."""
+    try:
+        yield
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code in REFUSED:
+            raise TransportClosed(
+                f"the SuperLink refuses this run's messages ({error.response.status_code})"
+            ) from error
+        raise
 
 
 class FlowerTransport:
@@ -40,7 +57,8 @@ class FlowerTransport:
         replies: dict[int, Reply] = {}
         # Replies name the request they answer; an error about an unreachable node comes from the
         # SuperLink itself, so its source node id is not the site's.
-        pushed = set(self.grid.push_messages(messages))
+        with _open_run():
+            pushed = set(self.grid.push_messages(messages))
         node_of = {
             m.metadata.message_id: n for m, n in zip(messages, requests, strict=True) if m.metadata.message_id in pushed
         }
@@ -56,7 +74,8 @@ class FlowerTransport:
             if received is not None:
                 received(replies[node])
 
-        self._collect(node_of, timeout, waiting, arrived)
+        with _open_run():
+            self._collect(node_of, timeout, waiting, arrived)
         for node in requests:
             if node not in replies:
                 replies[node] = Reply(node, None, f"no reply within {timeout:.0f} s", sent[node], 0)

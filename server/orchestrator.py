@@ -58,7 +58,7 @@ from fedlego.server.results import (
     Signatures,
 )
 from fedlego.server.rounds import Round, Rounds, StateDict
-from fedlego.server.transport import Transport
+from fedlego.server.transport import Transport, TransportClosed
 
 __all__ = ["Federation", "FederationError"]
 
@@ -549,11 +549,11 @@ class Federation:
                     clip=package.metrics.get("dp_clip"),
                 )
 
-    def _failed(self, reason: str) -> None:
-        self.results.status = "failed"
+    def _ended(self, status: str, reason: str) -> None:
+        self.results.status = status
         self.results.error = reason
-        self.log(f"federation stopped: {reason}")
-        self.recorder.audit("run-failed", reason=reason)
+        self.log(f"federation {status}: {reason}")
+        self.recorder.audit(f"run-{status}", reason=reason)
 
     def run(self) -> RunResults:
         """All phases; on a fatal error the results so far are written with the reason."""
@@ -574,13 +574,19 @@ class Federation:
             self.results.status = "completed"
             self.recorder.audit("run-completed")
         except FederationError as error:
-            self._failed(str(error))
+            self._ended("failed", str(error))
+        except TransportClosed as error:
+            self._ended("stopped", f"stopped at the SuperLink before finishing: {error}")
         except Exception as error:  # a bug or hostile input nothing else caught: the run still ends, on record
             self.log(traceback.format_exc().rstrip())
-            self._failed(f"unexpected {type(error).__name__}: {error}")
+            self._ended("failed", f"unexpected {type(error).__name__}: {error}")
+        except (KeyboardInterrupt, SystemExit) as error:  # Ctrl-C, or Flower ending the ServerApp (`flwr stop`)
+            self._ended("stopped", f"stopped from outside ({type(error).__name__}) before finishing")
+            raise
         finally:
             self.results.wall_seconds = time.perf_counter() - start
             self.results.finished_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
             self.recorder.write_results()
             self.recorder.write_report()
+            self.recorder.close()
         return self.results

@@ -3,10 +3,13 @@ the package files, results.json and the report. Without an output folder it keep
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -14,6 +17,9 @@ from fedlego.server.audit import AuditLog
 from fedlego.server.checkpoint import Checkpoint
 from fedlego.server.report import write_report
 from fedlego.server.results import RESULTS_NAME, RunResults
+
+ENDINGS = ("run-completed", "run-failed", "run-stopped")
+"""Audit events that end an attempt on record."""
 
 
 class RecordError(RuntimeError):
@@ -28,6 +34,30 @@ class Progress:
     inside: dict[str, Any] = field(default_factory=dict)
 
 
+LOCK_NAME = "run.lock"
+"""A lock file in the run folder, held by the process that writes the run (released at its exit,
+even when killed), so two processes never write one run folder at once."""
+
+
+def lock_run_folder(out_dir: Path, wait: float = 0.0) -> IO[str]:
+    """Hold the run folder's lock (an open file: close it to release); waits up to ``wait``
+    seconds for another holder, then raises RecordError."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = (out_dir / LOCK_NAME).open("w")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise RecordError(
+                    f"{out_dir} is being written by another coordinator process (its {LOCK_NAME} is held)"
+                ) from None
+            time.sleep(0.5)
+
+
 class RunRecorder:
     """The run folder ``out_dir`` (None: record nothing but keep results in memory)."""
 
@@ -38,12 +68,18 @@ class RunRecorder:
         self.progress = Progress()
         self.audit_log: AuditLog | None = None
         self.checkpoint = Checkpoint(self.out_dir / "checkpoint") if self.out_dir else None
+        self._lock: IO[str] | None = None
 
     def open(self, settings: dict[str, Any]) -> None:
         """Open the audit log and, when the folder holds a checkpoint of this run, resume it
         (``results`` and ``progress`` are then the checkpoint's)."""
         if self.out_dir is None:
             return
+        try:
+            self._lock = lock_run_folder(self.out_dir)
+        except RecordError:
+            self.out_dir, self.checkpoint = None, None  # write nothing into a folder another process owns
+            raise
         try:
             self.audit_log = AuditLog(self.out_dir / "audit.jsonl")
             state = self.checkpoint.load() if self.checkpoint else None
@@ -63,7 +99,7 @@ class RunRecorder:
         self.results.resumed = (self.results.resumed or 0) + 1
         self.log(f"resuming run {run_id}: finished phases {self.progress.completed}")
         last = self.audit_log.last_entry()
-        if last is not None and last.get("event") not in ("run-completed", "run-failed"):
+        if last is not None and last.get("event") not in ENDINGS:
             # the previous attempt died (killed, machine lost) without ending the run on record
             self.audit("attempt-unfinished", last_event=last.get("event"), last_time=last.get("time"))
         self.audit("run-resumed", completed=self.progress.completed)
@@ -125,6 +161,12 @@ class RunRecorder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / RESULTS_NAME).write_text(self.results.to_json())
 
+    def close(self) -> None:
+        """Release the run folder (another process may then resume or record it)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def write_report(self) -> None:
         """``report.html`` rendered from results.json as written; a failure is logged, never raised."""
         if self.out_dir is None:
@@ -133,3 +175,29 @@ class RunRecorder:
             write_report(RunResults.read(self.out_dir / RESULTS_NAME), self.out_dir)
         except Exception as error:  # the report is a view of results.json, which is already safe on disk
             self.log(f"report not written: {type(error).__name__}: {error}")
+
+
+def record_stop(out_dir: Path, reason: str, wait: float = 60.0) -> RunResults | None:
+    """Put a run stopped from outside (``fedlego stop``) on record once its coordinator process
+    has let go of the folder (up to ``wait`` seconds): ``status`` stopped with the reason in
+    results.json and a ``run-stopped`` audit entry, unless the run already ended on record (its
+    results are then returned unchanged). None when ``out_dir`` holds no results."""
+    out_dir = Path(out_dir)
+    path = out_dir / RESULTS_NAME
+    if not path.exists():
+        return None
+    with lock_run_folder(out_dir, wait):
+        results = RunResults.read(path)
+        if results.status is not None:
+            return results
+        try:
+            audit = AuditLog(out_dir / "audit.jsonl")
+        except ValueError as error:
+            raise RecordError(str(error)) from error
+        results.status, results.error = "stopped", reason
+        results.finished_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        results.audit_head = audit.append("run-stopped", run_id=results.run_id, reason=reason)
+        recorder = RunRecorder(out_dir, results)
+        recorder.write_results()
+        recorder.write_report()
+    return results

@@ -157,6 +157,7 @@ class RunResults:
     merged_modalities: list[str] | None = None
     privacy: PrivacyRecord | None = None
     status: str | None = None
+    """completed, failed or stopped (None while the run goes on, or after it was killed)."""
     error: str | None = None
     resumed: int | None = None
     wall_seconds: float | None = None

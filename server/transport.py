@@ -11,6 +11,10 @@ from typing import Protocol
 from fedlego.common.protocol import Payload
 
 
+class TransportClosed(RuntimeError):
+    """The network no longer takes this run's messages: the run was stopped at the SuperLink."""
+
+
 @dataclass
 class Reply:
     """A site's answer (or the reason there is none) and the payload bytes each way."""

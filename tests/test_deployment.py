@@ -373,3 +373,39 @@ def test_secure_federation_survives_a_site_killed_mid_fuse(tmp_path, consortium)
     assert "paired-0" in results["rounds"]["fuse"]["participants"][-1]
     assert (out / "packages" / "fused.pb").exists()
     print(f"killed-site test wall time {time.monotonic() - start:.1f} s")
+
+
+def test_ctrl_c_leaves_the_run_going_and_fedlego_stop_ends_it_on_record(tmp_path, consortium):
+    """Ctrl-C on `fedlego run` says that the run goes on and how to stop it; `fedlego stop` stops it
+    at the SuperLink and the run folder records the stop (status, a verifiable audit entry)."""
+    certs, sites = consortium
+    out = tmp_path / "out"
+    deployment = {name: (sites / name, certs / "sites" / name) for name in SITES}
+    with _secure_deployment(tmp_path, certs, deployment) as (port, processes, logs):
+        superlink = ["--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--out", str(out)]
+        settings = [*FAST, "block-epochs=200", "patience=200", f"min-sites={len(SITES)}", "wait-timeout=120"]
+        run = _start(["run", *superlink, "--set", *settings], tmp_path, logs / "run.log")
+        processes["run"] = run
+        _wait_for(
+            lambda: "phase block" in _text(out / ".flower" / "run.log") or run.poll() is not None,
+            240,
+            "the block phase",
+            lambda: _logs(logs),
+        )
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 130, _logs(logs)
+        said = _text(logs / "run.log")
+        assert "goes on at the SuperLink" in said and "fedlego stop" in said and "Traceback" not in said, said
+
+        stopped = _fedlego("stop", *superlink, home=tmp_path, timeout=180)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr + _logs(logs)
+        assert "status stopped" in stopped.stdout, stopped.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "stopped" and results["error"], results.get("error")
+    entries = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert entries[-1]["event"] == "run-stopped" and [e["event"] for e in entries].count("run-stopped") == 1
+    verified = _fedlego(
+        "audit", "verify", str(out / "audit.jsonl"), "--results", str(out / "results.json"), home=tmp_path
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -3,6 +3,7 @@ the coordinator turns that into a progress line at most every ``PROGRESS_SECONDS
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
@@ -13,6 +14,7 @@ from fedlego.server import exchange as exchange_module
 from fedlego.server import flower_transport
 from fedlego.server.exchange import ProgressLog
 from fedlego.server.flower_transport import FlowerTransport
+from fedlego.server.transport import TransportClosed
 
 
 @pytest.fixture(autouse=True)
@@ -97,3 +99,18 @@ def test_the_progress_log_names_the_pending_sites_at_most_every_interval(monkeyp
         "  block: 1/3 sites answered after 31 s; still working: site-b, site-c (phase timeout 600 s)",
         "  block: 2/3 sites answered after 62 s; still working: site-c (phase timeout 600 s)",
     ]
+
+
+class StoppedGrid(SlowGrid):
+    """A Grid whose SuperLink has revoked the run's token (the run was stopped)."""
+
+    def pull_messages(self, message_ids):
+        request = httpx.Request("POST", "http://127.0.0.1/v1/runtime/pull-messages")
+        raise httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request))
+
+
+def test_a_run_stopped_at_the_superlink_closes_the_transport(monkeypatch):
+    monkeypatch.setattr(flower_transport.time, "sleep", lambda seconds: None)
+    requests = {n: DescribeRequest().to_payload() for n in (1, 2)}
+    with pytest.raises(TransportClosed, match="refuses this run's messages"):
+        FlowerTransport(StoppedGrid()).exchange("query.describe", requests, timeout=5.0)  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""Ending a run from outside: a stopped coordinator records it (status, audit entry), a run
+folder is written by one process at a time, and ``fedlego stop``'s record after Flower killed
+the ServerApp before it could write anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedlego.common.config import RunConfig
+from fedlego.server.audit import verify_log
+from fedlego.server.orchestrator import Federation
+from fedlego.server.recorder import RecordError, lock_run_folder, record_stop
+from fedlego.server.results import RunResults
+from fedlego.stop import announced_run_id
+from tests.inprocess import InProcessTransport
+from tests.test_federation import SMALL
+
+
+class InterruptedAt(InProcessTransport):
+    """Ctrl-C (or Flower ending the ServerApp) while the given phase's message is out."""
+
+    interrupt: str = "train.block"
+    error: type[BaseException] = KeyboardInterrupt
+
+    def exchange(self, message_type, requests, timeout, waiting=None, received=None):
+        if message_type == self.interrupt:
+            raise self.error
+        return super().exchange(message_type, requests, timeout, waiting, received)
+
+
+def events(folder):
+    return [json.loads(line)["event"] for line in (folder / "audit.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_a_coordinator_stopped_from_outside_ends_the_run_on_record(tmp_path, error):
+    config = {**SMALL, "out-dir": str(tmp_path)}
+    transport = InterruptedAt(config, 3)
+    transport.error = error
+    with pytest.raises(error):
+        Federation(transport, RunConfig.from_flat(config), log=lambda _: None).run()
+    results = RunResults.read(tmp_path / "results.json")
+    assert results.status == "stopped" and error.__name__ in results.error
+    assert events(tmp_path)[-1] == "run-stopped"
+    assert verify_log(tmp_path / "audit.jsonl", results.audit_head).ok
+
+    resumed = Federation(InProcessTransport(config, 3), RunConfig.from_flat(config), log=lambda _: None).run()
+    assert resumed.status == "completed"
+    assert "attempt-unfinished" not in events(tmp_path)  # the stop ended that attempt on record
+
+
+def test_a_run_folder_is_written_by_one_coordinator_at_a_time(tmp_path):
+    config = {**SMALL, "out-dir": str(tmp_path)}
+    with lock_run_folder(tmp_path):
+        results = Federation(InProcessTransport(config, 3), RunConfig.from_flat(config), log=lambda _: None).run()
+    assert results.status == "failed" and "another coordinator process" in results.error
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "audit.jsonl").exists()  # nothing written
+
+
+def killed_run(tmp_path):
+    """A run folder as Flower leaves it when it kills the ServerApp mid-block: results and audit
+    log so far, no ending."""
+    config = {**SMALL, "out-dir": str(tmp_path)}
+    transport = InterruptedAt(config, 3)
+    transport.interrupt = "train.blockround"
+    with pytest.raises(KeyboardInterrupt):
+        Federation(transport, RunConfig.from_flat(config), log=lambda _: None).run()
+    results = RunResults.read(tmp_path / "results.json")
+    results.status = results.error = None  # as if killed before its own record
+    (tmp_path / "results.json").write_text(results.to_json())
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    (tmp_path / "audit.jsonl").write_text("".join(line + "\n" for line in lines[:-1]))
+
+
+def test_fedlego_stop_records_a_run_the_serverapp_could_not(tmp_path):
+    killed_run(tmp_path)
+    results = record_stop(tmp_path, "stopped by `fedlego stop` (Flower run 7)")
+    assert results.status == "stopped" and "Flower run 7" in results.error
+    assert events(tmp_path)[-1] == "run-stopped"
+    assert verify_log(tmp_path / "audit.jsonl", RunResults.read(tmp_path / "results.json").audit_head).ok
+    again = record_stop(tmp_path, "a second stop")  # a run that ended on record is left as it is
+    assert again.error == results.error and events(tmp_path).count("run-stopped") == 1
+
+
+def test_fedlego_stop_waits_for_the_coordinator_to_let_go_and_needs_results(tmp_path):
+    killed_run(tmp_path)
+    with lock_run_folder(tmp_path), pytest.raises(RecordError, match="another coordinator process"):
+        record_stop(tmp_path, "stop", wait=1.0)
+    assert record_stop(tmp_path / "elsewhere", "stop") is None
+
+
+def test_the_run_id_comes_from_the_run_log(tmp_path):
+    assert announced_run_id(tmp_path) is None
+    (tmp_path / ".flower").mkdir()
+    (tmp_path / ".flower" / "run.log").write_text("Loading project\nSuccessfully started run 4242\nphase describe\n")
+    assert announced_run_id(tmp_path) == "4242"
