@@ -11,6 +11,8 @@ from flwr.clientapp import ClientApp
 
 from fedlego.client.runtime import SiteRuntime, evaluable_models
 from fedlego.client.simulated import simulated_site
+from fedlego.common.audit_head import CONFIG_KEY as AUDIT_HEAD_KEY
+from fedlego.common.audit_head import AuditHead, keep
 from fedlego.common.config import RunConfig
 from fedlego.common.data.sitefolder import read_site_folder
 from fedlego.common.lego import LegoBlock, LegoMerge
@@ -30,6 +32,8 @@ from fedlego.common.protocol import (
     EvaluateReply,
     EvaluateRequest,
     MessageType,
+    Payload,
+    ProtocolError,
     RoundRequest,
 )
 from fedlego.common.signing import COORDINATOR, load_public_key, load_signing_key, sign_package, verify_signature
@@ -71,6 +75,30 @@ def check_coordinator_signature(package, context: Context, run_id: str) -> None:
         verify_signature(package, {COORDINATOR: key}, run_id, expected_signer=COORDINATOR)
 
 
+def received(message: Message, context: Context) -> Payload:
+    """A request's payload; with node config ``audit-dir`` the coordinator's audit head it carries
+    is kept there first (checked against ``coordinator-public-key`` when the site has it: a head
+    that is missing, unsigned or not the coordinator's refuses the message)."""
+    payload = from_records(message.content)
+    folder = context.node_config.get("audit-dir")
+    if not folder:
+        return payload
+    key_path = context.node_config.get("coordinator-public-key")
+    raw = payload.config.get(AUDIT_HEAD_KEY)
+    if raw is None:
+        if key_path:
+            raise ProtocolError("the request carries no audit head (this site keeps the coordinator's heads)")
+        return payload
+    try:
+        head = AuditHead.from_dict(json.loads(str(raw)))
+        if key_path:
+            head.verify(load_public_key(Path(str(key_path))))
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ProtocolError(f"audit head refused: {error}") from error
+    keep(head, Path(str(folder)), message.metadata.message_type)
+    return payload
+
+
 def reply(message: Message, answer) -> Message:
     """A reply carrying a typed protocol answer."""
     return Message(content=to_records(answer.to_payload()), reply_to=message)
@@ -79,14 +107,14 @@ def reply(message: Message, answer) -> Message:
 @app.query(MessageType.DESCRIBE.action)
 def describe(message: Message, context: Context) -> Message:
     """What this site holds: modalities and counts, never patient data."""
-    DescribeRequest.from_payload(from_records(message.content))
+    DescribeRequest.from_payload(received(message, context))
     return reply(message, DescribeReply(site_for(context).describe()))
 
 
 @app.train(MessageType.BLOCK.action)
 def train_block(message: Message, context: Context) -> Message:
     """Train one block per held modality; return the packages."""
-    request = BlockRequest.from_payload(from_records(message.content))
+    request = BlockRequest.from_payload(received(message, context))
     site = site_for(context)
     results = site.train_blocks(
         request.task, request.model, request.training, request.run_id, request.preprocessing, request.privacy
@@ -102,7 +130,7 @@ def train_block(message: Message, context: Context) -> Message:
 @app.train(MessageType.BLOCK_ROUND.action)
 def block_round(message: Message, context: Context) -> Message:
     """One FedAvg round on a shared modality's block."""
-    request = RoundRequest.from_payload(from_records(message.content), MessageType.BLOCK_ROUND)
+    request = RoundRequest.from_payload(received(message, context), MessageType.BLOCK_ROUND)
     if request.package is None:
         raise ValueError("block round request without the block package")
     package = parse_block_package(request.package, "block round")
@@ -115,7 +143,7 @@ def block_round(message: Message, context: Context) -> Message:
 @app.train(MessageType.FUSE_ROUND.action)
 def fuse_round(message: Message, context: Context) -> Message:
     """One federated LegoFuse round; the full model arrives once, then only fusion parameters."""
-    request = RoundRequest.from_payload(from_records(message.content), MessageType.FUSE_ROUND)
+    request = RoundRequest.from_payload(received(message, context), MessageType.FUSE_ROUND)
     if request.package is not None:
         context.state["fuse"] = ConfigRecord({"package": request.package, "run-id": request.run_id})
     if "fuse" not in context.state or context.state["fuse"]["run-id"] != request.run_id:
@@ -131,7 +159,7 @@ def fuse_round(message: Message, context: Context) -> Message:
 @app.evaluate(MessageType.EVALUATE.action)
 def evaluate_models(message: Message, context: Context) -> Message:
     """Evaluate the model and each of its blocks on this site's test patients."""
-    request = EvaluateRequest.from_payload(from_records(message.content))
+    request = EvaluateRequest.from_payload(received(message, context))
     package = parse_model_package(request.model, "model to evaluate")
     check_coordinator_signature(package, context, package.run_id)
     model = model_from_package(package)

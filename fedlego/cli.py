@@ -372,6 +372,13 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         help="this site's folder sites/<name> of `fedlego certs`: TLS, node key, package signing, "
         "models checked against the coordinator's key",
     )
+    p.add_argument(
+        "--audit-dir",
+        type=Path,
+        metavar="DIR",
+        help="writable folder where this site keeps the coordinator's signed audit heads, one file per run "
+        "(default $XDG_STATE_HOME/fedlego/<site>/audit-heads; check them with `fedlego audit verify --site-copy`)",
+    )
     p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
     p.set_defaults(handler=deploy.cmd_site)
 
@@ -414,26 +421,58 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
 def _add_audit(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("audit", help="check a coordinator's audit log")
     actions = p.add_subparsers(dest="action", required=True)
-    verify = actions.add_parser("verify", help="detect modified, deleted or reordered entries")
+    verify = actions.add_parser(
+        "verify",
+        help="detect modified, deleted, reordered or rewritten entries",
+        description="Checks the hash chain of a run's audit.jsonl; with --results that no entry was cut off the "
+        "end; with --site-copy that the log still holds every head a site was sent (a log rewritten after the "
+        "fact disagrees); with --coordinator-key that those heads and the results' head are the coordinator's.",
+    )
     verify.add_argument("log", type=Path, help="the run's audit.jsonl")
     verify.add_argument("--results", type=Path, help="the run's results.json (its audit_head catches cut-off entries)")
+    verify.add_argument(
+        "--site-copy",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a site's file of received audit heads (its --audit-dir/<run>.jsonl; repeatable)",
+    )
+    verify.add_argument(
+        "--coordinator-key",
+        type=Path,
+        metavar="PUB",
+        help="the coordinator's public key (a site's coordinator.pub): every head must carry its signature",
+    )
     verify.set_defaults(handler=_audit_verify)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from fedlego.server.audit import verify_log
+    from fedlego.common.audit_head import AuditHead
+    from fedlego.common.signing import load_public_key
+    from fedlego.server.audit import check_results_signature, check_site_copies, verify_log
+    from fedlego.server.results import RunResults
 
-    head = None
-    if args.results is not None:
-        from fedlego.server.results import RunResults
-
-        head = RunResults.read(args.results).audit_head
-    report = verify_log(args.log, head)
-    if report.ok:
-        print(f"{args.log}: {report.entries} entries, chain intact, head {report.head}")
-        return 0
-    print(f"{args.log}: TAMPERED: {report.problem}", file=sys.stderr)
-    return 1
+    key = load_public_key(args.coordinator_key) if args.coordinator_key else None
+    results = RunResults.read(args.results) if args.results is not None else None
+    report = verify_log(args.log, results.audit_head if results else None)
+    if not report.ok:
+        print(f"{args.log}: TAMPERED: {report.problem}", file=sys.stderr)
+        return 1
+    problems = []
+    if key is not None and results is not None:
+        signed = AuditHead(results.run_id, report.entries, report.head, results.audit_signature or "")
+        problems += [p for p in [check_results_signature(signed, key)] if p]
+    for copy, found in check_site_copies(args.log, args.site_copy, key).items():
+        problems += [f"{copy}: {problem}" for problem in found]
+    if problems:
+        for problem in problems:
+            print(f"{args.log}: TAMPERED: {problem}", file=sys.stderr)
+        return 1
+    checked = f"; {len(args.site_copy)} site copies agree" if args.site_copy else ""
+    signed = "; heads signed by the coordinator" if key is not None else ""
+    print(f"{args.log}: {report.entries} entries, chain intact, head {report.head}{checked}{signed}")
+    return 0
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:

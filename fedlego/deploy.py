@@ -142,10 +142,13 @@ def _quoted(key: str, path: Path) -> str:
     raise DeploymentError(f"cannot pass a path with both quote kinds to Flower: {text!r}")
 
 
-def node_config(data_dir: Path, site_certs: Path | None = None) -> str:
-    """The SuperNode's ``--node-config``: the site folder and, with a site's certs folder, the
-    package signing key and the coordinator's public key (absolute paths)."""
+def node_config(data_dir: Path, site_certs: Path | None = None, audit_dir: Path | None = None) -> str:
+    """The SuperNode's ``--node-config``: the site folder, the folder keeping the coordinator's
+    audit heads and, with a site's certs folder, the package signing key and the coordinator's
+    public key (absolute paths)."""
     entries = [_quoted("data-dir", data_dir)]
+    if audit_dir is not None:
+        entries.append(_quoted("audit-dir", audit_dir))
     if site_certs is not None:
         entries.append(_quoted("signing-key", Path(site_certs) / "signing.key"))
         entries.append(_quoted("coordinator-public-key", Path(site_certs) / "coordinator.pub"))
@@ -153,7 +156,12 @@ def node_config(data_dir: Path, site_certs: Path | None = None) -> str:
 
 
 def supernode_command(
-    superlink: str, data_dir: Path, port: int, host: str = "127.0.0.1", site_certs: Path | None = None
+    superlink: str,
+    data_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    site_certs: Path | None = None,
+    audit_dir: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` connected to ``superlink``, reading the site folder: with
     ``site_certs`` (``fedlego certs``' ``sites/<name>``) over TLS with node authentication and
@@ -174,7 +182,7 @@ def supernode_command(
         "--superlink",
         check_address(superlink),
         "--node-config",
-        node_config(data_dir, site_certs),
+        node_config(data_dir, site_certs, audit_dir),
         "--isolation",
         "subprocess",
         "--host",
@@ -316,6 +324,25 @@ def check_site_certs(site_certs: Path) -> Path:
     return _check_files(site_certs, SITE_FILES, "a site certs folder (sites/<name> of `fedlego certs`)")
 
 
+def default_audit_dir(site: str) -> Path:
+    """Where a site keeps the coordinator's audit heads by default:
+    ``$XDG_STATE_HOME/fedlego/<site>/audit-heads`` (``~/.local/state`` without XDG_STATE_HOME)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "fedlego" / site / "audit-heads"
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """``folder`` created if needed and resolved; a clear error when it cannot be written."""
+    folder = Path(folder).resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise DeploymentError(f"{option} {folder} is not a writable folder ({error.strerror or error})") from error
+    return folder
+
+
 def default_threads() -> int:
     """Training threads of a site unless ``--threads`` or ``OMP_NUM_THREADS`` say otherwise: half
     the cores, at most 4. Sites sharing a machine must not oversubscribe it: three sites of 2
@@ -340,18 +367,21 @@ def serve_site(
     home: Path | None,
     site_certs: Path | None = None,
     threads: int | None = None,
+    audit_dir: Path | None = None,
 ) -> int:
     """``fedlego site``: validate the site folder, then run the hospital's SuperNode in the
-    foreground, training with ``threads`` CPU threads (``site_threads``). With ``site_certs`` a
-    refused connection (e.g. a SuperLink that has not registered this site's key yet) is retried a
-    few times before giving up."""
+    foreground, training with ``threads`` CPU threads (``site_threads``) and keeping the
+    coordinator's audit heads in ``audit_dir`` (default :func:`default_audit_dir`). With
+    ``site_certs`` a refused connection (e.g. a SuperLink that has not registered this site's key
+    yet) is retried a few times before giving up."""
     data = validate_site_folder(data_dir)
+    audit_dir = writable_folder(audit_dir or default_audit_dir(data.name), "--audit-dir")
     counts = {role: len(ids) for role, ids in data.roles.items()}
     mode = "TLS, node key and package signing" if site_certs is not None else "INSECURE"
     threads = site_threads(threads)
     print(
         f"fedlego site: {data.name} ({', '.join(sorted(data.dataset.modalities))}; patients per role {counts}) "
-        f"-> SuperLink {superlink} ({mode}; {threads} training threads)",
+        f"-> SuperLink {superlink} ({mode}; {threads} training threads); audit heads kept in {audit_dir}",
         flush=True,
     )
     if site_certs is not None and Path(site_certs).resolve().name != data.name:
@@ -361,7 +391,7 @@ def serve_site(
             "this signing key under that name",
             flush=True,
         )
-    command = supernode_command(superlink, data_dir, port or free_port(), site_certs=site_certs)
+    command = supernode_command(superlink, data_dir, port or free_port(), site_certs=site_certs, audit_dir=audit_dir)
     with tempfile.TemporaryDirectory(prefix="fedlego-site-") as temporary:
         flwr_home = Path(home).resolve() if home is not None else Path(temporary)
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -519,7 +549,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     site_certs = None if args.certs is None else check_site_certs(args.certs)
     validate_site_folder(args.data_dir)  # a bad folder fails before any warning or connection
     _require_security(args.certs, args.insecure, "SITE_DIR")
-    return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads)
+    return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads, args.audit_dir)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

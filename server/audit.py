@@ -3,7 +3,8 @@
 Every entry carries its sequence number, the hash of the previous entry and its own hash over
 its canonical JSON. Changing an entry breaks its hash; deleting or reordering entries breaks the
 chain; cutting entries off the end is caught by comparing the last hash with the one recorded in
-``results.json`` (``audit_head``).
+``results.json`` (``audit_head``). Rewriting the whole log (and results.json) consistently is
+caught by the signed heads the sites kept (:func:`check_site_copies`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedlego.common.audit_head import AuditHead, check_copy, read_copy
 
 GENESIS = "0" * 64
 
@@ -102,3 +107,32 @@ def verify_log(path: Path, expected_head: str | None = None) -> AuditReport:
             f"the log ends at {head[:12]}…, the run recorded {expected_head[:12]}… (entries were removed from the end)",
         )
     return AuditReport(count, head)
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The log's entries in order (check it with :func:`verify_log` first)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def check_site_copies(path: Path, copies: list[Path], key: Ed25519PublicKey | None = None) -> dict[Path, list[str]]:
+    """Per site copy of received heads (``fedlego site --audit-dir``), its disagreements with the
+    log at ``path`` (empty: they agree); with ``key`` every head must be the coordinator's."""
+    entries = read_entries(path)
+    problems = {}
+    for copy in copies:
+        try:
+            heads = read_copy(copy)
+        except (OSError, ValueError) as error:
+            problems[copy] = [f"cannot read: {error}"]
+            continue
+        problems[copy] = check_copy(entries, heads, key) if heads else ["holds no audit head"]
+    return problems
+
+
+def check_results_signature(results_head: AuditHead, key: Ed25519PublicKey) -> str | None:
+    """Why the results' recorded head is not the coordinator's (None when it is)."""
+    try:
+        results_head.verify(key)
+    except ValueError as error:
+        return f"results.json: {error}"
+    return None

@@ -1,13 +1,17 @@
-"""One phase's message exchange: send each site its request over the transport, decode the typed
-replies, count the bytes both ways, record failures and insist on a minimum of answers."""
+"""One phase's message exchange: send each site its request (with the audit log's head) over the
+transport, decode the typed replies, count the bytes both ways, record failures and insist on a
+minimum of answers."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedlego.common.protocol import REPLY_TYPES, ProtocolError
+from fedlego.common.audit_head import CONFIG_KEY as AUDIT_HEAD_KEY
+from fedlego.common.audit_head import AuditHead
+from fedlego.common.protocol import REPLY_TYPES, Payload, ProtocolError
 from fedlego.server.results import Failure, RunResults, Traffic
 from fedlego.server.transport import Reply, Transport
 
@@ -27,6 +31,7 @@ class PhaseExchange:
         log: Callable[[str], None],
         timeout: float,
         min_responses: int,
+        audit_head: Callable[[], AuditHead | None] = lambda: None,
     ) -> None:
         self.transport = transport
         self.results = results
@@ -34,6 +39,7 @@ class PhaseExchange:
         self.log = log
         self.timeout = timeout
         self.min_responses = min_responses
+        self.audit_head = audit_head
         self.site_names: dict[int, str] = {}
 
     def site(self, node: int) -> str:
@@ -83,7 +89,7 @@ class PhaseExchange:
             record.begin()
             replies = self.transport.exchange(
                 message_type.value,
-                {n: r.to_payload() for n, r in requests.items()},
+                {n: self._payload(r) for n, r in requests.items()},
                 self.timeout,
                 ProgressLog(phase, len(requests), self.site, self.log, self.timeout),
                 handle,
@@ -99,6 +105,14 @@ class PhaseExchange:
                 f"phase {phase}: only {len(answered)} of {len(requests)} sites answered, {needed} needed"
             )
         return answered
+
+    def _payload(self, request: Any) -> Payload:
+        """A request's payload, with the audit log's (signed) head for the site to keep."""
+        payload = request.to_payload()
+        head = self.audit_head()
+        if head is not None:
+            payload.config[AUDIT_HEAD_KEY] = json.dumps(head.to_dict())
+        return payload
 
     def _failed(self, results: RunResults, node: int, phase: str, reason: str) -> None:
         site = self.site(node)

@@ -104,6 +104,7 @@ class Federation:
             log,
             settings.coordinator.phase_timeout,
             settings.coordinator.min_responses,
+            lambda: self.recorder.head(),
         )
         self.sites: dict[int, SiteDescription] = {}
         self.trusted = None
@@ -138,6 +139,7 @@ class Federation:
                 self.trusted = load_trusted_sites(Path(coordinator.trusted_sites))
             if coordinator.coordinator_key:
                 self.signing_key = load_signing_key(Path(coordinator.coordinator_key))
+                self.recorder.signing_key = self.signing_key
         except ValueError as error:
             raise FederationError(str(error)) from error
         self.results.signatures = Signatures(required=self.trusted is not None, models_signed=bool(self.signing_key))

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedlego.common.audit_head import AuditHead
 from fedlego.server.audit import AuditLog
 from fedlego.server.checkpoint import Checkpoint
 from fedlego.server.report import write_report
@@ -69,6 +71,8 @@ class RunRecorder:
         self.audit_log: AuditLog | None = None
         self.checkpoint = Checkpoint(self.out_dir / "checkpoint") if self.out_dir else None
         self._lock: IO[str] | None = None
+        self.signing_key: Ed25519PrivateKey | None = None
+        """The coordinator's key: signs the audit heads sent to sites and kept in the results."""
 
     def open(self, settings: dict[str, Any]) -> None:
         """Open the audit log and, when the folder holds a checkpoint of this run, resume it
@@ -105,9 +109,18 @@ class RunRecorder:
         self.audit("run-resumed", completed=self.progress.completed)
 
     def audit(self, event: str, **fields: Any) -> None:
-        """Append an audit entry (and keep its head in the results)."""
+        """Append an audit entry (and keep its head, signed when there is a key, in the results)."""
         if self.audit_log is not None:
             self.results.audit_head = self.audit_log.append(event, run_id=self.results.run_id, **fields)
+            if self.signing_key is not None:
+                self.results.audit_signature = self.head().signature
+
+    def head(self) -> AuditHead | None:
+        """The audit log's head now, signed with ``signing_key`` when set (None without a log)."""
+        if self.audit_log is None:
+            return None
+        head = AuditHead(self.results.run_id, self.audit_log.sequence, self.audit_log.head)
+        return head.signed(self.signing_key) if self.signing_key is not None else head
 
     def done(self, phase: str) -> bool:
         """Whether a phase finished in this run or before a resume."""

@@ -154,6 +154,8 @@ class RunResults:
     task: dict[str, Any] | None = None
     metric: str | None = None
     audit_head: str | None = None
+    audit_signature: str | None = None
+    """The coordinator's signature of ``audit_head`` (hex; see ``fedlego.common.audit_head``)."""
     merged_modalities: list[str] | None = None
     privacy: PrivacyRecord | None = None
     status: str | None = None

@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedlego.common.audit_head import copy_path
 from fedlego.common.packaging import model_from_package, parse_model_package
 from fedlego.deploy import list_nodes
 from fedlego.launcher import free_port, quiet_environment, stop_process_group
@@ -185,6 +186,8 @@ def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path,
                     str(free_port()),
                     "--home",
                     str(tmp_path / "homes" / name),
+                    "--audit-dir",
+                    str(tmp_path / "heads" / name),
                 ],
                 tmp_path / "homes" / name,
                 logs / f"site-{name}.log",
@@ -372,6 +375,20 @@ def test_secure_federation_survives_a_site_killed_mid_fuse(tmp_path, consortium)
     assert results["metrics"]["merge"] and results["metrics"]["fuse"]
     assert "paired-0" in results["rounds"]["fuse"]["participants"][-1]
     assert (out / "packages" / "fused.pb").exists()
+    # Every hospital kept the coordinator's signed audit heads, and they agree with its log.
+    copies = [copy_path(tmp_path / "heads" / name, results["run_id"]) for name in ALL_SITES]
+    verified = _fedlego(
+        "audit",
+        "verify",
+        str(out / "audit.jsonl"),
+        "--results",
+        str(out / "results.json"),
+        "--coordinator-key",
+        str(certs / "sites" / "clinical" / "coordinator.pub"),
+        *[arg for copy in copies for arg in ("--site-copy", str(copy))],
+        home=tmp_path,
+    )
+    assert verified.returncode == 0 and "4 site copies agree" in verified.stdout, verified.stdout + verified.stderr
     print(f"killed-site test wall time {time.monotonic() - start:.1f} s")
 
 
