@@ -154,7 +154,29 @@ def _preprocessor(block: LegoBlock, data: ModalityData) -> Preprocessor:
                 PredictionWarning,
                 stacklevel=3,
             )
+    if data.kind == "tabular":
+        _warn_unseen_categories(data, fitted)
     return preprocessor
+
+
+def _warn_unseen_categories(data: ModalityData, fitted: Mapping) -> None:
+    """A warning per categorical column holding values outside the model's categories (they are
+    encoded as none of them, like the rare categories cut at training)."""
+    assert data.table is not None
+    for column in fitted.get("categorical", []):
+        if column["name"] not in data.table.columns:
+            continue  # the transform names missing columns
+        values = data.table[column["name"]].dropna().map(str)
+        unseen = values[~values.isin(column["categories"])]
+        if len(unseen):
+            shown = sorted(unseen.unique())[:5]
+            warnings.warn(
+                f"{data.source}: column {column['name']!r}: {len(unseen)} patients hold values the model has no "
+                f"category for ({', '.join(map(repr, shown))}{', ...' if unseen.nunique() > 5 else ''}): "
+                "encoded as none of its categories",
+                PredictionWarning,
+                stacklevel=3,
+            )
 
 
 def _score_columns(task: Task, logits: torch.Tensor) -> dict[str, object]:
