@@ -48,8 +48,8 @@ from fedlego.common.data.sitefolder import write_site_folder  # noqa: E402
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic  # noqa: E402
 from fedlego.common.encoders import SNN  # noqa: E402
 from fedlego.common.model_store import STORE_ENV, save_weights  # noqa: E402
+from fedlego.inprocess import InProcessTransport  # noqa: E402
 from fedlego.server.orchestrator import Federation  # noqa: E402
-from tests.inprocess import InProcessTransport  # noqa: E402
 
 VARIANTS = {
     "adapters by reference": {"frozen": True},

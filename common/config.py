@@ -267,6 +267,9 @@ class CoordinatorConfig:
     """Seconds a phase waits for the sites' answers."""
     max_package_mb: float = 256.0
     """Largest block package accepted (MiB)."""
+    max_weight_ratio: float = 10.0
+    """A block's weights may be at most this many times larger (or smaller) in L2 norm than the
+    same architecture freshly initialised (trained blocks measured 1.0-1.08); 0 disables the check."""
     trusted_sites: str = ""
     """trusted-sites.json (made by ``fedlego certs``): then unsigned packages are refused."""
     coordinator_key: str = ""

@@ -88,12 +88,24 @@ def _contract_to_proto(contract: LatentContract) -> pb.LatentContract:
 
 ARCHITECTURE_BOUNDS = {"steps": (1, 32), "heads": (1, 64), "head_dim": (1, 1024)}
 """Ranges of a block package's integer architecture fields, checked before anything is built."""
+ARCHITECTURE_FIELDS = {
+    "encoder",
+    "frequency",
+    "dropout",
+    "frozen_encoder",
+    "encoder_weights_sha256",
+    *ARCHITECTURE_BOUNDS,
+}
+"""Every field a block package's architecture may hold."""
 CONTRACT_BOUNDS = {"channels": (1, 4096), "dim": (1, 4096), "n_outputs": (1, 1024)}
 
 
 def architecture_problem(architecture: Mapping[str, Any], contract: pb.LatentContract) -> str | None:
     """What is wrong with a block's architecture fields and latent contract (None if nothing):
     types and ranges, so that an absurd value is refused before anything is allocated."""
+    unknown = sorted(set(architecture) - ARCHITECTURE_FIELDS)
+    if unknown:
+        return f"architecture fields {unknown} are unknown to this fedlego (known: {sorted(ARCHITECTURE_FIELDS)})"
     for name, (low, high) in ARCHITECTURE_BOUNDS.items():
         value = architecture.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -177,11 +189,38 @@ def _json_field(package: pb.BlockPackage, field: str) -> Any:
         raise PackageError(f"{_where(package)}: field {field} is nested too deeply") from error
 
 
+def _float_norm(tensors: Mapping[str, torch.Tensor]) -> float:
+    squares = [t.double().square().sum() for t in tensors.values() if t.is_floating_point()]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+
+
+def weight_ratio_problem(
+    state: Mapping[str, torch.Tensor], initial: Mapping[str, torch.Tensor], limit: float
+) -> str | None:
+    """Why a block's weights are implausibly large or small against the same architecture freshly
+    initialised (None when within ``limit`` times either way; ``limit`` 0: never)."""
+    if limit <= 0:
+        return None
+    carried, fresh = _float_norm(state), _float_norm(initial)
+    if fresh == 0.0:
+        return None
+    ratio = carried / fresh
+    if not 1.0 / limit <= ratio <= limit:
+        return (
+            f"weights have {ratio:.3g} times the L2 norm of the architecture freshly initialised, outside "
+            f"[1/{limit:g}, {limit:g}] (run-config key max-weight-ratio; trained blocks stay near 1)"
+        )
+    return None
+
+
 def block_from_package(
-    package: pb.BlockPackage, max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS
+    package: pb.BlockPackage,
+    max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS,
+    max_weight_ratio: float = 0.0,
 ) -> LegoBlock:
     """Rebuild a block from its package; refuses unknown encoders, encoders over the parameter
-    budget (counted before allocating) and mismatching tensors."""
+    budget (counted before allocating), mismatching tensors and, with ``max_weight_ratio``,
+    weights implausibly far in norm from the architecture's initialisation (``weight_ratio_problem``)."""
     where = _where(package)
     architecture = _json_field(package, "architecture_json")
     if not isinstance(architecture, dict) or not isinstance(architecture.get("encoder"), dict):
@@ -226,6 +265,9 @@ def block_from_package(
                 f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
                 f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}"
             )
+    problem = weight_ratio_problem(state, expected, max_weight_ratio)
+    if problem is not None:
+        raise PackageError(f"{where}: {problem}")
     block.load_state_dict(state, strict=not block.encoder_weights)
     block.n_samples = int(package.n_samples)
     block.validation_score = package.metrics.get("validation_score")
@@ -254,11 +296,13 @@ def check_block_package(
     task: Task | None = None,
     max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
     max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS,
+    max_weight_ratio: float = 0.0,
 ) -> LegoBlock:
     """Everything the coordinator checks before merging; returns the rebuilt block.
 
-    Schema version, size, content hash, latent contract, task, tensor names/shapes/dtypes and
-    finite values. Raises ``PackageError`` with the first reason found."""
+    Schema version, size, content hash, latent contract, task, tensor names/shapes/dtypes,
+    finite values and (``max_weight_ratio``) the weights' norm. Raises ``PackageError`` with the
+    first reason found."""
     where = _where(package)
     if package.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
         raise PackageError(
@@ -276,7 +320,7 @@ def check_block_package(
             raise PackageError(f"{where}: latent contract mismatch: {'; '.join(differences)}")
     if task is not None and package_task(package) != task:
         raise PackageError(f"{where}: task {package_task(package).to_dict()} differs from the run's {task.to_dict()}")
-    block = block_from_package(package, max_encoder_parameters)
+    block = block_from_package(package, max_encoder_parameters, max_weight_ratio)
     for name, value in block.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise PackageError(f"{where}: tensor {name!r} holds non-finite values")

@@ -65,6 +65,7 @@ def check_packages(
     run_id: str,
     trusted: Mapping[str, Ed25519PublicKey] | None = None,
     max_encoder_parameters: int = DEFAULT_MAX_ENCODER_PARAMETERS,
+    max_weight_ratio: float = 0.0,
 ) -> PackageSelection:
     """Check every uploaded package; valid ones grouped by modality, the rest refused with a reason.
 
@@ -76,7 +77,7 @@ def check_packages(
                 verify_signature(package, trusted, run_id, expected_signer=package.site)
             if package.run_id != run_id:
                 raise PackageError(f"package belongs to run {package.run_id!r}, not this run {run_id!r}")
-            block = check_block_package(package, contract, task, max_bytes, max_encoder_parameters)
+            block = check_block_package(package, contract, task, max_bytes, max_encoder_parameters, max_weight_ratio)
         except PackageError as error:
             selection.refused.append(Refusal(package.site, package.modality, str(error)))
             continue

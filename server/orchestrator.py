@@ -326,7 +326,14 @@ class Federation:
         contract = self.settings.model.contract(task)
         max_bytes = int(self.settings.coordinator.max_package_mb * 1024 * 1024)
         selection = check_packages(
-            packages, contract, task, max_bytes, self.run_id, self.trusted, self.settings.model.max_encoder_parameters
+            packages,
+            contract,
+            task,
+            max_bytes,
+            self.run_id,
+            self.trusted,
+            self.settings.model.max_encoder_parameters,
+            self.settings.coordinator.max_weight_ratio,
         )
         for refusal in selection.refused:
             self.log(f"  refused {refusal.site}/{refusal.modality}: {refusal.reason}")

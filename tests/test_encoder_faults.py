@@ -16,8 +16,8 @@ from fedlego.cli import main
 from fedlego.client import app as client_app
 from fedlego.common.config import RunConfig
 from fedlego.common.encoders import build_encoder, encoder_parameter_count, register_encoder
+from fedlego.inprocess import InProcessTransport
 from fedlego.server.orchestrator import Federation
-from tests.inprocess import InProcessTransport
 
 SMALL = {"latent-channels": 8, "latent-dim": 16, "block-epochs": 2, "patience": 2, "block-rounds": 0, "fuse-rounds": 0}
 

@@ -29,9 +29,9 @@ from fedlego.common.protocol import Payload
 from fedlego.common.signing import load_trusted_sites, verify_signature
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import train_block
+from fedlego.inprocess import InProcessTransport
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
-from tests.inprocess import InProcessTransport
 
 SMALL = {
     "dataset": "synthetic",

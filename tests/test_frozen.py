@@ -24,8 +24,8 @@ from fedlego.common.packaging import (
     serialize,
 )
 from fedlego.common.workflow import train_block
+from fedlego.inprocess import InProcessTransport
 from fedlego.server.orchestrator import Federation
-from tests.inprocess import InProcessTransport
 
 SMALL = {"latent-channels": 8, "latent-dim": 16, "block-epochs": 3, "patience": 2}
 

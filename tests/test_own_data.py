@@ -14,9 +14,9 @@ from fedlego.common.config import RunConfig
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.sitefolder import folder_digest, read_site_folder
 from fedlego.common.packaging import parse_model_package
+from fedlego.inprocess import InProcessTransport
 from fedlego.launcher import processes_with_home
 from fedlego.server.orchestrator import Federation
-from tests.inprocess import InProcessTransport
 
 TINY = ["latent-channels=8", "latent-dim=16", "block-epochs=3", "patience=2", "encoder-width=16"]
 

@@ -22,6 +22,7 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.tasks import SurvivalTask
 from fedlego.common.workflow import build_block
+from tests.states import FITTED
 
 TASK = SurvivalTask((1.0, 2.0))
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)
@@ -50,7 +51,7 @@ def trained_like_blocks():
                 p.add_(torch.randn_like(p) * 0.05)
         block.n_samples = 10
         block.validation_score = 0.7
-        block.preprocessing = {"kind": kind, "options": {}, "fit": {"mean": [0.5]}}
+        block.preprocessing = {"kind": kind, "options": {}, "fit": FITTED[kind]}
         blocks[modality] = block.eval()
     return blocks
 
@@ -263,6 +264,15 @@ def test_an_absurd_latent_contract_is_refused(packages):
             "over the limit",
         ),
         ({"kind": "python", "options": {}, "fit": {}}, "with a kind in"),
+        ({"kind": "tabular", "options": {}, "fit": {"numeric": {}, "categorical": []}}, "names must be a list"),
+        (
+            {"kind": "tabular", "options": {}, "fit": {**FITTED["tabular"], "categorical": [{"name": "stage"}]}},
+            r"categorical\[0\]\.categories must be a list",
+        ),
+        ({"kind": "bags", "options": {}, "fit": {"mean": [0.0, 1.0], "std": [1.0]}}, "holds 1 items, 2 expected"),
+        ({"kind": "bags", "options": {}, "fit": {"mean": [0.0], "std": [0.0]}}, "not positive"),
+        ({"kind": "timeseries", "options": {}, "fit": {**FITTED["timeseries"], "log": [1]}}, r"log\[0\] must be a str"),
+        ({"kind": "image", "options": {}, "fit": {"shape": [1, 10**9, 2], "mean": [0], "std": [1]}}, "three sizes"),
         ({"kind": "bags", "options": "all", "fit": {}}, "needs an 'options' object"),
     ],
 )
@@ -272,3 +282,19 @@ def test_hostile_preprocessing_states_are_refused_before_any_site_applies_them(p
 
     with pytest.raises(PackageError, match=f"preprocessing_json: .*{message}"):
         check_block_package(tampered(packages, swap))
+
+
+@pytest.mark.parametrize("factor", [1000.0, 0.0])
+def test_weights_far_from_any_trained_block_are_refused_by_norm(packages, factor):
+    for package in packages.values():  # trained-like blocks of every kind pass
+        check_block_package(reparsed(package), max_weight_ratio=10.0)
+
+    def scale(package):
+        for tensor in package.tensors:
+            values = torch.frombuffer(bytearray(tensor.data), dtype=torch.float32) * factor
+            tensor.data = values.numpy().tobytes()
+
+    hostile = tampered(packages, scale)
+    with pytest.raises(PackageError, match=r"times the L2 norm of the architecture freshly initialised"):
+        check_block_package(hostile, max_weight_ratio=10.0)
+    check_block_package(hostile, max_weight_ratio=0.0)  # 0: the check is off

@@ -18,8 +18,8 @@ from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.sitefolder import read_site_folder
 from fedlego.common.encoders import build_encoder, encoder_spec, example_input
 from fedlego.common.packaging import PackageError, block_from_package, parse_model_package
+from fedlego.inprocess import InProcessTransport
 from fedlego.server.orchestrator import Federation
-from tests.inprocess import InProcessTransport
 
 PLUGIN = "tabular-transformer"
 DISTRIBUTION = "fedlego-tabular-transformer"

@@ -15,11 +15,11 @@ from fedlego.cli import main
 from fedlego.client.simulated import simulated_scenario
 from fedlego.common.config import RunConfig
 from fedlego.common.data.presets import run_cohort
+from fedlego.inprocess import InProcessTransport
 from fedlego.server import recorder
 from fedlego.server.orchestrator import Federation
 from fedlego.server.report import write_report
 from fedlego.server.results import Refusal, RunResults
-from tests.inprocess import InProcessTransport
 from tests.test_federation import SMALL, Tampering
 
 FAST = {**SMALL, "fuse-rounds": 1}

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from fedlego.common.config import RunConfig
+from fedlego.inprocess import InProcessTransport
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
 from fedlego.server.recorder import RecordError, lock_run_folder, record_stop
 from fedlego.server.results import RunResults
 from fedlego.stop import announced_run_id
-from tests.inprocess import InProcessTransport
 from tests.test_federation import SMALL
 
 

@@ -426,14 +426,103 @@ MAX_CATEGORIES = 1_000
 """The most categories of one categorical column a preprocessing state may hold."""
 
 
+def _list_of(value: Any, path: str, item: type | tuple[type, ...], length: int | None = None) -> str | None:
+    """Why ``value`` is not a list of ``item`` (of ``length`` items when given), or None."""
+    if not isinstance(value, list):
+        return f"{path} must be a list"
+    if length is not None and len(value) != length:
+        return f"{path} holds {len(value)} items, {length} expected"
+    numbers = item in (float, (int, float))
+    for index, element in enumerate(value):
+        if isinstance(element, bool) and item is not bool:
+            return f"{path}[{index}] must be a {'number' if numbers else item}, got a boolean"
+        if not isinstance(element, (int, float) if numbers else item):
+            return f"{path}[{index}] must be a {'number' if numbers else getattr(item, '__name__', item)}"
+    return None
+
+
+def _statistics_problem(fit: dict[str, Any], path: str, length: int) -> str | None:
+    """Why ``fit['mean']``/``fit['std']`` are not ``length`` numbers (std positive), or None."""
+    for name in ("mean", "std"):
+        problem = _list_of(fit.get(name), f"{path}.{name}", float, length)
+        if problem:
+            return problem
+    if any(value <= 0 for value in fit["std"]):
+        return f"{path}.std holds a value that is not positive"
+    return None
+
+
+def _tabular_fit_problem(fit: dict[str, Any]) -> str | None:
+    numeric, categorical = fit.get("numeric"), fit.get("categorical")
+    if not isinstance(numeric, dict) or not isinstance(categorical, list):
+        return "fit needs a 'numeric' object and a 'categorical' list"
+    problem = _list_of(numeric.get("names"), "fit.numeric.names", str)
+    if problem:
+        return problem
+    count = len(numeric["names"])
+    problem = _list_of(numeric.get("log"), "fit.numeric.log", bool, count) or _list_of(
+        numeric.get("median"), "fit.numeric.median", float, count
+    )
+    if problem:
+        return problem
+    problem = _statistics_problem(numeric, "fit.numeric", count)
+    if problem:
+        return problem
+    for index, column in enumerate(categorical):
+        where = f"fit.categorical[{index}]"
+        if not isinstance(column, dict) or not isinstance(column.get("name"), str):
+            return f"{where} needs a text 'name'"
+        problem = _list_of(column.get("categories"), f"{where}.categories", str)
+        if problem:
+            return problem
+    return None
+
+
+def _timeseries_fit_problem(fit: dict[str, Any]) -> str | None:
+    problem = _list_of(fit.get("variables"), "fit.variables", str) or _list_of(fit.get("log"), "fit.log", str)
+    return problem or _statistics_problem(fit, "fit", len(fit["variables"]))
+
+
+def _image_fit_problem(fit: dict[str, Any]) -> str | None:
+    shape = fit.get("shape")
+    problem = _list_of(shape, "fit.shape", int, 3)
+    if problem:
+        return problem
+    if not all(0 < side <= 65_536 for side in shape):
+        return "fit.shape must hold three sizes in [1, 65536]"
+    return _statistics_problem(fit, "fit", shape[0])
+
+
+def _bags_fit_problem(fit: dict[str, Any]) -> str | None:
+    return _list_of(fit.get("mean"), "fit.mean", float) or _statistics_problem(fit, "fit", len(fit["mean"]))
+
+
+FIT_PROBLEMS = {
+    "tabular": _tabular_fit_problem,
+    "timeseries": _timeseries_fit_problem,
+    "image": _image_fit_problem,
+    "bags": _bags_fit_problem,
+}
+"""The typed schema of each preprocessor kind's fitted state (why a state breaks it, or None)."""
+
+
 def state_problem(state: Any) -> str | None:
     """What makes a preprocessing state (as it travels in a package) unusable or hostile, or None:
-    a kind without a preprocessor, a non-finite statistic, an over-long list, too many categories.
-    Checked before any site applies the state to its patients."""
-    if not isinstance(state, dict) or state.get("kind") not in PREPROCESSORS:
+    a kind without a preprocessor, a non-finite statistic, an over-long list, too many categories,
+    a fitted state that breaks its kind's typed schema (``FIT_PROBLEMS``: field types, matching
+    lengths, positive spreads). Checked before any site applies the state to its patients."""
+    if not isinstance(state, dict) or not isinstance(state.get("kind"), str) or state["kind"] not in PREPROCESSORS:
         return f"the state must be an object with a kind in {sorted(PREPROCESSORS)}"
     if not isinstance(state.get("options"), dict) or not isinstance(state.get("fit"), dict | None):
         return "the state needs an 'options' object and a 'fit' object"
+    problem = _bounded_values_problem(state)
+    if problem is None and state.get("fit") is not None and state["kind"] in FIT_PROBLEMS:
+        problem = FIT_PROBLEMS[state["kind"]](state["fit"])
+    return problem
+
+
+def _bounded_values_problem(state: dict[str, Any]) -> str | None:
+    """A non-finite number, an over-long list, too many categories or a foreign type anywhere."""
     stack: list[tuple[str, Any]] = [("", state)]
     while stack:
         path, value = stack.pop()

@@ -1,7 +1,9 @@
 """An in-process transport: the real ClientApp handlers called directly, without Ray or gRPC.
 
-It exercises the orchestrator and the client glue exactly as Flower would (payloads go through
-Flower records both ways), and can make chosen sites fail or stay silent.
+It runs the orchestrator and the client glue exactly as Flower would (payloads go through Flower
+records both ways), one site after the other in this process: for tests, fault injection (chosen
+sites fail or stay silent) and the robustness benchmark. Subclass it and alter the replies to
+play a hostile site. Federations of real hospitals use ``FlowerTransport``.
 """
 
 from __future__ import annotations
