@@ -66,6 +66,8 @@ NODE_REFUSED = 305
 """Exit code of ``flower-supernode`` when the SuperLink refuses to activate it (key not registered)."""
 SITE_RETRIES = 6
 SITE_RETRY_SECONDS = 10.0
+SITE_STABLE_SECONDS = 120.0
+"""A SuperNode that ran this long before ending is reconnected without counting an attempt."""
 SITE_FILES = ("ca.pem", "node-auth", "signing.key", "coordinator.pub")
 SUPERLINK_FILES = ("superlink/ca.pem", "superlink/server.pem", "superlink/server.key")
 COORDINATOR_FILES = ("coordinator/trusted-sites.json", "coordinator/signing.key")
@@ -371,9 +373,10 @@ def serve_site(
 ) -> int:
     """``fedlego site``: validate the site folder, then run the hospital's SuperNode in the
     foreground, training with ``threads`` CPU threads (``site_threads``) and keeping the
-    coordinator's audit heads in ``audit_dir`` (default :func:`default_audit_dir`). With
-    ``site_certs`` a refused connection (e.g. a SuperLink that has not registered this site's key
-    yet) is retried a few times before giving up."""
+    coordinator's audit heads in ``audit_dir`` (default :func:`default_audit_dir`). A SuperNode
+    that ends by itself (a SuperLink restarted and no longer knowing this node, or, with
+    ``site_certs``, one that has not registered this site's key yet) is started again, until
+    ``SITE_RETRIES`` ends in a row each within ``SITE_STABLE_SECONDS`` of starting."""
     data = validate_site_folder(data_dir)
     audit_dir = writable_folder(audit_dir or default_audit_dir(data.name), "--audit-dir")
     counts = {role: len(ids) for role, ids in data.roles.items()}
@@ -395,28 +398,34 @@ def serve_site(
     with tempfile.TemporaryDirectory(prefix="fedlego-site-") as temporary:
         flwr_home = Path(home).resolve() if home is not None else Path(temporary)
         flwr_home.mkdir(parents=True, exist_ok=True)
-        attempts = SITE_RETRIES if site_certs is not None else 1
-        for attempt in range(1, attempts + 1):
+        quick_ends = 0
+        while True:
             environment = {
                 **quiet_environment(flwr_home),
                 "OMP_NUM_THREADS": str(threads),
                 "MKL_NUM_THREADS": str(threads),
             }
+            started = time.monotonic()
             code = _foreground(command, environment)
-            if code != NODE_REFUSED:
+            if code == INTERRUPTED_EXIT:  # stopped by Ctrl-C or SIGTERM: a wanted end
                 return code
-            reason = (
-                f"fedlego site: the SuperLink refused or could not be reached (flower-supernode exit code {code}); "
-                "is this site's node-auth.pub registered at the SuperLink?"
-            )
-            if attempt == attempts:
-                print(f"{reason} Giving up after {attempts} attempts.", file=sys.stderr, flush=True)
+            quick_ends = quick_ends + 1 if time.monotonic() - started < SITE_STABLE_SECONDS else 1
+            if code == NODE_REFUSED:
+                reason = (
+                    f"fedlego site: the SuperLink refused or could not be reached (flower-supernode exit code "
+                    f"{code}); is this site's node-auth.pub registered at the SuperLink?"
+                )
+            else:  # e.g. the SuperLink restarted and no longer knows this node: connect anew
+                reason = f"fedlego site: the SuperNode ended by itself (exit code {code}; the SuperLink restarted?)"
+            if quick_ends >= SITE_RETRIES or (code == NODE_REFUSED and site_certs is None):
+                print(f"{reason} Giving up after {quick_ends} attempts.", file=sys.stderr, flush=True)
                 return code
             print(
-                f"{reason} Retrying in {SITE_RETRY_SECONDS:.0f} s ({attempt}/{attempts}).", file=sys.stderr, flush=True
+                f"{reason} Reconnecting in {SITE_RETRY_SECONDS:.0f} s ({quick_ends}/{SITE_RETRIES}).",
+                file=sys.stderr,
+                flush=True,
             )
             time.sleep(SITE_RETRY_SECONDS)
-        return NODE_REFUSED
 
 
 # --------------------------------------------------------------------------- background (tests, demos)
