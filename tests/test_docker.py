@@ -301,6 +301,7 @@ def test_compose_has_a_coordinator_a_submitter_and_three_hospitals(compose: dict
     assert commands.pop("submit") == "run"
     assert sorted(commands.values()) == ["site"] * 3
     assert compose["services"]["submit"]["profiles"] == ["submit"], "the run is started on demand only"
+    assert compose["services"]["submit"]["healthcheck"] == {"disable": True}, "no SuperLink in the submit container"
     for name, service in site_services(compose).items():
         assert service["depends_on"]["coordinator"]["condition"] == "service_healthy", name
         assert "ports" not in service, f"{name}: a SuperNode only connects out"
@@ -671,5 +672,6 @@ def test_health_check_script(https_superlink: int, deployment: Path, tmp_path: P
 
 def test_readme_is_honest_about_what_was_checked() -> None:
     text = " ".join((DOCKER / "README.md").read_text().split())
-    assert "no Docker engine" in text
-    assert "never built or run" in text
+    assert "The CUDA variant: never built" in text, "the CUDA image has never been built here"
+    assert "make docker-e2e" in text and "docs/docker-e2e.md" in text, "what ran, and where its figures are"
+    assert (ROOT / "docs" / "docker-e2e.md").is_file()
