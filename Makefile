@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint docker-lint bench bench-quick bench-privacy proto clean app-config
+.PHONY: setup demo test lint docker-lint docker-e2e bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example encoder plugin (plugins/) is installed too: tests run federations with it.
@@ -41,6 +41,11 @@ bench-privacy: setup
 
 docker-lint: setup
 	$(VENV)/bin/hadolint docker/Dockerfile
+
+# Build the CPU images and run a coordinator and three hospitals in containers, end to end (about
+# 10 min cold). Needs a running Docker engine and compose, not the venv; never part of `make test`.
+docker-e2e:
+	bash docker/e2e.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 COMPOSE_CUDA = DOCKER / "compose.cuda.yaml"
+COMPOSE_LOOPBACK = DOCKER / "compose.loopback.yaml"
+E2E = DOCKER / "e2e.sh"
 DOCKERFILE = DOCKER / "Dockerfile"
 CONSTRAINTS = DOCKER / "constraints.txt"
 SERVER_NAMES = ("coordinator", "127.0.0.1", "localhost")
@@ -299,6 +301,7 @@ def test_compose_has_a_coordinator_a_submitter_and_three_hospitals(compose: dict
     assert commands.pop("submit") == "run"
     assert sorted(commands.values()) == ["site"] * 3
     assert compose["services"]["submit"]["profiles"] == ["submit"], "the run is started on demand only"
+    assert compose["services"]["submit"]["healthcheck"] == {"disable": True}, "no SuperLink in the submit container"
     for name, service in site_services(compose).items():
         assert service["depends_on"]["coordinator"]["condition"] == "service_healthy", name
         assert "ports" not in service, f"{name}: a SuperNode only connects out"
@@ -312,7 +315,7 @@ def test_build_contexts_dockerfiles_and_targets_exist(compose: dict[str, Any]) -
         assert context == ROOT, f"{name}: the build context must be the repository root"
         assert (context / build["dockerfile"]).is_file(), name
         assert build["target"] in by_name, f"{name}: no stage {build['target']} in the Dockerfile"
-        assert f"torch-{build['args']['VARIANT']}" in by_name, name
+        assert build["args"]["VARIANT"] in ("cpu", "cuda"), name
         assert service["image"].endswith(":" + build["args"]["VARIANT"]), f"{name}: tag the image with its variant"
 
 
@@ -368,8 +371,46 @@ def test_coordinator_mounts_hold_every_file_superlink_and_run_read(compose: dict
 
 
 def test_no_insecure_anywhere() -> None:
-    for path in (COMPOSE, COMPOSE_CUDA, DOCKERFILE):
+    for path in (COMPOSE, COMPOSE_CUDA, COMPOSE_LOOPBACK, DOCKERFILE, E2E):
         assert "--insecure" not in path.read_text(), path
+
+
+def test_services_share_one_internal_network_that_an_override_can_replace(compose: dict[str, Any]) -> None:
+    # compose refuses `network_mode` beside `networks`, and an override cannot delete a key: no
+    # service may name its networks, or compose.loopback.yaml could not put it on the host network.
+    for name, service in compose["services"].items():
+        assert "networks" not in service and "network_mode" not in service, name
+        assert "ports" not in service, f"{name}: the internal network publishes nothing"
+    assert compose["networks"] == {"default": {"internal": True}}, "the hospitals must have no route out"
+    assert "name" not in compose, "compose 1.x refuses a top-level name (use COMPOSE_PROJECT_NAME)"
+
+
+def test_loopback_override_puts_every_service_on_distinct_loopback_ports(
+    compose: dict[str, Any], deployment: Path
+) -> None:
+    override = load_compose(COMPOSE_LOOPBACK, {"FEDLEGO_DEPLOY": str(deployment)})
+    assert set(override["services"]) == set(compose["services"]), "every service, or compose mixes networks"
+    merged = merge(compose, override)
+    services = merged["services"]
+    link = parse(services["coordinator"]["command"])
+    assert link.host == "127.0.0.1", "on the host network the SuperLink listens on loopback only"
+    assert services["coordinator"]["environment"]["FEDLEGO_HEALTH_URL"] == f"https://127.0.0.1:{link.port}/health"
+    ports = [link.port]
+    for name, service in services.items():
+        assert service["network_mode"] == "host" and "networks" not in service, name
+        assert service["volumes"] == compose["services"][name]["volumes"], f"{name}: the same mounts as compose.yaml"
+        args = parse(service["command"])
+        assert not args.insecure and args.certs == Path(option(compose["services"][name]["command"], "--certs"))
+        if name in site_services(compose):
+            assert args.superlink == f"127.0.0.1:{link.port}" and args.threads == 1, name
+            ports.append(args.port)
+    assert len(set(ports)) == len(ports) == 1 + len(site_services(compose)), f"ports must differ: {ports}"
+    run = parse(services["submit"]["command"])
+    assert run.superlink == f"127.0.0.1:{link.port}"
+    overrides = set_overrides(run.set)
+    deploy._check_settings(overrides)
+    assert int(overrides["min-sites"]) == len(site_services(compose))
+    assert "127.0.0.1" in deploy._server_names(deployment / "consortium"), "the sites dial 127.0.0.1"
 
 
 def test_service_commands_are_accepted_by_the_fedlego_cli(compose: dict[str, Any]) -> None:
@@ -377,8 +418,6 @@ def test_service_commands_are_accepted_by_the_fedlego_cli(compose: dict[str, Any
     link = parse(services["coordinator"]["command"])
     assert link.handler is deploy.cmd_superlink and link.certs is not None and not link.insecure
     assert link.host == "0.0.0.0"
-    published = services["coordinator"]["ports"][0].rsplit(":", 1)[1]
-    assert int(published) == link.port
     address = f"coordinator:{link.port}"
     for name, service in services.items():
         args = parse(service["command"])
@@ -456,14 +495,17 @@ def test_dockerfile_pins_the_base_image_and_torch_first() -> None:
     assert tag.startswith(f"{sys.version_info.major}.{sys.version_info.minor}."), (
         "the image's Python must match the venv docker/constraints.txt was made with"
     )
-    for variant in ("cpu", "cuda"):
-        stage = by_name[f"torch-{variant}"]
-        runs = [arguments for key, arguments in stage.instructions if key == "RUN"]
-        assert len(runs) == 1 and '"torch==${TORCH_VERSION}"' in runs[0] and "--index-url" in runs[0]
-        args = dict(arguments.partition("=")[::2] for key, arguments in stage.instructions if key == "ARG")
-        assert args["TORCH_VERSION"] == TORCH_VERSION
-    assert "https://download.pytorch.org/whl/cpu" in by_name["torch-cpu"].instructions[-1][1]
-    assert by_name["build"].base == "torch-${VARIANT}", "fedlego is installed on top of the pinned torch"
+    # One torch stage for both variants: the classic builder builds every stage before the target.
+    assert not any(name.startswith("torch-") for name in by_name), "a stage per variant: CUDA torch in CPU builds"
+    stage = by_name["torch"]
+    runs = [arguments for key, arguments in stage.instructions if key == "RUN"]
+    assert len(runs) == 1 and '"torch==${TORCH_VERSION}"' in runs[0] and "--constraint /tmp/constraints.txt" in runs[0]
+    for source in ("TORCH_WHEELS", "TORCH_CPU_INDEX_URL", "TORCH_CUDA_INDEX_URL", "VARIANT"):
+        assert "${" + source + "}" in runs[0], f"the torch install ignores {source}"
+    args = dict(arguments.partition("=")[::2] for key, arguments in stage.instructions if key == "ARG")
+    assert args["TORCH_VERSION"] == TORCH_VERSION and args["VARIANT"] == "cpu"
+    assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert by_name["build"].base == "torch", "fedlego is installed on top of the pinned torch"
     installs = [a for k, a in by_name["build"].instructions if k == "RUN" and "pip install" in a]
     assert installs and all("--constraint /tmp/constraints.txt" in a for a in installs)
     assert by_name["runtime"].base == "${PYTHON_IMAGE}", "the runtime image carries no build tree"
@@ -483,6 +525,41 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
         assert not ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_build_inputs_reach_the_build_stages_only() -> None:
+    """docker/build-inputs/ (CA bundle, torch wheels) is in the build context and in no runtime image."""
+    _, by_name = stages()
+    assert not ignored("docker/build-inputs/README.md", dockerignore_patterns())
+    assert not ignored("docker/build-inputs/e2e/ca-bundle.crt", dockerignore_patterns()), "the e2e's CA bundle"
+    copies = [(stage.name, a) for stage in by_name.values() for k, a in stage.instructions if k == "COPY"]
+    assert ("venv", "docker/build-inputs/ /tmp/build-inputs/") in copies
+    runtime = {stage.name for stage in lineage("coordinator", by_name)} | {"site"}
+    assert not [a for name, a in copies if name in runtime and "build-inputs" in a]
+    venv = environment("build", by_name)
+    assert venv["PIP_CERT"] == "${CA_BUNDLE:+/tmp/build-inputs/${CA_BUNDLE}}" and venv["PIP_INDEX_URL"]
+    for target in ("coordinator", "site"):
+        assert "PIP_CERT" not in environment(target, by_name), f"{target}: the build's CA bundle is not kept"
+    assert by_name["runtime"].base == "${PYTHON_IMAGE}"
+
+
+def test_e2e_script_is_strict_and_never_pulls() -> None:
+    text = E2E.read_text()
+    assert "set -euo pipefail" in text and "trap cleanup EXIT" in text
+    runs = re.findall(r"docker run [^\n]*", text)
+    assert runs and all("--pull=never" in run for run in runs), runs
+    assert all("--network host" in line for line in text.splitlines() if "docker build " in line)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "docker-e2e:\n\tbash docker/e2e.sh" in makefile
+    test_target = re.search(r"^test:(.*)$", makefile, re.MULTILINE)
+    assert test_target and "docker" not in test_target.group(1), "make test stays free of Docker"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = [str(E2E), str(DOCKER / "base-image.sh")]
+    result = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerignore_keeps_the_venv_git_runs_and_keys_out() -> None:
@@ -595,5 +672,6 @@ def test_health_check_script(https_superlink: int, deployment: Path, tmp_path: P
 
 def test_readme_is_honest_about_what_was_checked() -> None:
     text = " ".join((DOCKER / "README.md").read_text().split())
-    assert "no Docker engine" in text
-    assert "never built or run" in text
+    assert "The CUDA variant: never built" in text, "the CUDA image has never been built here"
+    assert "make docker-e2e" in text and "docs/docker-e2e.md" in text, "what ran, and where its figures are"
+    assert (ROOT / "docs" / "docker-e2e.md").is_file()
