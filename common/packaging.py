@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from fedlego.common.data.preprocess import state_problem
+from fedlego.common.data.preprocess import preprocessor_from_dict, state_problem
 from fedlego.common.encoders import DEFAULT_MAX_ENCODER_PARAMETERS, build_encoder, example_input
 from fedlego.common.lego import LatentContract, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.model_store import WeightsError, load_encoder_weights, load_from_store
@@ -273,10 +273,32 @@ def block_from_package(
     block.validation_score = package.metrics.get("validation_score")
     block.preprocessing = _json_field(package, "preprocessing_json")
     if block.preprocessing is not None:
-        problem = state_problem(block.preprocessing)
+        problem = state_problem(block.preprocessing) or input_mismatch(
+            block.preprocessing, example_input(architecture["encoder"])
+        )
         if problem is not None:
             raise PackageError(f"{where}: preprocessing_json: {problem}")
     return block
+
+
+def input_mismatch(state: Mapping[str, Any], example: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a (schema-valid) preprocessing state would not produce the inputs the block's encoder
+    takes (the tensors' names and per-patient sizes), or None; an unfitted state is not checked."""
+    if state.get("fit") is None:
+        return None
+    try:
+        described = preprocessor_from_dict(dict(state)).describe()
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if set(described) != set(example):
+        return f"produces inputs {sorted(described)}, the encoder takes {sorted(example)}"
+    for name, sizes in described.items():
+        shape = list(example[name].shape[1:])
+        if len(sizes) != len(shape) or any(
+            size is not None and size != have for size, have in zip(sizes, shape, strict=True)
+        ):
+            return f"input {name!r} would be {sizes} per patient, the encoder takes {shape}"
+    return None
 
 
 def package_task(package: pb.BlockPackage) -> Task:

@@ -25,7 +25,7 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.tasks import SurvivalTask
 from fedlego.common.workflow import build_block
-from tests.states import FITTED
+from tests.states import fitted
 
 TASK = SurvivalTask((1.0, 2.0))
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)
@@ -35,7 +35,7 @@ JSON_FIELDS = ("architecture_json", "task_json", "preprocessing_json")
 def _package(kind: str, example: dict[str, torch.Tensor]):
     block = build_block("m", kind, example, TASK, CONFIG)
     block.n_samples = 10
-    block.preprocessing = {"kind": kind, "options": {}, "fit": FITTED[kind]}
+    block.preprocessing = fitted(kind, example)
     return serialize(block_to_package(block, TASK, site="site-a", run_id="run-1"))
 
 

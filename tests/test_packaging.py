@@ -22,7 +22,7 @@ from fedlego.common.packaging import (
 )
 from fedlego.common.tasks import SurvivalTask
 from fedlego.common.workflow import build_block
-from tests.states import FITTED
+from tests.states import fitted
 
 TASK = SurvivalTask((1.0, 2.0))
 CONFIG = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16, head_dim=8)
@@ -42,6 +42,10 @@ EXAMPLES = {
 }
 
 
+TABULAR_FIT = fitted("tabular", EXAMPLES["omics"][1])["fit"]
+SERIES_FIT = fitted("timeseries", EXAMPLES["labs"][1])["fit"]
+
+
 def trained_like_blocks():
     blocks = {}
     for modality, (kind, example) in EXAMPLES.items():
@@ -51,7 +55,7 @@ def trained_like_blocks():
                 p.add_(torch.randn_like(p) * 0.05)
         block.n_samples = 10
         block.validation_score = 0.7
-        block.preprocessing = {"kind": kind, "options": {}, "fit": FITTED[kind]}
+        block.preprocessing = fitted(kind, example)
         blocks[modality] = block.eval()
     return blocks
 
@@ -266,12 +270,23 @@ def test_an_absurd_latent_contract_is_refused(packages):
         ({"kind": "python", "options": {}, "fit": {}}, "with a kind in"),
         ({"kind": "tabular", "options": {}, "fit": {"numeric": {}, "categorical": []}}, "names must be a list"),
         (
-            {"kind": "tabular", "options": {}, "fit": {**FITTED["tabular"], "categorical": [{"name": "stage"}]}},
+            {
+                "kind": "tabular",
+                "options": {},
+                "fit": {**TABULAR_FIT, "categorical": [{"name": "stage"}]},
+            },
             r"categorical\[0\]\.categories must be a list",
         ),
         ({"kind": "bags", "options": {}, "fit": {"mean": [0.0, 1.0], "std": [1.0]}}, "holds 1 items, 2 expected"),
         ({"kind": "bags", "options": {}, "fit": {"mean": [0.0], "std": [0.0]}}, "not positive"),
-        ({"kind": "timeseries", "options": {}, "fit": {**FITTED["timeseries"], "log": [1]}}, r"log\[0\] must be a str"),
+        (
+            {
+                "kind": "timeseries",
+                "options": {},
+                "fit": {**SERIES_FIT, "log": [1]},
+            },
+            r"log\[0\] must be a str",
+        ),
         ({"kind": "image", "options": {}, "fit": {"shape": [1, 10**9, 2], "mean": [0], "std": [1]}}, "three sizes"),
         ({"kind": "bags", "options": "all", "fit": {}}, "needs an 'options' object"),
     ],
@@ -282,6 +297,16 @@ def test_hostile_preprocessing_states_are_refused_before_any_site_applies_them(p
 
     with pytest.raises(PackageError, match=f"preprocessing_json: .*{message}"):
         check_block_package(tampered(packages, swap))
+
+
+def test_a_state_producing_other_inputs_than_the_encoder_takes_is_refused(packages):
+    def drop_column(package):
+        state = json.loads(package.preprocessing_json)
+        state["fit"]["categorical"] = []  # two inputs fewer: the encoder takes 12
+        package.preprocessing_json = json.dumps(state)
+
+    with pytest.raises(PackageError, match=r"input 'x' would be \[10\] per patient, the encoder takes \[12\]"):
+        check_block_package(tampered(packages, drop_column))
 
 
 @pytest.mark.parametrize("factor", [1000.0, 0.0])
