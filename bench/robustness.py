@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import tempfile
 import time
@@ -81,7 +82,8 @@ def render(document: dict[str, Any]) -> str:
             "## Faults injected into a secure loopback deployment",
             "",
             "Four hospitals (`export-sites --paired-sites 2`) and a SuperLink with TLS, SuperNode authentication "
-            "and signed packages, each its own process on 127.0.0.1, driven through `fedlego` commands.",
+            "and signed packages, each its own process on 127.0.0.1, driven through `fedlego` commands."
+            + (f" These rows are from `{document['faults_from']}`." if document.get("faults_from") else ""),
             "",
             "| fault | expected | status | as expected | work redone | audit log (with the sites' heads) "
             "| seconds | notes |",
@@ -104,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=10, help="random mutations of each random kind")
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--skip-hostile", action="store_true")
+    parser.add_argument(
+        "--reuse-faults",
+        action="store_true",
+        help="keep the fault rows of OUT/robustness.json (with their own command and date) instead of running them",
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     document: dict[str, Any] = {
@@ -121,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                 "trials": [asdict(t) for t in report.trials],
             }
         document["faults"] = []
-        for name in args.scenarios:
+        if args.reuse_faults:
+            previous = json.loads((args.out / "robustness.json").read_text())
+            document["faults"] = previous["faults"]
+            document["faults_from"] = previous.get("faults_from") or f"{previous['command']} ({previous['date']})"
+        for name in [] if args.reuse_faults else args.scenarios:
             print(f"fault: {name}", flush=True)
             try:
                 outcome = asdict(SCENARIOS[name](Path(work) / name))
