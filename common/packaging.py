@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -405,6 +406,30 @@ def _model_package(kind, state, blocks, recipe, run_id, prefix) -> pb.ModelPacka
     return package
 
 
+def _model_from_recipe(
+    kind: str, blocks: dict[str, LegoBlock], recipe: dict[str, Any], state: dict[str, torch.Tensor]
+) -> LegoMerge | LegoFuse:
+    """A merged or fused model from checked blocks, its recipe and its tensors."""
+    if kind == "merged":
+        model: LegoMerge | LegoFuse = LegoMerge(blocks, recipe["latent_merge"], recipe["head_merge"], recipe["weights"])
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+        return model
+    model = LegoFuse(
+        blocks,
+        recipe["mode"],
+        order=recipe["order"],
+        freeze_encoders=recipe["freeze_encoders"],
+        latent_merge=recipe.get("latent_merge", "harmonic"),
+        weighting=recipe.get("weights", "uniform"),
+        anchor=recipe.get("anchor", 0.0),
+    )
+    expected = model.fusion_state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        raise PackageError("fusion parameters do not match the blocks and recipe")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
     """Rebuild a merged or fused model from its package (blocks checked as for a merge)."""
     where = f"{package.kind or 'model'} package of run {package.run_id!r}"
@@ -415,28 +440,28 @@ def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
     blocks = {p.modality: check_block_package(p) for p in package.blocks}
     if not blocks:
         raise PackageError(f"{where}: holds no block")
+    if len(package.recipe_json) > MAX_JSON_CHARS.get("recipe_json", 64 * 1024):
+        raise PackageError(f"{where}: recipe_json holds {len(package.recipe_json):,} characters, over the limit")
     try:
         recipe = json.loads(package.recipe_json)
-    except json.JSONDecodeError as error:
-        raise PackageError(f"{where}: recipe_json is not valid JSON ({error})") from error
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise PackageError(f"{where}: recipe_json is not valid JSON ({type(error).__name__})") from error
+    if not isinstance(recipe, dict):
+        raise PackageError(f"{where}: recipe_json must be an object")
     state = state_from_proto(package.tensors, where)
-    if package.kind == "merged":
-        model: LegoMerge | LegoFuse = LegoMerge(blocks, recipe["latent_merge"], recipe["head_merge"], recipe["weights"])
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
-    elif package.kind == "fused":
-        model = LegoFuse(
-            blocks,
-            recipe["mode"],
-            order=recipe["order"],
-            freeze_encoders=recipe["freeze_encoders"],
-            latent_merge=recipe.get("latent_merge", "harmonic"),
-            weighting=recipe.get("weights", "uniform"),
-            anchor=recipe.get("anchor", 0.0),
-        )
-        expected = model.fusion_state_dict()
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-            raise PackageError(f"{where}: fusion parameters do not match the blocks and recipe")
-        model.load_state_dict(state, strict=False)
-    else:
+    if package.kind not in ("merged", "fused"):
         raise PackageError(f"{where}: unknown model kind {package.kind!r}")
+    try:
+        model = _model_from_recipe(package.kind, blocks, recipe, state)
+    except PackageError as error:
+        raise PackageError(f"{where}: {error}") from error
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as error:
+        raise PackageError(
+            f"{where}: the recipe and tensors do not rebuild a {package.kind} model ({type(error).__name__}: {error})"
+        ) from error
+    weights = getattr(model, "weights", None)
+    if isinstance(weights, Mapping) and not all(math.isfinite(w) and w > 0 for w in weights.values()):
+        raise PackageError(f"{where}: merge weights must be positive finite numbers, got {weights}")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in model.state_dict().values()):
+        raise PackageError(f"{where}: the model holds non-finite values")
     return model.eval()

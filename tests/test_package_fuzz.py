@@ -14,13 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedlego.common.config import ModelConfig
-from fedlego.common.lego import LegoBlock
+from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import (
     PackageError,
+    block_from_package,
     block_to_package,
     check_block_package,
     content_hash,
+    merged_to_package,
+    model_from_package,
     parse_block_package,
+    parse_model_package,
     serialize,
 )
 from fedlego.common.tasks import SurvivalTask
@@ -138,3 +142,56 @@ def test_checking_a_mutated_package_always_returns_a_verdict(package):
     assert isinstance(block, LegoBlock)  # a harmless mutation: the block still rebuilds and is finite
     assert all(torch.isfinite(v).all() for v in block.state_dict().values() if v.is_floating_point())
     assert math.isfinite(float(block.n_samples))
+
+
+def _merged_package() -> bytes:
+    blocks = {kind: block_from_package(parse_block_package(data)) for kind, data in VALID.items()}
+    for kind, block in blocks.items():
+        block.modality = kind
+    packages = {kind: parse_block_package(data) for kind, data in VALID.items()}
+    for kind, package in packages.items():
+        package.modality = kind
+        package.content_hash = content_hash(package)
+    return serialize(merged_to_package(LegoMerge(blocks), packages, "run-1"))
+
+
+MERGED = _merged_package()
+
+
+@st.composite
+def mutated_models(draw):
+    """The valid merged package with its recipe, kind or a head tensor damaged; re-hashed."""
+    package = parse_model_package(MERGED)
+    kind = draw(st.sampled_from(["recipe", "recipe", "kind", "tensor"]))
+    if kind == "recipe":
+        recipe = json.loads(package.recipe_json)
+        path = draw(st.sampled_from(list(_paths(recipe))))
+        package.recipe_json = json.dumps(
+            _replace(recipe, path, draw(hostile_values), draw(st.booleans())), allow_nan=True
+        )
+    elif kind == "kind":
+        package.kind = draw(st.sampled_from(["fused", "", "merged\x00", "python"]))
+    else:
+        tensor = package.tensors[draw(st.integers(min_value=0, max_value=len(package.tensors) - 1))]
+        if draw(st.booleans()):
+            tensor.data = draw(st.binary(max_size=64))
+        else:
+            del tensor.shape[:]
+            tensor.shape.extend(draw(st.lists(st.integers(min_value=0, max_value=2**40), max_size=4)))
+    package.content_hash = content_hash(package)
+    return package
+
+
+def test_the_valid_model_package_rebuilds():
+    assert isinstance(model_from_package(parse_model_package(MERGED)), LegoMerge)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_models())
+def test_rebuilding_a_mutated_model_package_always_returns_a_verdict(package):
+    """What a site or `fedlego predict` does with a model file: a model or a PackageError."""
+    try:
+        model = model_from_package(package)
+    except PackageError:
+        return
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
