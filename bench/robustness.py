@@ -42,7 +42,7 @@ def render(document: dict[str, Any]) -> str:
     lines = [
         "# Robustness: hostile packages and injected faults",
         "",
-        f"`{document['command']}` ({document['date']}, {document['minutes']:.0f} min, 2 cores).",
+        f"`{document['command']}` ({document['date']}, {document['minutes']:.1f} min, 2 cores).",
         "",
     ]
     hostile = document.get("hostile")
@@ -52,8 +52,9 @@ def render(document: dict[str, Any]) -> str:
             "## Hostile block packages from a trusted, signed site",
             "",
             f"A signed TCGA-ACC federation (sites {', '.join(hostile['sites'])}; clinical and RNA). The site "
-            f"{hostile['target']} sends a mutated package, re-hashed and re-signed with its own key (signature "
-            "cases excepted). Honest pooled merge c-index: "
+            f"`{hostile['target'].split('/')[0]}` sends, for its {hostile['target'].split('/')[1]} block (the one the "
+            "merge uses), a mutated package, re-hashed and re-signed with its own key (signature cases excepted). "
+            "Honest pooled merge c-index: "
             f"{hostile['honest_metric']:.3f}. {len(hostile['trials'])} packages: "
             + ", ".join(f"{totals.get(v, 0)} {v}" for v in VERDICTS)
             + ".",

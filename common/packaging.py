@@ -203,6 +203,8 @@ def weight_ratio_problem(
     if limit <= 0:
         return None
     carried, fresh = _float_norm(state), _float_norm(initial)
+    if not math.isfinite(carried):
+        return "weights hold non-finite values"
     if fresh == 0.0:
         return None
     ratio = carried / fresh
