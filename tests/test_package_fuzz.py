@@ -92,6 +92,16 @@ def _replace(document, path, value, delete: bool):
     return document
 
 
+def _damage_a_tensor(draw, package) -> None:
+    """One of the package's tensors gets random bytes or a random shape."""
+    tensor = package.tensors[draw(st.integers(min_value=0, max_value=len(package.tensors) - 1))]
+    if draw(st.booleans()):
+        tensor.data = draw(st.binary(max_size=64))
+    else:
+        del tensor.shape[:]
+        tensor.shape.extend(draw(st.lists(st.integers(min_value=0, max_value=2**40), max_size=4)))
+
+
 @st.composite
 def mutated_packages(draw):
     """A valid package with one JSON value replaced or deleted, a number changed, or a tensor's
@@ -117,12 +127,7 @@ def mutated_packages(draw):
         else:
             setattr(package.contract, which, value)
     else:
-        tensor = package.tensors[draw(st.integers(min_value=0, max_value=len(package.tensors) - 1))]
-        if draw(st.booleans()):
-            tensor.data = draw(st.binary(max_size=64))
-        else:
-            del tensor.shape[:]
-            tensor.shape.extend(draw(st.lists(st.integers(min_value=0, max_value=2**40), max_size=4)))
+        _damage_a_tensor(draw, package)
     package.content_hash = content_hash(package)
     return package
 
@@ -172,12 +177,7 @@ def mutated_models(draw):
     elif kind == "kind":
         package.kind = draw(st.sampled_from(["fused", "", "merged\x00", "python"]))
     else:
-        tensor = package.tensors[draw(st.integers(min_value=0, max_value=len(package.tensors) - 1))]
-        if draw(st.booleans()):
-            tensor.data = draw(st.binary(max_size=64))
-        else:
-            del tensor.shape[:]
-            tensor.shape.extend(draw(st.lists(st.integers(min_value=0, max_value=2**40), max_size=4)))
+        _damage_a_tensor(draw, package)
     package.content_hash = content_hash(package)
     return package
 
