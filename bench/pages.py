@@ -75,6 +75,9 @@ def poster_table(quality: dict[str, Any], federated: dict[str, dict[str, dict[st
             lines.append(_row(label, [cell(federated.get(n, {}).get(key)) for n in names]))
     for key, label in BASELINE_NAMES.items():
         lines.append(_row(label, [cell(summaries[n].get(key), folds[n]) for n in names]))
+    if any("oracle" in summaries[n] for n in names):
+        label = "oracle: the generator's Bayes-optimal score (the ceiling; synthetic only)"
+        lines.append(_row(label, [cell(summaries[n].get("oracle"), folds[n]) for n in names]))
     return lines
 
 
@@ -85,7 +88,9 @@ def targets(quality: dict[str, Any]) -> list[str]:
         summary = doc["summary"]["models"]
         best, merge, fuse = best_block_mean(summary), summary["merge"]["mean"], summary["fuse"]["mean"]
         candidates = [
-            k for k in summary if not k.startswith(("block:", "plain:")) and not math.isnan(summary[k]["mean"])
+            k
+            for k in summary
+            if not k.startswith(("block:", "plain:")) and k != "oracle" and not math.isnan(summary[k]["mean"])
         ]
         strongest = max(candidates, key=lambda k: summary[k]["mean"])
         lines.append(

@@ -135,6 +135,9 @@ def table_fold(
     for m, model in plain.items():
         models[f"plain:{m}"] = metric(task, scores_of(model, test, task), test)
     models["plain-late"] = metric(task, scores_of(MeanOfModels(plain), test, task), test)
+    if dataset.oracle_score is not None and getattr(task, "n_classes", 2) <= 2:
+        # the generator's Bayes-optimal score (synthetic cohort): the ceiling any model can reach
+        models["oracle"] = metric(task, dataset.oracle_score.reindex(test.ids).to_numpy(), test)
     merge = config.merge
 
     def merged_metric(latent: str, head: str, weighting: str) -> float:
