@@ -85,11 +85,12 @@ class PhaseExchange:
 
         if requests:
             message_type = message_types.pop()
+            head = self.audit_head()  # one signed head for the whole exchange
             start = time.perf_counter()
             record.begin()
             replies = self.transport.exchange(
                 message_type.value,
-                {n: self._payload(r) for n, r in requests.items()},
+                {n: self._payload(r, head) for n, r in requests.items()},
                 self.timeout,
                 ProgressLog(phase, len(requests), self.site, self.log, self.timeout),
                 handle,
@@ -106,10 +107,10 @@ class PhaseExchange:
             )
         return answered
 
-    def _payload(self, request: Any) -> Payload:
+    @staticmethod
+    def _payload(request: Any, head: AuditHead | None) -> Payload:
         """A request's payload, with the audit log's (signed) head for the site to keep."""
         payload = request.to_payload()
-        head = self.audit_head()
         if head is not None:
             payload.config[AUDIT_HEAD_KEY] = json.dumps(head.to_dict())
         return payload
