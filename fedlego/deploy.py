@@ -604,14 +604,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """``fedlego stop``: stop a run at the SuperLink and record it in its run folder."""
+    from fedlego.common.signing import load_signing_key
     from fedlego.stop import stop_run
 
     _require_security(args.certs, args.insecure, "DIR")
-    ca = None
+    ca, key = None, None
     if args.certs is not None:
         certs = _check_files(args.certs, ("superlink/ca.pem",), "a consortium folder of `fedlego certs`")
         ca = certs / "superlink" / "ca.pem"
-    results = stop_run(args.superlink, args.out, ca, args.run_id, args.wait)
+        if (certs / COORDINATOR_FILES[1]).is_file():  # on the coordinator's machine: sign what is recorded
+            key = load_signing_key(certs / COORDINATOR_FILES[1])
+    results = stop_run(args.superlink, args.out, ca, args.run_id, args.wait, signing_key=key)
     if results is not None:
         print(f"status {results.status}: {results.error or ''}".rstrip(": "))
         print(f"recorded in {Path(args.out) / 'results.json'} and {Path(args.out) / 'audit.jsonl'}")

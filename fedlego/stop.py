@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedlego.launcher import CONNECTION, RUN_STARTED, LaunchError, check_address, flwr_json, write_connection
 from fedlego.server.recorder import record_stop
 from fedlego.server.results import RunResults
@@ -49,11 +51,13 @@ def stop_run(
     run_id: str | None = None,
     wait: float = 60.0,
     echo: Callable[[str], None] = print,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> RunResults | None:
     """Stop the run that writes to ``out_dir`` (Flower run ``run_id``, else the one its
     ``fedlego run`` announced), wait up to ``wait`` seconds for the SuperLink to finish it and
     record the stop in ``out_dir``; returns the recorded results (None when ``out_dir`` holds
-    none on this machine). ``ca``: the consortium CA (TLS), None for an insecure SuperLink."""
+    none on this machine). ``ca``: the consortium CA (TLS), None for an insecure SuperLink;
+    ``signing_key``: the coordinator's, to sign the recorded audit head."""
     check_address(superlink)
     out_dir = Path(out_dir).resolve()
     run_id = run_id or announced_run_id(out_dir)
@@ -75,7 +79,7 @@ def stop_run(
             if time.monotonic() > deadline:
                 raise LaunchError(f"run {run_id} was stopped but not finished after {wait:.0f} s; nothing recorded")
             time.sleep(1.0)
-    results = record_stop(out_dir, f"stopped by `fedlego stop` (Flower run {run_id})", wait)
+    results = record_stop(out_dir, f"stopped by `fedlego stop` (Flower run {run_id})", wait, signing_key)
     if results is None:
         echo(f"fedlego stop: no results.json in {out_dir} on this machine: nothing recorded here")
     return results

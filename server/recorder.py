@@ -190,11 +190,14 @@ class RunRecorder:
             self.log(f"report not written: {type(error).__name__}: {error}")
 
 
-def record_stop(out_dir: Path, reason: str, wait: float = 60.0) -> RunResults | None:
+def record_stop(
+    out_dir: Path, reason: str, wait: float = 60.0, signing_key: Ed25519PrivateKey | None = None
+) -> RunResults | None:
     """Put a run stopped from outside (``fedlego stop``) on record once its coordinator process
     has let go of the folder (up to ``wait`` seconds): ``status`` stopped with the reason in
     results.json and a ``run-stopped`` audit entry, unless the run already ended on record (its
-    results are then returned unchanged). None when ``out_dir`` holds no results."""
+    results are then returned unchanged). The new head is signed with the coordinator's
+    ``signing_key`` when given, else left unsigned. None when ``out_dir`` holds no results."""
     out_dir = Path(out_dir)
     path = out_dir / RESULTS_NAME
     if not path.exists():
@@ -210,6 +213,8 @@ def record_stop(out_dir: Path, reason: str, wait: float = 60.0) -> RunResults | 
         results.status, results.error = "stopped", reason
         results.finished_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         results.audit_head = audit.append("run-stopped", run_id=results.run_id, reason=reason)
+        head = AuditHead(results.run_id, audit.sequence, audit.head)
+        results.audit_signature = head.signed(signing_key).signature if signing_key is not None else None
         recorder = RunRecorder(out_dir, results)
         recorder.write_results()
         recorder.write_report()

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
+from fedlego.common.audit_head import AuditHead
 from fedlego.common.config import RunConfig
+from fedlego.common.signing import generate_signing_key
 from fedlego.inprocess import InProcessTransport
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
@@ -76,12 +78,23 @@ def killed_run(tmp_path):
 
 def test_fedlego_stop_records_a_run_the_serverapp_could_not(tmp_path):
     killed_run(tmp_path)
-    results = record_stop(tmp_path, "stopped by `fedlego stop` (Flower run 7)")
+    key = generate_signing_key()
+    results = record_stop(tmp_path, "stopped by `fedlego stop` (Flower run 7)", signing_key=key)
     assert results.status == "stopped" and "Flower run 7" in results.error
+    entries = len((tmp_path / "audit.jsonl").read_text().splitlines())
+    AuditHead(results.run_id, entries, results.audit_head, results.audit_signature).verify(key.public_key())
     assert events(tmp_path)[-1] == "run-stopped"
     assert verify_log(tmp_path / "audit.jsonl", RunResults.read(tmp_path / "results.json").audit_head).ok
     again = record_stop(tmp_path, "a second stop")  # a run that ended on record is left as it is
     assert again.error == results.error and events(tmp_path).count("run-stopped") == 1
+
+
+def test_a_stop_recorded_without_the_key_leaves_its_head_unsigned_not_stale(tmp_path):
+    killed_run(tmp_path)
+    stale = RunResults.read(tmp_path / "results.json")
+    stale.audit_signature = "ab" * 64  # a signature of an earlier head
+    (tmp_path / "results.json").write_text(stale.to_json())
+    assert record_stop(tmp_path, "stop").audit_signature is None
 
 
 def test_fedlego_stop_waits_for_the_coordinator_to_let_go_and_needs_results(tmp_path):
