@@ -426,18 +426,17 @@ MAX_CATEGORIES = 1_000
 """The most categories of one categorical column a preprocessing state may hold."""
 
 
-def _list_of(value: Any, path: str, item: type | tuple[type, ...], length: int | None = None) -> str | None:
-    """Why ``value`` is not a list of ``item`` (of ``length`` items when given), or None."""
+def _list_of(value: Any, path: str, item: type, length: int | None = None) -> str | None:
+    """Why ``value`` is not a list of ``item`` (``float``: any number; of ``length`` items when
+    given), or None. A boolean is only a ``bool``."""
     if not isinstance(value, list):
         return f"{path} must be a list"
     if length is not None and len(value) != length:
         return f"{path} holds {len(value)} items, {length} expected"
-    numbers = item in (float, (int, float))
+    accepted, name = ((int, float), "number") if item is float else (item, item.__name__)
     for index, element in enumerate(value):
-        if isinstance(element, bool) and item is not bool:
-            return f"{path}[{index}] must be a {'number' if numbers else item}, got a boolean"
-        if not isinstance(element, (int, float) if numbers else item):
-            return f"{path}[{index}] must be a {'number' if numbers else getattr(item, '__name__', item)}"
+        if (isinstance(element, bool) and item is not bool) or not isinstance(element, accepted):
+            return f"{path}[{index}] must be a {name}"
     return None
 
 
