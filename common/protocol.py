@@ -10,12 +10,14 @@ config only says where its data are.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import torch
 
+from fedlego.common.concordance import PAIR_COUNT_KEYS, PAIR_SUM_KEYS
 from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.tasks import Task, task_from_dict
 
@@ -338,13 +340,47 @@ class EvaluateReply:
 
     @classmethod
     def from_payload(cls, payload: Payload) -> EvaluateReply:
+        """The reply; a model whose result is malformed moves to ``errors`` with the reason, so
+        that the site's other results still count."""
         results = _json(payload, "results", "evaluate reply")
         if not isinstance(results, dict):
             raise ProtocolError("evaluate reply: 'results' must be an object")
         errors = _json(payload, "errors", "evaluate reply") if "errors" in payload.config else {}
         if not isinstance(errors, dict):
             raise ProtocolError("evaluate reply: 'errors' must be an object")
-        return cls(results, {str(k): str(v) for k, v in errors.items()})
+        errors = {str(k): str(v) for k, v in errors.items()}
+        valid = {}
+        for model, values in results.items():
+            problem = evaluation_problem(values)
+            if problem is None:
+                valid[str(model)] = values
+            else:
+                errors[str(model)] = f"malformed evaluation result: {problem}"
+        return cls(valid, errors)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def evaluation_problem(values: Any) -> str | None:
+    """Why one model's evaluation result is malformed (None when it is well formed): an object
+    with ``metric`` (a number in [0, 1], or NaN when nothing was comparable), ``n`` (a count) and
+    optionally the pair counts (non-negative integers) and per-patient sums (finite, >= 0)."""
+    if not isinstance(values, dict):
+        return f"expected an object, got {type(values).__name__}"
+    metric = values.get("metric")
+    if not _number(metric) or not (math.isnan(metric) or 0.0 <= metric <= 1.0):
+        return f"'metric' must be a number in [0, 1] or NaN, got {metric!r}"
+    for key in ("n", *PAIR_COUNT_KEYS):
+        if key == "n" or key in values:
+            count = values.get(key)
+            if not _number(count) or not math.isfinite(count) or count < 0 or count != int(count):
+                return f"{key!r} must be a non-negative integer, got {count!r}"
+    for key in PAIR_SUM_KEYS:
+        if key in values and (not _number(values[key]) or not math.isfinite(values[key]) or values[key] < 0):
+            return f"{key!r} must be a finite non-negative number, got {values[key]!r}"
+    return None
 
 
 REPLY_TYPES: dict[MessageType, Any] = {

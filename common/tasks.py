@@ -22,6 +22,8 @@ from sklearn.metrics import roc_auc_score
 from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored
 
+from fedlego.common.concordance import PairCounts, binary_pair_counts, survival_pair_counts
+
 Targets = dict[str, torch.Tensor]
 
 
@@ -82,47 +84,14 @@ class SurvivalTask:
 
     def pair_counts(self, scores: np.ndarray, targets: Targets) -> PairCounts:
         """Harrell's comparable pairs (an event and a patient with a longer time) by outcome:
-        the risk ranks them right, wrong, or ties them. Sums of these over sites give the pooled
-        c-index (``PairCounts.metric``)."""
+        the risk ranks them right, wrong, or ties them, with the per-patient sums of the pooled
+        interval. Sums of these over sites give the pooled c-index (``PairCounts.metric``)."""
         event = targets["event"].cpu().numpy().astype(bool)
         time = targets["time"].cpu().numpy().astype(float)
-        if event.size < 2 or not event.any():
-            return PairCounts()
-        try:
-            _, concordant, discordant, tied, _ = concordance_index_censored(
-                event, time, np.asarray(scores, dtype=float)
-            )
-        except NoComparablePairException:
-            return PairCounts()
-        return PairCounts(int(concordant), int(discordant), int(tied))
+        return survival_pair_counts(np.asarray(scores, dtype=float), time, event)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "cut_points": list(self.cut_points)}
-
-
-@dataclass(frozen=True)
-class PairCounts:
-    """Patient pairs a metric compares, by outcome: the score orders them right (concordant),
-    wrong (discordant) or ties them. Counts from several sites add up; the pooled metric is
-    ``(concordant + tied / 2) / pairs``: Harrell's c-index, or the AUC for positive-negative pairs."""
-
-    concordant: int = 0
-    discordant: int = 0
-    tied: int = 0
-
-    @property
-    def pairs(self) -> int:
-        return self.concordant + self.discordant + self.tied
-
-    @property
-    def metric(self) -> float:
-        """The pooled metric, NaN without a comparable pair."""
-        return (self.concordant + 0.5 * self.tied) / self.pairs if self.pairs else float("nan")
-
-    def __add__(self, other: PairCounts) -> PairCounts:
-        return PairCounts(
-            self.concordant + other.concordant, self.discordant + other.discordant, self.tied + other.tied
-        )
 
 
 @dataclass(frozen=True)
@@ -172,14 +141,7 @@ class ClassificationTask:
         pooled ratio is the AUC). Several classes: no pooled counts (empty)."""
         if self.n_classes != 2:
             return PairCounts()
-        label = targets["label"].cpu().numpy().astype(int)
-        scores = np.asarray(scores, dtype=float)
-        negatives = np.sort(scores[label == 0])
-        positives = scores[label == 1]
-        below = np.searchsorted(negatives, positives, side="left")
-        not_above = np.searchsorted(negatives, positives, side="right")
-        concordant, tied = int(below.sum()), int((not_above - below).sum())
-        return PairCounts(concordant, len(positives) * len(negatives) - concordant - tied, tied)
+        return binary_pair_counts(scores, targets["label"].cpu().numpy().astype(int))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "n_classes": self.n_classes}

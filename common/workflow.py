@@ -187,16 +187,10 @@ def scores_of(model: nn.Module, data: TensorSet, task: Task, forward=None) -> np
 
 def evaluate(model: nn.Module, data: TensorSet, task: Task, forward=None) -> dict[str, float]:
     """The task metric of a model on a set, the number of patients, and the pairs it compared
-    (``concordant``, ``discordant``, ``tied``: what a federation pools over sites)."""
+    (``PairCounts.to_dict``: what a federation pools over sites, with its interval)."""
     scores = scores_of(model, data, task, forward)
     pairs = task.pair_counts(scores, data.targets)
-    return {
-        "metric": task.metric(scores, data.targets),
-        "n": len(data),
-        "concordant": pairs.concordant,
-        "discordant": pairs.discordant,
-        "tied": pairs.tied,
-    }
+    return {"metric": task.metric(scores, data.targets), "n": len(data), **pairs.to_dict()}
 
 
 def evaluate_all(

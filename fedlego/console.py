@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import math
 
-from fedlego.server.results import RunResults
+from fedlego.server.results import ModelMetrics, RunResults
 
 FEW_TEST_PATIENTS = 20
 """Below this many test patients a site's own metric gets a warning."""
+
+
+def _interval(entry: ModelMetrics) -> str:
+    if entry.pooled_low is None or entry.pooled_high is None:
+        return ""
+    return f" [{entry.pooled_low:.2f}, {entry.pooled_high:.2f}]"
 
 
 def federation_table(results: RunResults) -> str:
     """Per phase and model: sample-weighted mean metric over sites, with each site's value; then
     the refused packages and failed sites."""
     metric = results.metric or "metric"
-    lines = [f"{'phase':<8} {'model':<18} {metric + ' (weighted)':>20} {'pooled (pairs)':>18}  n   per site"]
+    lines = [
+        f"{'phase':<8} {'model':<18} {metric + ' (weighted)':>20} {'pooled [95 % interval] (pairs)':>32}  n   per site"
+    ]
     for phase, models in results.metrics.items():
         for model, entry in models.items():
             shown = "n/a" if math.isnan(entry.weighted_mean) else f"{entry.weighted_mean:.3f}"
-            pooled = "n/a" if math.isnan(entry.pooled) else f"{entry.pooled:.3f} ({entry.pairs})"
+            pooled = "n/a" if math.isnan(entry.pooled) else f"{entry.pooled:.3f}{_interval(entry)} ({entry.pairs})"
             per_site = ", ".join(
                 f"{site} {v.metric:.3f} (n={v.n})" if not math.isnan(v.metric) else f"{site} n/a (n={v.n})"
                 for site, v in entry.per_site.items()
             )
-            lines.append(f"{phase:<8} {model:<18} {shown:>20} {pooled:>18}  {entry.n:<3} {per_site}")
+            lines.append(f"{phase:<8} {model:<18} {shown:>20} {pooled:>32}  {entry.n:<3} {per_site}")
     small = sorted(
         {
             site

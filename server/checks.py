@@ -10,12 +10,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlego.common.aggregation import weighted_mean
+from fedlego.common.concordance import PAIR_COUNT_KEYS, PAIR_SUM_KEYS, PairCounts
 from fedlego.common.encoders import DEFAULT_MAX_ENCODER_PARAMETERS
 from fedlego.common.lego import LatentContract, LegoBlock
 from fedlego.common.packaging import PackageError, check_block_package
 from fedlego.common.protocol import SiteDescription
 from fedlego.common.signing import verify_signature
-from fedlego.common.tasks import ClassificationTask, PairCounts, SurvivalTask, Task
+from fedlego.common.tasks import ClassificationTask, SurvivalTask, Task
 from fedlego.proto.fedlego_pb2 import BlockPackage
 from fedlego.server.results import ModelMetrics, Refusal, SiteMetric
 
@@ -89,20 +90,29 @@ def check_packages(
 
 def aggregate_metrics(per_site: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, ModelMetrics]:
     """Per model: each site's metric and n, the sample-weighted mean over sites, and the pooled
-    metric from the pair counts the sites report (pairs are only formed within a site)."""
+    metric from the pair counts the sites report (pairs are only formed within a site), with its
+    95 % jackknife interval when every site holding pairs reported the per-patient sums."""
     models: dict[str, ModelMetrics] = {}
     pooled: dict[str, PairCounts] = {}
+    spread_reported: dict[str, bool] = {}
     for site, results in per_site.items():
         for model, values in results.items():
             entry = models.setdefault(model, ModelMetrics())
             entry.per_site[site] = SiteMetric(float(values["metric"]), int(values["n"]))
-            counts = PairCounts(*(int(values.get(k, 0)) for k in ("concordant", "discordant", "tied")))
+            counts = PairCounts(
+                *(int(values.get(k, 0)) for k in PAIR_COUNT_KEYS), *(float(values.get(k, 0.0)) for k in PAIR_SUM_KEYS)
+            )
             pooled[model] = pooled.get(model, PairCounts()) + counts
+            reported = all(k in values for k in PAIR_SUM_KEYS) or counts.pairs == 0
+            spread_reported[model] = spread_reported.get(model, True) and reported
     for model, entry in models.items():
         sites = entry.per_site.values()
         entry.weighted_mean = weighted_mean([s.metric for s in sites], [s.n for s in sites])
         entry.n = sum(s.n for s in sites)
         entry.pooled, entry.pairs = pooled[model].metric, pooled[model].pairs
+        interval = pooled[model].interval() if spread_reported[model] else None
+        if interval is not None:
+            entry.pooled_low, entry.pooled_high = interval
     return models
 
 

@@ -231,17 +231,38 @@ def _metrics_section(run: RunResults) -> str:
         for model, entry in models.items():
             per_site = entry.per_site
             cells = [f"{_number(per_site[s].metric)} (n={per_site[s].n})" if s in per_site else "" for s in sites]
-            rows.append(
-                [phase, model, _number(entry.pooled), entry.pairs, _number(entry.weighted_mean), entry.n, *cells]
+            interval = (
+                f"{_number(entry.pooled_low)} to {_number(entry.pooled_high)}" if entry.pooled_low is not None else ""
             )
-    headers = ["phase", "model", f"{metric} (pooled pairs)", "pairs", f"{metric} (weighted mean)", "n", *sites]
+            rows.append(
+                [
+                    phase,
+                    model,
+                    _number(entry.pooled),
+                    interval,
+                    entry.pairs,
+                    _number(entry.weighted_mean),
+                    entry.n,
+                    *cells,
+                ]
+            )
+    headers = [
+        "phase",
+        "model",
+        f"{metric} (pooled pairs)",
+        "95 % interval",
+        "pairs",
+        f"{metric} (weighted mean)",
+        "n",
+        *sites,
+    ]
     table = _table(headers, rows, numeric=range(2, len(headers)))
     return _section(
         "Metrics per phase and site",
         _note(
             f"Test {metric} of each model at each site on the patients it could evaluate (n). Pooled: the "
-            "comparable pairs of every site counted together (pairs are formed within a site); a site's own "
-            "figure from a handful of test patients is noise."
+            "comparable pairs of every site counted together (pairs are formed within a site), with its 95 % "
+            "jackknife (leave-one-patient-out) interval; a site's own figure from a handful of test patients is noise."
         ),
         table,
         _models_chart(run),

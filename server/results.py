@@ -78,6 +78,11 @@ class ModelMetrics:
     n: int = 0
     pooled: float = float("nan")
     pairs: int = 0
+    pooled_low: float | None = None
+    """Lower end of the pooled metric's 95 % jackknife interval (None: not every site reported
+    the per-patient sums, see ``fedlego.common.concordance``)."""
+    pooled_high: float | None = None
+    """Upper end of that interval."""
 
 
 @dataclass

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
+import torch
 
+from fedlego.common.concordance import PairCounts
 from fedlego.common.protocol import SiteDescription
+from fedlego.common.tasks import SurvivalTask
 from fedlego.server.checks import aggregate_metrics, agree_task
 
 
@@ -49,3 +53,23 @@ def test_metrics_pool_the_pairs_the_sites_report_and_tolerate_sites_without_coun
     assert merge.pairs == 42
     assert merge.pooled == (12 + 1) / 42
     assert merge.weighted_mean == (3 * 1.0 + 10 * 0.25 + 5 * 0.9) / 18
+    assert merge.pooled_low is None  # no site reported the per-patient sums: no interval
+
+
+def test_pooled_interval_comes_from_the_sites_sums_and_only_when_all_reported_them():
+    rng = np.random.default_rng(0)
+    task = SurvivalTask((5.0, 10.0))
+    sites = {}
+    for name, n in (("a", 15), ("b", 40)):
+        targets = {"time": torch.tensor(rng.exponential(10, n)), "event": torch.tensor(rng.random(n) < 0.7)}
+        scores = rng.normal(size=n) - targets["time"].numpy() / 10
+        sites[name] = {
+            "merge": {"metric": task.metric(scores, targets), "n": n, **task.pair_counts(scores, targets).to_dict()}
+        }
+    merge = aggregate_metrics(sites)["merge"]
+    counts = [PairCounts(**{k: v for k, v in s["merge"].items() if k not in ("metric", "n")}) for s in sites.values()]
+    low, high = (counts[0] + counts[1]).interval()
+    assert (merge.pooled_low, merge.pooled_high) == pytest.approx((low, high))
+    assert merge.pooled_low < merge.pooled < merge.pooled_high
+    sites["old"] = {"merge": {"metric": 0.9, "n": 5, "concordant": 4, "discordant": 1, "tied": 0}}
+    assert aggregate_metrics(sites)["merge"].pooled_low is None  # one site without sums: no interval

@@ -77,6 +77,7 @@ def test_run_goes_through_every_phase(completed):
     merge = results["metrics"]["merge"]["merge"]
     assert set(merge["per_site"]) == set(results["sites"])  # every site evaluates with what it has
     assert merge["pairs"] > 0 and 0.0 <= merge["pooled"] <= 1.0  # comparable pairs pooled over sites
+    assert merge["pooled_low"] < merge["pooled"] < merge["pooled_high"]  # with its jackknife interval
     assert merge["n"] == sum(s["n"] for s in merge["per_site"].values())
     assert "fuse" in results["metrics"]["fuse"]
     assert results["rounds"]["fuse"]["participants"] == [["paired-0"]] * 3

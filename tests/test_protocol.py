@@ -3,6 +3,8 @@ checked, and malformed messages are refused with the field named."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -99,3 +101,23 @@ def test_malformed_json_fields_name_the_field():
 
 def test_message_types_match_the_client_handlers():
     assert {t.action for t in MessageType} == {"describe", "block", "blockround", "fuse", "models"}
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        ("0.7", "expected an object"),
+        ({"metric": "high", "n": 3}, "'metric' must be a number"),
+        ({"metric": 1.5, "n": 3}, "'metric' must be a number in \\[0, 1\\]"),
+        ({"metric": 0.7, "n": -1}, "'n' must be a non-negative integer"),
+        ({"metric": 0.7, "n": 3, "concordant": 2.5}, "'concordant' must be a non-negative integer"),
+        ({"metric": 0.7, "n": 3, "tied": True}, "'tied' must be a non-negative integer"),
+        ({"metric": 0.7, "n": 3, "pair_squares": float("inf")}, "'pair_squares' must be a finite"),
+        ({"metric": 0.7, "n": 3, "credit_squares": -1.0}, "'credit_squares' must be a finite"),
+    ],
+)
+def test_a_malformed_evaluation_result_is_an_error_for_that_model_only(result, reason):
+    reply = EvaluateReply({"merge": result, "fuse": {"metric": float("nan"), "n": 4, "concordant": 0}})
+    back = EvaluateReply.from_payload(through_flower(reply.to_payload()))
+    assert list(back.results) == ["fuse"]  # the well-formed result still counts (NaN: nothing comparable)
+    assert re.search(reason, back.errors["merge"])
