@@ -184,6 +184,13 @@ class FuseConfig:
     min_improvement: float = 0.01
     """Fine-tuning replaces the untrained model (the merge, in merge mode) only when it lowers
     the validation loss by this fraction of the untrained model's (epochs and federated rounds)."""
+    inner_cv_below: int = 30
+    """Centralized pipeline: with fewer validation events than this (survival: events; classes:
+    patients of the rarest class), the number of fine-tuning epochs (0 to fuse-epochs) is chosen
+    by inner cross-validation on the paired training patients instead of on the validation
+    patients (0: always on the validation patients)."""
+    inner_folds: int = 3
+    """Folds of that inner cross-validation."""
     seed: int = 0
 
 
@@ -418,6 +425,10 @@ class RunConfig:
             raise ValueError("fuse-anchor must be at least 0")
         if not 0 <= self.fuse.min_improvement < 1:
             raise ValueError("fuse-min-improvement must lie in [0, 1)")
+        if self.fuse.inner_cv_below < 0:
+            raise ValueError("fuse-inner-cv-below must be at least 0 (0 = off)")
+        if self.fuse.inner_folds < 2:
+            raise ValueError("fuse-inner-folds must be at least 2")
         if self.fuse_privacy.noise < 0:
             raise ValueError("fuse-dp-noise must be at least 0 (0 = off)")
         if self.fuse_privacy.clip <= 0:

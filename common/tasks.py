@@ -90,6 +90,10 @@ class SurvivalTask:
         time = targets["time"].cpu().numpy().astype(float)
         return survival_pair_counts(np.asarray(scores, dtype=float), time, event)
 
+    def events(self, targets: Targets) -> int:
+        """How much ranking information a set holds: its number of events."""
+        return int(targets["event"].sum())
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "cut_points": list(self.cut_points)}
 
@@ -142,6 +146,11 @@ class ClassificationTask:
         if self.n_classes != 2:
             return PairCounts()
         return binary_pair_counts(scores, targets["label"].cpu().numpy().astype(int))
+
+    def events(self, targets: Targets) -> int:
+        """How much ranking information a set holds: the patients of its rarest class."""
+        counts = torch.bincount(targets["label"].long(), minlength=self.n_classes)
+        return int(counts.min())
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "n_classes": self.n_classes}

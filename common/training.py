@@ -31,6 +31,9 @@ class TrainReport:
     validation_loss: list[float] = field(default_factory=list)
     privacy: dict[str, float] | None = None
     """With DP-SGD (``privacy.fit_private``): spent epsilon, delta, noise multiplier, clip..."""
+    inner_cv_loss: list[float] | None = None
+    """When the epoch budget was chosen by inner cross-validation: the mean inner-validation loss
+    after 0, 1, ... epochs (``best_epoch`` is the chosen budget)."""
 
 
 Forward = Callable[[dict[str, dict[str, torch.Tensor] | None]], torch.Tensor]

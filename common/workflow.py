@@ -7,6 +7,7 @@ federated sites share exactly the same code.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.model_store import add_to_store, load_encoder_weights, read_weights
 from fedlego.common.privacy import fit_private
 from fedlego.common.tasks import Task, average_scores
-from fedlego.common.training import TrainReport, fit, predict
+from fedlego.common.training import TrainReport, evaluate_loss, fit, predict
 
 
 def build_block(
@@ -136,8 +137,10 @@ def fuse_blocks(
 ) -> tuple[LegoFuse, TrainReport]:
     """LegoFuse of the blocks (``fuse_model``), fine-tuned for a few epochs on the paired training
     patients; with validation patients the untrained model (in ``merge`` mode: the merge) is kept
-    unless an epoch lowers the validation loss."""
-    model = fuse_model(blocks, config, merge or MergeConfig())
+    unless an epoch lowers the validation loss by ``config.min_improvement``. With fewer than
+    ``config.inner_cv_below`` validation events the epoch budget comes from inner cross-validation
+    on the training patients instead (``inner_cv_epochs``), under the same margin."""
+    merge = merge or MergeConfig()
     training = TrainConfig(
         epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -148,6 +151,15 @@ def fuse_blocks(
         min_improvement=config.min_improvement,
         weight_decay=fuse_weight_decay(config),
     )
+    few_events = validation is None or task.events(validation.targets) < config.inner_cv_below
+    if config.inner_cv_below and few_events and len(train) >= 2 * config.inner_folds:
+        epochs, curve = inner_cv_epochs(blocks, train, task, config, merge, training)
+        model = fuse_model(blocks, config, merge)
+        training = replace(training, epochs=epochs, keep_initial=False)
+        if epochs:
+            fit(model, train, None, task, training, description="fuse", regulariser=model.anchor_penalty)
+        return model, TrainReport(best_epoch=epochs, best_validation_loss=curve[epochs], inner_cv_loss=curve)
+    model = fuse_model(blocks, config, merge)
     report = fit(
         model,
         train,
@@ -159,6 +171,42 @@ def fuse_blocks(
         regulariser=model.anchor_penalty,
     )
     return model, report
+
+
+def inner_cv_epochs(
+    blocks: dict[str, LegoBlock],
+    train: TensorSet,
+    task: Task,
+    config: FuseConfig,
+    merge: MergeConfig,
+    training: TrainConfig,
+) -> tuple[int, list[float]]:
+    """The fine-tuning budget (0 to ``config.epochs``) by ``config.inner_folds``-fold
+    cross-validation on the training patients: each inner fold fine-tunes a fresh LegoFuse on the
+    others and records its loss after every epoch; the budget of lowest mean loss wins, and leaves
+    0 (the untrained model) only when it beats that by ``config.min_improvement``. Returns the
+    budget and the mean loss curve (index = epochs)."""
+    rows = np.random.default_rng(config.seed).permutation(len(train))
+    curves = []
+    for held in np.array_split(rows, config.inner_folds):
+        inner_train, inner_validation = train.subset(np.setdiff1d(rows, held)), train.subset(held)
+        model = fuse_model(blocks, config, merge)
+        untrained = evaluate_loss(model, inner_validation, task)
+        report = fit(
+            model,
+            inner_train,
+            inner_validation,
+            task,
+            replace(training, keep_initial=False),
+            description="fuse (inner cv)",
+            regulariser=model.anchor_penalty,
+        )
+        curves.append([untrained, *report.validation_loss])  # patience = epochs: every epoch runs
+    curve = [float(v) for v in np.nanmean(np.asarray(curves, dtype=float), axis=0)]
+    best = int(np.argmin(curve[1:])) + 1 if config.epochs else 0
+    if not best or curve[best] >= curve[0] - config.min_improvement * abs(curve[0]):
+        best = 0
+    return best, curve
 
 
 def fuse_model(blocks: Mapping[str, LegoBlock], config: FuseConfig, merge: MergeConfig) -> LegoFuse:

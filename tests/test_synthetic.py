@@ -65,6 +65,22 @@ def test_oracle_score_is_predictive_for_survival():
     assert cindex > 0.7
 
 
+def test_modality_oracle_scores_sum_to_the_oracle_and_rank_by_signal():
+    data = make_synthetic(1000, seed=1)
+    parts = data.modality_oracle_scores
+    assert list(parts.columns) == list(data.modalities)
+    np.testing.assert_allclose(parts.sum(axis=1), data.oracle_score.loc[parts.index])
+    labels = data.labels.table.loc[parts.index]
+    ceilings = [
+        concordance_index_censored(labels["event"].astype(bool), labels["time"], parts[m])[0] for m in parts.columns
+    ]
+    assert all(c > 0.5 for c in ceilings)
+    assert ceilings[0] > ceilings[-1]  # signal decreases with the modality's index
+    subset = data.subset(list(parts.index[:10]), [parts.columns[1]])
+    assert subset.modality_oracle_scores.shape == (10, 1)
+    assert make_synthetic(50, task="multiclass", seed=0).modality_oracle_scores is None
+
+
 def _cv_auc(data, name: str) -> float:
     table = data.modalities[name].table
     y = data.labels.table.loc[table.index, "label"]

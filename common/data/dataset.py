@@ -109,6 +109,10 @@ class MultimodalDataset:
     oracle_score: pd.Series | None = field(default=None)
     """For synthetic data: the Bayes-optimal score per patient id (higher = higher risk / more
     likely positive class); None for real data."""
+    modality_oracle_scores: pd.DataFrame | None = field(default=None)
+    """For synthetic survival or binary data: per modality (column), the part of the true linear
+    predictor that modality carries, per patient id: the best score a model of that modality
+    alone can rank by (its ceiling). None otherwise."""
 
     def patient_ids(self) -> list[str]:
         """Labelled patients holding at least one modality."""
@@ -128,13 +132,17 @@ class MultimodalDataset:
     def subset(self, ids: list[str] | set[str], modalities: list[str] | None = None) -> MultimodalDataset:
         """The cohort restricted to some patients and (optionally) some modalities."""
         names = modalities if modalities is not None else list(self.modalities)
-        oracle = None
+        oracle, parts = None, None
         if self.oracle_score is not None:
             oracle = self.oracle_score[self.oracle_score.index.isin(set(ids))]
+        if self.modality_oracle_scores is not None:
+            parts = self.modality_oracle_scores
+            parts = parts.loc[parts.index.isin(set(ids)), [n for n in names if n in parts.columns]]
         return MultimodalDataset(
             name=self.name,
             labels=self.labels.subset(ids),
             modalities={n: self.modalities[n].subset(ids) for n in names},
             description=self.description,
             oracle_score=oracle,
+            modality_oracle_scores=parts,
         )

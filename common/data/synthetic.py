@@ -25,6 +25,8 @@ Generative model (all draws from one ``seed``):
 - ``oracle_score`` (Bayes-optimal score from the latent factors): ``eta`` for survival and
   binary; for multiclass the log-odds of class 1 versus the rest,
   ``eta_1 - logsumexp(eta_c, c != 1)`` (the optimal one-vs-rest score for class 1).
+  ``modality_oracle_scores`` (survival and binary): each modality's term
+  ``signal_m * (w_m . z_m)`` of ``eta``, the ceiling of a model that sees that modality alone.
 - Missingness: each patient lacks modality ``m`` with probability ``missing_rate``; a patient
   who would lack every modality gets one back at random.
 """
@@ -242,11 +244,13 @@ def make_synthetic(
     scores = np.zeros((n_patients, width))
     present = _presence(specs, n_patients, np.random.default_rng(missing_seq))
     data: dict[str, ModalityData] = {}
+    parts: dict[str, np.ndarray] = {}
     for m, (spec, sequence) in enumerate(zip(specs, modality_seqs, strict=True)):
         rng = np.random.default_rng(sequence)
         z = rng.normal(size=(n_patients, LATENT_DIM))
         weights = np.stack([_unit(rng, LATENT_DIM) for _ in range(width)])
-        scores += spec.signal * z @ weights.T
+        parts[spec.name] = spec.signal * z @ weights.T
+        scores += parts[spec.name]
         keep = np.flatnonzero(present[:, m])
         data[spec.name] = _GENERATORS[spec.kind](spec, z[keep], [ids[i] for i in keep], rng)
     scores = scores if task == "multiclass" else scores[:, 0]
@@ -258,4 +262,7 @@ def make_synthetic(
         modalities=data,
         description=f"Synthetic {task} cohort, seed {seed}, {n_patients} patients: {summary}.",
         oracle_score=pd.Series(oracle, index=pd.Index(ids, name="id"), name="oracle"),
+        modality_oracle_scores=None
+        if task == "multiclass"
+        else pd.DataFrame({name: part[:, 0] for name, part in parts.items()}, index=pd.Index(ids, name="id")),
     )

@@ -1,0 +1,340 @@
+"""The headline comparison from repeated cross-validation, with patient-bootstrap intervals.
+
+    python bench/repeated.py --out docs/benchmarks [--repeats 5] [--datasets ...] [--jobs 2] [--quick]
+
+For each data set, ``repeats`` x 5 patient-level random train/validation/test splits (70/15/15,
+stratified by event: the benchmark's split procedure; repeat ``r`` draws fold ``k`` with seed
+``SPLIT_SEED_STRIDE * r + k``, so repeat 0 is the table's splits). In each split the centralized
+pipeline trains the blocks, LegoMerge and LegoFuse (default settings: budget by inner
+cross-validation when the validation patients hold few events), LegoFuse once more with the
+budget chosen on the validation patients (``fuse-inner-cv-below = 0``), each modality's encoder +
+linear head and their late fusion, and the classical baselines; all are scored on the split's
+complete-case test patients. Model initialisation is the same in every split (the federation's
+shared seed); the repeats vary the patients.
+
+Reported: mean ± std over all splits, and paired differences (two models on the same test
+patients of each split), mean over splits with a 95 % **patient bootstrap** interval: each of
+``BOOTSTRAP`` replicates resamples the cohort's patients with replacement, scores both models of
+every split on its test patients as resampled (a patient drawn twice counts twice, in every split
+whose test set holds it), and averages the difference over the splits; the interval is the 2.5 and
+97.5 percentiles. It covers the sampling of test patients given the trained models, not the
+variation of training sets, which the repeats only average over. "best block" is the block with
+the highest validation metric in each split (no test patient chooses it).
+
+Writes ``OUT/repeated.json`` and ``OUT/repeated.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from baselines import BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
+from quality import ensemble_scores, load_benchmark_dataset, quick_config
+from standalone import command_line, write_page
+
+from fedlego.common.centralized import train_fold
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.tensors import TensorSet
+from fedlego.common.tasks import task_from_dict
+from fedlego.common.workflow import fuse_blocks, scores_of, unimodal_forward
+
+DATASETS = ("tcga-acc", "pbc", "synthetic")
+BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion")
+SPLIT_SEED_STRIDE = 1000
+BOOTSTRAP = 1000
+LABELS = {
+    "merge": "LegoMerge",
+    "fuse": "LegoFuse (default: budget by inner CV on few validation events)",
+    "fuse-validation": "LegoFuse, budget chosen on the validation patients",
+    "ensemble": "Ensemble of the blocks (mean prediction)",
+    "plain-late": "Late fusion of the separately trained encoders + heads",
+    "cox-early": "Cox early fusion",
+    "cox-late": "Cox late fusion",
+    "early-fusion": "Early fusion (SNN)",
+    "late-fusion": "Late fusion (encoders + heads, trained jointly)",
+}
+COMPARISONS = (
+    ("fuse", "merge"),
+    ("fuse-validation", "merge"),
+    ("merge", "best-block"),
+    ("merge", "ensemble"),
+    ("merge", "plain-late"),
+    ("merge", "late-fusion"),
+    ("merge", "cox-late"),
+    ("merge", "cox-early"),
+    ("merge", "early-fusion"),
+    ("fuse", "late-fusion"),
+    ("fuse", "cox-late"),
+    ("fuse", "cox-early"),
+    ("fuse", "early-fusion"),
+)
+
+
+def _targets(data: TensorSet) -> dict[str, list]:
+    return {k: v.tolist() for k, v in data.targets.items()}
+
+
+def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, Any]:
+    """Train every model on one split; the test scores of each (per test patient) and the ids."""
+    torch.set_num_threads(1)
+    dataset, config = load_benchmark_dataset(name)
+    if quick:
+        config = quick_config(config)
+    seed = SPLIT_SEED_STRIDE * repeat
+    split = dataset_splits(dataset, n_folds=fold + 1, seed=seed)[fold]
+    start = time.perf_counter()
+    models = train_fold(dataset, config, split, log=lambda _: None)
+    task, test = models.task, models.test
+    scores = {f"block:{m}": scores_of(b, test, task, unimodal_forward(b)) for m, b in models.blocks.items()}
+    scores["ensemble"] = ensemble_scores(models.blocks, test, task)
+    scores["merge"] = scores_of(models.merged, test, task)
+    scores["fuse"] = scores_of(models.fused, test, task)
+    validation_fuse, validation_report = fuse_blocks(
+        models.blocks,
+        models.paired_train,
+        models.paired_validation if len(models.paired_validation) else None,
+        task,
+        replace(config.fuse, inner_cv_below=0),
+        config.merge,
+    )
+    scores["fuse-validation"] = scores_of(validation_fuse, test, task)
+    baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
+    plain = {m: fit_plain_unimodal(m, models.train, models.validation, task, baseline_config) for m in models.blocks}
+    scores.update({f"plain:{m}": scores_of(p, test, task) for m, p in plain.items()})
+    scores["plain-late"] = scores_of(MeanOfModels(plain), test, task)
+    failures = {}
+    for baseline in BASELINES:
+        try:
+            fitted = fit_baseline(baseline, models.paired_train, models.paired_validation, task, baseline_config)
+            scores[baseline] = fitted.scores(test)
+        except ValueError as error:  # e.g. no event among the paired training patients: recorded
+            failures[baseline] = str(error)
+    best_block = max(models.blocks, key=lambda m: models.blocks[m].validation_score or float("-inf"))
+    return {
+        "dataset": name,
+        "repeat": repeat,
+        "fold": fold,
+        "task": task.to_dict(),
+        "ids": list(test.ids),
+        "targets": _targets(test),
+        "scores": {k: np.asarray(v).tolist() for k, v in scores.items()},
+        "best_block": best_block,
+        "fuse_epochs": {"fuse": models.fuse_report.best_epoch, "fuse-validation": validation_report.best_epoch},
+        "failures": failures,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _metric(task, scores: np.ndarray, targets: dict[str, np.ndarray], rows: np.ndarray) -> float:
+    picked = {k: torch.as_tensor(v[rows]) for k, v in targets.items()}
+    return float(task.metric(scores[rows], picked))
+
+
+def _model_scores(record: dict[str, Any], model: str) -> np.ndarray | None:
+    key = f"block:{record['best_block']}" if model == "best-block" else model
+    values = record["scores"].get(key)
+    return None if values is None else np.asarray(values, dtype=float)
+
+
+def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int = 0) -> dict[str, Any]:
+    """Mean ± std per model over the splits, and bootstrap intervals of the paired differences."""
+    task = task_from_dict(records[0]["task"])
+    patients = sorted({i for r in records for i in r["ids"]})
+    index = {p: j for j, p in enumerate(patients)}
+    prepared = []
+    for record in records:
+        targets = {k: np.asarray(v) for k, v in record["targets"].items()}
+        prepared.append((record, targets, np.array([index[i] for i in record["ids"]])))
+    names = sorted({k for r in records for k in r["scores"]} | {"best-block"})
+    per_model = {}
+    for model in names:
+        values = []
+        for record, targets, _ in prepared:
+            scores = _model_scores(record, model)
+            rows = np.arange(len(record["ids"]))
+            values.append(float("nan") if scores is None else _metric(task, scores, targets, rows))
+        finite = [v for v in values if np.isfinite(v)]
+        per_model[model] = {
+            "mean": float(np.mean(finite)) if finite else float("nan"),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
+            "splits": len(finite),
+        }
+    pairs = [c for c in COMPARISONS if c[0] in names and c[1] in names]
+    pairs += [(f"block:{m}", f"plain:{m}") for m in sorted(k[6:] for k in names if k.startswith("block:"))]
+    needed = sorted({m for pair in pairs for m in pair})
+    rng = np.random.default_rng(seed)
+    draws = np.zeros((bootstrap, len(pairs)))
+    observed = np.zeros(len(pairs))
+    for b in range(-1, bootstrap):  # b = -1: the observed patients, once each
+        counts = (
+            np.ones(len(patients), dtype=int)
+            if b < 0
+            else np.bincount(rng.integers(0, len(patients), len(patients)), minlength=len(patients))
+        )
+        differences: list[list[float]] = [[] for _ in pairs]
+        for record, targets, rows_of in prepared:
+            rows = np.repeat(np.arange(len(rows_of)), counts[rows_of])
+            if rows.size < 2:
+                continue
+            metrics = {}
+            for model in needed:
+                scores = _model_scores(record, model)
+                metrics[model] = float("nan") if scores is None else _metric(task, scores, targets, rows)
+            for j, (first, second) in enumerate(pairs):
+                difference = metrics[first] - metrics[second]
+                if np.isfinite(difference):
+                    differences[j].append(difference)
+        means = [float(np.mean(d)) if d else float("nan") for d in differences]
+        if b < 0:
+            observed[:] = means
+        else:
+            draws[b] = means
+    differences = {}
+    for j, (first, second) in enumerate(pairs):
+        column = draws[:, j][np.isfinite(draws[:, j])]
+        low, high = np.percentile(column, [2.5, 97.5]) if column.size else (float("nan"), float("nan"))
+        differences[f"{first} - {second}"] = {"mean": float(observed[j]), "low": float(low), "high": float(high)}
+    fuse_epochs = {k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records])) for k in ("fuse", "fuse-validation")}
+    return {
+        "metric": "c-index" if task.kind == "survival" else "AUC",
+        "splits": len(records),
+        "test_patients": float(np.mean([len(r["ids"]) for r in records])),
+        "models": per_model,
+        "differences": differences,
+        "share_fine_tuned": fuse_epochs,
+    }
+
+
+def _label(model: str) -> str:
+    if model.startswith("block:"):
+        return f"LegoBlock: {model[6:]}"
+    if model.startswith("plain:"):
+        return f"encoder + linear head: {model[6:]}"
+    return LABELS.get(model, model)
+
+
+def _difference_label(key: str) -> str:
+    first, second = key.split(" - ")
+    short = {"best-block": "best block (by validation)", **{k: k for k in LABELS}}
+    return f"{short.get(first, first)} - {short.get(second, second)}"
+
+
+def markdown(document: dict[str, Any]) -> str:
+    summaries = document["summary"]
+    names = list(summaries)
+    lines = [
+        "# Repeated cross-validation with patient-bootstrap intervals",
+        "",
+        f"`{document['command']}` on {document['date']} ({document['wall_seconds'] / 60:.1f} min, "
+        f"{document['jobs']} processes). {document['repeats']} repeats x 5 patient-level random splits per data set "
+        f"(the table's split procedure; repeat 0 is the table's splits), {document['bootstrap']} patient-bootstrap "
+        "replicates. Test metric on each split's complete-case test patients.",
+        "",
+        "## Models (mean ± std over splits)",
+        "",
+        "| model | "
+        + " | ".join(
+            f"{n} ({summaries[n]['metric']}, {summaries[n]['splits']} splits, "
+            f"{summaries[n]['test_patients']:.0f} test patients a split)"
+            for n in names
+        )
+        + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    models = sorted({m for s in summaries.values() for m in s["models"]}, key=_order)
+    for model in models:
+        cells = []
+        for n in names:
+            entry = summaries[n]["models"].get(model)
+            cells.append(
+                "—" if entry is None or not np.isfinite(entry["mean"]) else f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+            )
+        lines.append(f"| {_label(model)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Share of splits where LegoFuse kept any fine-tuning (the rest keep the merge): "
+        + "; ".join(
+            f"{n}: default {summaries[n]['share_fine_tuned']['fuse']:.0%}, validation-chosen "
+            f"{summaries[n]['share_fine_tuned']['fuse-validation']:.0%}"
+            for n in names
+        )
+        + ".",
+        "",
+        "## Paired differences (mean over splits [95 % patient-bootstrap interval])",
+        "",
+        "An interval that holds 0 is no evidence of a difference either way.",
+        "",
+        "| difference | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    keys = list(dict.fromkeys(k for s in summaries.values() for k in s["differences"]))
+    for key in keys:
+        cells = []
+        for n in names:
+            d = summaries[n]["differences"].get(key)
+            cells.append(
+                ""
+                if d is None or not np.isfinite(d["mean"])
+                else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            )
+        lines.append(f"| {_difference_label(key)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _order(model: str) -> tuple[int, str]:
+    if model.startswith(("block:", "plain:")):
+        return (0, model[6:] + model[:6])
+    if model == "best-block":
+        return (1, model)
+    order = list(LABELS)
+    return (2 + (order.index(model) if model in order else len(order)), model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
+    parser.add_argument("--quick", action="store_true", help="one split, tiny models: checks the path, not the science")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    folds = 1 if args.quick else 5
+    repeats = 1 if args.quick else args.repeats
+    jobs = [(n, r, k, args.quick) for n in args.datasets for r in range(repeats) for k in range(folds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(split_record, *job) for job in jobs]
+        records = []
+        for job, future in zip(jobs, futures, strict=True):
+            records.append(future.result())
+            print(
+                f"{job[0]}: repeat {job[1]} split {job[2]} done ({records[-1]['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    summary = {n: summarise_dataset([r for r in records if r["dataset"] == n], args.bootstrap) for n in args.datasets}
+    document = {
+        "command": command_line("repeated.py", argv),
+        "date": datetime.date.today().isoformat(),
+        "repeats": repeats,
+        "jobs": args.jobs,
+        "bootstrap": args.bootstrap,
+        "summary": summary,
+        "records": records,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_page(args.out, "repeated", document, markdown)
+
+
+if __name__ == "__main__":
+    main()
