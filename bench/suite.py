@@ -195,7 +195,18 @@ def markdown(document: dict[str, Any]) -> str:
         + "("
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
         + ").",
-        "Every figure on this page comes from that run; raw numbers per fold are in `results.json`.",
+    ]
+    kept = document.get("kept_sections") or {}
+    if kept:
+        lines += [
+            f"The {section} section is kept from an earlier run: `{origin['command']}` on {origin['date']} "
+            f"({origin['seconds'] / 60:.1f} min), not rerun by this command."
+            for section, origin in kept.items()
+        ]
+    lines += [
+        "Every other figure on this page comes from that run; raw numbers per fold are in `results.json`."
+        if kept
+        else "Every figure on this page comes from that run; raw numbers per fold are in `results.json`.",
         "",
     ]
     if document["quick"]:
@@ -214,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+", default=["quality", "cost"], choices=["quality", "cost"])
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     parser.add_argument("--render", action="store_true", help="only redraw the page and figures from OUT/results.json")
+    parser.add_argument(
+        "--keep-other-sections",
+        action="store_true",
+        help="keep the sections not run from OUT/results.json (the page says which run they come from)",
+    )
     args = parser.parse_args(argv)
     if args.render:
         write_outputs(json.loads((args.out / "results.json").read_text()), args.out)
@@ -237,8 +253,25 @@ def main(argv: list[str] | None = None) -> None:
             document["cost"] = run_cost(Path(work), args.quick, log)
         document["wall_seconds"]["cost"] = time.perf_counter() - begin
     document["wall_seconds"]["total"] = time.perf_counter() - start
+    if args.keep_other_sections:
+        keep_sections(document, json.loads((args.out / "results.json").read_text()), args.sections)
     write_outputs(document, args.out)
     log(f"benchmark written to {args.out / 'README.md'} in {document['wall_seconds']['total'] / 60:.1f} min")
+
+
+def keep_sections(document: dict[str, Any], earlier: dict[str, Any], sections: list[str]) -> None:
+    """Copy the sections not run from an earlier results document, recording where they come from."""
+    kept = document.setdefault("kept_sections", {})
+    for section in ("quality", "cost"):
+        if section in sections or not earlier.get(section):
+            continue
+        document[section] = earlier[section]
+        origin = (earlier.get("kept_sections") or {}).get(section)
+        kept[section] = origin or {
+            "command": earlier["command"],
+            "date": earlier["date"],
+            "seconds": earlier["wall_seconds"].get(section, float("nan")),
+        }
 
 
 def write_outputs(document: dict[str, Any], out: Path) -> None:

@@ -75,6 +75,23 @@ def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
             assert image.format == "PNG" and image.size[0] > 200
 
 
+def test_quick_repeated_and_block_ceiling_pages(tmp_path: Path) -> None:
+    """The stand-alone repeated-CV and block-ceiling benchmarks run (smoke size) and write their
+    pages and documents."""
+    repeated = [sys.executable, str(BENCH / "repeated.py"), "--quick", "--datasets", "synthetic", "--bootstrap", "20"]
+    subprocess.run([*repeated, "--jobs", "1", "--out", str(tmp_path)], check=True, timeout=600)
+    document = json.loads((tmp_path / "repeated.json").read_text())
+    differences = document["summary"]["synthetic"]["differences"]
+    assert {"fuse - merge", "merge - best-block", "merge - cox-late", "block:bags_3 - plain:bags_3"} <= set(differences)
+    assert all(cell["low"] <= cell["high"] for cell in differences.values() if np.isfinite(cell["low"]))
+    assert "| LegoMerge |" in (tmp_path / "repeated.md").read_text()
+    ceiling = [sys.executable, str(BENCH / "block_ceiling.py"), "--quick", "--patients", "120", "--out", str(tmp_path)]
+    subprocess.run(ceiling, check=True, timeout=600)
+    summary = json.loads((tmp_path / "block-ceiling.json").read_text())["sizes"][0]["summary"]
+    assert set(summary) == {"tabular_0", "timeseries_1", "image_2", "bags_3"}
+    assert all(0.0 <= s["oracle"] <= 1.0 for s in summary.values())
+
+
 def _processes_mentioning(needle: bytes) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -106,3 +123,24 @@ def test_cost_section_records_runs_that_time_out_and_still_renders(tmp_path: Pat
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG"
     assert _processes_mentioning(str(work).encode()) == []  # every process the runs started has ended
+
+
+def test_kept_sections_come_from_the_earlier_run_and_say_so() -> None:
+    from suite import keep_sections
+
+    earlier = {
+        "command": "python bench/suite.py",
+        "date": "2026-11-30",
+        "wall_seconds": {"quality": 700.0, "cost": 800.0, "total": 1500.0},
+        "quality": {"old": 1},
+        "cost": {"runs": [1]},
+    }
+    document = {"command": "python bench/suite.py --sections quality", "date": "2026-12-01", "quality": {"new": 1}}
+    keep_sections(document, earlier, ["quality"])
+    assert document["quality"] == {"new": 1} and document["cost"] == {"runs": [1]}
+    assert document["kept_sections"] == {
+        "cost": {"command": "python bench/suite.py", "date": "2026-11-30", "seconds": 800.0}
+    }
+    again = {"command": "later", "date": "2026-12-02", "quality": {"newer": 1}}
+    keep_sections(again, document | {"wall_seconds": {"quality": 1.0}}, ["quality"])
+    assert again["kept_sections"]["cost"]["date"] == "2026-11-30"  # the cost figures' own run, not the last one
