@@ -179,7 +179,12 @@ def run_fold(
         "n_test": len(fold.test),
         "n_paired_train": len(fold.paired_train),
         "blocks": fold.block_reports,
-        "fuse": {"best_epoch": fold.fuse_report.best_epoch, **fold.fused.parameter_counts()},
+        "fuse": {
+            "best_epoch": fold.fuse_report.best_epoch,
+            "budget_from": "validation" if fold.fuse_report.inner_cv_loss is None else "inner-cv",
+            "inner_cv_loss": fold.fuse_report.inner_cv_loss,
+            **fold.fused.parameter_counts(),
+        },
         "models": results,
         "validation_models": validation_results,
     }
@@ -232,6 +237,18 @@ def format_table(summary: dict[str, dict[str, float]], metric_name: str, title: 
     lines = [title, f"{'model'.ljust(width)}  {metric_name} (mean ± std over folds)", "-" * (width + 30)]
     lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
     return "\n".join(lines)
+
+
+def fuse_note(folds: list[dict[str, Any]]) -> str:
+    """What LegoFuse kept over the folds: how many folds fine-tuned (the others are the untrained
+    model: in ``merge`` mode, the merge itself) and how the budget was chosen."""
+    tuned = sum(f["fuse"]["best_epoch"] > 0 for f in folds)
+    inner = sum(f["fuse"].get("budget_from") == "inner-cv" for f in folds)
+    return (
+        f"LegoFuse kept fine-tuning in {tuned} of {len(folds)} folds (the others keep the untrained model); "
+        f"budget by inner cross-validation in {inner} folds (few validation events), on validation patients "
+        f"in {len(folds) - inner}"
+    )
 
 
 def run_centralized(

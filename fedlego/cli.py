@@ -42,7 +42,7 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
 
 def _centralized(args: argparse.Namespace) -> int:
     from fedlego.client.simulated import cohort_source
-    from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized
+    from fedlego.common.centralized import CentralizedConfig, format_table, fuse_note, run_centralized
     from fedlego.common.config import RunConfig
     from fedlego.common.data.presets import preprocessing_for, run_cohort
 
@@ -60,6 +60,7 @@ def _centralized(args: argparse.Namespace) -> int:
         f"test on patients with all of {modalities}"
     )
     print(format_table(document["summary"], document["metric"], title))
+    print(fuse_note(document["folds"]))
     print(f"wall time {document['wall_seconds']:.1f} s; results in {args.out / 'results.json'}")
     return 0
 

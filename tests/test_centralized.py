@@ -114,7 +114,12 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "LegoMerge" in printed and "wall time" in printed
-    assert json.loads((tmp_path / "results.json").read_text())["kind"] == "centralized"
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["kind"] == "centralized"
+    fuse = document["folds"][0]["fuse"]
+    assert fuse["budget_from"] in ("inner-cv", "validation")
+    tuned = int(fuse["best_epoch"] > 0)
+    assert f"LegoFuse kept fine-tuning in {tuned} of 1 folds" in printed
 
 
 def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
