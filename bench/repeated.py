@@ -5,12 +5,13 @@
 For each data set, ``repeats`` x 5 patient-level random train/validation/test splits (70/15/15,
 stratified by event: the benchmark's split procedure; repeat ``r`` draws fold ``k`` with seed
 ``SPLIT_SEED_STRIDE * r + k``, so repeat 0 is the table's splits). In each split the centralized
-pipeline trains the blocks, LegoMerge and LegoFuse (default settings: budget by inner
-cross-validation when the validation patients hold few events), LegoFuse once more with the
-budget chosen on the validation patients (``fuse-inner-cv-below = 0``), each modality's encoder +
-linear head and their late fusion, and the classical baselines; all are scored on the split's
-complete-case test patients. Model initialisation is the same in every split (the federation's
-shared seed); the repeats vary the patients.
+pipeline trains the blocks, LegoMerge and LegoFuse (default settings: the fine-tuning budget
+chosen on the validation patients), LegoFuse once more with the budget chosen by inner
+cross-validation on the paired training patients (``fuse-inner-cv-below = 30``: every bundled
+validation set has fewer events), each modality's encoder + linear head and their late fusion,
+and the classical baselines; all are scored on the split's complete-case test patients. Model
+initialisation is the same in every split (the federation's shared seed); the repeats vary the
+patients.
 
 Reported: mean ± std over all splits, and paired differences (two models on the same test
 patients of each split), mean over splits with a 95 % **patient bootstrap** interval: each of
@@ -21,13 +22,15 @@ whose test set holds it), and averages the difference over the splits; the inter
 variation of training sets, which the repeats only average over. "best block" is the block with
 the highest validation metric in each split (no test patient chooses it).
 
-Writes ``OUT/repeated.json`` and ``OUT/repeated.md``.
+Writes ``OUT/repeated.json`` and ``OUT/repeated.md``; ``--render`` recomputes the summary and the
+page from ``OUT/repeated.json`` without training anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +45,7 @@ from quality import ensemble_scores, load_benchmark_dataset, quick_config
 from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
+from fedlego.common.concordance import binary_pair_counts, survival_pair_counts
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import task_from_dict
@@ -51,10 +55,11 @@ DATASETS = ("tcga-acc", "pbc", "synthetic")
 BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion")
 SPLIT_SEED_STRIDE = 1000
 BOOTSTRAP = 1000
+INNER_CV_BELOW = 30
 LABELS = {
     "merge": "LegoMerge",
-    "fuse": "LegoFuse (default: budget by inner CV on few validation events)",
-    "fuse-validation": "LegoFuse, budget chosen on the validation patients",
+    "fuse": "LegoFuse (default: budget chosen on the validation patients)",
+    "fuse-inner-cv": "LegoFuse, budget by inner CV on the paired training patients",
     "ensemble": "Ensemble of the blocks (mean prediction)",
     "plain-late": "Late fusion of the separately trained encoders + heads",
     "cox-early": "Cox early fusion",
@@ -64,7 +69,8 @@ LABELS = {
 }
 COMPARISONS = (
     ("fuse", "merge"),
-    ("fuse-validation", "merge"),
+    ("fuse-inner-cv", "merge"),
+    ("fuse-inner-cv", "fuse"),
     ("merge", "best-block"),
     ("merge", "ensemble"),
     ("merge", "plain-late"),
@@ -98,15 +104,15 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
     scores["ensemble"] = ensemble_scores(models.blocks, test, task)
     scores["merge"] = scores_of(models.merged, test, task)
     scores["fuse"] = scores_of(models.fused, test, task)
-    validation_fuse, validation_report = fuse_blocks(
+    inner_fuse, inner_report = fuse_blocks(
         models.blocks,
         models.paired_train,
         models.paired_validation if len(models.paired_validation) else None,
         task,
-        replace(config.fuse, inner_cv_below=0),
+        replace(config.fuse, inner_cv_below=INNER_CV_BELOW),
         config.merge,
     )
-    scores["fuse-validation"] = scores_of(validation_fuse, test, task)
+    scores["fuse-inner-cv"] = scores_of(inner_fuse, test, task)
     baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
     plain = {m: fit_plain_unimodal(m, models.train, models.validation, task, baseline_config) for m in models.blocks}
     scores.update({f"plain:{m}": scores_of(p, test, task) for m, p in plain.items()})
@@ -128,13 +134,19 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
         "targets": _targets(test),
         "scores": {k: np.asarray(v).tolist() for k, v in scores.items()},
         "best_block": best_block,
-        "fuse_epochs": {"fuse": models.fuse_report.best_epoch, "fuse-validation": validation_report.best_epoch},
+        "fuse_epochs": {"fuse": models.fuse_report.best_epoch, "fuse-inner-cv": inner_report.best_epoch},
         "failures": failures,
         "seconds": time.perf_counter() - start,
     }
 
 
 def _metric(task, scores: np.ndarray, targets: dict[str, np.ndarray], rows: np.ndarray) -> float:
+    """The task metric on the given rows (repeated rows count repeatedly); c-index and binary AUC
+    from their pair counts (equal to scikit-survival's and scikit-learn's, and fast)."""
+    if task.kind == "survival":
+        return survival_pair_counts(scores[rows], targets["time"][rows], targets["event"][rows]).metric
+    if task.kind == "binary":
+        return binary_pair_counts(scores[rows], targets["label"][rows]).metric
     picked = {k: torch.as_tensor(v[rows]) for k, v in targets.items()}
     return float(task.metric(scores[rows], picked))
 
@@ -203,7 +215,7 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
         column = draws[:, j][np.isfinite(draws[:, j])]
         low, high = np.percentile(column, [2.5, 97.5]) if column.size else (float("nan"), float("nan"))
         differences[f"{first} - {second}"] = {"mean": float(observed[j]), "low": float(low), "high": float(high)}
-    fuse_epochs = {k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records])) for k in ("fuse", "fuse-validation")}
+    fuse_epochs = {k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records])) for k in ("fuse", "fuse-inner-cv")}
     return {
         "metric": "c-index" if task.kind == "survival" else "AUC",
         "splits": len(records),
@@ -215,6 +227,8 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
 
 
 def _label(model: str) -> str:
+    if model == "best-block":
+        return "best LegoBlock (the highest validation metric in each split)"
     if model.startswith("block:"):
         return f"LegoBlock: {model[6:]}"
     if model.startswith("plain:"):
@@ -263,8 +277,8 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "Share of splits where LegoFuse kept any fine-tuning (the rest keep the merge): "
         + "; ".join(
-            f"{n}: default {summaries[n]['share_fine_tuned']['fuse']:.0%}, validation-chosen "
-            f"{summaries[n]['share_fine_tuned']['fuse-validation']:.0%}"
+            f"{n}: default (validation) {summaries[n]['share_fine_tuned']['fuse']:.0%}, inner CV "
+            f"{summaries[n]['share_fine_tuned']['fuse-inner-cv']:.0%}"
             for n in names
         )
         + ".",
@@ -307,7 +321,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
     parser.add_argument("--quick", action="store_true", help="one split, tiny models: checks the path, not the science")
+    parser.add_argument(
+        "--render", action="store_true", help="only recompute the summary and page from OUT/repeated.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        document = json.loads((args.out / "repeated.json").read_text())
+        names = list(dict.fromkeys(r["dataset"] for r in document["records"]))
+        document["summary"] = {
+            n: summarise_dataset([r for r in document["records"] if r["dataset"] == n], document["bootstrap"])
+            for n in names
+        }
+        write_page(args.out, "repeated", document, markdown)
+        return
     start = time.perf_counter()
     folds = 1 if args.quick else 5
     repeats = 1 if args.quick else args.repeats

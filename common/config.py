@@ -187,11 +187,12 @@ class FuseConfig:
     min_improvement: float = 0.01
     """Fine-tuning replaces the untrained model (the merge, in merge mode) only when it lowers
     the validation loss by this fraction of the untrained model's (epochs and federated rounds)."""
-    inner_cv_below: int = 30
+    inner_cv_below: int = 0
     """Centralized pipeline: with fewer validation events than this (survival: events; classes:
     patients of the rarest class), the number of fine-tuning epochs (0 to fuse-epochs) is chosen
     by inner cross-validation on the paired training patients instead of on the validation
-    patients (0: always on the validation patients)."""
+    patients (0, the default: always on the validation patients; the inner folds hold patients
+    the blocks trained on, see docs/benchmarks/repeated.md)."""
     inner_folds: int = 3
     """Folds of that inner cross-validation."""
     seed: int = 0
