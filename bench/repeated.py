@@ -45,7 +45,6 @@ from quality import ensemble_scores, load_benchmark_dataset, quick_config
 from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
-from fedlego.common.concordance import binary_pair_counts, survival_pair_counts
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import task_from_dict
@@ -78,6 +77,7 @@ COMPARISONS = (
     ("merge", "cox-late"),
     ("merge", "cox-early"),
     ("merge", "early-fusion"),
+    ("fuse", "plain-late"),
     ("fuse", "late-fusion"),
     ("fuse", "cox-late"),
     ("fuse", "cox-early"),
@@ -142,13 +142,11 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
 
 def _metric(task, scores: np.ndarray, targets: dict[str, np.ndarray], rows: np.ndarray) -> float:
     """The task metric on the given rows (repeated rows count repeatedly); c-index and binary AUC
-    from their pair counts (equal to scikit-survival's and scikit-learn's, and fast)."""
-    if task.kind == "survival":
-        return survival_pair_counts(scores[rows], targets["time"][rows], targets["event"][rows]).metric
-    if task.kind == "binary":
-        return binary_pair_counts(scores[rows], targets["label"][rows]).metric
+    from the task's pair counts (the same value as its metric, and fast)."""
     picked = {k: torch.as_tensor(v[rows]) for k, v in targets.items()}
-    return float(task.metric(scores[rows], picked))
+    if task.kind == "multiclass":
+        return float(task.metric(scores[rows], picked))
+    return task.pair_counts(scores[rows], picked).metric
 
 
 def _model_scores(record: dict[str, Any], model: str) -> np.ndarray | None:
@@ -251,7 +249,13 @@ def markdown(document: dict[str, Any]) -> str:
         f"`{document['command']}` on {document['date']} ({document['wall_seconds'] / 60:.1f} min, "
         f"{document['jobs']} processes). {document['repeats']} repeats x 5 patient-level random splits per data set "
         f"(the table's split procedure; repeat 0 is the table's splits), {document['bootstrap']} patient-bootstrap "
-        "replicates. Test metric on each split's complete-case test patients.",
+        "replicates. Test metric on each split's complete-case test patients."
+        + (
+            f" Summary and intervals recomputed from the stored per-patient scores by "
+            f"`{document['rendered']['command']}` on {document['rendered']['date']} (no model retrained)."
+            if document.get("rendered")
+            else ""
+        ),
         "",
         "## Models (mean ± std over splits)",
         "",
@@ -327,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.render:
         document = json.loads((args.out / "repeated.json").read_text())
+        document["rendered"] = {"command": command_line("repeated.py", argv), "date": datetime.date.today().isoformat()}
         names = list(dict.fromkeys(r["dataset"] for r in document["records"]))
         document["summary"] = {
             n: summarise_dataset([r for r in document["records"] if r["dataset"] == n], document["bootstrap"])

@@ -151,8 +151,10 @@ def fuse_blocks(
         min_improvement=config.min_improvement,
         weight_decay=fuse_weight_decay(config),
     )
-    few_events = validation is None or task.events(validation.targets) < config.inner_cv_below
-    if config.inner_cv_below and few_events and len(train) >= 2 * config.inner_folds:
+    few_events = config.inner_cv_below and (
+        validation is None or task.events(validation.targets) < config.inner_cv_below
+    )
+    if few_events and len(train) >= 2 * config.inner_folds:
         epochs, curve = inner_cv_epochs(blocks, train, task, config, merge, training)
         model = fuse_model(blocks, config, merge)
         training = replace(training, epochs=epochs, keep_initial=False)

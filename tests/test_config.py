@@ -52,6 +52,8 @@ def test_flat_keys_round_trip_and_the_seed_reaches_every_section():
         ({"dropout": 1.0}, "dropout"),
         ({"fuse-dp-delta": 2.0}, "fuse-dp-delta"),
         ({"block-dp-epsilon": 3.0, "block-rounds": 2}, "block-rounds"),
+        ({"fuse-inner-cv-below": -1}, "fuse-inner-cv-below must be at least 0"),
+        ({"fuse-inner-folds": 1}, "fuse-inner-folds must be at least 2"),
     ],
 )
 def test_bad_keys_and_values_are_refused_by_name(values, message):
