@@ -190,6 +190,7 @@ class SiteRuntime:
         if len(train) == 0:
             raise ValueError("this site has no training patient for this model")
         before = evaluate_loss(model, validation, task, forward) if len(validation) else float("nan")
+        events = task.events(validation.targets) if len(validation) else 0
         if train_config.epochs > 0:
             anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -203,7 +204,7 @@ class SiteRuntime:
 
             fit(model, train, None, task, train_config, forward=forward, regulariser=regulariser)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return RoundReply(state, len(train), before)
+        return RoundReply(state, len(train), before, len(validation), events)
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts

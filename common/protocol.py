@@ -290,15 +290,22 @@ class RoundRequest:
 
 @dataclass
 class RoundReply:
-    """A site's answer to a round: new weights, its training patients, and the validation loss
-    of the model as received (before local training)."""
+    """A site's answer to a round: new weights, its training patients, the validation loss of the
+    model as received (before local training) and how many validation patients and events that
+    loss was measured on (None from a site that does not say)."""
 
     state: dict[str, torch.Tensor]
     n_train: int
     validation_loss_before: float
+    n_validation: int | None = None
+    validation_events: int | None = None
 
     def to_payload(self) -> Payload:
         metrics = {"num-examples": float(self.n_train), "validation-loss-before": self.validation_loss_before}
+        if self.n_validation is not None:
+            metrics["validation-patients"] = float(self.n_validation)
+        if self.validation_events is not None:
+            metrics["validation-events"] = float(self.validation_events)
         return Payload(config=_versioned({}), arrays=self.state, metrics=metrics)
 
     @classmethod
@@ -306,7 +313,19 @@ class RoundReply:
         _field(payload, VERSION_KEY, "round reply")
         if payload.arrays is None or not {"num-examples", "validation-loss-before"} <= set(payload.metrics):
             raise ProtocolError("round reply: needs arrays and the metrics num-examples, validation-loss-before")
-        return cls(payload.arrays, int(payload.metrics["num-examples"]), payload.metrics["validation-loss-before"])
+        counts = {}
+        for key in ("validation-patients", "validation-events"):
+            value = payload.metrics.get(key)
+            if value is not None and not _count(value):
+                raise ProtocolError(f"round reply: {key!r} must be a non-negative integer, got {value!r}")
+            counts[key] = None if value is None else int(value)
+        return cls(
+            payload.arrays,
+            int(payload.metrics["num-examples"]),
+            payload.metrics["validation-loss-before"],
+            counts["validation-patients"],
+            counts["validation-events"],
+        )
 
 
 @dataclass
@@ -363,6 +382,11 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _count(value: Any) -> bool:
+    """A non-negative integer (as int or a whole float)."""
+    return _number(value) and math.isfinite(value) and value >= 0 and value == int(value)
+
+
 def evaluation_problem(values: Any) -> str | None:
     """Why one model's evaluation result is malformed (None when it is well formed): an object
     with ``metric`` (a number in [0, 1], or NaN when nothing was comparable), ``n`` (a count) and
@@ -375,7 +399,7 @@ def evaluation_problem(values: Any) -> str | None:
     for key in ("n", *PAIR_COUNT_KEYS):
         if key == "n" or key in values:
             count = values.get(key)
-            if not _number(count) or not math.isfinite(count) or count < 0 or count != int(count):
+            if not _count(count):
                 return f"{key!r} must be a non-negative integer, got {count!r}"
     for key in PAIR_SUM_KEYS:
         if key in values and (not _number(values[key]) or not math.isfinite(values[key]) or values[key] < 0):

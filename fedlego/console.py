@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import math
 
-from fedlego.server.results import ModelMetrics, RunResults
+from fedlego.server.results import ModelMetrics, RoundsRecord, RunResults
 
 FEW_TEST_PATIENTS = 20
 """Below this many test patients a site's own metric gets a warning."""
+FEW_VALIDATION_EVENTS = 30
+"""Below this many validation events (classification: patients of the rarest class) the round
+kept by federated rounds gets a warning."""
 
 
 def _interval(entry: ModelMetrics) -> str:
     if entry.pooled_low is None or entry.pooled_high is None:
         return ""
     return f" [{entry.pooled_low:.2f}, {entry.pooled_high:.2f}]"
+
+
+def validation_note(name: str, record: RoundsRecord, task_kind: str | None) -> str | None:
+    """A warning when ``record``'s kept round was chosen on few validation events (the fewest any
+    round was measured on), None otherwise or when the sites did not say."""
+    events = [e for e in record.validation_events or [] if e is not None]
+    patients = [p for p in record.validation_patients or [] if p is not None]
+    if not events or len(record.validation_loss) < 2 or min(events) >= FEW_VALIDATION_EVENTS:
+        return None
+    unit = "events" if task_kind in (None, "survival") else "patients of the rarest class"
+    return (
+        f"{name} kept round {record.kept_round} of {len(record.validation_loss) - 1}, chosen on "
+        f"{min(patients) if patients else '?'} validation patients with {min(events)} {unit} (under "
+        f"{FEW_VALIDATION_EVENTS}): on so few, the choice between rounds is mostly noise"
+    )
 
 
 def federation_table(results: RunResults) -> str:
@@ -52,6 +70,9 @@ def federation_table(results: RunResults) -> str:
             "fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept "
             f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
         )
+    kind = (results.task or {}).get("kind")
+    notes = (validation_note(name, record, kind) for name, record in results.rounds.items())
+    lines += [f"note: {note}" for note in notes if note]
     lines += [f"refused: {r.site}/{r.modality}: {r.reason}" for r in results.refused]
     lines += [f"failed: {f.site} in {f.phase}: {f.reason}" for f in results.failures]
     return "\n".join(lines)

@@ -287,7 +287,12 @@ class Federation:
                 package=serialize(package),
             )
 
+        patients: list[int | None] = []
+        events: list[int | None] = []
+
         def record(finished: Round) -> None:
+            patients.append(finished.validation_patients)
+            events.append(finished.validation_events)
             self.recorder.audit(
                 "fedavg-round",
                 modality=modality,
@@ -310,7 +315,11 @@ class Federation:
         block.n_samples = sum(p.n_samples for p, _ in candidates)
         block.preprocessing = json.loads(reference_package.preprocessing_json or "null")
         self.results.rounds[f"block:{modality}"] = RoundsRecord(
-            validation_loss=rounds.history, kept_round=best, sites=sorted(p.site for p, _ in candidates)
+            validation_loss=rounds.history,
+            kept_round=best,
+            sites=sorted(p.site for p, _ in candidates),
+            validation_patients=patients,
+            validation_events=events,
         )
         package = block_to_package(
             block, task, site="fedavg:" + "+".join(sorted(p.site for p, _ in candidates)), run_id=self.run_id
@@ -446,9 +455,13 @@ class Federation:
             weight_decay=fuse_weight_decay(self.settings.fuse, training.weight_decay),
         )
         rounds, participants = Rounds(rounds_config.fuse_rounds, [model.fusion_state_dict()]), []
+        patients: list[int | None] = []
+        events: list[int | None] = []
         done = self.recorder.progress.inside.get("fuse")
         if done:
             rounds.history, participants = list(done["history"]), list(done["participants"])
+            patients = list(done.get("validation_patients", [None] * len(participants)))
+            events = list(done.get("validation_events", [None] * len(participants)))
             rounds.states = [self.recorder.load_tensors(f"fuse-state-{i}") for i in range(done["states"])]
         else:
             self.recorder.save_tensors("fuse-state-0", rounds.states[0])
@@ -469,6 +482,8 @@ class Federation:
 
         def record(finished: Round) -> None:
             participants.append(sorted(self.exchange.site(n) for n in finished.answered))
+            patients.append(finished.validation_patients)
+            events.append(finished.validation_events)
             self.recorder.audit(
                 "fuse-round",
                 round=finished.index,
@@ -481,6 +496,8 @@ class Federation:
                 self.recorder.progress.inside["fuse"] = {
                     "history": rounds.history,
                     "participants": participants,
+                    "validation_patients": patients,
+                    "validation_events": events,
                     "states": len(rounds.states),
                 }
                 self.recorder.save_progress()
@@ -501,6 +518,8 @@ class Federation:
             validation_loss=rounds.history,
             kept_round=best,
             participants=participants,
+            validation_patients=patients,
+            validation_events=events,
             trainable=counts["trainable"],
             total=counts["total"],
         )

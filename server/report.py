@@ -305,6 +305,14 @@ def _round_sites(record: RoundsRecord) -> str:
     return ", ".join(record.sites or [])
 
 
+def _validation_size(record: RoundsRecord) -> str:
+    patients = [p for p in record.validation_patients or [] if p is not None]
+    events = [e for e in record.validation_events or [] if e is not None]
+    if not patients:
+        return "not reported"
+    return f"{min(patients)} ({min(events)})" if events else str(min(patients))
+
+
 def _rounds_section(run: RunResults) -> str:
     rounds = run.rounds
     fuse_note = (
@@ -318,10 +326,22 @@ def _rounds_section(run: RunResults) -> str:
     if not rounds:
         return _section("Rounds", fuse_note)
     rows = [
-        (name, ", ".join(_number(v) for v in record.validation_loss), record.kept_round, _round_sites(record))
+        (
+            name,
+            ", ".join(_number(v) for v in record.validation_loss),
+            record.kept_round,
+            _validation_size(record),
+            _round_sites(record),
+        )
         for name, record in rounds.items()
     ]
-    headers = ["rounds", "validation loss per round (0 = starting point)", "kept round", "sites (per round for fuse)"]
+    headers = [
+        "rounds",
+        "validation loss per round (0 = starting point)",
+        "kept round",
+        "validation patients (events), fewest in a round",
+        "sites (per round for fuse)",
+    ]
     table = _table(headers, rows)
     return _section("Rounds: FedAvg per shared modality and LegoFuse", fuse_note, _rounds_chart(rounds), table)
 

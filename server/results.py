@@ -88,8 +88,8 @@ class ModelMetrics:
 @dataclass
 class RoundsRecord:
     """Federated rounds on one set of parameters: the sites' validation loss per round, the kept
-    round, who took part (``sites`` for a block, ``participants`` per round for fuse) and, for
-    fuse, the trainable and total parameter counts."""
+    round, who took part (``sites`` for a block, ``participants`` per round for fuse), how much
+    validation data chose the round and, for fuse, the trainable and total parameter counts."""
 
     validation_loss: list[float] = field(default_factory=list)
     kept_round: int = 0
@@ -97,6 +97,10 @@ class RoundsRecord:
     participants: list[list[str]] | None = None
     trainable: int | None = None
     total: int | None = None
+    validation_patients: list[int | None] | None = None
+    """Per round, the validation patients the sites' losses were measured on (summed over sites)."""
+    validation_events: list[int | None] | None = None
+    """Per round, their events (survival) or rarest-class patients (classification)."""
 
 
 @dataclass

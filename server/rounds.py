@@ -44,6 +44,21 @@ class Round:
     answered: dict[int, RoundReply]
     validation_loss: float
 
+    @property
+    def validation_patients(self) -> int | None:
+        """The validation patients the sites measured this round's loss on (None if a site did
+        not say)."""
+        return _total([reply.n_validation for reply in self.answered.values()])
+
+    @property
+    def validation_events(self) -> int | None:
+        """Their events (survival) or rarest-class patients (classification), summed over sites."""
+        return _total([reply.validation_events for reply in self.answered.values()])
+
+
+def _total(counts: list[int | None]) -> int | None:
+    return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
+
 
 @dataclass
 class Rounds:

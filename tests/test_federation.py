@@ -303,6 +303,9 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     fuse_rounds = [c for c in second.calls if c[0] == "train.fuse"]
     assert len(fuse_rounds) == 2  # rounds 2 and 3 only
     assert len(results["rounds"]["fuse"]["validation_loss"]) == 4
+    fuse = results["rounds"]["fuse"]
+    counts = list(zip(fuse["validation_patients"], fuse["validation_events"], strict=True))
+    assert len(counts) == 4 and all(p > 0 and 0 <= e <= p for p, e in counts)  # kept across the resume
     events = [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events[0] == "run-started" and "run-resumed" in events and events[-1] == "run-completed"
     assert events[events.index("run-resumed") - 1] == "attempt-unfinished"  # the killed attempt, on record

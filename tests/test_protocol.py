@@ -55,7 +55,19 @@ def test_every_message_round_trips_through_flower_records():
     )  # fmt: skip
     torch.testing.assert_close(back.state["w"], state["w"])
     reply = RoundReply.from_payload(through_flower(RoundReply(state, 12, 0.5).to_payload()))
-    assert (reply.n_train, reply.validation_loss_before) == (12, 0.5)
+    assert (reply.n_train, reply.validation_loss_before, reply.n_validation, reply.validation_events) == (
+        12, 0.5, None, None,
+    )  # fmt: skip
+    counted = RoundReply.from_payload(through_flower(RoundReply(state, 12, 0.5, 7, 3).to_payload()))
+    assert (counted.n_validation, counted.validation_events) == (7, 3)
+
+
+@pytest.mark.parametrize("value", [-1.0, 2.5, float("nan"), float("inf")])
+def test_a_round_reply_with_a_malformed_validation_count_is_refused(value):
+    payload = RoundReply({"w": torch.zeros(1)}, 12, 0.5, 7, 3).to_payload()
+    payload.metrics["validation-events"] = value
+    with pytest.raises(ProtocolError, match="'validation-events' must be a non-negative integer"):
+        RoundReply.from_payload(payload)
 
 
 def test_the_training_settings_travel_in_the_round_request():

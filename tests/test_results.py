@@ -191,6 +191,23 @@ def test_the_console_table_says_when_fuse_kept_no_fine_tuning():
     assert "kept round 0" not in federation_table(tuned)
 
 
+def test_the_console_table_warns_when_rounds_were_chosen_on_few_validation_events():
+    metrics = {"fuse": {"fuse": ModelMetrics({"a": SiteMetric(0.7, 40)}, 0.7, 40)}}
+
+    def table(events: list[int | None], kind: str = "survival") -> str:
+        record = RoundsRecord([1.0, 0.9, 0.95], 1, validation_patients=[40, 40, 38], validation_events=events)
+        return federation_table(
+            RunResults(run_id="r", config={}, metrics=metrics, rounds={"fuse": record}, task={"kind": kind})
+        )
+
+    assert "note: fuse kept round 1 of 2, chosen on 38 validation patients with 12 events (under 30)" in table(
+        [14, 14, 12]
+    )
+    assert "patients of the rarest class" in table([14, 14, 12], kind="binary")
+    assert "chosen on" not in table([40, 40, 31])
+    assert "chosen on" not in table([None, None, None])  # sites that do not say get no guess
+
+
 def test_the_console_table_warns_about_sites_with_few_test_patients():
     few = {"merge": {"merge": ModelMetrics({"a": SiteMetric(0.5, 4), "b": SiteMetric(0.7, 60)}, 0.68, 64)}}
     table = federation_table(RunResults(run_id="r", config={}, metrics=few))
