@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fedlego.server.results import ModelMetrics, RoundsRecord, RunResults
+from fedlego.server.results import ModelMetrics, RunResults
 
 FEW_TEST_PATIENTS = 20
 """Below this many test patients a site's own metric gets a warning."""
@@ -19,18 +19,26 @@ def _interval(entry: ModelMetrics) -> str:
     return f" [{entry.pooled_low:.2f}, {entry.pooled_high:.2f}]"
 
 
-def validation_note(name: str, record: RoundsRecord, task_kind: str | None) -> str | None:
-    """A warning when ``record``'s kept round was chosen on few validation events (the fewest any
-    round was measured on), None otherwise or when the sites did not say."""
-    events = [e for e in record.validation_events or [] if e is not None]
-    patients = [p for p in record.validation_patients or [] if p is not None]
-    if not events or len(record.validation_loss) < 2 or min(events) >= FEW_VALIDATION_EVENTS:
+def few_validation_rounds(results: RunResults) -> str | None:
+    """A warning naming the round series whose kept round was chosen on fewer than
+    ``FEW_VALIDATION_EVENTS`` validation events (the fewest any of its rounds was measured on);
+    None when there is none, or the sites did not say."""
+    kind = (results.task or {}).get("kind")
+    survival = kind in (None, "survival")
+    unit, short = ("events", "events") if survival else ("patients of the rarest class", "in the rarest class")
+    few = []
+    for name, record in results.rounds.items():
+        events = [e for e in record.validation_events or [] if e is not None]
+        patients = [p for p in record.validation_patients or [] if p is not None]
+        if events and len(record.validation_loss) > 1 and min(events) < FEW_VALIDATION_EVENTS:
+            shown = f"{min(patients)} patients, " if patients else ""
+            rounds = len(record.validation_loss) - 1
+            few.append(f"{name} kept round {record.kept_round} of {rounds} ({shown}{min(events)} {short})")
+    if not few:
         return None
-    unit = "events" if task_kind in (None, "survival") else "patients of the rarest class"
     return (
-        f"{name} kept round {record.kept_round} of {len(record.validation_loss) - 1}, chosen on "
-        f"{min(patients) if patients else '?'} validation patients with {min(events)} {unit} (under "
-        f"{FEW_VALIDATION_EVENTS}): on so few, the choice between rounds is mostly noise"
+        f"note: rounds chosen on fewer than {FEW_VALIDATION_EVENTS} validation {unit}: {'; '.join(few)}; "
+        "on so few, the choice between rounds is mostly noise"
     )
 
 
@@ -70,9 +78,8 @@ def federation_table(results: RunResults) -> str:
             "fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept "
             f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
         )
-    kind = (results.task or {}).get("kind")
-    notes = (validation_note(name, record, kind) for name, record in results.rounds.items())
-    lines += [f"note: {note}" for note in notes if note]
+    rounds_note = few_validation_rounds(results)
+    lines += [rounds_note] if rounds_note else []
     lines += [f"refused: {r.site}/{r.modality}: {r.reason}" for r in results.refused]
     lines += [f"failed: {f.site} in {f.phase}: {f.reason}" for f in results.failures]
     return "\n".join(lines)

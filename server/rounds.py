@@ -1,9 +1,10 @@
 """The round loop shared by block FedAvg and the fuse rounds.
 
 Each round sends the current parameters to a cohort of sites, collects their replies, records the
-sample-weighted validation loss the sites measured before training, and aggregates the returned
-parameters; one last round only evaluates. The caller builds the messages, exchanges them, chooses
-the aggregation (FedAvg, or central DP-FedAvg for fuse) and records each round (audit, checkpoint).
+validation loss the sites measured before training (over all their validation patients), and
+aggregates the returned parameters; one last round only evaluates. The caller builds the
+messages, exchanges them, chooses the aggregation (FedAvg, or central DP-FedAvg for fuse) and
+records each round (audit, checkpoint).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def median_of_finite(values: list[float]) -> float:
 @dataclass
 class Round:
     """One finished exchange: its index, whether it only evaluated, the replies by node and their
-    sample-weighted validation loss."""
+    validation loss weighted by the sites' validation patients."""
 
     index: int
     final: bool
@@ -54,6 +55,16 @@ class Round:
     def validation_events(self) -> int | None:
         """Their events (survival) or rarest-class patients (classification), summed over sites."""
         return _total([reply.validation_events for reply in self.answered.values()])
+
+
+def loss_weights(answered: dict[int, RoundReply]) -> list[float]:
+    """Weights of the sites' validation losses in a round's mean: their validation patients, so the
+    mean is the loss over every validation patient; their training patients when a site did not
+    say (older sites)."""
+    replies = list(answered.values())
+    if all(reply.n_validation is not None for reply in replies):
+        return [float(reply.n_validation) for reply in replies]  # type: ignore[arg-type]
+    return [float(reply.n_train) for reply in replies]
 
 
 def _total(counts: list[int | None]) -> int | None:
@@ -100,7 +111,7 @@ class Rounds:
             answered = exchange(requests)
             counts = [float(reply.n_train) for reply in answered.values()]
             losses = [reply.validation_loss_before for reply in answered.values()]
-            self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, counts))
+            self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, loss_weights(answered)))
             if drop_lost:
                 cohort = [n for n in cohort if n in answered]
             if not final:

@@ -506,7 +506,7 @@ def _poisoning_run(monkeypatch, aggregation: str) -> tuple[dict, str, str]:
     def poisoned_round(self, block, task, train_config, proximal_mu=0.0):
         reply = honest_round(self, block, task, train_config, proximal_mu)
         if self.name == target.name:
-            reply.n_train = 10**9
+            reply.n_train = reply.n_validation = 10**9
             reply.validation_loss_before = 10.0 if train_config.epochs > 0 else 0.0
             if train_config.epochs > 0:
                 reply.state = {k: -1000 * v if v.is_floating_point() else v for k, v in reply.state.items()}

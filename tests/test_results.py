@@ -200,10 +200,10 @@ def test_the_console_table_warns_when_rounds_were_chosen_on_few_validation_event
             RunResults(run_id="r", config={}, metrics=metrics, rounds={"fuse": record}, task={"kind": kind})
         )
 
-    assert "note: fuse kept round 1 of 2, chosen on 38 validation patients with 12 events (under 30)" in table(
+    assert "chosen on fewer than 30 validation events: fuse kept round 1 of 2 (38 patients, 12 events)" in table(
         [14, 14, 12]
     )
-    assert "patients of the rarest class" in table([14, 14, 12], kind="binary")
+    assert "fewer than 30 validation patients of the rarest class" in table([14, 14, 12], kind="binary")
     assert "chosen on" not in table([40, 40, 31])
     assert "chosen on" not in table([None, None, None])  # sites that do not say get no guess
 

@@ -110,3 +110,22 @@ def test_early_stopping_leaves_the_untrained_model_only_by_the_margin():
     assert report.best_epoch == 2
     stopping.update(1.969, epoch=3)  # once fine-tuned, any improvement counts
     assert report.best_epoch == 3
+
+
+def test_a_rounds_loss_is_the_mean_over_every_validation_patient():
+    """A site with many training but few validation patients weighs by its validation patients; a
+    site that does not say how many makes the round fall back to training patients."""
+
+    def exchange_with(n_validation: dict[int, int | None]):
+        def exchange(requests: dict[int, RoundRequest]) -> dict[int, RoundReply]:
+            loss = {1: 1.0, 2: 4.0}
+            return {n: RoundReply({"w": torch.zeros(1)}, 100 * n, loss[n], n_validation[n], 1) for n in requests}
+
+        return exchange
+
+    rounds = Rounds(0, [{"w": torch.zeros(1)}])
+    rounds.run([1, 2], request, exchange_with({1: 30, 2: 10}), lambda _: None)
+    assert rounds.history == pytest.approx([(30 * 1.0 + 10 * 4.0) / 40])
+    fallback = Rounds(0, [{"w": torch.zeros(1)}])
+    fallback.run([1, 2], request, exchange_with({1: 30, 2: None}), lambda _: None)
+    assert fallback.history == pytest.approx([(100 * 1.0 + 200 * 4.0) / 300])
