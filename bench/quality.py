@@ -47,12 +47,15 @@ MERGE_WEIGHTINGS = ("uniform", "samples", "validation")
 IMBALANCES = (0.0, 0.5, 0.9)
 SITE_ABLATION_DATASETS = ("pbc", "synthetic")
 SYNTHETIC_PATIENTS = 300
+SYNTHETIC_SEED = 0
+"""The synthetic cohort's generator seed (the table's cohort is seed 0)."""
 
 
 def load_benchmark_dataset(name: str) -> tuple[MultimodalDataset, CentralizedConfig]:
     """A benchmark data set with its modalities and the run settings of ``fedlego centralized``."""
     if name == "synthetic":
-        dataset = make_synthetic(SYNTHETIC_PATIENTS, default_synthetic_modalities(4), task="survival", seed=0)
+        modalities = default_synthetic_modalities(4)
+        dataset = make_synthetic(SYNTHETIC_PATIENTS, modalities, task="survival", seed=SYNTHETIC_SEED)
         modalities, preprocessing = list(dataset.modalities), {}
     else:
         dataset = load_dataset(name)
