@@ -38,7 +38,7 @@ def median_of_finite(values: list[float]) -> float:
 @dataclass
 class Round:
     """One finished exchange: its index, whether it only evaluated, the replies by node and their
-    validation loss weighted by the sites' validation patients."""
+    validation loss (weighted by the sites' validation patients; the median in a robust round)."""
 
     index: int
     final: bool
