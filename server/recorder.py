@@ -197,12 +197,16 @@ def record_stop(
     has let go of the folder (up to ``wait`` seconds): ``status`` stopped with the reason in
     results.json and a ``run-stopped`` audit entry, unless the run already ended on record (its
     results are then returned unchanged). The new head is signed with the coordinator's
-    ``signing_key`` when given, else left unsigned. None when ``out_dir`` holds no results."""
+    ``signing_key`` when given, else left unsigned. None when ``out_dir`` holds no results once
+    the coordinator let go."""
     out_dir = Path(out_dir)
     path = out_dir / RESULTS_NAME
-    if not path.exists():
+    if not out_dir.is_dir():
         return None
+    # the coordinator may still be writing its last results.json: wait for it before looking
     with lock_run_folder(out_dir, wait):
+        if not path.exists():
+            return None
         results = RunResults.read(path)
         if results.status is not None:
             return results

@@ -5,6 +5,8 @@ the ServerApp before it could write anything."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -102,6 +104,29 @@ def test_fedlego_stop_waits_for_the_coordinator_to_let_go_and_needs_results(tmp_
     with lock_run_folder(tmp_path), pytest.raises(RecordError, match="another coordinator process"):
         record_stop(tmp_path, "stop", wait=1.0)
     assert record_stop(tmp_path / "elsewhere", "stop") is None
+
+
+def test_fedlego_stop_waits_for_a_coordinator_still_writing_its_first_results(tmp_path):
+    """The race `fedlego stop` lost: Flower reports the run finished while the stopped coordinator
+    still holds the folder and has not written results.json yet."""
+    killed_run(tmp_path / "source")
+    written = (tmp_path / "source" / "results.json").read_text()
+    out = tmp_path / "out"
+    holding = threading.Event()
+
+    def coordinator() -> None:
+        with lock_run_folder(out):
+            holding.set()
+            time.sleep(1.5)
+            (out / "audit.jsonl").write_text((tmp_path / "source" / "audit.jsonl").read_text())
+            (out / "results.json").write_text(written)
+
+    thread = threading.Thread(target=coordinator)
+    thread.start()
+    holding.wait(10)
+    results = record_stop(out, "stop", wait=30.0)
+    thread.join()
+    assert results is not None and results.status == "stopped"
 
 
 def test_the_run_id_comes_from_the_run_log(tmp_path):
