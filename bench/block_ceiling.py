@@ -152,7 +152,7 @@ def across_cohorts(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "init_seed": init_seed,
                 "modality": modality,
                 "cohorts": len(cohorts),
-                **{k: float(np.nanmean([c[k] for c in cohorts])) for k in MEANS if all(k in c for c in cohorts)},
+                **{k: float(np.nanmean([c[k] for c in cohorts])) for k in MEANS},
                 "block - plain": paired_difference([c["block"] - c["plain"] for c in cohorts]),
                 "block rho - plain rho": paired_difference([c["block_rho"] - c["plain_rho"] for c in cohorts]),
             }

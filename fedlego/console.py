@@ -28,12 +28,11 @@ def few_validation_rounds(results: RunResults) -> str | None:
     unit, short = ("events", "events") if survival else ("patients of the rarest class", "in the rarest class")
     few = []
     for name, record in results.rounds.items():
-        events = [e for e in record.validation_events or [] if e is not None]
-        patients = [p for p in record.validation_patients or [] if p is not None]
-        if events and len(record.validation_loss) > 1 and min(events) < FEW_VALIDATION_EVENTS:
-            shown = f"{min(patients)} patients, " if patients else ""
+        patients, events = record.fewest_validation()
+        if events is not None and len(record.validation_loss) > 1 and events < FEW_VALIDATION_EVENTS:
+            shown = f"{patients} patients, " if patients is not None else ""
             rounds = len(record.validation_loss) - 1
-            few.append(f"{name} kept round {record.kept_round} of {rounds} ({shown}{min(events)} {short})")
+            few.append(f"{name} kept round {record.kept_round} of {rounds} ({shown}{events} {short})")
     if not few:
         return None
     return (

@@ -306,11 +306,10 @@ def _round_sites(record: RoundsRecord) -> str:
 
 
 def _validation_size(record: RoundsRecord) -> str:
-    patients = [p for p in record.validation_patients or [] if p is not None]
-    events = [e for e in record.validation_events or [] if e is not None]
-    if not patients:
+    patients, events = record.fewest_validation()
+    if patients is None:
         return "not reported"
-    return f"{min(patients)} ({min(events)})" if events else str(min(patients))
+    return str(patients) if events is None else f"{patients} ({events})"
 
 
 def _rounds_section(run: RunResults) -> str:

@@ -102,6 +102,13 @@ class RoundsRecord:
     validation_events: list[int | None] | None = None
     """Per round, their events (survival) or rarest-class patients (classification)."""
 
+    def fewest_validation(self) -> tuple[int | None, int | None]:
+        """The fewest validation patients and events any round was measured on (None where no
+        site said)."""
+        patients = [p for p in self.validation_patients or [] if p is not None]
+        events = [e for e in self.validation_events or [] if e is not None]
+        return (min(patients) if patients else None, min(events) if events else None)
+
 
 @dataclass
 class BlockPrivacy:
