@@ -233,13 +233,14 @@ def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: F
     return models
 
 
-def disjoint_paired_fold(
-    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, log: Log
-) -> dict[str, float]:
+def disjoint_paired_models(
+    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit
+) -> tuple[FoldModels, TensorSet, int]:
     """The scenario where fusion should pay: half of the fold's paired (complete-case) training
-    patients form a hospital that trains no block; the blocks train on the other training
-    patients; LegoFuse fine-tunes on the hospital's patients only (validation and test as in the
-    table). Test metric of the best block, the merge and the fuse in every topology."""
+    patients form a hospital that trains no block; the blocks (and the fold's merge and default
+    fuse, on the paired patients left) train on the other training patients. Returns those
+    models, the hospital's patients as a set to fine-tune on, and their number; validation and
+    test patients are the fold's."""
     complete = set(dataset.complete_case_ids(config.modalities))
     paired = sorted(i for i in split.train if i in complete)
     rng = np.random.default_rng(2000 + split.fold)
@@ -247,7 +248,15 @@ def disjoint_paired_fold(
     held = set(hospital)
     fold = train_fold(dataset, config, replace(split, train=[i for i in split.train if i not in held]), lambda _: None)
     preprocessors = {m: preprocessor_from_dict(b.preprocessing) for m, b in fold.blocks.items()}
-    fine_tune = make_tensor_set(dataset, preprocessors, hospital)
+    return fold, make_tensor_set(dataset, preprocessors, hospital), len(hospital)
+
+
+def disjoint_paired_fold(
+    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit, log: Log
+) -> dict[str, float]:
+    """``disjoint_paired_models``, LegoFuse fine-tuned on the hospital's patients only in every
+    topology. Test metric of the best block, the merge and each fuse."""
+    fold, fine_tune, hospital = disjoint_paired_models(dataset, config, split)
     validation = fold.paired_validation if len(fold.paired_validation) else None
     task, test = fold.task, fold.test
     result = {
@@ -255,7 +264,7 @@ def disjoint_paired_fold(
             metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for b in fold.blocks.values()
         ),
         "merge": metric(task, scores_of(fold.merged, test, task), test),
-        "hospital patients": float(len(hospital)),
+        "hospital patients": float(hospital),
     }
     for mode in FUSE_MODES:
         fused, report = fuse_blocks(

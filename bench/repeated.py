@@ -11,7 +11,11 @@ cross-validation on the paired training patients (``fuse-inner-cv-below = 30``: 
 validation set has fewer events), each modality's encoder + linear head and their late fusion,
 and the classical baselines; all are scored on the split's complete-case test patients. Model
 initialisation is the same in every split (the federation's shared seed); the repeats vary the
-patients.
+patients. Two more rows per split: LegoMerge with ``validation`` block weights (each block
+weighted by its validation metric above chance: the rule for weak blocks, chosen on validation
+patients), and the disjoint-paired scenario (``quality.disjoint_paired_models``: half of the paired
+training patients form a hospital that trains no block; LegoFuse, default settings, fine-tunes on
+the hospital's patients only), scored on the same test patients.
 
 Reported: mean ± std over all splits, and paired differences (two models on the same test
 patients of each split), mean over splits with a 95 % **patient bootstrap** interval: each of
@@ -41,12 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 from baselines import BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
-from quality import ensemble_scores, load_benchmark_dataset, quick_config
+from quality import disjoint_paired_models, ensemble_scores, load_benchmark_dataset, quick_config
 from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import TensorSet
+from fedlego.common.lego import LegoMerge
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import fuse_blocks, scores_of, unimodal_forward
 
@@ -57,6 +62,7 @@ BOOTSTRAP = 1000
 INNER_CV_BELOW = 30
 LABELS = {
     "merge": "LegoMerge",
+    "merge-validation": "LegoMerge, blocks weighted by validation metric above chance",
     "fuse": "LegoFuse (default: budget chosen on the validation patients)",
     "fuse-inner-cv": "LegoFuse, budget by inner CV on the paired training patients",
     "ensemble": "Ensemble of the blocks (mean prediction)",
@@ -65,6 +71,8 @@ LABELS = {
     "cox-late": "Cox late fusion",
     "early-fusion": "Early fusion (SNN)",
     "late-fusion": "Late fusion (encoders + heads, trained jointly)",
+    "disjoint-merge": "disjoint paired: LegoMerge (blocks trained without the hospital's patients)",
+    "disjoint-fuse": "disjoint paired: LegoFuse fine-tuned on the hospital's patients only",
 }
 COMPARISONS = (
     ("fuse", "merge"),
@@ -82,7 +90,15 @@ COMPARISONS = (
     ("fuse", "cox-late"),
     ("fuse", "cox-early"),
     ("fuse", "early-fusion"),
+    ("merge-validation", "merge"),
+    ("merge-validation", "ensemble"),
+    ("merge-validation", "plain-late"),
+    ("merge-validation", "late-fusion"),
+    ("disjoint-fuse", "disjoint-merge"),
 )
+FINE_TUNED = ("fuse", "fuse-inner-cv", "disjoint-fuse")
+"""LegoFuse rows whose share of splits that kept any fine-tuning is reported."""
+SHARE_LABELS = {"fuse": "default (validation)", "fuse-inner-cv": "inner CV", "disjoint-fuse": "disjoint paired"}
 
 
 def _targets(data: TensorSet) -> dict[str, list]:
@@ -103,6 +119,9 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
     scores = {f"block:{m}": scores_of(b, test, task, unimodal_forward(b)) for m, b in models.blocks.items()}
     scores["ensemble"] = ensemble_scores(models.blocks, test, task)
     scores["merge"] = scores_of(models.merged, test, task)
+    merge = config.merge
+    weighted = LegoMerge(models.blocks, merge.latent_merge, merge.head_merge, "validation")
+    scores["merge-validation"] = scores_of(weighted, test, task)
     scores["fuse"] = scores_of(models.fused, test, task)
     inner_fuse, inner_report = fuse_blocks(
         models.blocks,
@@ -125,6 +144,13 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
         except ValueError as error:  # e.g. no event among the paired training patients: recorded
             failures[baseline] = str(error)
     best_block = max(models.blocks, key=lambda m: models.blocks[m].validation_score or float("-inf"))
+    disjoint, hospital, _ = disjoint_paired_models(dataset, config, split)
+    if list(disjoint.test.ids) != list(test.ids):  # its own preprocessing, the same test patients
+        raise RuntimeError(f"{name} repeat {repeat} split {fold}: the disjoint-paired test patients differ")
+    scores["disjoint-merge"] = scores_of(disjoint.merged, disjoint.test, task)
+    validation = disjoint.paired_validation if len(disjoint.paired_validation) else None
+    disjoint_fuse, disjoint_report = fuse_blocks(disjoint.blocks, hospital, validation, task, config.fuse, merge)
+    scores["disjoint-fuse"] = scores_of(disjoint_fuse, disjoint.test, task)
     return {
         "dataset": name,
         "repeat": repeat,
@@ -134,7 +160,11 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
         "targets": _targets(test),
         "scores": {k: np.asarray(v).tolist() for k, v in scores.items()},
         "best_block": best_block,
-        "fuse_epochs": {"fuse": models.fuse_report.best_epoch, "fuse-inner-cv": inner_report.best_epoch},
+        "fuse_epochs": {
+            "fuse": models.fuse_report.best_epoch,
+            "fuse-inner-cv": inner_report.best_epoch,
+            "disjoint-fuse": disjoint_report.best_epoch,
+        },
         "failures": failures,
         "seconds": time.perf_counter() - start,
     }
@@ -213,7 +243,11 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
         column = draws[:, j][np.isfinite(draws[:, j])]
         low, high = np.percentile(column, [2.5, 97.5]) if column.size else (float("nan"), float("nan"))
         differences[f"{first} - {second}"] = {"mean": float(observed[j]), "low": float(low), "high": float(high)}
-    fuse_epochs = {k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records])) for k in ("fuse", "fuse-inner-cv")}
+    fuse_epochs = {
+        k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records]))
+        for k in FINE_TUNED
+        if all(k in r["fuse_epochs"] for r in records)
+    }
     return {
         "metric": "c-index" if task.kind == "survival" else "AUC",
         "splits": len(records),
@@ -281,8 +315,7 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "Share of splits where LegoFuse kept any fine-tuning (the rest keep the merge): "
         + "; ".join(
-            f"{n}: default (validation) {summaries[n]['share_fine_tuned']['fuse']:.0%}, inner CV "
-            f"{summaries[n]['share_fine_tuned']['fuse-inner-cv']:.0%}"
+            f"{n}: " + ", ".join(f"{SHARE_LABELS[k]} {v:.0%}" for k, v in summaries[n]["share_fine_tuned"].items())
             for n in names
         )
         + ".",

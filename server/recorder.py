@@ -91,6 +91,9 @@ class RunRecorder:
             raise RecordError(str(error)) from error
         if state is None:
             self.audit("run-started", settings=settings)
+            # on disk from the start (status None): a run killed before its first phase ends is
+            # still found, and can be put on record by `fedlego stop`
+            self.write_results()
             return
         run_id = self.results.run_id
         if state.get("run_id") != run_id:
@@ -168,11 +171,14 @@ class RunRecorder:
         return path.read_bytes() if path.exists() else None
 
     def write_results(self) -> None:
-        """Write results.json."""
+        """Write results.json, whole or not at all (a process killed while writing leaves the
+        previous version)."""
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / RESULTS_NAME).write_text(self.results.to_json())
+        partial = self.out_dir / f".{RESULTS_NAME}.partial"
+        partial.write_text(self.results.to_json())
+        partial.replace(self.out_dir / RESULTS_NAME)
 
     def close(self) -> None:
         """Release the run folder (another process may then resume or record it)."""

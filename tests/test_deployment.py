@@ -50,10 +50,12 @@ def _fedlego(*args: str, home: Path, timeout: float = 120) -> subprocess.Complet
 
 
 def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    """Start a fedlego command in its own session, output to ``log`` (Python's fault handler on:
+    ``_exit_code`` dumps its threads there when it hangs)."""
     with log.open("w") as handle:
         return subprocess.Popen(
             [*FEDLEGO, *args],
-            env=quiet_environment(home),
+            env={**quiet_environment(home), "PYTHONFAULTHANDLER": "1"},
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -94,6 +96,18 @@ def _stop_all(processes: list[subprocess.Popen], marker: str) -> dict[int, str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return left
+
+
+def _exit_code(process: subprocess.Popen, timeout: float, logs: Path) -> int:
+    """The exit code of a process from ``_start``; one still running after ``timeout`` s gets
+    SIGABRT (its fault handler writes every thread's stack to its log) and fails the test."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        raise AssertionError(f"still running after {timeout:.0f} s; its threads:\n{_logs(logs)}") from None
 
 
 def _wait_for(predicate, timeout: float, what: str, details=lambda: "") -> None:
@@ -410,7 +424,7 @@ def test_ctrl_c_leaves_the_run_going_and_fedlego_stop_ends_it_on_record(tmp_path
             lambda: _logs(logs),
         )
         run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=60) == 130, _logs(logs)
+        assert _exit_code(run, 120, logs) == 130, _logs(logs)
         said = _text(logs / "run.log")
         assert "goes on at the SuperLink" in said and "fedlego stop" in said and "Traceback" not in said, said
 

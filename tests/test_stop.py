@@ -16,7 +16,7 @@ from fedlego.common.signing import generate_signing_key
 from fedlego.inprocess import InProcessTransport
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
-from fedlego.server.recorder import RecordError, lock_run_folder, record_stop
+from fedlego.server.recorder import RecordError, RunRecorder, lock_run_folder, record_stop
 from fedlego.server.results import RunResults
 from fedlego.stop import announced_run_id
 from tests.test_federation import SMALL
@@ -127,6 +127,22 @@ def test_fedlego_stop_waits_for_a_coordinator_still_writing_its_first_results(tm
     results = record_stop(out, "stop", wait=30.0)
     thread.join()
     assert results is not None and results.status == "stopped"
+
+
+def test_fedlego_stop_records_a_run_killed_before_its_first_phase_ended(tmp_path):
+    """The race CI hit: Flower kills the ServerApp mid-block (no `finally` runs), before any phase
+    ended; its results.json is on disk from the start, so the stop is still recorded."""
+    recorder = RunRecorder(tmp_path, RunResults("r", {"rounds": 2}))
+    recorder.open({"rounds": 2})
+    recorder.close()  # what its death does to the lock; nothing else is written
+    on_disk = RunResults.read(tmp_path / "results.json")
+    assert on_disk.status is None and on_disk.audit_head is not None
+    results = record_stop(tmp_path, "stop")
+    assert results is not None and results.status == "stopped"
+    assert events(tmp_path) == ["run-started", "run-stopped"]
+    assert verify_log(tmp_path / "audit.jsonl", results.audit_head).ok
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["audit.jsonl", "report.html", "results.json", "run.lock"]  # no partial file left
 
 
 def test_the_run_id_comes_from_the_run_log(tmp_path):
