@@ -23,7 +23,12 @@ patients of each split), mean over splits with a 95 % **patient bootstrap** inte
 every split on its test patients as resampled (a patient drawn twice counts twice, in every split
 whose test set holds it), and averages the difference over the splits; the interval is the 2.5 and
 97.5 percentiles. It covers the sampling of test patients given the trained models, not the
-variation of training sets, which the repeats only average over. "best block" is the block with
+variation of training sets, which the repeats only average over. So each difference also gets
+the **corrected resampled t-interval** (Nadeau & Bengio 2003, Machine Learning 52:239), which
+does: over the J per-split differences, mean ± t(J-1) x sd x sqrt(1/J + n_test/n_train); the
+n_test/n_train term (0.15/0.70 here) corrects the plain t-interval for the overlap of the splits'
+training and test sets, which makes it too narrow. Both must exclude 0 before a difference is
+called significant. "best block" is the block with
 the highest validation metric in each split (no test patient chooses it).
 
 Writes ``OUT/repeated.json`` and ``OUT/repeated.md``; ``--render`` recomputes the summary and the
@@ -46,6 +51,7 @@ import numpy as np
 import torch
 from baselines import BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
 from quality import disjoint_paired_models, ensemble_scores, load_benchmark_dataset, quick_config
+from scipy import stats
 from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
@@ -59,6 +65,8 @@ DATASETS = ("tcga-acc", "pbc", "synthetic")
 BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion")
 SPLIT_SEED_STRIDE = 1000
 BOOTSTRAP = 1000
+FRACTIONS = (0.7, 0.15, 0.15)
+"""Train, validation and test shares of every split (the table's)."""
 INNER_CV_BELOW = 30
 LABELS = {
     "merge": "LegoMerge",
@@ -112,7 +120,7 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
     if quick:
         config = quick_config(config)
     seed = SPLIT_SEED_STRIDE * repeat
-    split = dataset_splits(dataset, n_folds=fold + 1, seed=seed)[fold]
+    split = dataset_splits(dataset, n_folds=fold + 1, seed=seed, fractions=FRACTIONS)[fold]
     start = time.perf_counter()
     models = train_fold(dataset, config, split, log=lambda _: None)
     task, test = models.task, models.test
@@ -236,13 +244,19 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
         means = [float(np.mean(d)) if d else float("nan") for d in differences]
         if b < 0:
             observed[:] = means
+            per_split = differences
         else:
             draws[b] = means
     differences = {}
     for j, (first, second) in enumerate(pairs):
         column = draws[:, j][np.isfinite(draws[:, j])]
         low, high = np.percentile(column, [2.5, 97.5]) if column.size else (float("nan"), float("nan"))
-        differences[f"{first} - {second}"] = {"mean": float(observed[j]), "low": float(low), "high": float(high)}
+        differences[f"{first} - {second}"] = {
+            "mean": float(observed[j]),
+            "low": float(low),
+            "high": float(high),
+            **corrected_t_interval(per_split[j]),
+        }
     fuse_epochs = {
         k: float(np.mean([r["fuse_epochs"][k] > 0 for r in records]))
         for k in FINE_TUNED
@@ -256,6 +270,17 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
         "differences": differences,
         "share_fine_tuned": fuse_epochs,
     }
+
+
+def corrected_t_interval(differences: list[float]) -> dict[str, float]:
+    """Nadeau & Bengio's corrected resampled t-interval (95 %) of the mean of per-split
+    differences from random train/test splits: ``t_low``, ``t_high`` (NaN with under 2 splits)."""
+    values = np.asarray(differences, dtype=float)
+    if values.size < 2:
+        return {"t_low": float("nan"), "t_high": float("nan")}
+    test_to_train = FRACTIONS[2] / FRACTIONS[0]
+    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) * np.sqrt(1 / values.size + test_to_train)
+    return {"t_low": float(values.mean() - half), "t_high": float(values.mean() + half)}
 
 
 def _label(model: str) -> str:
@@ -320,9 +345,12 @@ def markdown(document: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        "## Paired differences (mean over splits [95 % patient-bootstrap interval])",
+        "## Paired differences (mean over splits [95 % patient-bootstrap interval] "
+        "[95 % corrected resampled t-interval])",
         "",
-        "An interval that holds 0 is no evidence of a difference either way.",
+        "The bootstrap interval covers the test patients given the trained models; the corrected t-interval "
+        "(Nadeau & Bengio 2003) the variation between splits, training sets included. An interval that holds 0 "
+        "is no evidence of a difference either way.",
         "",
         "| difference | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -336,6 +364,7 @@ def markdown(document: dict[str, Any]) -> str:
                 ""
                 if d is None or not np.isfinite(d["mean"])
                 else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                + (f" [{d['t_low']:+.3f}, {d['t_high']:+.3f}]" if np.isfinite(d.get("t_low", np.nan)) else "")
             )
         lines.append(f"| {_difference_label(key)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

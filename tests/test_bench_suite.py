@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 from quality import drop_modalities
+from repeated import corrected_t_interval
 
 from fedlego.common.data.tensors import TensorSet
 
@@ -86,12 +87,28 @@ def test_quick_repeated_and_block_ceiling_pages(tmp_path: Path) -> None:
     expected |= {"merge-validation - merge", "disjoint-fuse - disjoint-merge"}
     assert expected <= set(differences)
     assert all(cell["low"] <= cell["high"] for cell in differences.values() if np.isfinite(cell["low"]))
+    assert all(np.isnan(cell["t_low"]) for cell in differences.values())  # one split: no t-interval
     assert "| LegoMerge |" in (tmp_path / "repeated.md").read_text()
     ceiling = [sys.executable, str(BENCH / "block_ceiling.py"), "--quick", "--patients", "120", "--out", str(tmp_path)]
     subprocess.run(ceiling, check=True, timeout=600)
     summary = json.loads((tmp_path / "block-ceiling.json").read_text())["sizes"][0]["summary"]
     assert set(summary) == {"tabular_0", "timeseries_1", "image_2", "bags_3"}
     assert all(0.0 <= s["oracle"] <= 1.0 for s in summary.values())
+
+
+def test_the_corrected_resampled_t_interval_is_wider_than_the_plain_one():
+    """Nadeau & Bengio's correction: sd x sqrt(1/J + 0.15/0.70) instead of sd / sqrt(J); no
+    spread, no width; one split, no interval."""
+    differences = [0.02, -0.01, 0.05, 0.00, 0.03, 0.01, -0.02, 0.04]
+    values = np.asarray(differences)
+    cell = corrected_t_interval(differences)
+    half = 2.364624 * values.std(ddof=1) * np.sqrt(1 / 8 + 0.15 / 0.70)  # t(0.975, 7)
+    assert np.isclose(cell["t_high"] - values.mean(), half, rtol=1e-5)
+    assert np.isclose(values.mean() - cell["t_low"], half, rtol=1e-5)
+    plain = 2.364624 * values.std(ddof=1) / np.sqrt(8)
+    assert half > 1.5 * plain
+    assert corrected_t_interval([0.01] * 5) == {"t_low": 0.01, "t_high": 0.01}
+    assert all(np.isnan(v) for v in corrected_t_interval([0.3]).values())
 
 
 def _processes_mentioning(needle: bytes) -> list[int]:
