@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedlego.common.audit_head import copy_path
-from fedlego.launcher import free_port, processes_with_home, quiet_environment, stop_process_group
+from fedlego.launcher import default_interrupt, free_port, processes_with_home, quiet_environment, stop_process_group
 
 FEDLEGO = [sys.executable, "-m", "fedlego.cli"]
 SITES = ["clinical", "paired-0", "paired-1", "rna"]
@@ -112,6 +112,7 @@ class Deployment:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_interrupt,  # its Ctrl-C fault works in a background benchmark too
             )
         self.processes[name] = process
         return process

@@ -12,6 +12,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from fedlego.launcher import default_interrupt
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 POLL_SECONDS = 0.25
 
@@ -79,7 +81,13 @@ def run_measured(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     start = time.perf_counter()
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_interrupt,  # the timeout's SIGINT works in a background benchmark too
     )
     state = {"peak_bytes": 0, "peak_processes": 0, "timed_out": False}
     done = threading.Event()

@@ -63,6 +63,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def default_interrupt() -> None:
+    """``preexec_fn`` for a child that must stop on SIGINT as on a terminal's Ctrl-C: a shell
+    without job control starts background commands with SIGINT ignored, every child inherits
+    that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def quiet_environment(flwr_home: Path) -> dict[str, str]:
     """This process's environment with telemetry and update checks off, an isolated FLWR_HOME,
     and this Python environment's scripts first on PATH (Flower starts its helpers by name)."""

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedlego.common.audit_head import copy_path
 from fedlego.common.packaging import model_from_package, parse_model_package
 from fedlego.deploy import list_nodes
-from fedlego.launcher import free_port, quiet_environment, stop_process_group
+from fedlego.launcher import default_interrupt, free_port, quiet_environment, stop_process_group
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,8 +50,10 @@ def _fedlego(*args: str, home: Path, timeout: float = 120) -> subprocess.Complet
 
 
 def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
-    """Start a fedlego command in its own session, output to ``log`` (Python's fault handler on:
-    ``_exit_code`` dumps its threads there when it hangs)."""
+    """Start a fedlego command in its own session, output to ``log``, as a terminal would: SIGINT
+    is Ctrl-C even when these tests run in the background (where the shell ignores SIGINT, which
+    every child would inherit and Python would keep). Python's fault handler is on:
+    ``_exit_code`` dumps its threads there when it hangs."""
     with log.open("w") as handle:
         return subprocess.Popen(
             [*FEDLEGO, *args],
@@ -59,6 +61,7 @@ def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_interrupt,
         )
 
 

@@ -5,6 +5,7 @@ lines, connection and run-config files, progress filtering, readiness and ``flwr
 from __future__ import annotations
 
 import http.server
+import signal
 import subprocess
 import sys
 import threading
@@ -297,3 +298,20 @@ def _live_in_group(group: int) -> list[int]:
         if int(fields[2]) == group and fields[0] != "Z":
             live.append(int(entry.name))
     return live
+
+
+def test_default_interrupt_gives_a_child_ctrl_c_back_where_the_shell_ignores_it():
+    """A background shell starts commands with SIGINT ignored, and Python keeps that: the CLI's
+    Ctrl-C handling and the benchmark's SIGINT timeout would then do nothing."""
+    handler = "import signal as s; h = s.getsignal(s.SIGINT); print(h == s.SIG_IGN, h == s.default_int_handler)"
+    probe = [sys.executable, "-c", handler]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inherited = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+        restored = subprocess.run(
+            probe, capture_output=True, text=True, check=True, preexec_fn=launcher.default_interrupt
+        ).stdout
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert inherited.split() == ["True", "False"]  # ignored, as the shell left it
+    assert restored.split() == ["False", "True"]  # Python's KeyboardInterrupt handler
