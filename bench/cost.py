@@ -140,7 +140,7 @@ def _federated_results(path: Path) -> tuple[RunResults | None, _Summary | None]:
     except (OSError, ValueError):
         return None, None
     summary = _Summary(
-        status=results.status if results.status is not None else "completed",
+        status=results.status if results.status is not None else "unfinished (no outcome recorded)",
         wall_seconds=results.wall_seconds,
         phase_seconds={name: phase.seconds for name, phase in results.phases.items()},
         site_count=len(results.sites),

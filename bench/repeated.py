@@ -194,7 +194,9 @@ def _model_scores(record: dict[str, Any], model: str) -> np.ndarray | None:
 
 
 def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int = 0) -> dict[str, Any]:
-    """Mean ± std per model over the splits, and bootstrap intervals of the paired differences."""
+    """Mean ± std per model over the splits; each paired difference's mean with its patient-bootstrap
+    interval (``low``, ``high``) and corrected resampled t-interval (``t_low``, ``t_high``); and the
+    share of splits where each LegoFuse row kept any fine-tuning (``share_fine_tuned``)."""
     task = task_from_dict(records[0]["task"])
     patients = sorted({i for r in records for i in r["ids"]})
     index = {p: j for j, p in enumerate(patients)}

@@ -496,6 +496,12 @@ def run_deployment(
         raise DeploymentError(
             f"no results in {run.results}: the ServerApp writes them on the SuperLink's machine (log: {log_path})"
         )
+    if results.status is None:
+        raise DeploymentError(
+            f"{run.results} records no outcome: the ServerApp ended before recording one (log: {log_path}); "
+            f"`fedlego stop --superlink {superlink} "
+            f"{f'--certs {certs}' if certs is not None else '--insecure'} --out {run.out_dir}` puts it on record"
+        )
     return results
 
 

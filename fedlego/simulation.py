@@ -46,6 +46,7 @@ def run_simulation(
         write_connection(run.flwr_home, f"127.0.0.1:{port}")
         stream_run(run.app, run.run_config, run.flwr_home, federation_config=resources, timeout=timeout)
     results = run.read_results()
-    if results is None:
-        raise RuntimeError(f"the federation wrote no results (see {run.work / 'superlink.log'})")
+    if results is None or results.status is None:
+        what = "no results" if results is None else "no outcome: its coordinator ended before recording one"
+        raise RuntimeError(f"the federation wrote {what} (see {run.work / 'superlink.log'})")
     return results

@@ -110,6 +110,7 @@ class RunRecorder:
             # the previous attempt died (killed, machine lost) without ending the run on record
             self.audit("attempt-unfinished", last_event=last.get("event"), last_time=last.get("time"))
         self.audit("run-resumed", completed=self.progress.completed)
+        self.write_results()  # `prepare_run` removed the last attempt's: on disk again from the start
 
     def audit(self, event: str, **fields: Any) -> None:
         """Append an audit entry (and keep its head, signed when there is a key, in the results)."""

@@ -145,8 +145,40 @@ def test_fedlego_stop_records_a_run_killed_before_its_first_phase_ended(tmp_path
     assert written == ["audit.jsonl", "report.html", "results.json", "run.lock"]  # no partial file left
 
 
+def test_a_resumed_attempt_has_its_results_on_disk_from_the_start(tmp_path):
+    """`fedlego run` removes the last attempt's results.json before it resumes: the resumed
+    coordinator writes it again at once, so a stop before its next phase ends is still recorded."""
+    first = RunRecorder(tmp_path, RunResults("r", {"rounds": 2}))
+    first.open({"rounds": 2})
+    first.save_progress("describe")  # a checkpoint to resume from
+    first.close()
+    (tmp_path / "results.json").unlink()  # what prepare_run does
+    resumed = RunRecorder(tmp_path, RunResults("r", {"rounds": 2}), log=lambda _: None)
+    resumed.open({"rounds": 2})
+    resumed.close()
+    on_disk = RunResults.read(tmp_path / "results.json")
+    assert on_disk.status is None and on_disk.resumed == 1
+    assert record_stop(tmp_path, "stop").status == "stopped"
+
+
 def test_the_run_id_comes_from_the_run_log(tmp_path):
     assert announced_run_id(tmp_path) is None
     (tmp_path / ".flower").mkdir()
     (tmp_path / ".flower" / "run.log").write_text("Loading project\nSuccessfully started run 4242\nphase describe\n")
     assert announced_run_id(tmp_path) == "4242"
+
+
+def test_fedlego_run_says_when_the_serverapp_ended_without_an_outcome(tmp_path, monkeypatch):
+    """results.json exists from a run's start; one still without a status once `flwr run` ended
+    (the ServerApp was killed) is an error naming `fedlego stop`, not a result."""
+    from fedlego import deploy
+    from fedlego.launcher import RunOutcome
+
+    def killed_serverapp(app, run_config, flwr_home, **_):
+        (tmp_path / "out" / "results.json").write_text(RunResults("r", {}).to_json())
+        return RunOutcome(0, "7", False)
+
+    monkeypatch.setattr(deploy, "stream_run", killed_serverapp)
+    expected = r"records no outcome.*fedlego stop --superlink 127\.0\.0\.1:9092 --insecure"
+    with pytest.raises(deploy.DeploymentError, match=expected):
+        deploy.run_deployment("127.0.0.1:9092", {}, tmp_path / "out")
