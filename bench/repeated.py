@@ -155,10 +155,12 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
     disjoint, hospital, _ = disjoint_paired_models(dataset, config, split)
     if list(disjoint.test.ids) != list(test.ids):  # its own preprocessing, the same test patients
         raise RuntimeError(f"{name} repeat {repeat} split {fold}: the disjoint-paired test patients differ")
-    scores["disjoint-merge"] = scores_of(disjoint.merged, disjoint.test, task)
+    # its own task: a survival task's time bins come from the training patients, here fewer
+    own_task = disjoint.task
+    scores["disjoint-merge"] = scores_of(disjoint.merged, disjoint.test, own_task)
     validation = disjoint.paired_validation if len(disjoint.paired_validation) else None
-    disjoint_fuse, disjoint_report = fuse_blocks(disjoint.blocks, hospital, validation, task, config.fuse, merge)
-    scores["disjoint-fuse"] = scores_of(disjoint_fuse, disjoint.test, task)
+    disjoint_fuse, disjoint_report = fuse_blocks(disjoint.blocks, hospital, validation, own_task, config.fuse, merge)
+    scores["disjoint-fuse"] = scores_of(disjoint_fuse, disjoint.test, own_task)
     return {
         "dataset": name,
         "repeat": repeat,
