@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from baselines import BASELINES, BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
 
 from fedlego.common.centralized import CentralizedConfig, FoldModels, mean_std, train_fold
-from fedlego.common.config import ModelConfig, TrainConfig
+from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, TrainConfig
 from fedlego.common.data.bundled import load_dataset
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.preprocess import preprocessor_from_dict
@@ -33,9 +33,10 @@ from fedlego.common.data.presets import PRESETS
 from fedlego.common.data.scenarios import FoldSplit, build_scenario, dataset_splits, site_dataset, site_split
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
-from fedlego.common.lego import FUSE_MODES, LegoBlock, LegoMerge
+from fedlego.common.lego import FUSE_MODES, LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
+from fedlego.common.training import TrainReport
 from fedlego.common.workflow import evaluate_all, fuse_blocks, scores_of, train_block, unimodal_forward
 
 Log = Callable[[str], None]
@@ -233,14 +234,27 @@ def spatial_fold(dataset: MultimodalDataset, config: CentralizedConfig, split: F
     return models
 
 
-def disjoint_paired_models(
-    dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit
-) -> tuple[FoldModels, TensorSet, int]:
-    """The scenario where fusion should pay: half of the fold's paired (complete-case) training
-    patients form a hospital that trains no block; the blocks (and the fold's merge and default
-    fuse, on the paired patients left) train on the other training patients. Returns those
-    models, the hospital's patients as a set to fine-tune on, and their number; validation and
-    test patients are the fold's."""
+@dataclass(frozen=True)
+class DisjointPaired:
+    """The scenario where fusion should pay: a hospital with paired patients that trained no
+    block. ``models`` are the fold's models trained without the hospital's patients (their
+    ``task`` is the one to use: a survival task's time bins come from those training patients);
+    ``hospital`` is the hospital's patients, preprocessed by the blocks' fitted preprocessing."""
+
+    models: FoldModels
+    hospital: TensorSet
+
+    def fuse(self, fuse: FuseConfig, merge: MergeConfig) -> tuple[LegoFuse, TrainReport]:
+        """LegoFuse of the blocks fine-tuned on the hospital's patients only, under the blocks'
+        own task, selected on the fold's paired validation patients where it has any."""
+        validation = self.models.paired_validation if len(self.models.paired_validation) else None
+        return fuse_blocks(self.models.blocks, self.hospital, validation, self.models.task, fuse, merge)
+
+
+def disjoint_paired_models(dataset: MultimodalDataset, config: CentralizedConfig, split: FoldSplit) -> DisjointPaired:
+    """Half of the fold's paired (complete-case) training patients form a hospital that trains no
+    block; the blocks (and the fold's merge and default fuse, on the paired patients left) train
+    on the other training patients. Validation and test patients are the fold's."""
     complete = set(dataset.complete_case_ids(config.modalities))
     paired = sorted(i for i in split.train if i in complete)
     rng = np.random.default_rng(2000 + split.fold)
@@ -248,7 +262,7 @@ def disjoint_paired_models(
     held = set(hospital)
     fold = train_fold(dataset, config, replace(split, train=[i for i in split.train if i not in held]), lambda _: None)
     preprocessors = {m: preprocessor_from_dict(b.preprocessing) for m, b in fold.blocks.items()}
-    return fold, make_tensor_set(dataset, preprocessors, hospital), len(hospital)
+    return DisjointPaired(fold, make_tensor_set(dataset, preprocessors, hospital))
 
 
 def disjoint_paired_fold(
@@ -256,20 +270,18 @@ def disjoint_paired_fold(
 ) -> dict[str, float]:
     """``disjoint_paired_models``, LegoFuse fine-tuned on the hospital's patients only in every
     topology. Test metric of the best block, the merge and each fuse."""
-    fold, fine_tune, hospital = disjoint_paired_models(dataset, config, split)
-    validation = fold.paired_validation if len(fold.paired_validation) else None
+    scenario = disjoint_paired_models(dataset, config, split)
+    fold = scenario.models
     task, test = fold.task, fold.test
     result = {
         "best block": max(
             metric(task, scores_of(b, test, task, unimodal_forward(b)), test) for b in fold.blocks.values()
         ),
         "merge": metric(task, scores_of(fold.merged, test, task), test),
-        "hospital patients": float(hospital),
+        "hospital patients": float(len(scenario.hospital)),
     }
     for mode in FUSE_MODES:
-        fused, report = fuse_blocks(
-            fold.blocks, fine_tune, validation, task, replace(config.fuse, mode=mode), config.merge
-        )
+        fused, report = scenario.fuse(replace(config.fuse, mode=mode), config.merge)
         result[f"fuse ({mode})"] = metric(task, scores_of(fused, test, task), test)
         result[f"fine-tuned ({mode})"] = float(report.best_epoch > 0)
     log(f"  fold {split.fold} disjoint paired: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))

@@ -152,15 +152,13 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
         except ValueError as error:  # e.g. no event among the paired training patients: recorded
             failures[baseline] = str(error)
     best_block = max(models.blocks, key=lambda m: models.blocks[m].validation_score or float("-inf"))
-    disjoint, hospital, _ = disjoint_paired_models(dataset, config, split)
-    if list(disjoint.test.ids) != list(test.ids):  # its own preprocessing, the same test patients
+    disjoint = disjoint_paired_models(dataset, config, split)
+    own = disjoint.models  # its own preprocessing and task, the same test patients
+    if list(own.test.ids) != list(test.ids):
         raise RuntimeError(f"{name} repeat {repeat} split {fold}: the disjoint-paired test patients differ")
-    # its own task: a survival task's time bins come from the training patients, here fewer
-    own_task = disjoint.task
-    scores["disjoint-merge"] = scores_of(disjoint.merged, disjoint.test, own_task)
-    validation = disjoint.paired_validation if len(disjoint.paired_validation) else None
-    disjoint_fuse, disjoint_report = fuse_blocks(disjoint.blocks, hospital, validation, own_task, config.fuse, merge)
-    scores["disjoint-fuse"] = scores_of(disjoint_fuse, disjoint.test, own_task)
+    scores["disjoint-merge"] = scores_of(own.merged, own.test, own.task)
+    disjoint_fuse, disjoint_report = disjoint.fuse(config.fuse, merge)
+    scores["disjoint-fuse"] = scores_of(disjoint_fuse, own.test, own.task)
     return {
         "dataset": name,
         "repeat": repeat,

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import quality
 import torch
 from PIL import Image
-from quality import drop_modalities
+from quality import disjoint_paired_models, drop_modalities, quick_config
 from repeated import corrected_t_interval
 
-from fedlego.common.data.tensors import TensorSet
+from fedlego.common.centralized import CentralizedConfig
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
+from fedlego.common.data.tensors import TensorSet, task_for
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -38,6 +42,35 @@ def test_drop_modalities_keeps_one_per_patient_and_hides_about_the_rate() -> Non
     assert 0.3 < 1 - held.float().mean().item() < 0.6  # 60% hidden, then one restored where all were hidden
     assert drop_modalities(data, 0.0, np.random.default_rng(0)).present["a"].all()
     assert hidden.inputs is data.inputs and data.present["a"].all()  # the original is untouched
+
+
+def test_the_disjoint_paired_hospital_trains_no_block_and_fine_tunes_under_the_blocks_task(monkeypatch) -> None:
+    """The hospital is half of the paired training patients, none of whom the blocks saw; the
+    scenario's task is fitted on the blocks' training patients (its survival time bins differ
+    from the full split's, which an earlier version wrongly fine-tuned with)."""
+    dataset = make_synthetic(120, default_synthetic_modalities(2), seed=3)
+    config = quick_config(CentralizedConfig("synthetic", list(dataset.modalities)))
+    split = dataset_splits(dataset, n_folds=1, seed=0)[0]
+    scenario = disjoint_paired_models(dataset, config, split)
+    complete = set(dataset.complete_case_ids(config.modalities))
+    paired = [i for i in split.train if i in complete]
+    hospital = set(scenario.hospital.ids)
+    assert len(hospital) == len(paired) // 2 and hospital <= set(paired)
+    assert hospital.isdisjoint(scenario.models.train.ids)
+    assert set(scenario.models.train.ids) | hospital == set(split.train)
+    own = task_for(dataset.labels, list(scenario.models.train.ids)).to_dict()
+    assert scenario.models.task.to_dict() == own
+    assert own != task_for(dataset.labels, split.train).to_dict()
+    seen = {}
+
+    def recording_fuse(blocks, train, validation, task, fuse, merge):
+        seen.update(train=list(train.ids), task=task.to_dict(), validation=validation)
+        return None, None
+
+    monkeypatch.setattr(quality, "fuse_blocks", recording_fuse)
+    scenario.fuse(config.fuse, config.merge)
+    assert seen["task"] == own and set(seen["train"]) == hospital
+    assert list(seen["validation"].ids) == list(scenario.models.paired_validation.ids)
 
 
 def test_quick_suite_writes_page_json_and_figures(tmp_path: Path) -> None:
