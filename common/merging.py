@@ -50,6 +50,11 @@ def _broadcast(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights.to(device=like.device, dtype=real_dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
+CANCELLED_PHASORS = 64
+"""A weighted sum of unit phasors shorter than this many machine epsilons has no direction: the
+blocks' phases cancel (e.g. real components of opposite signs under equal weights)."""
+
+
 @_register(LATENT_MERGES, "harmonic")
 def harmonic_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Weighted harmonic mean of magnitudes with a weighted circular mean of phases.
@@ -58,8 +63,13 @@ def harmonic_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor
     The harmonic mean is dominated by the smallest magnitude, so a component is only large when
     every block agrees it is large: this damps interference between modalities (MM-Lego, Hemker et
     al., ICLR 2025). A zero magnitude in any block gives a zero merged component. Phases are
-    averaged on the circle (+3 rad and -3 rad average to pi, not 0); when the unit phasors cancel
-    exactly the phase is 0. Real inputs are treated as complex with zero imaginary part.
+    averaged on the circle (+3 rad and -3 rad average to pi, not 0). Where the weighted unit
+    phasors cancel (their sum is shorter than ``CANCELLED_PHASORS`` machine epsilons) there is no
+    mean phase and the merged component is 0: the blocks disagree in sign as much as they agree.
+    This happens often, not by accident: the DC and Nyquist components of the frequency latents
+    are real, and under equal weights an even split of their signs cancels exactly; giving such a
+    component the full magnitude would let rounding noise choose its sign. Real inputs are treated
+    as complex with zero imaginary part.
     """
     stacked = torch.stack([torch.as_tensor(z) for z in latents])
     if not stacked.is_complex():
@@ -71,8 +81,10 @@ def harmonic_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor
     inverse = torch.where(w > 0, inverse, 0.0)
     merged_magnitude = 1.0 / inverse.sum(dim=0)
     unit = torch.where(positive, stacked / torch.where(positive, magnitude, 1.0), 0)
-    phase = torch.angle((w * unit).sum(dim=0))
-    return torch.polar(merged_magnitude, phase)
+    resultant = (w * unit).sum(dim=0)
+    cancelled = resultant.abs() < CANCELLED_PHASORS * torch.finfo(magnitude.dtype).eps
+    merged_magnitude = torch.where(cancelled, 0.0, merged_magnitude)
+    return torch.polar(merged_magnitude, torch.angle(resultant))
 
 
 @_register(LATENT_MERGES, "mean")

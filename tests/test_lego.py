@@ -169,6 +169,25 @@ def test_merge_no_nan_with_identical_fresh_blocks():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("latent_merge", ["harmonic", "mean"])
+def test_merge_outputs_move_by_rounding_size_when_the_blocks_do(latent_merge):
+    """A merge is a continuous function of its blocks: perturbing every block parameter by one
+    part in a million moves the merged outputs by about as much, under uniform weights too
+    (where the harmonic merge once let rounding noise pick the sign of cancelled components)."""
+    x = inputs()
+    blocks = make_blocks()
+    base = LegoMerge(blocks, latent_merge=latent_merge).eval()(x)
+    g = torch.Generator().manual_seed(1)
+    for trial in range(3):
+        perturbed = make_blocks()
+        with torch.no_grad():
+            for block in perturbed.values():
+                for p in block.parameters():
+                    p.mul_(1 + 1e-6 * torch.randn(p.shape, generator=g))
+        moved = LegoMerge(perturbed, latent_merge=latent_merge).eval()(x)
+        assert (moved - base).abs().max() < 1e-4 * base.abs().max(), trial
+
+
 def test_merge_rejects_contract_mismatch_naming_the_field():
     x = inputs()
     a = LegoBlock("a", SNN(10), CONTRACT, x["omics"])

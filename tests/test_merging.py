@@ -77,6 +77,27 @@ def test_harmonic_phase_is_circular_mean():
     assert abs(abs(float(phase)) - math.pi) < 1e-5
 
 
+def test_harmonic_merge_of_cancelling_phases_is_zero_and_does_not_follow_rounding_noise():
+    """Real components of opposite signs under equal weights have no mean phase: the merged
+    component is 0 (not the full magnitude with a sign that rounding noise picks); unequal
+    weights keep the heavier side's sign."""
+    a = torch.tensor([2.0 + 0j, 1.0 + 0j])
+    b = torch.tensor([-3.0 + 0j, 1.0 + 0j])
+    merged = merge_latents("harmonic", [a, b], [1, 1])
+    assert float(merged[0].abs()) == 0.0 and float(merged[1].real) == pytest.approx(1.0)
+    assert float(merge_latents("harmonic", [a, b], [0.6, 0.4])[0].real) > 0
+    g = torch.Generator().manual_seed(0)
+    signs = torch.tensor([1.0, 1.0, -1.0, -1.0]).view(4, 1, 1)
+    real = [signs[i] * (torch.rand(3, 8, generator=g) + 0.5) for i in range(4)]  # every column splits 2-2
+    clean = merge_latents("harmonic", [torch.complex(x, torch.zeros_like(x)) for x in real], [1, 1, 1, 1])
+    for trial in range(5):
+        noisy = [
+            torch.complex(x * (1 + 1e-6 * torch.randn(x.shape, generator=g)), 1e-8 * torch.randn(x.shape, generator=g))
+            for x in real
+        ]
+        assert (merge_latents("harmonic", noisy, [1, 1, 1, 1]) - clean).abs().max() < 1e-5, trial
+
+
 def test_harmonic_magnitude_is_weighted_harmonic_mean():
     a = torch.polar(torch.tensor([1.0]), torch.tensor([0.5]))
     b = torch.polar(torch.tensor([4.0]), torch.tensor([0.5]))
