@@ -86,6 +86,9 @@ def test_harmonic_merge_of_cancelling_phases_is_zero_and_does_not_follow_roundin
     merged = merge_latents("harmonic", [a, b], [1, 1])
     assert float(merged[0].abs()) == 0.0 and float(merged[1].real) == pytest.approx(1.0)
     assert float(merge_latents("harmonic", [a, b], [0.6, 0.4])[0].real) > 0
+    leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    merge_latents("harmonic", leaves, [1, 1]).real.sum().backward()  # fine-tuning passes through it
+    assert all(bool(torch.isfinite(torch.view_as_real(x.grad)).all()) for x in leaves)
     g = torch.Generator().manual_seed(0)
     signs = torch.tensor([1.0, 1.0, -1.0, -1.0]).view(4, 1, 1)
     real = [signs[i] * (torch.rand(3, 8, generator=g) + 0.5) for i in range(4)]  # every column splits 2-2
