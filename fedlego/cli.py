@@ -46,7 +46,8 @@ def _centralized(args: argparse.Namespace) -> int:
     from fedlego.common.config import RunConfig
     from fedlego.common.data.presets import preprocessing_for, run_cohort
 
-    config = RunConfig.from_flat(config_overrides(args))
+    # One block per modality on pooled patients: no block FedAvg rounds to run (or to exempt from DP).
+    config = RunConfig.from_flat({"block-rounds": 0, **config_overrides(args)})
     dataset = run_cohort(config)
     modalities = list(dataset.modalities)
     central = CentralizedConfig.from_run(config, modalities, args.folds, preprocessing_for(config))

@@ -1,11 +1,13 @@
 """Differential privacy: DP-SGD block training, central DP-FedAvg for fuse rounds, the run-config
 keys, the in-process federation and the centralized option."""
 
+import json
 import math
 
 import pytest
 import torch
 
+from fedlego.cli import main
 from fedlego.common.aggregation import dp_average_updates
 from fedlego.common.centralized import CentralizedConfig, run_centralized
 from fedlego.common.config import FuseConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
@@ -199,3 +201,14 @@ def test_centralized_records_epsilon_per_block():
     for report in document["folds"][0]["blocks"].values():
         assert 0 < report["privacy"]["epsilon"] <= 4.0 * 1.01
     assert document["config"]["privacy"]["target_epsilon"] == 4.0
+
+
+def test_centralized_command_takes_dp_epsilon_with_the_default_block_rounds(tmp_path):
+    """`fedlego centralized --dp-epsilon` runs as documented: the pooled pipeline has no block
+    FedAvg rounds, so the federated default block-rounds does not refuse it."""
+    args = ["centralized", "--dataset", "synthetic", "--synthetic-patients", "120", "--synthetic-modalities", "2"]
+    code = main([*args, "--folds", "1", "--epochs", "2", "--dp-epsilon", "8", "--out", str(tmp_path)])
+    assert code == 0
+    document = json.loads((tmp_path / "results.json").read_text())
+    for report in document["folds"][0]["blocks"].values():
+        assert 0 < report["privacy"]["epsilon"] <= 8 * 1.01
