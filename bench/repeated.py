@@ -9,7 +9,8 @@ pipeline trains the blocks, LegoMerge and LegoFuse (default settings: the fine-t
 chosen on the validation patients), LegoFuse once more with the budget chosen by inner
 cross-validation on the paired training patients (``fuse-inner-cv-below = 30``: every bundled
 validation set has fewer events), each modality's encoder + linear head and their late fusion,
-and the classical baselines; all are scored on the split's complete-case test patients. Model
+and the baselines (Cox early and late fusion, early, late and attention fusion, FedAvg of early
+fusion over simulated sites); all are scored on the split's complete-case test patients. Model
 initialisation is the same in every split (the federation's shared seed); the repeats vary the
 patients. Two more rows per split: LegoMerge with ``validation`` block weights (each block
 weighted by its validation metric above chance: the rule for weak blocks, chosen on validation
@@ -62,7 +63,7 @@ from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import fuse_blocks, scores_of, unimodal_forward
 
 DATASETS = ("tcga-acc", "pbc", "synthetic")
-BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion")
+BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion", "attention-fusion", "fedavg-early-fusion")
 SPLIT_SEED_STRIDE = 1000
 BOOTSTRAP = 1000
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -79,6 +80,8 @@ LABELS = {
     "cox-late": "Cox late fusion",
     "early-fusion": "Early fusion (SNN)",
     "late-fusion": "Late fusion (encoders + heads, trained jointly)",
+    "attention-fusion": "Attention fusion (encoders + cross-modal attention, trained jointly)",
+    "fedavg-early-fusion": "Early fusion (SNN) trained with FedAvg over simulated sites",
     "disjoint-merge": "disjoint paired: LegoMerge (blocks trained without the hospital's patients)",
     "disjoint-fuse": "disjoint paired: LegoFuse fine-tuned on the hospital's patients only",
 }
@@ -93,11 +96,15 @@ COMPARISONS = (
     ("merge", "cox-late"),
     ("merge", "cox-early"),
     ("merge", "early-fusion"),
+    ("merge", "attention-fusion"),
+    ("merge", "fedavg-early-fusion"),
     ("fuse", "plain-late"),
     ("fuse", "late-fusion"),
     ("fuse", "cox-late"),
     ("fuse", "cox-early"),
     ("fuse", "early-fusion"),
+    ("fuse", "attention-fusion"),
+    ("fuse", "fedavg-early-fusion"),
     ("merge-validation", "merge"),
     ("merge-validation", "ensemble"),
     ("merge-validation", "plain-late"),
@@ -141,6 +148,8 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
     )
     scores["fuse-inner-cv"] = scores_of(inner_fuse, test, task)
     baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
+    if quick:
+        baseline_config = replace(baseline_config, fedavg_rounds=2, fedavg_local_epochs=1)
     plain = {m: fit_plain_unimodal(m, models.train, models.validation, task, baseline_config) for m in models.blocks}
     scores.update({f"plain:{m}": scores_of(p, test, task) for m, p in plain.items()})
     scores["plain-late"] = scores_of(MeanOfModels(plain), test, task)

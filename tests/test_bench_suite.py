@@ -119,6 +119,7 @@ def test_quick_repeated_and_block_ceiling_pages(tmp_path: Path) -> None:
     differences = document["summary"]["synthetic"]["differences"]
     expected = {"fuse - merge", "merge - best-block", "merge - cox-late", "block:bags_3 - plain:bags_3"}
     expected |= {"merge-validation - merge", "disjoint-fuse - disjoint-merge"}
+    expected |= {"merge - attention-fusion", "merge - fedavg-early-fusion"}
     assert expected <= set(differences)
     assert all(cell["low"] <= cell["high"] for cell in differences.values() if np.isfinite(cell["low"]))
     assert all(np.isnan(cell["t_low"]) for cell in differences.values())  # one split: no t-interval
