@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import quality
-from baselines import BaselineConfig, fit_plain_unimodal
+from baselines import fit_plain_unimodal
 from scipy.stats import spearmanr
 from standalone import command_line, write_page
 from weighting import paired_difference
@@ -65,7 +65,7 @@ def fold_scores(dataset, config, split, modalities: list[str]) -> dict[str, dict
     train = make_tensor_set(dataset, preprocessors, split.train)
     validation = make_tensor_set(dataset, preprocessors, split.validation)
     test = make_tensor_set(dataset, preprocessors, split.test)
-    baseline = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
+    baseline = quality.baseline_settings(config)
     scores: dict[str, dict[str, float]] = {}
     for modality in modalities:
         kind = dataset.modalities[modality].kind

@@ -347,15 +347,20 @@ def quick_config(config: CentralizedConfig) -> CentralizedConfig:
     )
 
 
+def baseline_settings(config: CentralizedConfig, quick: bool = False) -> BaselineConfig:
+    """The baselines' settings for a run: its modalities, seed and training; a smoke run
+    (``quick``) gives FedAvg of early fusion 2 rounds of 1 local epoch."""
+    settings = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
+    return replace(settings, fedavg_rounds=2, fedavg_local_epochs=1) if quick else settings
+
+
 def run_dataset(name: str, quick: bool, log: Log) -> dict[str, Any]:
     """Every fold of one data set: table, merge methods, missing modalities, spatial domain,
     and (for ``SITE_ABLATION_DATASETS``) overlap and imbalance."""
     dataset, config = load_benchmark_dataset(name)
     if quick:
         config = quick_config(config)
-    baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
-    if quick:
-        baseline_config = replace(baseline_config, fedavg_rounds=2, fedavg_local_epochs=1)
+    baseline_config = baseline_settings(config, quick)
     splits = dataset_splits(dataset, n_folds=1 if quick else config.n_folds, seed=config.seed)
     start = time.perf_counter()
     folds = []

@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
-from quality import disjoint_paired_models, ensemble_scores, load_benchmark_dataset, quick_config
+from baselines import MeanOfModels, fit_baseline, fit_plain_unimodal
+from quality import baseline_settings, disjoint_paired_models, ensemble_scores, load_benchmark_dataset, quick_config
 from scipy import stats
 from standalone import command_line, write_page
 
@@ -147,9 +147,7 @@ def split_record(name: str, repeat: int, fold: int, quick: bool) -> dict[str, An
         config.merge,
     )
     scores["fuse-inner-cv"] = scores_of(inner_fuse, test, task)
-    baseline_config = BaselineConfig(modalities=config.modalities, seed=config.seed, training=config.training)
-    if quick:
-        baseline_config = replace(baseline_config, fedavg_rounds=2, fedavg_local_epochs=1)
+    baseline_config = baseline_settings(config, quick)
     plain = {m: fit_plain_unimodal(m, models.train, models.validation, task, baseline_config) for m in models.blocks}
     scores.update({f"plain:{m}": scores_of(p, test, task) for m, p in plain.items()})
     scores["plain-late"] = scores_of(MeanOfModels(plain), test, task)
