@@ -53,9 +53,10 @@ def site_for(context: Context) -> SiteRuntime:
         settings = RunConfig.from_flat(context.run_config)
         if "data-dir" in context.node_config:
             data = read_site_folder(Path(str(context.node_config["data-dir"])))
-            _SITES[key] = SiteRuntime(
-                data.name, data.dataset, data.roles, data.source(), data.encoders, data.preprocessing
-            )
+            site = SiteRuntime.from_site_data(data, settings.disclosure.min_cell)
+            if "schema" in context.node_config:
+                site.check_schema(data, Path(str(context.node_config["schema"])))
+            _SITES[key] = site
         else:
             _SITES[key] = simulated_site(settings, int(context.node_config["partition-id"]))
     return _SITES[key]

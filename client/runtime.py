@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +16,17 @@ from torch import nn
 
 from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
+from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.preprocess import preprocessor_from_dict
-from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.data.sitefolder import SiteData
+from fedlego.common.data.tensors import TensorSet, fit_preprocessor, make_tensor_set, task_for
+from fedlego.common.disclosure import (
+    DEFAULT_MIN_CELL,
+    below_threshold,
+    effective_min_cell,
+    releasable,
+    released_cut_points,
+)
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.packaging import block_to_package
 from fedlego.common.privacy import privacy_metrics
@@ -50,6 +60,36 @@ class SiteRuntime:
     """Per modality, preprocessing options of this site (``site.json``), over the coordinator's."""
     evaluation_errors: dict[str, str] = field(default_factory=dict)
     """Why the models of the last ``evaluate`` that failed at this site failed, by model name."""
+    min_cell: int = DEFAULT_MIN_CELL
+    """Disclosure threshold (``common.disclosure``): fewest patients behind anything this site sends."""
+    schema_sha256: str | None = None
+    """The consortium schema this site's data passed (``check_schema``), reported in ``describe``."""
+
+    @classmethod
+    def from_site_data(cls, data: SiteData, run_min_cell: int = DEFAULT_MIN_CELL) -> SiteRuntime:
+        """The runtime of a site folder as read; its disclosure threshold is the stricter of the
+        folder's own (``site.json``) and the run's."""
+        return cls(
+            data.name,
+            data.dataset,
+            data.roles,
+            data.source(),
+            data.encoders,
+            data.preprocessing,
+            min_cell=effective_min_cell(data.min_cell, run_min_cell),
+        )
+
+    def check_schema(self, site: SiteData, path: Path) -> None:
+        """Check the site's data against the consortium schema file at ``path``: every error in one
+        ``SiteDataError`` naming the schema file; on success the schema's hash is what ``describe``
+        reports."""
+        from fedlego.common.data.schema import ConsortiumSchema, check_against_schema, schema_hash
+
+        schema = ConsortiumSchema.read(path)
+        errors = [str(p) for p in check_against_schema(site, schema) if p.severity == "error"]
+        if errors:
+            raise SiteDataError(str(path), "the site's data break the consortium schema:\n  " + "\n  ".join(errors))
+        self.schema_sha256 = schema_hash(schema)
 
     def modalities(self) -> list[str]:
         """Modalities this site holds."""
@@ -64,10 +104,13 @@ class SiteRuntime:
 
     def describe(self, n_bins: int = 4) -> SiteDescription:
         """What the site holds, in counts only (plus, for survival, its training time quantiles
-        so that the coordinator can fix common time bins)."""
+        so that the coordinator can fix common time bins). Disclosure control: a count below
+        ``min_cell`` is sent as 0; the events and quantiles only with ``min_cell`` training events,
+        the quantiles rounded to two significant digits."""
         labels = self.dataset.labels
         counts = {
-            role: [len(self._ids(role, m)) for m in self.modalities()] for role in ("train", "validation", "test")
+            role: [self._released(len(self._ids(role, m))) for m in self.modalities()]
+            for role in ("train", "validation", "test")
         }
         description = SiteDescription(
             site=self.name,
@@ -79,13 +122,32 @@ class SiteRuntime:
             n_validation=counts["validation"],
             n_test=counts["test"],
             data=self.source,
+            schema_sha256=self.schema_sha256,
         )
         train = self._ids("train")
-        if labels.task == "survival" and train:
-            table = labels.table.loc[train]
-            description.n_train_events = int(table["event"].sum())
-            description.cut_points = list(task_for(labels, train, n_bins).cut_points)
+        events = int(labels.table.loc[train, "event"].sum()) if labels.task == "survival" and train else 0
+        if releasable(events, self.min_cell):
+            description.n_train_events = events
+            description.cut_points = released_cut_points(task_for(labels, train, n_bins).cut_points)
         return description
+
+    def _released(self, count: int) -> int:
+        """A count as it may leave the site: 0 below the disclosure threshold."""
+        return count if releasable(count, self.min_cell) else 0
+
+    def outgoing(self, preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Every value this site would send besides model weights, for review before a run: its
+        description and, per modality, the fitted preprocessing a block package carries (column
+        and variable names, categories, medians, means, spreads) or why the modality stays home."""
+        options = {**(preprocessing_options or {}), **self.preprocessing}
+        preprocessing: dict[str, Any] = {}
+        for modality in self.modalities():
+            try:
+                state = fit_preprocessor(self.dataset, modality, self._ids("train"), options, self.min_cell)
+                preprocessing[modality] = state.to_dict()
+            except ValueError as error:
+                preprocessing[modality] = {"not sent": str(error)}
+        return {"min_cell": self.min_cell, "description": self.describe().to_dict(), "preprocessing": preprocessing}
 
     def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
         """A role's patients transformed with the preprocessing stored in each block."""
@@ -111,11 +173,18 @@ class SiteRuntime:
         values, exceeds the parameter budget, its weights are missing) is reported in ``errors``
         with the cause; the site's other blocks still come back."""
         options = {**(preprocessing_options or {}), **self.preprocessing}
-        preprocessors = fit_preprocessors(self.dataset, self._ids("train"), options)
+        results = BlockResults()
+        preprocessors = {}
+        for modality in self.modalities():
+            try:
+                preprocessors[modality] = fit_preprocessor(
+                    self.dataset, modality, self._ids("train"), options, self.min_cell
+                )
+            except ValueError as error:  # below the disclosure threshold, or no training patient
+                results.errors[modality] = f"site {self.name!r}: {type(error).__name__}: {error}"
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
-        results = BlockResults()
-        for modality in self.modalities():
+        for modality in preprocessors:
             try:
                 block, report = train_block(
                     modality,
@@ -136,7 +205,9 @@ class SiteRuntime:
                 results.errors[modality] = f"{type(error).__name__}: {error}"
                 continue
             metrics = {"best_epoch": float(report.best_epoch)}
-            if report.best_validation_loss is not None:
+            if not releasable(len(validation.restrict([modality])), self.min_cell):
+                block.validation_score = None  # a metric over a handful of validation patients stays here
+            elif report.best_validation_loss is not None:
                 metrics["validation_loss"] = report.best_validation_loss
             metrics.update(privacy_metrics(report))
             results.packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
@@ -151,6 +222,7 @@ class SiteRuntime:
         train = self.tensors_for({block.modality: block}, "train").restrict([block.modality])
         validation = self.tensors_for({block.modality: block}, "validation").restrict([block.modality])
         result = self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
+        self._withhold_small_validation(result)
         adapter = set(block.adapter_state_dict())  # a frozen encoder never travels back
         result.state = {k: v for k, v in result.state.items() if k in adapter}
         return result
@@ -165,9 +237,18 @@ class SiteRuntime:
         result = self._local_round(
             model, train, validation, task, train_config, proximal_mu, model, penalty=model.anchor_penalty
         )
+        self._withhold_small_validation(result)
         trainable = set(model.fusion_state_dict())
         result.state = {k: v for k, v in result.state.items() if k in trainable}
         return result
+
+    def _withhold_small_validation(self, reply: RoundReply) -> None:
+        """Disclosure control of a round reply: the validation loss only over ``min_cell`` or more
+        validation patients (else NaN, weight 0), the event count only when it reaches ``min_cell``."""
+        if not releasable(reply.n_validation, self.min_cell):
+            reply.validation_loss_before, reply.n_validation = float("nan"), 0
+        if not releasable(reply.validation_events, self.min_cell):
+            reply.validation_events = None
 
     @staticmethod
     def _paired(data: TensorSet) -> TensorSet:
@@ -219,6 +300,9 @@ class SiteRuntime:
             try:
                 test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
                 if len(test) == 0:
+                    continue
+                if not releasable(len(test), self.min_cell):
+                    self.evaluation_errors[name] = below_threshold("test patients", self.min_cell)
                     continue
                 forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
                 results[name] = evaluate(model, test, task, forward)

@@ -39,7 +39,10 @@ def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
         if not 0 <= index < len(folders):
             raise ValueError(f"site index {index} outside the {len(folders)} site folders")
         data = read_site_folder(Path(folders[index]))
-        return SiteRuntime(data.name, data.dataset, data.roles, data.source(), data.encoders, data.preprocessing)
+        site = SiteRuntime.from_site_data(data, config.disclosure.min_cell)
+        if config.disclosure.schema:
+            site.check_schema(data, Path(config.disclosure.schema))
+        return site
     dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)
     if not 0 <= index < len(scenario.sites):
@@ -50,7 +53,13 @@ def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
     spec = scenario.sites[index]
     fold = config.scenario.fold
     split = dataset_splits(dataset, n_folds=fold + 1, seed=config.seed)[fold]
-    return SiteRuntime(spec.name, site_dataset(dataset, spec), site_split(spec, dataset, split), cohort_source(config))
+    return SiteRuntime(
+        spec.name,
+        site_dataset(dataset, spec),
+        site_split(spec, dataset, split),
+        cohort_source(config),
+        min_cell=config.disclosure.min_cell,
+    )
 
 
 def cohort_source(config: RunConfig) -> dict[str, str]:

@@ -20,6 +20,7 @@ from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyC
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.scenarios import FoldSplit, dataset_splits
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.disclosure import DEFAULT_MIN_CELL
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.tasks import Task
 from fedlego.common.training import TrainReport
@@ -43,6 +44,8 @@ class CentralizedConfig:
     """DP-SGD for block training (None: plain training); see ``common.privacy``."""
     source: dict[str, str] = field(default_factory=dict)
     """Where the cohort came from when it is not the bundled ``dataset`` (a site folder and its hash)."""
+    min_cell: int = DEFAULT_MIN_CELL
+    """Disclosure threshold of the fitted preprocessing, as a site would apply it (``common.disclosure``)."""
 
     @classmethod
     def from_run(
@@ -64,6 +67,7 @@ class CentralizedConfig:
             fuse=run.fuse,
             preprocessing=dict(preprocessing or {}),
             privacy=run.block_privacy(),
+            min_cell=run.disclosure.min_cell,
         )
 
 
@@ -96,7 +100,7 @@ def train_fold(
     """Fit preprocessing and blocks on the fold's training patients, merge them, fuse them on the
     paired training patients (validation patients only for early stopping)."""
     torch.manual_seed(config.seed + split.fold)
-    preprocessors = fit_preprocessors(dataset, split.train, config.preprocessing)
+    preprocessors = fit_preprocessors(dataset, split.train, config.preprocessing, config.min_cell)
     task = task_for(dataset.labels, split.train)
     train = make_tensor_set(dataset, preprocessors, split.train)
     validation = make_tensor_set(dataset, preprocessors, split.validation)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedlego.common.disclosure import DEFAULT_MIN_CELL
+
 if TYPE_CHECKING:  # the CLI imports this module on every command: no torch at import time
     from fedlego.common.lego import LatentContract
     from fedlego.common.tasks import Task
@@ -291,6 +293,19 @@ class CoordinatorConfig:
     """Run id (empty: a hash of the settings)."""
 
 
+@dataclass
+class DisclosureConfig:
+    """Disclosure control of what sites send (see ``common.disclosure``)."""
+
+    min_cell: int = DEFAULT_MIN_CELL
+    """Fewest patients behind any category, statistic, count, cut point or metric a site sends; rarer
+    categories fold into 'other', and a modality with fewer training patients is not trained. A site's
+    own site.json min_cell can only raise it. 1: off."""
+    schema: str = ""
+    """Consortium schema file (`fedlego schema`): the coordinator records its SHA-256 and refuses a site
+    that checked its data against another one (or none); simulated sites check their data against it."""
+
+
 @dataclass(frozen=True)
 class Section:
     """How one section's fields are spelled as flat run-config keys."""
@@ -333,6 +348,7 @@ SECTIONS = (
     ),
     Section("fuse_privacy", CentralPrivacyConfig, prefix="fuse-dp-"),
     Section("coordinator", CoordinatorConfig),
+    Section("disclosure", DisclosureConfig),
 )
 CHOICES = {
     "dataset": ("tcga-acc", "pbc", "synthetic"),
@@ -363,6 +379,7 @@ class RunConfig:
     """DP-SGD of block training."""
     fuse_privacy: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    disclosure: DisclosureConfig = field(default_factory=DisclosureConfig)
 
     def __post_init__(self) -> None:
         for section in (self.model, self.training, self.fuse):
@@ -407,7 +424,7 @@ class RunConfig:
         for key, allowed in CHOICES.items():
             if flat[key] not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {flat[key]!r}")
-        for key in ("min-sites", "min-responses"):
+        for key in ("min-sites", "min-responses", "min-cell"):
             if flat[key] < 1:
                 raise ValueError(f"{key} must be at least 1")
         if self.training.max_steps < 0:

@@ -11,7 +11,11 @@ spent. Opacus's own per-sample gradient modes do not fit a ``LegoBlock`` (a bare
 per-patient gradients are computed here with ``torch.func`` (``vmap(grad(...))`` over the whole
 block, each patient's dropout drawn independently) and handed to Opacus through its ``no_op``
 grad-sample mode. The per-patient loss is well defined because the survival likelihood
-(logistic hazard) and cross-entropy decompose over patients.
+(logistic hazard) and cross-entropy decompose over patients. The Poisson sampling, dropout and
+noise draw from torch's generator seeded from the OS's randomness on every run, not from the
+run's seed, which travels in the run configuration: with it anyone could regenerate the batches
+and the noise (so DP runs are not reproducible). Opacus's secure mode (a cryptographically secure
+generator, against attacks on the floating-point noise) is off.
 
 What is protected: the training patients of the block, at the record level, with respect to the
 released block weights. Not protected: the validation patients (early stopping and the restored
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -92,7 +97,7 @@ def _per_sample_gradients(model: nn.Module, task: Task):
         targets = {k: v.unsqueeze(0) for k, v in y.items()}
         return task.loss(functional_call(model, {**params, **fixed}, (inputs,)), targets)
 
-    compute = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="different")
+    compute = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="same")
 
     def run(inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
         params = {n: p.detach() for n, p in trainable.items()}
@@ -126,7 +131,9 @@ def fit_private(
         raise ValueError("no training patient for DP training")
     device = resolve_device(config.device)
     model.to(device)
-    torch.manual_seed(config.seed)
+    # Poisson sampling, dropout and noise draw from torch's generator: seeded from the OS, never from
+    # the run's public seed, with which anyone could regenerate the batches and the noise
+    torch.manual_seed(secrets.randbits(63))
     delta = privacy.delta or default_delta(n)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)

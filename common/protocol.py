@@ -126,6 +126,8 @@ class SiteDescription:
     data: dict[str, str] | None = None
     """Where the site's data came from: a site folder (name, path, SHA-256 of its files) or a
     bundled data set."""
+    schema_sha256: str | None = None
+    """The SHA-256 of the consortium schema the site checked its data against (None: none)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The description as JSON-ready values (absent survival fields left out)."""

@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
+from fedlego.common.disclosure import DEFAULT_MIN_CELL
 from fedlego.options import (
     CENTRALIZED_DATA_KEYS,
     CENTRALIZED_SECTIONS,
@@ -112,31 +114,106 @@ def _simulate(args: argparse.Namespace) -> int:
 def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "check",
-        help="validate a site folder and print what it holds (no SuperNode started)",
-        description="Reads a site folder exactly as `fedlego site` and the simulated sites do (site.json, labels, "
-        "modality files, split.csv) and prints the patients per modality and role, labelled patients without "
-        "any modality, and the SHA-256 of its files. Exit code 2 with the file and field at fault otherwise.",
+        help="validate a site folder, list every problem and warning, and show what it would send",
+        description="Reads a site folder as `fedlego site` and the simulated sites do (site.json, labels, "
+        "modality files, split.csv) and prints the patients per modality and role and the SHA-256 of its files, "
+        "then every problem at once (unreadable files, identifier-like columns, a mismatch with the consortium "
+        "schema) and the warnings that do not stop it (few patients or events, rare categories, columns almost "
+        "all missing). Exit code 2 when there is a problem.",
     )
     p.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="site folder(s)")
+    p.add_argument(
+        "--min-cell",
+        type=int,
+        default=None,
+        help=f"disclosure threshold (default: the folder's site.json min_cell, else {DEFAULT_MIN_CELL})",
+    )
+    p.add_argument("--schema", type=Path, metavar="FILE", help="consortium schema (`fedlego schema`) to check against")
+    p.add_argument(
+        "--show-outgoing",
+        action="store_true",
+        help="print every value the site would send besides weights (counts, names, categories, statistics)",
+    )
     p.set_defaults(handler=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
+    from fedlego.client.runtime import SiteRuntime
+    from fedlego.common.data.sitecheck import check_site_folder
+
+    schema = None
+    if args.schema:
+        from fedlego.common.data.schema import ConsortiumSchema
+
+        schema = ConsortiumSchema.read(args.schema)
+    failed = False
+    for folder in args.folders:
+        report = check_site_folder(folder, args.min_cell, schema)
+        if report.site is not None:
+            _print_summary(folder, report.site)
+        for error in report.errors:
+            print(f"  problem: {error}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+        if not report.ok:
+            print(f"{folder}: {len(report.errors)} problem(s); the site cannot join a run until they are fixed")
+            failed = True
+        elif args.show_outgoing and report.site is not None:
+            runtime = SiteRuntime.from_site_data(report.site, report.min_cell)
+            print("  outgoing (besides model weights):")
+            print(textwrap.indent(json.dumps(runtime.outgoing(), indent=2), "    "))
+    return 2 if failed else 0
+
+
+def _print_summary(folder: Path, data) -> None:
+    summary = data.summary()
+    roles = ", ".join(f"{n} {r}" for r, n in summary["roles"].items())
+    print(f"{folder}: site {summary['name']!r}, task {summary['task']}, patients with a role: {roles}")
+    for modality, counts in summary["modalities"].items():
+        per_role = ", ".join(f"{counts[r]} {r}" for r in summary["roles"])
+        print(f"  {modality:<16} {counts['kind']:<10} {per_role}")
+    unused = summary["labelled_without_data"]
+    if unused:
+        shown = ", ".join(unused[:10]) + (", ..." if len(unused) > 10 else "")
+        print(f"  {len(unused)} labelled patients hold no modality and are not used: {shown}")
+    print(f"  sha256 {data.sha256}")
+
+
+def _add_schema(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "schema",
+        help="write the consortium's data contract from reference site folders",
+        description="Reads reference site folders and writes their schema (each modality from the first folder "
+        "holding it; task and labels from the first folder): task, survival time unit, per modality "
+        "the columns with their types, ranges rounded outward (no patient's exact value) and the categories and "
+        "lab variables held by at least min-cell patients. Edit it if needed (units), send it to every hospital, "
+        "and check folders with `fedlego check FOLDER --schema FILE`.",
+    )
+    p.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="reference site folder(s)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the schema file to write (JSON)")
+    p.add_argument("--time-unit", default="days", help="unit of the survival times: days, weeks, months or years")
+    p.add_argument("--min-cell", type=int, default=DEFAULT_MIN_CELL, help="fewest patients behind a category kept")
+    p.set_defaults(handler=_schema)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fedlego.common.data.schema import schema_from_site, schema_hash
     from fedlego.common.data.sitefolder import read_site_folder
 
-    for folder in args.folders:
-        data = read_site_folder(folder)
-        summary = data.summary()
-        roles = ", ".join(f"{n} {r}" for r, n in summary["roles"].items())
-        print(f"{folder}: site {summary['name']!r}, task {summary['task']}, patients with a role: {roles}")
-        for modality, counts in summary["modalities"].items():
-            per_role = ", ".join(f"{counts[r]} {r}" for r in summary["roles"])
-            print(f"  {modality:<16} {counts['kind']:<10} {per_role}")
-        unused = summary["labelled_without_data"]
-        if unused:
-            shown = ", ".join(unused[:10]) + (", ..." if len(unused) > 10 else "")
-            print(f"  {len(unused)} labelled patients hold no modality and are not used: {shown}")
-        print(f"  sha256 {data.sha256}")
+    schemas = [schema_from_site(read_site_folder(f), args.min_cell, args.time_unit) for f in args.folders]
+    tasks = {s.task for s in schemas}
+    if len(tasks) > 1:
+        raise SystemExit(f"fedlego schema: the reference folders disagree on the task: {sorted(tasks)}")
+    modalities: dict = {}
+    for each in schemas:
+        modalities |= {n: spec for n, spec in each.modalities.items() if n not in modalities}
+    schema = replace(schemas[0], modalities=modalities)
+    schema.write(args.out)
+    columns = sum(len(getattr(spec, "columns", {}) or {}) for spec in schema.modalities.values())
+    print(f"{args.out}: {len(schema.modalities)} modalities, {columns} table columns, sha256 {schema_hash(schema)}")
+    print(f"  every site: fedlego check FOLDER --schema {args.out}; fedlego site ... --schema {args.out}")
     return 0
 
 
@@ -381,6 +458,13 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         help="writable folder where this site keeps the coordinator's signed audit heads, one file per run "
         "(default $XDG_STATE_HOME/fedlego/<site>/audit-heads; check them with `fedlego audit verify --site-copy`)",
     )
+    p.add_argument(
+        "--schema",
+        type=Path,
+        metavar="FILE",
+        help="the consortium schema (`fedlego schema`): the site refuses to start when its data break it, and "
+        "tells the coordinator which schema it checked",
+    )
     p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
     p.set_defaults(handler=deploy.cmd_site)
 
@@ -506,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(subparsers)
     _add_config(subparsers)
     _add_check(subparsers)
+    _add_schema(subparsers)
     _add_pretrain(subparsers)
     _add_models(subparsers)
     _add_predict(subparsers)

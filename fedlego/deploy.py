@@ -144,11 +144,15 @@ def _quoted(key: str, path: Path) -> str:
     raise DeploymentError(f"cannot pass a path with both quote kinds to Flower: {text!r}")
 
 
-def node_config(data_dir: Path, site_certs: Path | None = None, audit_dir: Path | None = None) -> str:
+def node_config(
+    data_dir: Path, site_certs: Path | None = None, audit_dir: Path | None = None, schema: Path | None = None
+) -> str:
     """The SuperNode's ``--node-config``: the site folder, the folder keeping the coordinator's
-    audit heads and, with a site's certs folder, the package signing key and the coordinator's
-    public key (absolute paths)."""
+    audit heads, the consortium schema and, with a site's certs folder, the package signing key and
+    the coordinator's public key (absolute paths)."""
     entries = [_quoted("data-dir", data_dir)]
+    if schema is not None:
+        entries.append(_quoted("schema", Path(schema).resolve()))
     if audit_dir is not None:
         entries.append(_quoted("audit-dir", audit_dir))
     if site_certs is not None:
@@ -164,6 +168,7 @@ def supernode_command(
     host: str = "127.0.0.1",
     site_certs: Path | None = None,
     audit_dir: Path | None = None,
+    schema: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` connected to ``superlink``, reading the site folder: with
     ``site_certs`` (``fedlego certs``' ``sites/<name>``) over TLS with node authentication and
@@ -184,7 +189,7 @@ def supernode_command(
         "--superlink",
         check_address(superlink),
         "--node-config",
-        node_config(data_dir, site_certs, audit_dir),
+        node_config(data_dir, site_certs, audit_dir, schema),
         "--isolation",
         "subprocess",
         "--host",
@@ -194,11 +199,16 @@ def supernode_command(
     ]
 
 
-def validate_site_folder(data_dir: Path):
-    """Read the site folder as the SuperNode will; raises SiteDataError naming the file."""
+def validate_site_folder(data_dir: Path, schema: Path | None = None):
+    """Read the site folder as the SuperNode will, and check it against the consortium schema;
+    raises SiteDataError naming the file (every schema problem at once)."""
+    from fedlego.client.runtime import SiteRuntime
     from fedlego.common.data.sitefolder import read_site_folder
 
-    return read_site_folder(Path(data_dir))
+    data = read_site_folder(Path(data_dir))
+    if schema is not None:
+        SiteRuntime.from_site_data(data).check_schema(data, Path(schema))
+    return data
 
 
 # --------------------------------------------------------------------------- foreground processes
@@ -370,14 +380,16 @@ def serve_site(
     site_certs: Path | None = None,
     threads: int | None = None,
     audit_dir: Path | None = None,
+    schema: Path | None = None,
 ) -> int:
-    """``fedlego site``: validate the site folder, then run the hospital's SuperNode in the
-    foreground, training with ``threads`` CPU threads (``site_threads``) and keeping the
-    coordinator's audit heads in ``audit_dir`` (default :func:`default_audit_dir`). A SuperNode
-    that ends by itself (a SuperLink restarted and no longer knowing this node, or, with
-    ``site_certs``, one that has not registered this site's key yet) is started again, until
-    ``SITE_RETRIES`` ends in a row each within ``SITE_STABLE_SECONDS`` of starting."""
-    data = validate_site_folder(data_dir)
+    """``fedlego site``: validate the site folder (against the consortium ``schema`` when given),
+    then run the hospital's SuperNode in the foreground, training with ``threads`` CPU threads
+    (``site_threads``) and keeping the coordinator's audit heads in ``audit_dir`` (default
+    :func:`default_audit_dir`). A SuperNode that ends by itself (a SuperLink restarted and no longer
+    knowing this node, or, with ``site_certs``, one that has not registered this site's key yet) is
+    started again, until ``SITE_RETRIES`` ends in a row each within ``SITE_STABLE_SECONDS`` of
+    starting."""
+    data = validate_site_folder(data_dir, schema)
     audit_dir = writable_folder(audit_dir or default_audit_dir(data.name), "--audit-dir")
     counts = {role: len(ids) for role, ids in data.roles.items()}
     mode = "TLS, node key and package signing" if site_certs is not None else "INSECURE"
@@ -394,7 +406,9 @@ def serve_site(
             "this signing key under that name",
             flush=True,
         )
-    command = supernode_command(superlink, data_dir, port or free_port(), site_certs=site_certs, audit_dir=audit_dir)
+    command = supernode_command(
+        superlink, data_dir, port or free_port(), site_certs=site_certs, audit_dir=audit_dir, schema=schema
+    )
     with tempfile.TemporaryDirectory(prefix="fedlego-site-") as temporary:
         flwr_home = Path(home).resolve() if home is not None else Path(temporary)
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -562,9 +576,11 @@ def cmd_site(args: argparse.Namespace) -> int:
     if args.certs is None and not args.insecure:
         raise DeploymentError(SECURITY_REQUIRED.format(what="SITE_DIR"))
     site_certs = None if args.certs is None else check_site_certs(args.certs)
-    validate_site_folder(args.data_dir)  # a bad folder fails before any warning or connection
+    validate_site_folder(args.data_dir, args.schema)  # a bad folder fails before any warning or connection
     _require_security(args.certs, args.insecure, "SITE_DIR")
-    return serve_site(args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads, args.audit_dir)
+    return serve_site(
+        args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads, args.audit_dir, args.schema
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

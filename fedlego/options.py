@@ -13,7 +13,7 @@ from fedlego.common.config import CHOICES, flat_defaults, flat_fields, key_help
 
 SCENARIO_SECTIONS = ("scenario",)
 """What ``fedlego simulate`` and ``fedlego export-sites`` need to cut a cohort into sites."""
-CENTRALIZED_SECTIONS = ("model", "training", "merge", "fuse", "privacy")
+CENTRALIZED_SECTIONS = ("model", "training", "merge", "fuse", "privacy", "disclosure")
 """The sections the centralized pipeline uses (besides the data set)."""
 CENTRALIZED_DATA_KEYS = ("dataset", "data", "task", "modalities", "synthetic-patients", "synthetic-modalities")
 LIST_KEYS = {"modalities": "MODALITY", "site-folders": "FOLDER"}

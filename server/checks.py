@@ -36,7 +36,10 @@ def agree_task(descriptions: Sequence[SiteDescription], note: Callable[[str], No
     # in site order, so that the float sums do not depend on the order replies arrived in
     with_bins = sorted((d for d in descriptions if d.cut_points), key=lambda d: d.site)
     if not with_bins:
-        raise ValueError("no site reported survival time quantiles (no training patients?)")
+        raise ValueError(
+            "no site reported survival time quantiles: a site sends them only with at least min-cell "
+            "training events (disclosure control), and none has that many"
+        )
     full = max(len(d.cut_points or []) for d in with_bins)
     collapsed = [d.site for d in with_bins if len(d.cut_points or []) < full]
     if collapsed and note is not None:

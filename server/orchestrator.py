@@ -166,18 +166,38 @@ class Federation:
         return sorted(nodes)
 
     # -- phases ----------------------------------------------------------------------------
+    def _schema_sha256(self) -> str | None:
+        """The SHA-256 of the run's consortium schema (``schema`` key), recorded in the results."""
+        path = self.settings.disclosure.schema
+        if not path:
+            return None
+        from fedlego.common.data.schema import ConsortiumSchema, schema_hash
+
+        self.results.schema_sha256 = schema_hash(ConsortiumSchema.read(path))
+        return self.results.schema_sha256
+
     def describe(self, nodes: list[int]) -> Task:
         """Every site reports what it holds (counts only)."""
         self.log("phase describe")
         answered = self.exchange("describe", {n: DescribeRequest() for n in nodes})
         traffic = self.results.phase("describe").bytes
+        schema = self._schema_sha256()
         for node, reply in answered.items():
             description = reply.description
             traffic[description.site] = traffic.pop(f"node-{node}")
             self.exchange.site_names[node] = description.site
+            if schema is not None and description.schema_sha256 != schema:
+                checked = f"schema {description.schema_sha256[:12]}" if description.schema_sha256 else "no schema"
+                reason = f"the site checked its data against {checked}, the run's consortium schema is {schema[:12]}"
+                self.results.failures.append(Failure(description.site, "describe", reason))
+                self.recorder.audit("site-refused", site=description.site, reason=reason)
+                self.log(f"  describe: {description.site} refused: {reason}")
+                continue
             self.sites[node] = description
             self.results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
         self.results.data = {d.site: d.data for d in self.sites.values() if d.data is not None} or None
+        if not self.sites:
+            raise FederationError("no site is left after the describe phase")
         task = agree_task(list(self.sites.values()), note=lambda text: self.log(f"  describe: {text}"))
         self.results.task = task.to_dict()
         self.results.metric = task.metric_name

@@ -218,7 +218,14 @@ def _sites_section(run: RunResults) -> str:
     if not rows:
         return _section("Sites", _note("No site described itself."))
     headers = ["site", "modalities", "train patients", "validation patients", "test patients"]
-    return _section("Sites", _table(headers, rows), _note("Patient counts are per modality, in the order listed."))
+    return _section(
+        "Sites",
+        _table(headers, rows),
+        _note(
+            "Patient counts are per modality, in the order listed; 0 also stands for fewer than min-cell "
+            "patients, a count a site does not send."
+        ),
+    )
 
 
 def _metrics_section(run: RunResults) -> str:
@@ -425,10 +432,29 @@ def _problems_section(run: RunResults) -> str:
     )
 
 
+def _disclosure_note(run: RunResults) -> str:
+    """The disclosure settings the sites applied (``common.disclosure``)."""
+    min_cell = run.config.get("min-cell")
+    if min_cell is None:
+        return _note("Disclosure control: not recorded (a run made before min-cell existed).")
+    if int(min_cell) <= 1:
+        return _note("Disclosure control: OFF (min-cell = 1): sites sent statistics over any number of patients.")
+    schema = run.config.get("schema-sha256") or ""
+    contract = f" Every site checked its data against the consortium schema {schema[:12]}." if schema else ""
+    return _note(
+        f"Disclosure control: min-cell = {min_cell}. Every category, statistic, count, time cut point and metric "
+        f"a site sent rests on at least {min_cell} patients (a site's own threshold may be higher); rarer "
+        "categories were folded into 'other', counts below it are shown as 0, and survival cut points were "
+        f"sent rounded to two significant digits, only by sites with at least {min_cell} training events." + contract
+    )
+
+
 def _privacy_section(run: RunResults) -> str:
     privacy = run.privacy
     if privacy is None or (privacy.blocks is None and privacy.fuse is None):
-        return _section("Differential privacy", _note("DP off: no block and no fuse round was trained with DP."))
+        return _section(
+            "Privacy", _disclosure_note(run), _note("DP off: no block and no fuse round was trained with DP.")
+        )
     blocks = privacy.blocks or {}
     fuse = privacy.fuse
     block_part = (
@@ -459,7 +485,8 @@ def _privacy_section(run: RunResults) -> str:
         else _note("Fuse rounds: DP off.")
     )
     return _section(
-        "Differential privacy",
+        "Privacy",
+        _disclosure_note(run),
         _note("Blocks: DP-SGD budget per block (each site's patients). Fuse: central DP-FedAvg over sites."),
         block_part,
         fuse_part,

@@ -168,6 +168,8 @@ class RunResults:
     data: dict[str, dict[str, str]] | None = None
     """Per site, where its data came from (a site folder and its SHA-256, or a bundled data set)."""
     task: dict[str, Any] | None = None
+    schema_sha256: str | None = None
+    """The consortium schema every site checked its data against (``schema`` run-config key)."""
     metric: str | None = None
     audit_head: str | None = None
     audit_signature: str | None = None

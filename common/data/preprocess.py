@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedlego.common.disclosure import below_threshold
+
 from .dataset import ModalityData
 from .errors import SiteDataError
 
@@ -40,8 +42,9 @@ DEFAULT_MAX_VISITS = 64
 """Visits a time series keeps per patient unless its preprocessing sets ``max_visits``."""
 
 
-def _train_ids(data: ModalityData, train_ids: Sequence[str]) -> list[str]:
-    """The training patients that have this modality (an error if there are none)."""
+def _train_ids(data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> list[str]:
+    """The training patients that have this modality: an error if there are none, or fewer than
+    ``min_cell`` (every statistic fitted on them would rest on too few patients to leave the site)."""
     have = set(data.patient_ids())
     ids = [i for i in dict.fromkeys(train_ids) if i in have]
     if not ids:
@@ -49,6 +52,10 @@ def _train_ids(data: ModalityData, train_ids: Sequence[str]) -> list[str]:
             data.source,
             f"modality '{data.name}': none of the {len(train_ids)} training patients has data, "
             "so its preprocessor cannot be fitted",
+        )
+    if len(ids) < min_cell:
+        raise SiteDataError(
+            data.source, f"modality '{data.name}': {below_threshold('training patients hold it', min_cell)}"
         )
     return ids
 
@@ -108,8 +115,9 @@ class Preprocessor(ABC):
         self.state: dict[str, Any] = {"kind": self.kind, "options": options, "fit": None}
 
     @abstractmethod
-    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> Preprocessor:
-        """Learn the transformation from the training patients' data only."""
+    def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> Preprocessor:
+        """Learn the transformation from the training patients' data only; every statistic kept
+        rests on at least ``min_cell`` of them (``common.disclosure``)."""
 
     @abstractmethod
     def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[Tensors, np.ndarray]:
@@ -153,11 +161,15 @@ class TabularPreprocessor(Preprocessor):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
         super().__init__(log_transform=log, max_categories=max_categories)
 
-    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> TabularPreprocessor:
+    def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> TabularPreprocessor:
+        """Numeric columns observed in fewer than ``min_cell`` training patients are left out (their
+        median, mean and spread would describe a handful of patients); categories held by fewer
+        than ``min_cell`` training patients fold into 'other' (all zeros, like unseen ones)."""
         assert data.table is not None
-        table = data.table.loc[_train_ids(data, train_ids)]
+        table = data.table.loc[_train_ids(data, train_ids, min_cell)]
         options = self.state["options"]
-        names = [c for c, dtype in table.dtypes.items() if pd.api.types.is_numeric_dtype(dtype)]
+        numeric = [c for c, dtype in table.dtypes.items() if pd.api.types.is_numeric_dtype(dtype)]
+        names = [c for c in numeric if table[c].notna().sum() >= min_cell]
         logged = set(_log_names(options["log_transform"], names))
         log = [name in logged for name in names]
         x = _float_matrix(table[names], log)
@@ -166,9 +178,11 @@ class TabularPreprocessor(Preprocessor):
             median = np.nan_to_num(np.nanmedian(x, axis=0), nan=0.0)
         x = np.where(np.isnan(x), median, x)
         categorical = []
-        for name in table.columns.difference(names, sort=False):
+        for name in table.columns.difference(numeric, sort=False):
             counts = table[name].dropna().map(str).value_counts()
-            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            ranked = sorted(
+                ((c, n) for c, n in counts.items() if n >= min_cell), key=lambda item: (-item[1], item[0])
+            )
             categories = [c for c, _ in ranked[: options["max_categories"]]]
             categorical.append({"name": name, "categories": categories})
         numeric = {"names": names, "log": log, "median": median.tolist()}
@@ -225,9 +239,12 @@ class TimeSeriesPreprocessor(Preprocessor):
             raise ValueError(f"max_visits must be a positive integer, got {max_visits!r}")
         super().__init__(log_transform=log, max_visits=max_visits)
 
-    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> TimeSeriesPreprocessor:
+    def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> TimeSeriesPreprocessor:
+        """Variables measured in fewer than ``min_cell`` training patients are left out."""
         assert data.table is not None
-        table = self._most_recent(data.table[data.table["id"].isin(_train_ids(data, train_ids))])
+        table = self._most_recent(data.table[data.table["id"].isin(_train_ids(data, train_ids, min_cell))])
+        patients = table.groupby("variable")["id"].nunique()
+        table = table[table["variable"].isin(patients.index[patients >= min_cell])]
         variables = sorted(table["variable"].unique())
         logged = _log_names(self.state["options"]["log_transform"], variables)
         values = table["value"].to_numpy(dtype=float)
@@ -318,9 +335,9 @@ class ImagePreprocessor(Preprocessor):
         if odd:
             raise SiteDataError(data.source, f"images differ from the (C, H, W) shape {shape}", rows=odd)
 
-    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> ImagePreprocessor:
+    def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> ImagePreprocessor:
         assert data.arrays is not None
-        ids = _train_ids(data, train_ids)
+        ids = _train_ids(data, train_ids, min_cell)
         shape = _chw_shape(data.arrays[ids[0]])
         self._checked(data, ids, shape)
         total, squares = np.zeros(shape[0]), np.zeros(shape[0])
@@ -364,9 +381,9 @@ class BagPreprocessor(Preprocessor):
         if odd:
             raise SiteDataError(data.source, f"bags differ from the feature count {width}", rows=odd)
 
-    def fit(self, data: ModalityData, train_ids: Sequence[str]) -> BagPreprocessor:
+    def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> BagPreprocessor:
         assert data.arrays is not None
-        ids = _train_ids(data, train_ids)
+        ids = _train_ids(data, train_ids, min_cell)
         width = data.arrays[ids[0]].shape[1]
         self._checked(data, ids, width)
         total, squares, count = np.zeros(width), np.zeros(width), 0

@@ -32,6 +32,7 @@ from fedlego.common.encoders import known_encoder, unknown_encoder_message
 from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
 from .formats import LABEL_COLUMNS, _read_table, _require_columns, read_labels, read_modality, validate_dataset
+from .identifiers import identifier_columns, identifier_error
 from .preprocess import make_preprocessor
 from .scenarios import FoldSplit, SiteSpec, site_dataset, site_split
 
@@ -61,6 +62,10 @@ class SiteData:
     """Per modality, the encoder ``site.json`` names (``{"name", "kwargs"}``)."""
     preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per modality, the preprocessing options ``site.json`` sets."""
+    min_cell: int | None = None
+    """The site's own disclosure floor (``site.json``'s ``min_cell``; None: the run's applies)."""
+    declared: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Per modality, the columns ``site.json`` drops or declares not to be identifiers."""
 
     def source(self) -> dict[str, str]:
         """How results name this data: the site folder's name and content hash (not its local
@@ -219,6 +224,10 @@ class _Manifest:
     """Modality name -> {"name", "kwargs"} for modalities that name an encoder."""
     preprocessing: dict[str, dict[str, Any]]
     """Modality name -> preprocessing options (``data.preprocess``) for modalities that set them."""
+    columns: dict[str, dict[str, list[str]]]
+    """Modality name -> ``{"drop": [...], "not_identifiers": [...]}`` column declarations."""
+    min_cell: int | None
+    """The site's own disclosure floor, if ``site.json`` sets one."""
 
 
 def _text_field(raw: dict[str, Any], key: str, file: str, where: str = "") -> str:
@@ -272,7 +281,36 @@ def _read_manifest(path: Path) -> _Manifest:
         for m, e in entries.items()
         if isinstance(e, dict) and "preprocessing" in e
     }
-    return _Manifest(name, task, labels, modalities, encoders, preprocessing)
+    columns = {
+        str(m): _column_declarations(str(m), e, file) for m, e in entries.items() if isinstance(e, dict)
+    }
+    return _Manifest(name, task, labels, modalities, encoders, preprocessing, columns, _min_cell(raw, file))
+
+
+COLUMN_DECLARATIONS = ("drop", "not_identifiers")
+"""Per-modality lists of column names in site.json: ``drop`` removes columns when the file is read
+(identifiers, free text, anything that must not be fitted); ``not_identifiers`` keeps columns the
+identifier check would refuse (the site's data manager vouches for them)."""
+
+
+def _column_declarations(modality: str, entry: dict[str, Any], file: str) -> dict[str, list[str]]:
+    declared = {}
+    for key in COLUMN_DECLARATIONS:
+        value = entry.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise SiteDataError(file, f"field 'modalities.{modality}.{key}' must be a list of column names")
+        declared[key] = list(value)
+    return declared
+
+
+def _min_cell(raw: dict[str, Any], file: str) -> int | None:
+    """site.json's optional ``min_cell``: a positive integer."""
+    value = raw.get("min_cell")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SiteDataError(file, f"field 'min_cell' must be an integer of at least 1, got {value!r}")
+    return value
 
 
 def _preprocessing_entry(modality: str, kind: str, options: Any, file: str) -> dict[str, Any]:
@@ -355,12 +393,61 @@ def read_site_folder(
 
     Roles come from ``split.csv`` when present (patients of the labels file only; labelled
     patients absent from it get no role, and those without any modality are dropped), otherwise
-    from ``hash_roles(dataset.patient_ids(), salt, fractions)``.
+    from ``hash_roles(dataset.patient_ids(), salt, fractions)``. A column that looks like an
+    identifier (``identifiers.py``) is refused before anything is fitted, unless ``site.json``
+    declares it (``drop`` or ``not_identifiers``).
     """
+    site = load_site_folder(path, salt, fractions)
+    found = identifier_problems(site)
+    if found:
+        raise found[0]
+    return site
+
+
+def identifier_problems(site: SiteData) -> list[SiteDataError]:
+    """One error per identifier-like column of the site's tables (none declared in site.json)."""
+    problems = []
+    for name, data in site.dataset.modalities.items():
+        if data.kind != "tabular" or data.table is None:
+            continue
+        for finding in identifier_columns(data.table, site.declared.get(name, {}).get("not_identifiers", ())):
+            problems.append(identifier_error(data.source, finding))
+    return problems
+
+
+def _apply_drops(modality: ModalityData, drop: list[str], file: str) -> ModalityData:
+    """The modality without the columns (tabular) or variables (time series) site.json drops."""
+    if not drop:
+        return modality
+    assert modality.table is not None
+    where = "columns" if modality.kind == "tabular" else "variable"
+    held = set(modality.table.columns) if modality.kind == "tabular" else set(modality.table["variable"])
+    if modality.kind not in ("tabular", "timeseries"):
+        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' applies to tables only")
+    unknown = sorted(set(drop) - held)
+    if unknown:
+        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' names {unknown}, not in the {where}")
+    if modality.kind == "tabular":
+        table = modality.table.drop(columns=drop)
+        if table.shape[1] == 0:
+            raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' drops every feature column")
+    else:
+        table = modality.table[~modality.table["variable"].isin(drop)].reset_index(drop=True)
+    return ModalityData(modality.name, modality.kind, modality.source, table=table)
+
+
+def load_site_folder(
+    path: Path, salt: str = DEFAULT_ROLE_SALT, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> SiteData:
+    """``read_site_folder`` without the identifier refusal (``fedlego check`` lists those with
+    every other problem)."""
     path = Path(path)
     manifest = _read_manifest(path / MANIFEST)
     labels = read_labels(path / manifest.labels, manifest.task)
-    modalities = {name: read_modality(path / file, name, kind) for name, (kind, file) in manifest.modalities.items()}
+    modalities = {
+        name: _apply_drops(read_modality(path / file, name, kind), manifest.columns[name]["drop"], str(path / MANIFEST))
+        for name, (kind, file) in manifest.modalities.items()
+    }
     dataset = MultimodalDataset(manifest.name, labels, modalities)
     validate_dataset(dataset)
     split_path = path / SPLIT_FILE
@@ -369,7 +456,15 @@ def read_site_folder(
     else:
         roles = hash_roles(dataset.patient_ids(), salt, fractions)
     return SiteData(
-        manifest.name, dataset, roles, path.resolve(), folder_digest(path), manifest.encoders, manifest.preprocessing
+        manifest.name,
+        dataset,
+        roles,
+        path.resolve(),
+        folder_digest(path),
+        manifest.encoders,
+        manifest.preprocessing,
+        manifest.min_cell,
+        manifest.columns,
     )
 
 

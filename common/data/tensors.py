@@ -123,17 +123,27 @@ def fit_preprocessors(
     dataset: MultimodalDataset,
     train_ids: Sequence[str],
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    min_cell: int = 1,
 ) -> dict[str, Any]:
-    """One preprocessor per modality, fitted on the training patients holding that modality."""
-    options = options or {}
-    fitted = {}
+    """One preprocessor per modality, fitted on the training patients holding that modality, each
+    statistic over at least ``min_cell`` of them (``common.disclosure``)."""
+    return {name: fit_preprocessor(dataset, name, train_ids, options, min_cell) for name in dataset.modalities}
+
+
+def fit_preprocessor(
+    dataset: MultimodalDataset,
+    name: str,
+    train_ids: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    min_cell: int = 1,
+) -> Any:
+    """The preprocessor of one modality (see ``fit_preprocessors``)."""
+    modality = dataset.modalities[name]
     train = set(train_ids)
-    for name, modality in dataset.modalities.items():
-        ids = [i for i in modality.patient_ids() if i in train]
-        if not ids:
-            raise ValueError(f"no training patient holds modality {name!r} ({modality.source})")
-        fitted[name] = make_preprocessor(modality.kind, **dict(options.get(name, {}))).fit(modality, ids)
-    return fitted
+    ids = [i for i in modality.patient_ids() if i in train]
+    if not ids:
+        raise ValueError(f"no training patient holds modality {name!r} ({modality.source})")
+    return make_preprocessor(modality.kind, **dict((options or {}).get(name, {}))).fit(modality, ids, min_cell)
 
 
 def make_tensor_set(dataset: MultimodalDataset, preprocessors: Mapping[str, Any], ids: Sequence[str]) -> TensorSet:
