@@ -97,7 +97,7 @@ def _per_sample_gradients(model: nn.Module, task: Task):
         targets = {k: v.unsqueeze(0) for k, v in y.items()}
         return task.loss(functional_call(model, {**params, **fixed}, (inputs,)), targets)
 
-    compute = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="same")
+    compute = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="different")
 
     def run(inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
         params = {n: p.detach() for n, p in trainable.items()}

@@ -139,7 +139,8 @@ def test_check_warns_of_few_events_and_rare_categories(hospitals, tmp_path, caps
     assert main(["check", str(copy), "--show-outgoing"]) == 0
     printed = capsys.readouterr().out
     assert "role train: fewer than min-cell = 10 events" in printed
-    assert "column 'ward': 1 categories held by fewer than min-cell" in printed
+    assert "column 'ward': categories held by fewer than min-cell = 10 training patients fold" in printed
+    assert "column 'rare_lab': fewer than min-cell = 10 training patients hold a value" in printed
     outgoing = printed[printed.index("outgoing") :]
     assert RARE_WARD not in outgoing and "rare_lab" not in outgoing and "cut_points" not in outgoing
     assert '"north"' in outgoing and '"age"' in outgoing

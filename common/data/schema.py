@@ -996,7 +996,6 @@ def _check_task(check: _SiteCheck) -> None:
 
 def _check_modalities(check: _SiteCheck) -> None:
     held = check.site.dataset.modalities
-    manifest = check.where("site.json" if check.site.path is None else str(Path(check.site.path) / "site.json"))
     for name, spec in check.schema.modalities.items():
         data = held.get(name)
         if data is None:  # sites hold subsets of the consortium's modalities: that is MM-Lego's premise

@@ -13,6 +13,7 @@ site (``fedlego check`` runs at the hospital).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +76,14 @@ def check_site_folder(path: Path, min_cell: int | None = None, schema=None) -> C
     except SiteDataError as error:
         report.errors.append(str(error))
         return report
-    report.errors += [str(problem) for problem in identifier_problems(report.site)]
+    refused = identifier_problems(report.site)
+    report.errors += [str(problem) for problem in refused]
     if schema is not None:
         from .schema import check_against_schema
 
         for problem in check_against_schema(report.site, schema):
             (report.errors if problem.severity == "error" else report.warnings).append(str(problem))
-    report.warnings += site_warnings(report.site, report.min_cell)
+    report.warnings += site_warnings(report.site, report.min_cell, {(p.file, p.column) for p in refused})
     return report
 
 
@@ -104,14 +106,14 @@ def _separator_warnings(folder: Path) -> list[str]:
     return found
 
 
-def site_warnings(site: SiteData, min_cell: int = DEFAULT_MIN_CELL) -> list[str]:
+def site_warnings(
+    site: SiteData, min_cell: int = DEFAULT_MIN_CELL, refused: Collection[tuple[str, str | None]] = ()
+) -> list[str]:
     """What does not stop a site but weakens it or keeps its figures at home: roles or modalities
     under ``min_cell`` patients, few events, modality ids missing the labels, columns almost all
-    missing, categories that fold into 'other'."""
-    return [
-        *_role_warnings(site, min_cell),
-        *_modality_warnings(site, min_cell),
-    ]
+    missing or observed in too few patients, categories that fold into 'other'. ``refused``
+    (file, column) pairs, already errors, get no warning."""
+    return [*_role_warnings(site, min_cell), *_modality_warnings(site, min_cell, set(refused))]
 
 
 def _role_warnings(site: SiteData, min_cell: int) -> list[str]:
@@ -139,7 +141,7 @@ def _role_warnings(site: SiteData, min_cell: int) -> list[str]:
     return warnings
 
 
-def _modality_warnings(site: SiteData, min_cell: int) -> list[str]:
+def _modality_warnings(site: SiteData, min_cell: int, refused: set[tuple[str, str | None]]) -> list[str]:
     warnings = []
     labelled = set(site.dataset.labels.patient_ids())
     train = set(site.roles.get("train", []))
@@ -158,7 +160,8 @@ def _modality_warnings(site: SiteData, min_cell: int) -> list[str]:
                 "its block will not be trained"
             )
         if data.kind == "tabular" and data.table is not None:
-            warnings += _column_warnings(data.source, data.table.loc[held], min_cell)
+            kept = [c for c in data.table.columns if (data.source, c) not in refused]
+            warnings += _column_warnings(data.source, data.table.loc[held, kept], min_cell)
     return warnings
 
 
@@ -168,13 +171,19 @@ def _column_warnings(source: str, table: pd.DataFrame, min_cell: int) -> list[st
         values = table[column]
         if len(values) and values.isna().mean() >= MOSTLY_MISSING:
             warnings.append(f"{source}: column '{column}': missing for {values.isna().mean():.0%} of training patients")
-        if not pd.api.types.is_numeric_dtype(values):
-            rare = int((values.dropna().map(str).value_counts() < min_cell).sum())
-            if rare:
+        if pd.api.types.is_numeric_dtype(values):
+            if values.notna().sum() < min_cell:
                 warnings.append(
-                    f"{source}: column '{column}': {rare} categories held by fewer than min-cell = {min_cell} "
-                    "training patients fold into 'other'"
+                    f"{source}: column '{column}': fewer than min-cell = {min_cell} training patients hold a value; "
+                    "not used"
                 )
+            continue
+        rare = int((values.dropna().map(str).value_counts() < min_cell).sum())
+        if rare:
+            warnings.append(
+                f"{source}: column '{column}': categories held by fewer than min-cell = {min_cell} training "
+                f"patients fold into 'other' ({rare} of them)"
+            )
     return warnings
 
 
