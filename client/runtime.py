@@ -22,7 +22,6 @@ from fedlego.common.data.sitefolder import SiteData
 from fedlego.common.data.tensors import TensorSet, fit_preprocessor, make_tensor_set, task_for
 from fedlego.common.disclosure import (
     DEFAULT_MIN_CELL,
-    below_threshold,
     effective_min_cell,
     releasable,
     released_cut_points,
@@ -289,7 +288,8 @@ class SiteRuntime:
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts
-        (single blocks: patients holding that block's modality). A model that fails here (bad
+        (single blocks: patients holding that block's modality). A model with fewer than ``min_cell``
+        such patients is not reported (disclosure control). A model that fails here (bad
         preprocessing state, an encoder error) is left out with the reason in ``evaluation_errors``."""
         results, self.evaluation_errors = {}, {}
         for name, model in models.items():
@@ -299,10 +299,7 @@ class SiteRuntime:
                 continue
             try:
                 test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
-                if len(test) == 0:
-                    continue
-                if not releasable(len(test), self.min_cell):
-                    self.evaluation_errors[name] = below_threshold("test patients", self.min_cell)
+                if not releasable(len(test), self.min_cell):  # none, or a metric over a handful: not sent
                     continue
                 forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
                 results[name] = evaluate(model, test, task, forward)

@@ -151,12 +151,15 @@ def _check(args: argparse.Namespace) -> int:
         report = check_site_folder(folder, args.min_cell, schema)
         if report.site is not None:
             _print_summary(folder, report.site)
-        for error in report.errors:
-            print(f"  problem: {error}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
+        for error in report.errors:
+            print(f"  problem: {error}", file=sys.stderr)
         if not report.ok:
-            print(f"{folder}: {len(report.errors)} problem(s); the site cannot join a run until they are fixed")
+            print(
+                f"{folder}: {len(report.errors)} problem(s); the site cannot join a run until they are fixed",
+                file=sys.stderr,
+            )
             failed = True
         elif args.show_outgoing and report.site is not None:
             runtime = SiteRuntime.from_site_data(report.site, report.min_cell)

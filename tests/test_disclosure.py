@@ -114,7 +114,7 @@ def hospitals(tmp_path_factory) -> tuple[Path, Path, dict[str, list]]:
 def test_check_refuses_every_identifier_column_at_once(hospitals, capsys):
     a, b, _ = hospitals
     assert main(["check", str(a), str(b)]) == 2
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     for folder in (a, b):
         problems = [line for line in printed.splitlines() if "problem:" in line and str(folder) in line]
         flagged = {column for column in IDENTIFIERS if any(f"column '{column}'" in line for line in problems)}

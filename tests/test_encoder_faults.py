@@ -20,6 +20,7 @@ from fedlego.inprocess import InProcessTransport
 from fedlego.server.orchestrator import Federation
 
 SMALL = {"latent-channels": 8, "latent-dim": 16, "block-epochs": 2, "patience": 2, "block-rounds": 0, "fuse-rounds": 0}
+SMALL["min-cell"] = 1  # 40-patient sites: disclosure control would withhold their test figures (see test_disclosure)
 
 
 class FromExample(nn.Module):

@@ -34,6 +34,7 @@ from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
 
 SMALL = {
+    "min-cell": 1,  # sites of 50 patients: disclosure control would withhold most figures (tested in test_disclosure)
     "dataset": "synthetic",
     "synthetic-patients": 160,
     "synthetic-modalities": 2,

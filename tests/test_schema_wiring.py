@@ -68,7 +68,7 @@ def test_sites_of_the_consortium_pass_their_schema(consortium, capsys):
 def test_check_and_site_refuse_a_folder_that_breaks_the_schema(consortium, tmp_path, capsys, change, column, words):
     folder = _changed(consortium, tmp_path, change)
     assert main(["check", str(folder), "--schema", str(consortium["schema"])]) == 2
-    problems = [line for line in capsys.readouterr().out.splitlines() if "problem:" in line]
+    problems = [line for line in capsys.readouterr().err.splitlines() if "problem:" in line]
     assert any(f"column '{column}'" in line and words in line and "site 'south'" in line for line in problems)
     with pytest.raises(SiteDataError, match=column):
         validate_site_folder(folder, consortium["schema"])  # what `fedlego site --schema` runs first
