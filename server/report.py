@@ -439,7 +439,7 @@ def _disclosure_note(run: RunResults) -> str:
         return _note("Disclosure control: not recorded (a run made before min-cell existed).")
     if int(min_cell) <= 1:
         return _note("Disclosure control: OFF (min-cell = 1): sites sent statistics over any number of patients.")
-    schema = run.config.get("schema-sha256") or ""
+    schema = run.schema_sha256 or ""
     contract = f" Every site checked its data against the consortium schema {schema[:12]}." if schema else ""
     return _note(
         f"Disclosure control: min-cell = {min_cell}. Every category, statistic, count, time cut point and metric "

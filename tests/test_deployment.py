@@ -30,6 +30,7 @@ MODALITIES = "clinical,rna"
 SITES = ["clinical", "paired-0", "rna"]
 ALL_SITES = ["clinical", "paired-0", "paired-1", "rna"]  # export-sites --paired-sites 2
 FAST = ["dataset=tcga-acc", f"modalities={MODALITIES}", "block-epochs=3", "patience=3", "block-rounds=0"]
+FAST.append("min-cell=1")  # paired sites of 8 training patients: disclosure control is tested in test_disclosure
 
 
 def _fedlego(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -192,7 +192,8 @@ def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, t
     site_b = results["sites"]["hospital-b"]
     assert "n_train_events" not in site_b  # 5 events in 36 training patients: not sent
     files = [p for p in out.rglob("*") if p.is_file() and ".flower" not in p.parts]
-    assert any(p.suffix == ".pb" for p in files) and (out / "report.html").exists()
+    assert any(p.suffix == ".pb" for p in files)
+    assert "Disclosure control: min-cell = 10." in (out / "report.html").read_text()
     forbidden = _forbidden(secrets)
     for path in files:
         content = path.read_bytes()
