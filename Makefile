@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml plugins/fedlego-tabular-transformer/pyproject
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/fedlego simulate --scenario tcga-acc --overlap 1 --out runs/demo-tcga-acc
+	$(VENV)/bin/fedlego simulate --scenario pbc --out runs/demo-pbc
 
 lint: setup
 	$(PY) -m ruff check .

@@ -40,8 +40,8 @@ def simulated_site(config: RunConfig, index: int) -> SiteRuntime:
             raise ValueError(f"site index {index} outside the {len(folders)} site folders")
         data = read_site_folder(Path(folders[index]))
         site = SiteRuntime.from_site_data(data, config.disclosure.min_cell)
-        if config.disclosure.schema:
-            site.check_schema(data, Path(config.disclosure.schema))
+        if config.coordinator.schema:
+            site.check_schema(data, Path(config.coordinator.schema))
         return site
     dataset = run_cohort(config)
     scenario = simulated_scenario(config, dataset)

@@ -291,6 +291,9 @@ class CoordinatorConfig:
     """Coordinator folder for results.json, packages, audit log and checkpoint."""
     run_name: str = ""
     """Run id (empty: a hash of the settings)."""
+    schema: str = ""
+    """Consortium schema file (`fedlego schema`): the coordinator records its SHA-256 and refuses a site
+    that checked its data against another one (or none); simulated sites check their data against it."""
 
 
 @dataclass
@@ -301,9 +304,6 @@ class DisclosureConfig:
     """Fewest patients behind any category, statistic, count, cut point or metric a site sends; rarer
     categories fold into 'other', and a modality with fewer training patients is not trained. A site's
     own site.json min_cell can only raise it. 1: off."""
-    schema: str = ""
-    """Consortium schema file (`fedlego schema`): the coordinator records its SHA-256 and refuses a site
-    that checked its data against another one (or none); simulated sites check their data against it."""
 
 
 @dataclass(frozen=True)

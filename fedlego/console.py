@@ -73,10 +73,17 @@ def federation_table(results: RunResults) -> str:
         )
     fuse = results.rounds.get("fuse")
     if fuse is not None and fuse.kept_round == 0 and "fuse" in results.metrics:
-        lines.append(
-            "fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept "
-            f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
-        )
+        start = f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
+        if all(math.isnan(loss) for loss in fuse.validation_loss):
+            lines.append(
+                "fuse kept round 0: no paired site reported a validation loss (each has fewer than min-cell = "
+                f"{results.config.get('min-cell')} validation patients: disclosure control), so no round could be "
+                f"chosen and no fine-tuning was kept {start}"
+            )
+        else:
+            lines.append(
+                f"fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept {start}"
+            )
     rounds_note = few_validation_rounds(results)
     lines += [rounds_note] if rounds_note else []
     lines += [f"refused: {r.site}/{r.modality}: {r.reason}" for r in results.refused]

@@ -18,7 +18,7 @@ CENTRALIZED_SECTIONS = ("model", "training", "merge", "fuse", "privacy", "disclo
 CENTRALIZED_DATA_KEYS = ("dataset", "data", "task", "modalities", "synthetic-patients", "synthetic-modalities")
 LIST_KEYS = {"modalities": "MODALITY", "site-folders": "FOLDER"}
 """Keys given as several words on the command line, joined with commas."""
-PATH_KEYS = ("data", "site-folders", "trusted-sites", "coordinator-key", "out-dir")
+PATH_KEYS = ("data", "site-folders", "trusted-sites", "coordinator-key", "out-dir", "schema")
 """Keys holding paths: made absolute (Flower runs the apps in other working directories)."""
 ALIASES = {
     "block-epochs": ("--epochs",),

@@ -168,7 +168,7 @@ class Federation:
     # -- phases ----------------------------------------------------------------------------
     def _schema_sha256(self) -> str | None:
         """The SHA-256 of the run's consortium schema (``schema`` key), recorded in the results."""
-        path = self.settings.disclosure.schema
+        path = self.settings.coordinator.schema
         if not path:
             return None
         from fedlego.common.data.schema import ConsortiumSchema, schema_hash
