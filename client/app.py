@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
@@ -14,6 +15,7 @@ from fedlego.client.simulated import simulated_site
 from fedlego.common.audit_head import CONFIG_KEY as AUDIT_HEAD_KEY
 from fedlego.common.audit_head import AuditHead, keep
 from fedlego.common.config import RunConfig
+from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.sitefolder import read_site_folder
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import (
@@ -47,7 +49,17 @@ _SITES: dict[str, SiteRuntime] = {}
 
 
 def site_for(context: Context) -> SiteRuntime:
-    """This node's site: its data folder (deployment) or its share of the scenario (simulation)."""
+    """This node's site: its data folder (deployment) or its share of the scenario (simulation). A
+    folder that fails its checks raises an error that names the file and column only (what Flower
+    sends to the coordinator); the whole error goes to the site's log."""
+    try:
+        return _site_for(context)
+    except SiteDataError as error:
+        print(f"fedlego site: {error}", file=sys.stderr, flush=True)
+        raise RuntimeError(error.public_reason()) from None
+
+
+def _site_for(context: Context) -> SiteRuntime:
     key = json.dumps([dict(context.run_config), dict(context.node_config)], sort_keys=True, default=str)
     if key not in _SITES:
         settings = RunConfig.from_flat(context.run_config)

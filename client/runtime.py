@@ -6,6 +6,7 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ class SiteRuntime:
                     self.dataset, modality, self._ids("train"), options, self.min_cell
                 )
             except ValueError as error:  # below the disclosure threshold, or no training patient
-                results.errors[modality] = f"site {self.name!r}: {type(error).__name__}: {error}"
+                results.errors[modality] = f"site {self.name!r}: {outgoing_reason(error)}"
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
         for modality in preprocessors:
@@ -201,7 +202,7 @@ class SiteRuntime:
                 if bad:
                     raise ValueError(f"training left non-finite values in {bad[:3]} (an encoder returning NaN?)")
             except Exception as error:  # one bad block must not take the site's other blocks down
-                results.errors[modality] = f"{type(error).__name__}: {error}"
+                results.errors[modality] = outgoing_reason(error)
                 continue
             metrics = {"best_epoch": float(report.best_epoch)}
             if not releasable(len(validation.restrict([modality])), self.min_cell):
@@ -304,8 +305,21 @@ class SiteRuntime:
                 forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
                 results[name] = evaluate(model, test, task, forward)
             except Exception as error:  # one model that cannot run here must not hide the others
-                self.evaluation_errors[name] = f"{type(error).__name__}: {error}"
+                self.evaluation_errors[name] = outgoing_reason(error)
         return results
+
+
+def outgoing_reason(error: Exception) -> str:
+    """An error as the coordinator may read it. A data error names the file and column only (its
+    rows are patient ids and its message may quote values; the whole error goes to the site's own
+    log); a disclosure refusal is said in full (it holds the threshold, never a count); other errors
+    (an encoder that raised, a wrong shape) by type and message."""
+    if isinstance(error, SiteDataError):
+        if "min-cell" in error.message:
+            return f"{type(error).__name__}: {error.message}"
+        print(f"fedlego site: {error}", file=sys.stderr, flush=True)
+        return error.public_reason()
+    return f"{type(error).__name__}: {error}"
 
 
 def evaluable_models(

@@ -295,3 +295,15 @@ def test_round_significant():
     assert round_significant(393.5147) == 390.0
     assert round_significant(0.012345) == 0.012
     assert released_cut_points([101.0, 104.0, 250.0]) == [100.0, 250.0]
+
+
+def test_a_data_error_reaches_the_coordinator_without_ids_or_values(capsys):
+    from fedlego.client.runtime import outgoing_reason
+
+    error = SiteDataError("/data/st-mary/clinical.csv", "non-numeric values ('7,2 mmol')", "creatinine", ["P00017"])
+    reason = outgoing_reason(error)
+    assert "clinical.csv" in reason and "creatinine" in reason
+    assert "P00017" not in reason and "7,2" not in reason and "/data/st-mary" not in reason
+    assert "P00017" in capsys.readouterr().err  # the whole error stays in the site's own log
+    refusal = SiteDataError("clinical.csv", "modality 'clinical': fewer than min-cell = 10 training patients hold it")
+    assert "min-cell = 10" in outgoing_reason(refusal)

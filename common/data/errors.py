@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 MAX_ROWS_SHOWN = 10
 
@@ -21,6 +22,12 @@ class SiteDataError(ValueError):
         self.rows = list(rows)
         self.message = message
         super().__init__(str(self))
+
+    def public_reason(self) -> str:
+        """What may leave the site about this error: the file's name and the column, never the rows
+        (patient ids) or the message (which may quote values); the details stay in the site's log."""
+        where = Path(self.file).name + (f", column '{self.column}'" if self.column is not None else "")
+        return f"the site's data failed a check ({where}); `fedlego check` at the site shows the details"
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return (SiteDataError, (self.file, self.message, self.column, self.rows))

@@ -91,6 +91,9 @@ SURVIVAL_UNIT_FACTOR = 10.0
 """Survival times whose maximum is this many times above or below the schema's look like another unit."""
 VALUE_UNIT_FACTOR = 5.0
 """Values whose median lies outside the range by this factor look like another unit."""
+OUTSIDE_WARNING_SHARE = 0.1
+"""Values outside a range are a warning only when more than this share of a site's values are,
+besides the 2 (min-cell - 1) that a schema's range leaves out at the reference site's two ends."""
 FACTOR_TOLERANCE = 0.25
 """A ratio names a known unit factor when within this fraction of it."""
 HINT_FACTOR = 3.0
@@ -183,12 +186,15 @@ def round_outward(value: float, digits: int, up: bool) -> float:
     return math.copysign(float(f"{mantissa}e{exponent}"), value)
 
 
-def rounded_range(values: np.ndarray, digits: int) -> Range | None:
-    """[low, high] of the finite ``values`` rounded outward (None when there is none)."""
-    finite = values[np.isfinite(values)]
+def rounded_range(values: np.ndarray, digits: int, min_cell: int = 1) -> Range | None:
+    """[low, high] of the finite ``values`` rounded outward (None when there is none), from the
+    ``min_cell``-th lowest and highest values: a bound never rests on fewer than ``min_cell``
+    patients (the rounded maximum of integer ages would tell the oldest patient's age)."""
+    finite = np.sort(values[np.isfinite(values)])
     if finite.size == 0:
         return None
-    return round_outward(float(finite.min()), digits, up=False), round_outward(float(finite.max()), digits, up=True)
+    k = min(max(min_cell, 1), finite.size) - 1
+    return round_outward(float(finite[k]), digits, up=False), round_outward(float(finite[-1 - k]), digits, up=True)
 
 
 def _number_text(value: float) -> str:
@@ -333,19 +339,22 @@ def _median_off(values: np.ndarray, schema_range: Range, ratio: float | None) ->
     return too_large or too_small
 
 
-def _ratio_interval(values: np.ndarray, schema_range: Range, scale: _Scale) -> Range | None:
+def _ratio_interval(values: np.ndarray, schema_range: Range, scale: _Scale, min_cell: int = 1) -> Range | None:
     """How many times larger the site's values are than the reference site's, as an interval.
 
     The schema's upper bound was rounded up from a maximum in [the grid point below it, it), so
     the site's maximum over that bound gives an interval; with ``scale.both_ends`` and both
     minima positive, the interval from the minima (the lower bound was rounded down from a
-    minimum in (it, the grid point above it]) is averaged in, on a log scale (less noise)."""
-    high, site_max = schema_range[1], float(values.max())
+    minimum in (it, the grid point above it]) is averaged in, on a log scale (less noise). The
+    site's extremes are its ``min_cell``-th lowest and highest values, as the schema's were."""
+    ordered = np.sort(values)
+    k = min(max(min_cell, 1), ordered.size) - 1
+    high, site_max = schema_range[1], float(ordered[-1 - k])
     if high <= 0 or site_max <= 0:
         return None
     below = round_outward(high, scale.digits, up=False)
     interval = (site_max / high, site_max / below if below > 0 else site_max / high)
-    low, site_min = schema_range[0], float(values.min())
+    low, site_min = schema_range[0], float(ordered[k])
     if not scale.both_ends or low <= 0 or site_min <= 0:
         return interval
     above = round_outward(low, scale.digits, up=True)
@@ -384,16 +393,16 @@ def _range_problems(
     values = values[np.isfinite(values)]
     if schema_range is None or values.size == 0:
         return []
-    interval = _ratio_interval(values, schema_range, scale)
+    interval = _ratio_interval(values, schema_range, scale, where.min_cell)
     ratio = None if interval is None else math.sqrt(interval[0] * interval[1])
     in_schema = f"{_range_text(schema_range)} in the schema{scale.unit_note}"
     if scale.unit_off(values, schema_range, ratio):
-        site_range = _range_text(rounded_range(values, scale.digits))
+        site_range = _range_text(rounded_range(values, scale.digits, where.min_cell))
         why = "" if interval is None else ": " + _ratio_text(interval, scale.factors)
         return [
             where.error(column, f"{scale.label} look like another unit (range about {site_range} vs {in_schema}){why}")
         ]
-    if not outside:
+    if outside <= 2 * (where.min_cell - 1) + OUTSIDE_WARNING_SHARE * values.size:
         return []
     hint = ""
     if interval is not None and not 1 / HINT_FACTOR < ratio < HINT_FACTOR and _named_factor(interval, scale.factors):
@@ -444,7 +453,7 @@ class LabelSpec:
 
 def _survival_labels(labels: Labels, min_cell: int, time_unit: str) -> LabelSpec:
     times = labels.table["time"].to_numpy(float)
-    return LabelSpec(time_unit=time_unit, time_range=rounded_range(times, TIME_DIGITS))
+    return LabelSpec(time_unit=time_unit, time_range=rounded_range(times, TIME_DIGITS, min_cell))
 
 
 def _class_labels(labels: Labels, min_cell: int, time_unit: str) -> LabelSpec:
@@ -525,7 +534,8 @@ def _column_type(values: pd.Series) -> ColumnType:
 def _numeric_column(values: pd.Series, min_cell: int, unit: str) -> ColumnSpec:
     numbers = values.to_numpy(float)
     held = int(np.isfinite(numbers).sum())
-    return ColumnSpec("numeric", unit, range=rounded_range(numbers, VALUE_DIGITS) if held >= min_cell else None)
+    value_range = rounded_range(numbers, VALUE_DIGITS, min_cell) if held >= min_cell else None
+    return ColumnSpec("numeric", unit, range=value_range)
 
 
 def _categorical_column(values: pd.Series, min_cell: int, unit: str) -> ColumnSpec:
@@ -737,11 +747,12 @@ class TimeseriesSpec:
         rows = table[table["variable"].isin(kept)]
         variables = {
             v: VariableSpec(
-                units.get(v, ""), rounded_range(rows.loc[rows["variable"] == v, "value"].to_numpy(float), VALUE_DIGITS)
+                units.get(v, ""),
+                rounded_range(rows.loc[rows["variable"] == v, "value"].to_numpy(float), VALUE_DIGITS, min_cell),
             )
             for v in kept
         }
-        return cls(variables, rounded_range(rows["time"].to_numpy(float), TIME_DIGITS))
+        return cls(variables, rounded_range(rows["time"].to_numpy(float), TIME_DIGITS, min_cell))
 
     def check(self, data: ModalityData, where: _Where) -> list[SchemaProblem]:
         """Plain pandas (a long table: one row per observation, not per patient). Times are
