@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedlego.client.runtime import SiteRuntime, evaluable_models
+from fedlego.client.runtime import SiteRuntime, evaluable_models, outgoing_reason
 from fedlego.client.simulated import simulated_site
 from fedlego.common.audit_head import CONFIG_KEY as AUDIT_HEAD_KEY
 from fedlego.common.audit_head import AuditHead, keep
 from fedlego.common.config import RunConfig
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.sitefolder import read_site_folder
+from fedlego.common.disclosure import DEFAULT_MIN_CELL
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.packaging import (
     block_from_package,
@@ -48,24 +51,32 @@ app = ClientApp()
 _SITES: dict[str, SiteRuntime] = {}
 
 
+def data_errors_stay_home(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """A handler whose data errors reach the coordinator as file and column only: Flower sends an
+    exception's text to the coordinator, and a ``SiteDataError`` quotes patient ids and values (the
+    whole error goes to the site's log, see ``outgoing_reason``)."""
+
+    @functools.wraps(handler)
+    def guarded(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except SiteDataError as error:
+            raise RuntimeError(outgoing_reason(error)) from None
+
+    return guarded
+
+
 def site_for(context: Context) -> SiteRuntime:
-    """This node's site: its data folder (deployment) or its share of the scenario (simulation). A
-    folder that fails its checks raises an error that names the file and column only (what Flower
-    sends to the coordinator); the whole error goes to the site's log."""
-    try:
-        return _site_for(context)
-    except SiteDataError as error:
-        print(f"fedlego site: {error}", file=sys.stderr, flush=True)
-        raise RuntimeError(error.public_reason()) from None
-
-
-def _site_for(context: Context) -> SiteRuntime:
+    """This node's site: its data folder (deployment) or its share of the scenario (simulation)."""
     key = json.dumps([dict(context.run_config), dict(context.node_config)], sort_keys=True, default=str)
     if key not in _SITES:
         settings = RunConfig.from_flat(context.run_config)
         if "data-dir" in context.node_config:
             data = read_site_folder(Path(str(context.node_config["data-dir"])))
-            site = SiteRuntime.from_site_data(data, settings.disclosure.min_cell)
+            # a hospital's own floor: `fedlego site --min-cell`, else site.json's, else the default;
+            # the coordinator's run config can raise it, never lower it
+            floor = int(context.node_config.get("min-cell", data.min_cell or DEFAULT_MIN_CELL))
+            site = SiteRuntime.from_site_data(replace(data, min_cell=floor), settings.disclosure.min_cell)
             if "schema" in context.node_config:
                 site.check_schema(data, Path(str(context.node_config["schema"])))
             _SITES[key] = site
@@ -118,6 +129,7 @@ def reply(message: Message, answer) -> Message:
 
 
 @app.query(MessageType.DESCRIBE.action)
+@data_errors_stay_home
 def describe(message: Message, context: Context) -> Message:
     """What this site holds: modalities and counts, never patient data."""
     DescribeRequest.from_payload(received(message, context))
@@ -125,6 +137,7 @@ def describe(message: Message, context: Context) -> Message:
 
 
 @app.train(MessageType.BLOCK.action)
+@data_errors_stay_home
 def train_block(message: Message, context: Context) -> Message:
     """Train one block per held modality; return the packages."""
     request = BlockRequest.from_payload(received(message, context))
@@ -141,6 +154,7 @@ def train_block(message: Message, context: Context) -> Message:
 
 
 @app.train(MessageType.BLOCK_ROUND.action)
+@data_errors_stay_home
 def block_round(message: Message, context: Context) -> Message:
     """One FedAvg round on a shared modality's block."""
     request = RoundRequest.from_payload(received(message, context), MessageType.BLOCK_ROUND)
@@ -154,6 +168,7 @@ def block_round(message: Message, context: Context) -> Message:
 
 
 @app.train(MessageType.FUSE_ROUND.action)
+@data_errors_stay_home
 def fuse_round(message: Message, context: Context) -> Message:
     """One federated LegoFuse round; the full model arrives once, then only fusion parameters."""
     request = RoundRequest.from_payload(received(message, context), MessageType.FUSE_ROUND)
@@ -170,6 +185,7 @@ def fuse_round(message: Message, context: Context) -> Message:
 
 
 @app.evaluate(MessageType.EVALUATE.action)
+@data_errors_stay_home
 def evaluate_models(message: Message, context: Context) -> Message:
     """Evaluate the model and each of its blocks on this site's test patients."""
     request = EvaluateRequest.from_payload(received(message, context))

@@ -23,6 +23,8 @@ from fedlego.common.data.sitefolder import SiteData
 from fedlego.common.data.tensors import TensorSet, fit_preprocessor, make_tensor_set, task_for
 from fedlego.common.disclosure import (
     DEFAULT_MIN_CELL,
+    DisclosureError,
+    below_threshold,
     effective_min_cell,
     releasable,
     released_cut_points,
@@ -205,7 +207,7 @@ class SiteRuntime:
                 results.errors[modality] = outgoing_reason(error)
                 continue
             metrics = {"best_epoch": float(report.best_epoch)}
-            if not releasable(len(validation.restrict([modality])), self.min_cell):
+            if not self._outcomes_releasable(task, validation.restrict([modality])):
                 block.validation_score = None  # a metric over a handful of validation patients stays here
             elif report.best_validation_loss is not None:
                 metrics["validation_loss"] = report.best_validation_loss
@@ -221,8 +223,9 @@ class SiteRuntime:
         site's training patients with the block's shared preprocessing."""
         train = self.tensors_for({block.modality: block}, "train").restrict([block.modality])
         validation = self.tensors_for({block.modality: block}, "validation").restrict([block.modality])
+        self._refuse_small_training(train, f"block {block.modality}")
         result = self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
-        self._withhold_small_validation(result)
+        self._withhold_small_validation(result, task, validation)
         adapter = set(block.adapter_state_dict())  # a frozen encoder never travels back
         result.state = {k: v for k, v in result.state.items() if k in adapter}
         return result
@@ -234,21 +237,36 @@ class SiteRuntime:
         least two of the model's modalities); the returned state holds the fusion parameters only."""
         train = self._paired(self.tensors_for(model.blocks, "train"))
         validation = self._paired(self.tensors_for(model.blocks, "validation"))
+        self._refuse_small_training(train, "the fused model")
         result = self._local_round(
             model, train, validation, task, train_config, proximal_mu, model, penalty=model.anchor_penalty
         )
-        self._withhold_small_validation(result)
+        self._withhold_small_validation(result, task, validation)
         trainable = set(model.fusion_state_dict())
         result.state = {k: v for k, v in result.state.items() if k in trainable}
         return result
 
-    def _withhold_small_validation(self, reply: RoundReply) -> None:
-        """Disclosure control of a round reply: the validation loss only over ``min_cell`` or more
-        validation patients (else NaN, weight 0), the event count only when it reaches ``min_cell``."""
-        if not releasable(reply.n_validation, self.min_cell):
-            reply.validation_loss_before, reply.n_validation = float("nan"), 0
-        if not releasable(reply.validation_events, self.min_cell):
-            reply.validation_events = None
+    def _outcomes_releasable(self, task: Task, data: TensorSet) -> bool:
+        """Whether a metric or loss over ``data`` may leave the site: at least ``min_cell`` patients,
+        ``min_cell`` events and ``min_cell`` others (survival), or ``min_cell`` of each class (its
+        pair counts would otherwise tell how many patients had the rarer outcome)."""
+        if not releasable(len(data), self.min_cell):
+            return False
+        events = task.events(data.targets)
+        others = len(data) - events if task.kind == "survival" else events
+        return releasable(events, self.min_cell) and releasable(others, self.min_cell)
+
+    def _refuse_small_training(self, train: TensorSet, what: str) -> None:
+        """A round on fewer than ``min_cell`` training patients would send their count and an update
+        shaped by a handful of them: refused, naming the threshold only."""
+        if not releasable(len(train), self.min_cell):
+            raise DisclosureError(self.name, f"{what}: {below_threshold('training patients', self.min_cell)}")
+
+    def _withhold_small_validation(self, reply: RoundReply, task: Task, validation: TensorSet) -> None:
+        """Disclosure control of a round reply: the validation loss, its patients and events only
+        when their outcomes may leave the site (``_outcomes_releasable``); else NaN and weight 0."""
+        if not self._outcomes_releasable(task, validation):
+            reply.validation_loss_before, reply.n_validation, reply.validation_events = float("nan"), 0, None
 
     @staticmethod
     def _paired(data: TensorSet) -> TensorSet:
@@ -290,7 +308,7 @@ class SiteRuntime:
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts
         (single blocks: patients holding that block's modality). A model with fewer than ``min_cell``
-        such patients is not reported (disclosure control). A model that fails here (bad
+        such patients, events or others is not reported (disclosure control). A model that fails here (bad
         preprocessing state, an encoder error) is left out with the reason in ``evaluation_errors``."""
         results, self.evaluation_errors = {}, {}
         for name, model in models.items():
@@ -300,7 +318,7 @@ class SiteRuntime:
                 continue
             try:
                 test = self.tensors_for({m: blocks[m] for m in usable}, "test").restrict(usable)
-                if not releasable(len(test), self.min_cell):  # none, or a metric over a handful: not sent
+                if not self._outcomes_releasable(task, test):  # none, or a metric over a handful: not sent
                     continue
                 forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
                 results[name] = evaluate(model, test, task, forward)
@@ -314,9 +332,9 @@ def outgoing_reason(error: Exception) -> str:
     rows are patient ids and its message may quote values; the whole error goes to the site's own
     log); a disclosure refusal is said in full (it holds the threshold, never a count); other errors
     (an encoder that raised, a wrong shape) by type and message."""
+    if isinstance(error, DisclosureError):
+        return f"{type(error).__name__}: {error.message}"
     if isinstance(error, SiteDataError):
-        if "min-cell" in error.message:
-            return f"{type(error).__name__}: {error.message}"
         print(f"fedlego site: {error}", file=sys.stderr, flush=True)
         return error.public_reason()
     return f"{type(error).__name__}: {error}"

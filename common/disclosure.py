@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from fedlego.common.data.errors import SiteDataError
+
 DEFAULT_MIN_CELL = 10
 """Fewest patients behind any aggregate a site sends (the run-config key ``min-cell``)."""
 CUT_POINT_DIGITS = 2
@@ -20,8 +22,9 @@ CUT_POINT_DIGITS = 2
 number, not a quantile that can equal one patient's exact event time."""
 
 
-class DisclosureError(ValueError):
-    """An aggregate that would rest on fewer patients than the disclosure threshold."""
+class DisclosureError(SiteDataError):
+    """An aggregate that would rest on fewer patients than the disclosure threshold (its message
+    names the modality and the threshold, never a count, so it may be sent as it is)."""
 
 
 def releasable(count: int | None, min_cell: int) -> bool:

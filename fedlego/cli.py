@@ -148,6 +148,8 @@ def _check(args: argparse.Namespace) -> int:
         schema = ConsortiumSchema.read(args.schema)
     failed = False
     for folder in args.folders:
+        if args.min_cell is not None and args.min_cell < 1:
+            raise ValueError(f"--min-cell must be at least 1, got {args.min_cell}")
         report = check_site_folder(folder, args.min_cell, schema)
         if report.site is not None:
             _print_summary(folder, report.site)
@@ -467,6 +469,13 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="the consortium schema (`fedlego schema`): the site refuses to start when its data break it, and "
         "tells the coordinator which schema it checked",
+    )
+    p.add_argument(
+        "--min-cell",
+        type=int,
+        metavar="N",
+        help=f"this site's disclosure floor: fewest patients behind anything it sends (default: site.json's "
+        f"min_cell, else {DEFAULT_MIN_CELL}); a run's min-cell can raise it, never lower it",
     )
     p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
     p.set_defaults(handler=deploy.cmd_site)

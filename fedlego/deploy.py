@@ -145,7 +145,11 @@ def _quoted(key: str, path: Path) -> str:
 
 
 def node_config(
-    data_dir: Path, site_certs: Path | None = None, audit_dir: Path | None = None, schema: Path | None = None
+    data_dir: Path,
+    site_certs: Path | None = None,
+    audit_dir: Path | None = None,
+    schema: Path | None = None,
+    min_cell: int | None = None,
 ) -> str:
     """The SuperNode's ``--node-config``: the site folder, the folder keeping the coordinator's
     audit heads, the consortium schema and, with a site's certs folder, the package signing key and
@@ -153,6 +157,8 @@ def node_config(
     entries = [_quoted("data-dir", data_dir)]
     if schema is not None:
         entries.append(_quoted("schema", Path(schema).resolve()))
+    if min_cell is not None:
+        entries.append(f"min-cell={int(min_cell)}")
     if audit_dir is not None:
         entries.append(_quoted("audit-dir", audit_dir))
     if site_certs is not None:
@@ -169,6 +175,7 @@ def supernode_command(
     site_certs: Path | None = None,
     audit_dir: Path | None = None,
     schema: Path | None = None,
+    min_cell: int | None = None,
 ) -> list[str]:
     """``flower-supernode`` connected to ``superlink``, reading the site folder: with
     ``site_certs`` (``fedlego certs``' ``sites/<name>``) over TLS with node authentication and
@@ -189,7 +196,7 @@ def supernode_command(
         "--superlink",
         check_address(superlink),
         "--node-config",
-        node_config(data_dir, site_certs, audit_dir, schema),
+        node_config(data_dir, site_certs, audit_dir, schema, min_cell),
         "--isolation",
         "subprocess",
         "--host",
@@ -381,6 +388,7 @@ def serve_site(
     threads: int | None = None,
     audit_dir: Path | None = None,
     schema: Path | None = None,
+    min_cell: int | None = None,
 ) -> int:
     """``fedlego site``: validate the site folder (against the consortium ``schema`` when given),
     then run the hospital's SuperNode in the foreground, training with ``threads`` CPU threads
@@ -407,7 +415,13 @@ def serve_site(
             flush=True,
         )
     command = supernode_command(
-        superlink, data_dir, port or free_port(), site_certs=site_certs, audit_dir=audit_dir, schema=schema
+        superlink,
+        data_dir,
+        port or free_port(),
+        site_certs=site_certs,
+        audit_dir=audit_dir,
+        schema=schema,
+        min_cell=min_cell,
     )
     with tempfile.TemporaryDirectory(prefix="fedlego-site-") as temporary:
         flwr_home = Path(home).resolve() if home is not None else Path(temporary)
@@ -576,10 +590,20 @@ def cmd_site(args: argparse.Namespace) -> int:
     if args.certs is None and not args.insecure:
         raise DeploymentError(SECURITY_REQUIRED.format(what="SITE_DIR"))
     site_certs = None if args.certs is None else check_site_certs(args.certs)
+    if args.min_cell is not None and args.min_cell < 1:
+        raise DeploymentError(f"--min-cell must be at least 1, got {args.min_cell}")
     validate_site_folder(args.data_dir, args.schema)  # a bad folder fails before any warning or connection
     _require_security(args.certs, args.insecure, "SITE_DIR")
     return serve_site(
-        args.superlink, args.data_dir, args.port, args.home, site_certs, args.threads, args.audit_dir, args.schema
+        args.superlink,
+        args.data_dir,
+        args.port,
+        args.home,
+        site_certs,
+        args.threads,
+        args.audit_dir,
+        args.schema,
+        args.min_cell,
     )
 
 

@@ -206,6 +206,8 @@ def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path,
                     str(tmp_path / "homes" / name),
                     "--audit-dir",
                     str(tmp_path / "heads" / name),
+                    "--min-cell",  # this TCGA-ACC cut gives paired sites 8 training patients (see FAST)
+                    "1",
                 ],
                 tmp_path / "homes" / name,
                 logs / f"site-{name}.log",

@@ -25,7 +25,7 @@ from fedlego.common.data.dataset import Labels, ModalityData, MultimodalDataset
 from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.preprocess import make_preprocessor
 from fedlego.common.data.sitefolder import read_site_folder
-from fedlego.common.disclosure import released_cut_points, round_significant
+from fedlego.common.disclosure import DisclosureError, released_cut_points, round_significant
 from fedlego.launcher import processes_with_home
 
 IDENTIFIERS = ("patient_name", "mrn", "dob", "phone", "email", "notes")
@@ -230,14 +230,19 @@ def test_every_aggregate_a_tabular_package_carries_rests_on_min_cell_patients(ro
         with pytest.raises(SiteDataError, match="fewer than min-cell"):
             make_preprocessor("tabular").fit(data, ids, min_cell)
         return
-    fit = make_preprocessor("tabular").fit(data, ids, min_cell).to_dict()["fit"]
     counts = data.table["cat"].value_counts()
+    levels = data.table["num"].value_counts()
+    # patients whose value may enter the statistics: every value of a column of many distinct values,
+    # only the values held by min_cell patients in a coded column (10 distinct values at most)
+    usable = levels.sum() if len(levels) > 10 or min_cell == 1 else levels[levels >= min_cell].sum()
+    if counts.max() < min_cell and usable < min_cell:
+        with pytest.raises(DisclosureError, match="no column is held by at least"):
+            make_preprocessor("tabular").fit(data, ids, min_cell)
+        return
+    fit = make_preprocessor("tabular").fit(data, ids, min_cell).to_dict()["fit"]
     for column in fit["categorical"]:
         assert all(counts[c] >= min_cell for c in column["categories"])
-    if "num" in fit["numeric"]["names"]:
-        assert data.table["num"].notna().sum() >= min_cell
-    else:
-        assert data.table["num"].notna().sum() < min_cell
+    assert ("num" in fit["numeric"]["names"]) == (usable >= min_cell)
 
 
 @settings(max_examples=40, deadline=None)
@@ -252,10 +257,12 @@ def test_a_time_series_package_keeps_only_variables_of_min_cell_patients(observe
     )
     data = ModalityData("labs", "timeseries", "labs.csv", table=table)
     ids = sorted(table["id"].unique())
-    if len(ids) < min_cell:
+    patients = table.groupby("variable")["id"].nunique()
+    if len(ids) < min_cell or patients.max() < min_cell:
+        with pytest.raises(DisclosureError):
+            make_preprocessor("timeseries").fit(data, ids, min_cell)
         return
     fit = make_preprocessor("timeseries").fit(data, ids, min_cell).to_dict()["fit"]
-    patients = table.groupby("variable")["id"].nunique()
     assert set(fit["variables"]) == set(patients.index[patients >= min_cell])
 
 
@@ -305,5 +312,57 @@ def test_a_data_error_reaches_the_coordinator_without_ids_or_values(capsys):
     assert "clinical.csv" in reason and "creatinine" in reason
     assert "P00017" not in reason and "7,2" not in reason and "/data/st-mary" not in reason
     assert "P00017" in capsys.readouterr().err  # the whole error stays in the site's own log
-    refusal = SiteDataError("clinical.csv", "modality 'clinical': fewer than min-cell = 10 training patients hold it")
+    refusal = DisclosureError("clinical.csv", "modality 'clinical': fewer than min-cell = 10 training patients hold it")
     assert "min-cell = 10" in outgoing_reason(refusal)
+
+
+def test_a_rare_value_of_a_coded_numeric_column_is_not_given_away_by_its_mean():
+    """A 0/1 flag held by 2 of 40 patients: its mean times n would tell the count; the rare value
+    counts as missing instead. An odd count's median (one patient's exact age) is rounded."""
+    ids = [f"p{k}" for k in range(40)]
+    flag = [1.0 if k < 2 else 0.0 for k in range(40)]
+    age = [40.0 + 1.37 * k for k in range(39)] + [np.nan]
+    table = pd.DataFrame({"flag": flag, "age": age}, index=pd.Index(ids, name="id"))
+    data = ModalityData("clinical", "tabular", "clinical.csv", table=table)
+    fit = make_preprocessor("tabular").fit(data, ids, 10).to_dict()["fit"]["numeric"]
+    flag_at, age_at = fit["names"].index("flag"), fit["names"].index("age")
+    assert fit["mean"][flag_at] == 0.0 and fit["std"][flag_at] == 1.0
+    assert fit["median"][age_at] == round_significant(float(np.nanmedian(age))) != float(np.nanmedian(age))
+    plain = make_preprocessor("tabular").fit(data, ids, 1).to_dict()["fit"]["numeric"]
+    assert plain["mean"][flag_at] == pytest.approx(2 / 40)  # what min-cell = 1 would have sent
+
+
+def test_rounds_and_evaluations_of_a_small_site_send_nothing_about_its_patients():
+    from fedlego.common.config import ModelConfig, TrainConfig
+    from fedlego.common.tasks import SurvivalTask
+
+    site = _runtime(60, 30, min_cell=1)
+    site.roles = {"train": site.roles["train"][:40], "validation": site.roles["train"][40:48], "test": []}
+    task = SurvivalTask((300.0, 600.0))
+    config = ModelConfig(latent_channels=8, latent_dim=16, encoder_width=16)
+    block = site.train_blocks(task, config, TrainConfig(epochs=1), "run").packages["m"]
+    from fedlego.common.packaging import block_from_package
+
+    site.min_cell = 10
+    reply = site.block_round(block_from_package(block), task, TrainConfig(epochs=1))
+    assert np.isnan(reply.validation_loss_before) and reply.n_validation == 0 and reply.validation_events is None
+    site.roles["test"], site.roles["validation"] = site.roles["validation"], []
+    assert site.evaluate({"block:m": block_from_package(block)}, task) == {}
+    site.roles["train"] = site.roles["train"][:6]
+    with pytest.raises(DisclosureError, match="fewer than min-cell = 10 training patients"):
+        site.block_round(block_from_package(block), task, TrainConfig(epochs=1))
+
+
+def test_a_site_json_floor_is_only_ever_raised(tmp_path):
+    folder = tmp_path / "h"
+    hospital(folder, "h", 60, 20, 5)
+    declare_dropped(folder)
+    manifest = json.loads((folder / "site.json").read_text())
+    (folder / "site.json").write_text(json.dumps({**manifest, "min_cell": 25}))
+    data = read_site_folder(folder)
+    assert data.min_cell == 25
+    assert SiteRuntime.from_site_data(data, 10).min_cell == 25
+    assert SiteRuntime.from_site_data(data, 40).min_cell == 40
+    (folder / "site.json").write_text(json.dumps({**manifest, "min_cell": 0}))
+    with pytest.raises(SiteDataError, match="min_cell"):
+        read_site_folder(folder)

@@ -27,7 +27,10 @@ class SiteDataError(ValueError):
         """What may leave the site about this error: the file's name and the column, never the rows
         (patient ids) or the message (which may quote values); the details stay in the site's log."""
         where = Path(self.file).name + (f", column '{self.column}'" if self.column is not None else "")
-        return f"the site's data failed a check ({where}); `fedlego check` at the site shows the details"
+        return (
+            f"the site's data failed a check ({where}); the site's log and `fedlego check --schema` "
+            "there show the details"
+        )
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return (SiteDataError, (self.file, self.message, self.column, self.rows))

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedlego.common.disclosure import below_threshold
+from fedlego.common.disclosure import DisclosureError, below_threshold, round_significant
 
 from .dataset import ModalityData
 from .errors import SiteDataError
@@ -54,7 +54,7 @@ def _train_ids(data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) 
             "so its preprocessor cannot be fitted",
         )
     if len(ids) < min_cell:
-        raise SiteDataError(
+        raise DisclosureError(
             data.source, f"modality '{data.name}': {below_threshold('training patients hold it', min_cell)}"
         )
     return ids
@@ -100,6 +100,20 @@ def _refuse_text_in_numbers(source: str, frame: pd.DataFrame) -> None:
                 name,
                 rows=list(column.index[bad]),
             )
+
+
+FEW_LEVELS = 10
+"""A numeric column with at most this many distinct training values is a coded variable (a flag, a
+grade, a count): disclosure control treats each value like a category."""
+
+
+def _without_rare_levels(values: pd.Series, min_cell: int) -> pd.Series:
+    """``values`` with the values held by fewer than ``min_cell`` patients set missing, in a column
+    of at most ``FEW_LEVELS`` distinct values (other columns unchanged)."""
+    counts = values.value_counts()
+    if min_cell <= 1 or len(counts) > FEW_LEVELS:
+        return values
+    return values.where(~values.isin(counts.index[counts < min_cell]))
 
 
 def _log1p(values: np.ndarray) -> np.ndarray:
@@ -163,19 +177,25 @@ class TabularPreprocessor(Preprocessor):
 
     def fit(self, data: ModalityData, train_ids: Sequence[str], min_cell: int = 1) -> TabularPreprocessor:
         """Numeric columns observed in fewer than ``min_cell`` training patients are left out (their
-        median, mean and spread would describe a handful of patients); categories held by fewer
-        than ``min_cell`` training patients fold into 'other' (all zeros, like unseen ones)."""
+        median, mean and spread would describe a handful of patients); in a numeric column of few
+        distinct values (a 0/1 flag, a grade) a value held by fewer than ``min_cell`` patients counts
+        as missing (its mean and spread would give that count away); medians are rounded to two
+        significant digits; categories held by fewer than ``min_cell`` training patients fold into
+        'other' (all zeros, like unseen ones)."""
         assert data.table is not None
         table = data.table.loc[_train_ids(data, train_ids, min_cell)]
         options = self.state["options"]
         numeric = [c for c, dtype in table.dtypes.items() if pd.api.types.is_numeric_dtype(dtype)]
-        names = [c for c in numeric if table[c].notna().sum() >= min_cell]
+        levels = {c: _without_rare_levels(table[c], min_cell) for c in numeric}
+        names = [c for c in numeric if levels[c].notna().sum() >= min_cell]
         logged = set(_log_names(options["log_transform"], names))
         log = [name in logged for name in names]
-        x = _float_matrix(table[names], log)
+        x = _float_matrix(pd.DataFrame({c: levels[c] for c in names}, index=table.index, columns=names), log)
         with warnings.catch_warnings():  # all-missing columns get median 0
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nan_to_num(np.nanmedian(x, axis=0), nan=0.0)
+        if min_cell > 1:  # an odd count's median is one patient's exact value
+            median = np.array([round_significant(float(m)) for m in median])
         x = np.where(np.isnan(x), median, x)
         categorical = []
         for name in table.columns.difference(numeric, sort=False):
@@ -185,6 +205,12 @@ class TabularPreprocessor(Preprocessor):
             )
             categories = [c for c, _ in ranked[: options["max_categories"]]]
             categorical.append({"name": name, "categories": categories})
+        if not names and not any(c["categories"] for c in categorical):
+            raise DisclosureError(
+                data.source,
+                f"modality '{data.name}': no column is held by at least min-cell = {min_cell} training patients: "
+                "nothing to train on (disclosure control)",
+            )
         numeric = {"names": names, "log": log, "median": median.tolist()}
         numeric |= {"mean": x.mean(axis=0).tolist(), "std": _std(x.std(axis=0))}
         self.state["fit"] = {"numeric": numeric, "categorical": categorical}
@@ -245,6 +271,12 @@ class TimeSeriesPreprocessor(Preprocessor):
         table = self._most_recent(data.table[data.table["id"].isin(_train_ids(data, train_ids, min_cell))])
         patients = table.groupby("variable")["id"].nunique()
         table = table[table["variable"].isin(patients.index[patients >= min_cell])]
+        if table.empty:
+            raise DisclosureError(
+                data.source,
+                f"modality '{data.name}': no variable is measured in at least min-cell = {min_cell} training "
+                "patients: nothing to train on (disclosure control)",
+            )
         variables = sorted(table["variable"].unique())
         logged = _log_names(self.state["options"]["log_transform"], variables)
         values = table["value"].to_numpy(dtype=float)

@@ -419,11 +419,10 @@ def _apply_drops(modality: ModalityData, drop: list[str], file: str) -> Modality
     """The modality without the columns (tabular) or variables (time series) site.json drops."""
     if not drop:
         return modality
-    assert modality.table is not None
+    if modality.kind not in ("tabular", "timeseries") or modality.table is None:
+        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' applies to tables only")
     where = "columns" if modality.kind == "tabular" else "variable"
     held = set(modality.table.columns) if modality.kind == "tabular" else set(modality.table["variable"])
-    if modality.kind not in ("tabular", "timeseries"):
-        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' applies to tables only")
     unknown = sorted(set(drop) - held)
     if unknown:
         raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' names {unknown}, not in the {where}")

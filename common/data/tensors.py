@@ -142,7 +142,7 @@ def fit_preprocessor(
     train = set(train_ids)
     ids = [i for i in modality.patient_ids() if i in train]
     if not ids:
-        raise ValueError(f"no training patient holds modality {name!r} ({modality.source})")
+        raise ValueError(f"no training patient holds modality {name!r}")
     return make_preprocessor(modality.kind, **dict((options or {}).get(name, {}))).fit(modality, ids, min_cell)
 
 
