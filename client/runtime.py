@@ -138,9 +138,9 @@ class SiteRuntime:
         return count if releasable(count, self.min_cell) else 0
 
     def outgoing(self, preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-        """Every value this site would send besides model weights, for review before a run: its
-        description and, per modality, the fitted preprocessing a block package carries (column
-        and variable names, categories, medians, means, spreads) or why the modality stays home."""
+        """What this site would send before any training, for review before a run: its description
+        and, per modality, the fitted preprocessing a block package carries (column and variable
+        names, categories, medians, means, spreads) or why the modality stays home."""
         options = {**(preprocessing_options or {}), **self.preprocessing}
         preprocessing: dict[str, Any] = {}
         for modality in self.modalities():

@@ -132,7 +132,8 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--show-outgoing",
         action="store_true",
-        help="print every value the site would send besides weights (counts, names, categories, statistics)",
+        help="print what the site would send before training: counts, cut points and the preprocessing its "
+        "packages carry (names, categories, statistics)",
     )
     p.set_defaults(handler=_check)
 

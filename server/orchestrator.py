@@ -197,7 +197,8 @@ class Federation:
             self.results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
         self.results.data = {d.site: d.data for d in self.sites.values() if d.data is not None} or None
         if not self.sites:
-            raise FederationError("no site is left after the describe phase")
+            reasons = "; ".join(f"{f.site}: {f.reason}" for f in self.results.failures if f.phase == "describe")
+            raise FederationError("no site is left after the describe phase" + (f" ({reasons})" if reasons else ""))
         task = agree_task(list(self.sites.values()), note=lambda text: self.log(f"  describe: {text}"))
         self.results.task = task.to_dict()
         self.results.metric = task.metric_name

@@ -150,7 +150,7 @@ def test_the_roles_a_site_reports_at_start_are_the_ones_the_run_uses(folders, tm
     (folder / "split.csv").unlink()
     printed = validate_site_folder(folder).summary()["modalities"]
     config = {"seed": 7, "block-rounds": 0, "fuse-rounds": 0, "latent-channels": 8, "block-epochs": 1, "min-cell": 1}
-    transport = InProcessTransport(config, 1, node_configs={0: {"data-dir": str(folder)}})
+    transport = InProcessTransport(config, 1, node_configs={0: {"data-dir": str(folder), "min-cell": 1}})
     results = Federation(transport, RunConfig.from_flat(config), log=lambda _: None).run()
     site = results.sites["paired-0"]
     for index, modality in enumerate(site["modalities"]):
