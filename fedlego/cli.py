@@ -208,7 +208,8 @@ def _schema(args: argparse.Namespace) -> int:
     from fedlego.common.data.schema import schema_from_site, schema_hash
     from fedlego.common.data.sitefolder import read_site_folder
 
-    schemas = [schema_from_site(read_site_folder(f), args.min_cell, args.time_unit) for f in args.folders]
+    sites = [read_site_folder(f) for f in args.folders]
+    schemas = [schema_from_site(s, max(args.min_cell, s.min_cell or 1), args.time_unit) for s in sites]
     tasks = {s.task for s in schemas}
     if len(tasks) > 1:
         raise SystemExit(f"fedlego schema: the reference folders disagree on the task: {sorted(tasks)}")

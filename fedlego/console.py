@@ -74,15 +74,16 @@ def federation_table(results: RunResults) -> str:
     fuse = results.rounds.get("fuse")
     if fuse is not None and fuse.kept_round == 0 and "fuse" in results.metrics:
         start = f"(the fuse row is the {results.config.get('fuse-mode', 'merge')} model as it started)"
-        if all(math.isnan(loss) for loss in fuse.validation_loss):
-            lines.append(
-                "fuse kept round 0: no paired site reported a validation loss (each has fewer than min-cell = "
-                f"{results.config.get('min-cell')} validation patients: disclosure control), so no round could be "
-                f"chosen and no fine-tuning was kept {start}"
-            )
-        else:
+        if not all(math.isnan(loss) for loss in fuse.validation_loss):
             lines.append(
                 f"fuse kept round 0: no round lowered the validation loss enough, so no fine-tuning was kept {start}"
+            )
+    for name, record in results.rounds.items():
+        if record.validation_loss and all(math.isnan(loss) for loss in record.validation_loss):
+            lines.append(
+                f"{name} kept round 0: no site reported a validation loss (under min-cell = "
+                f"{results.config.get('min-cell')} validation patients, events or others each: disclosure control), "
+                "so no round could be chosen and what the rounds trained was not kept"
             )
     rounds_note = few_validation_rounds(results)
     lines += [rounds_note] if rounds_note else []
