@@ -122,7 +122,10 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "Each row: the mean test metric over the splits under each setting, and the paired difference "
         "(min-cell 10 - min-cell 1) with its corrected resampled t-interval (95 %). 'changed' counts the splits "
-        "in which the two settings gave a different metric at all.",
+        "in which the two settings gave a different metric at all. Under min-cell 10 rare categories fold into "
+        "'other' (fewer input features), rare values of coded numeric columns count as missing and medians are "
+        "rounded to two significant digits, which moves imputed values: a block whose feature count did not "
+        "change can still differ. The min-cell 1 column reproduces repeated.py's stored figures.",
         "",
     ]
     for name, summary in document["summary"]["datasets"].items():
@@ -145,7 +148,14 @@ def markdown(document: dict[str, Any]) -> str:
             + ", ".join(f"{m} {widths['before'][m]} -> {widths['min-cell'][m]}" for m in widths["before"]),
             "",
         ]
-    lines += ["## Over the data sets (random effects, DerSimonian-Laird)", ""]
+    lines += [
+        "## Over the data sets (random effects, DerSimonian-Laird)",
+        "",
+        "Each data set's difference weighted by the inverse of its variance (from the corrected t-interval) plus "
+        "the between-set variance tau^2; a data set where the two settings never differ (zero variance) is "
+        "left out.",
+        "",
+    ]
     for model, row in document["summary"]["random_effects"].items():
         lines.append(f"- {model}: {row['mean']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] (tau^2 {row['tau2']:.2g})")
     return "\n".join(lines) + "\n"
