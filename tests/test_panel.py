@@ -1,0 +1,38 @@
+"""The development panel (bench/panel.py): every panel cohort is cut into modalities by meaning,
+every feature column is accounted for, and the export is a site folder a hospital could have
+written (it reads and checks like one)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from panel import LEFT_OUT, PANEL, export_cohort, load_cohort, modality_columns, unassigned_columns
+
+from fedlego.common.data.sitecheck import check_site_folder
+
+
+@pytest.mark.parametrize("name", sorted(PANEL))
+def test_every_feature_column_has_a_modality_or_a_reason(name):
+    table = load_cohort(name)
+    assert unassigned_columns(name, list(table.columns)) == []
+    chosen = modality_columns(PANEL[name], list(table.columns))
+    assert all(chosen.values()), chosen.keys()
+    taken = [c for columns in chosen.values() for c in columns]
+    assert len(taken) == len(set(taken)), "a column in two modalities"
+    assert not set(taken) & set(LEFT_OUT.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["GBSG2", "Pbc3", "smarto"])
+def test_an_exported_cohort_is_a_clean_site_folder(name, tmp_path):
+    folder = export_cohort(name, load_cohort(name), tmp_path)
+    report = check_site_folder(folder)
+    assert report.ok, report.errors
+    assert set(report.site.dataset.modalities) == set(PANEL[name].modalities)
+    labels = pd.read_csv(folder / "labels.csv")
+    assert set(labels["event"]) <= {0, 1} and (labels["time"] > 0).all()
+
+
+def test_a_column_with_no_modality_is_refused(tmp_path):
+    table = load_cohort("GBSG2").assign(num_new=1.0)
+    with pytest.raises(ValueError, match="num_new"):
+        export_cohort("GBSG2", table, tmp_path)
