@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from meta import dersimonian_laird, variance_from_interval
 from quality import load_benchmark_dataset
 from repeated import DATASETS, FRACTIONS, SPLIT_SEED_STRIDE, corrected_t_interval
-from scipy import stats
 from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
@@ -56,19 +56,6 @@ def split_metrics(name: str, repeat: int, fold: int) -> dict[str, Any]:
         metrics[label] = {k: float(task.metric(v, test.targets)) for k, v in scored.items()}
         widths[label] = {m: int(test.inputs[m][next(iter(test.inputs[m]))].shape[-1]) for m in models.blocks}
     return {"dataset": name, "repeat": repeat, "fold": fold, "metrics": metrics, "feature_widths": widths}
-
-
-def dersimonian_laird(means: list[float], variances: list[float]) -> dict[str, float]:
-    """Random-effects mean of per-data-set estimates with its 95 % interval and tau^2."""
-    y, v = np.asarray(means), np.asarray(variances)
-    w = 1 / v
-    fixed = float((w * y).sum() / w.sum())
-    q = float((w * (y - fixed) ** 2).sum())
-    tau2 = max(0.0, (q - (len(y) - 1)) / (w.sum() - (w**2).sum() / w.sum())) if len(y) > 1 else 0.0
-    w_star = 1 / (v + tau2)
-    mean = float((w_star * y).sum() / w_star.sum())
-    half = 1.959964 * float(np.sqrt(1 / w_star.sum()))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "tau2": tau2}
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,10 +90,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         means, variances = [], []
         for summary in per_dataset.values():
             row = summary["models"][model]
-            half = (row["t_high"] - row["t_low"]) / 2
-            if np.isfinite(half) and half > 0:
+            variance = variance_from_interval(row["t_low"], row["t_high"])
+            if np.isfinite(variance) and variance > 0:
                 means.append(row["difference"])
-                variances.append((half / stats.norm.ppf(0.975)) ** 2)
+                variances.append(variance)
         if means:
             pooled[model] = dersimonian_laird(means, variances)
     return {"datasets": per_dataset, "random_effects": pooled}

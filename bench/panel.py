@@ -4,6 +4,14 @@ a user's ``--data`` folder.
 
     python bench/panel.py export --out runs/panel            # one site folder per cohort
     python bench/panel.py export --out runs/panel --cohorts GBSG2 Pbc3
+    python bench/panel.py run --out docs/benchmarks [--repeats 2] [--jobs 2] [--cohorts ...] [--quick]
+
+``run`` is repeated.py on the panel: each cohort's site folder is read as a user's ``--data`` folder
+(``read_site_folder``) and goes through ``repeated.split_record`` (``repeats`` x 5 patient-level
+splits, every model and baseline of the headline), each paired difference with its patient
+bootstrap and corrected resampled t-interval; then, per difference, a random-effects
+(DerSimonian-Laird) mean over the cohorts, from each cohort's mean and corrected-t variance.
+Writes ``OUT/panel.json`` and ``OUT/panel.md``.
 
 SurvSet (Drysdale 2022; a bench/dev dependency, never a runtime one) ships the data inside its
 wheel, so nothing is downloaded at run time. Its columns are ``pid``, ``time``, ``event``, then
@@ -20,13 +28,25 @@ preprocessing's business, not the export's.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import re
+import shutil
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from meta import dersimonian_laird, variance_from_interval
+from repeated import BOOTSTRAP, split_record, summarise_dataset
+from standalone import command_line, write_page
 
 GENES = re.compile(r"^num_HS_|^num_[A-Z0-9][A-Z0-9_]*$")
 """Gene-expression columns: ``num_HS_<symbol>`` (survJamda cohorts) or upper-case symbols (ovarian)."""
@@ -267,13 +287,138 @@ def export_cohort(name: str, table: pd.DataFrame, out: Path) -> Path:
     return folder
 
 
+def panel_folder(name: str) -> Path:
+    """The cohort's site folder in this machine's panel cache (written once; every benchmark process
+    reads the same files)."""
+    cache = Path(os.environ.get("FEDLEGO_PANEL_DIR", Path(tempfile.gettempdir()) / "fedlego-panel"))
+    folder = cache / name
+    if not (folder / "site.json").exists():
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cache.parent if cache.exists() else None))
+        export_cohort(name, load_cohort(name), staging)
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staging / name, folder)
+        except OSError:  # another process was first: its folder is the same export
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def panel_dataset(name: str):
+    """The cohort as the benchmarks load a data set: read from its site folder exactly as a user's
+    ``--data`` folder is (``read_site_folder``), with the centralized settings' defaults."""
+    from fedlego.common.centralized import CentralizedConfig
+    from fedlego.common.data.sitefolder import read_site_folder
+
+    site = read_site_folder(panel_folder(name))
+    modalities = sorted(site.dataset.modalities)
+    return site.dataset, CentralizedConfig(name, modalities, source=site.source())
+
+
+def summarise_panel(records: list[dict[str, Any]], bootstrap: int) -> dict[str, Any]:
+    """Per cohort, ``repeated.summarise_dataset``; per paired difference, the random-effects mean over
+    the cohorts where it has a finite, non-zero corrected-t variance."""
+    cohorts = list(dict.fromkeys(r["dataset"] for r in records))
+    per_cohort = {n: summarise_dataset([r for r in records if r["dataset"] == n], bootstrap) for n in cohorts}
+    pairs = sorted({d for s in per_cohort.values() for d in s["differences"] if not d.startswith(("block:", "plain"))})
+    pooled = {}
+    for pair in pairs:
+        means, variances = [], []
+        for summary in per_cohort.values():
+            row = summary["differences"].get(pair)
+            if row is None:
+                continue
+            variance = variance_from_interval(row["t_low"], row["t_high"])
+            if np.isfinite(variance) and variance > 0:
+                means.append(row["mean"])
+                variances.append(variance)
+        if means:
+            pooled[pair] = dersimonian_laird(means, variances)
+    block_vs_plain = [
+        (n, d, row) for n, s in per_cohort.items() for d, row in s["differences"].items() if d.startswith("block:")
+    ]
+    if block_vs_plain:
+        rows = [(row["mean"], variance_from_interval(row["t_low"], row["t_high"])) for _, _, row in block_vs_plain]
+        rows = [(m, v) for m, v in rows if np.isfinite(v) and v > 0]
+        if rows:
+            pooled["block - plain (every modality)"] = dersimonian_laird(*map(list, zip(*rows, strict=True)))
+    return {"cohorts": per_cohort, "random_effects": pooled}
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The page: the random-effects table, then each cohort's differences."""
+    lines = [
+        "# The development panel: repeated CV on ten real cohorts",
+        "",
+        f"`{document['command']}` ({document['date']}, {document['wall_seconds'] / 60:.1f} min on 2 cores; "
+        f"{document['repeats']} repeats x {document['folds']} splits per cohort).",
+        "",
+        "## Random-effects mean over the cohorts (DerSimonian-Laird, corrected-t variances)",
+        "",
+        "| difference | mean [95 % CI] | tau^2 | cohorts |",
+        "|---|---|---|---|",
+    ]
+    for pair, row in document["summary"]["random_effects"].items():
+        lines.append(
+            f"| {pair} | {row['mean']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] | {row['tau2']:.2g} | "
+            f"{row['cohorts']} |"
+        )
+    for name, summary in document["summary"]["cohorts"].items():
+        lines += [
+            "",
+            f"## {name}: {PANEL[name].about}",
+            "",
+            f"{summary['splits']} splits, {summary['test_patients']:.0f} test patients a split. "
+            "Paired differences, mean [corrected t 95 %]:",
+            "",
+        ]
+        for pair, row in summary["differences"].items():
+            lines.append(f"- {pair}: {row['mean']:+.3f} [{row['t_low']:+.3f}, {row['t_high']:+.3f}]")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Repeated CV of every chosen cohort, then the page."""
+    start = time.perf_counter()
+    for name in args.cohorts:
+        panel_folder(name)  # export once, before the workers read it
+    folds = 1 if args.quick else 5
+    repeats = 1 if args.quick else args.repeats
+    jobs = [(n, r, k, args.quick) for n in args.cohorts for r in range(repeats) for k in range(folds)]
+    records = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for job, record in zip(jobs, pool.map(split_record, *zip(*jobs, strict=True)), strict=True):
+            records.append(record)
+            print(f"{job[0]}: repeat {job[1]} split {job[2]} done ({record['seconds']:.0f} s)", file=sys.stderr)
+    document = {
+        "command": command_line("panel.py", argv),
+        "date": datetime.date.today().isoformat(),
+        "repeats": repeats,
+        "folds": folds,
+        "bootstrap": args.bootstrap,
+        "summary": summarise_panel(records, args.bootstrap),
+        "records": records,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_page(args.out, "panel", document, markdown)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write one site folder per panel cohort")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--cohorts", nargs="+", default=list(PANEL), choices=list(PANEL))
+    repeated = commands.add_parser("run", help="repeated CV on the panel, with a meta-analysis over cohorts")
+    repeated.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    repeated.add_argument("--cohorts", nargs="+", default=list(PANEL), choices=list(PANEL))
+    repeated.add_argument("--repeats", type=int, default=2)
+    repeated.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    repeated.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
+    repeated.add_argument("--quick", action="store_true", help="one split, tiny models: checks the path")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args, argv)
+        return
     for name in args.cohorts:
         folder = export_cohort(name, load_cohort(name), args.out)
         print(f"{folder}: {', '.join(PANEL[name].modalities)} ({PANEL[name].about})")

@@ -53,7 +53,12 @@ SYNTHETIC_SEED = 0
 
 
 def load_benchmark_dataset(name: str) -> tuple[MultimodalDataset, CentralizedConfig]:
-    """A benchmark data set with its modalities and the run settings of ``fedlego centralized``."""
+    """A benchmark data set with its modalities and the run settings of ``fedlego centralized``;
+    a development panel cohort (``panel.PANEL``) is read from its site folder."""
+    from panel import PANEL, panel_dataset  # panel imports repeated, which imports this module
+
+    if name in PANEL:
+        return panel_dataset(name)
     if name == "synthetic":
         modalities = default_synthetic_modalities(4)
         dataset = make_synthetic(SYNTHETIC_PATIENTS, modalities, task="survival", seed=SYNTHETIC_SEED)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from disclosure import dersimonian_laird, summarise
+from disclosure import summarise
+from meta import dersimonian_laird
 
 
 def test_dersimonian_laird_is_the_fixed_mean_without_heterogeneity_and_widens_with_it():

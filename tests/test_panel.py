@@ -36,3 +36,19 @@ def test_a_column_with_no_modality_is_refused(tmp_path):
     table = load_cohort("GBSG2").assign(num_new=1.0)
     with pytest.raises(ValueError, match="num_new"):
         export_cohort("GBSG2", table, tmp_path)
+
+
+def test_a_quick_panel_run_reads_the_cohort_as_a_site_folder_and_writes_its_page(tmp_path, monkeypatch):
+    """One split of one cohort, tiny models: the path, not the science."""
+    import json
+
+    from panel import main
+
+    monkeypatch.setenv("FEDLEGO_PANEL_DIR", str(tmp_path / "cache"))
+    main(["run", "--out", str(tmp_path), "--cohorts", "GBSG2", "--quick", "--bootstrap", "10", "--jobs", "1"])
+    document = json.loads((tmp_path / "panel.json").read_text())
+    [record] = document["records"]
+    assert record["dataset"] == "GBSG2" and {"merge", "fuse", "plain-late", "cox-early"} <= set(record["scores"])
+    assert "merge - plain-late" in document["summary"]["cohorts"]["GBSG2"]["differences"]
+    assert (tmp_path / "cache" / "GBSG2" / "site.json").exists()
+    assert "GBSG2: node-positive breast cancer" in (tmp_path / "panel.md").read_text()
