@@ -11,7 +11,9 @@ a user's ``--data`` folder.
 splits, every model and baseline of the headline), each paired difference with its patient
 bootstrap and corrected resampled t-interval; then, per difference, a random-effects
 (DerSimonian-Laird) mean over the cohorts, from each cohort's mean and corrected-t variance.
-Writes ``OUT/panel.json`` and ``OUT/panel.md``.
+Writes ``OUT/panel.json`` (the per-patient scores first, then the summary) and ``OUT/panel.md``;
+``python bench/panel.py render --out OUT [--bootstrap N]`` recomputes the summary and the page from
+the stored scores (the patient bootstrap of the large cohorts takes minutes).
 
 SurvSet (Drysdale 2022; a bench/dev dependency, never a runtime one) ships the data inside its
 wheel, so nothing is downloaded at run time. Its columns are ``pid``, ``time``, ``event``, then
@@ -395,11 +397,18 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
         "repeats": repeats,
         "folds": folds,
         "bootstrap": args.bootstrap,
-        "summary": summarise_panel(records, args.bootstrap),
         "records": records,
         "wall_seconds": time.perf_counter() - start,
     }
-    write_page(args.out, "panel", document, markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "panel.json").write_text(json.dumps(document))  # the scores are safe before the summary
+    render(args.out, document)
+
+
+def render(out: Path, document: dict[str, Any]) -> None:
+    """The summary (patient bootstrap, corrected t, random effects) and the page from the records."""
+    document["summary"] = summarise_panel(document["records"], document["bootstrap"])
+    write_page(out, "panel", document, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -415,9 +424,17 @@ def main(argv: list[str] | None = None) -> None:
     repeated.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     repeated.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
     repeated.add_argument("--quick", action="store_true", help="one split, tiny models: checks the path")
+    again = commands.add_parser("render", help="recompute the summary and page from OUT/panel.json")
+    again.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    again.add_argument("--bootstrap", type=int, help="resamples (default: the run's)")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args, argv)
+        return
+    if args.command == "render":
+        document = json.loads((args.out / "panel.json").read_text())
+        document["bootstrap"] = args.bootstrap or document["bootstrap"]
+        render(args.out, document)
         return
     for name in args.cohorts:
         folder = export_cohort(name, load_cohort(name), args.out)
