@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from meta import dersimonian_laird, variance_from_interval
+from meta import random_effects
 from quality import load_benchmark_dataset
 from repeated import DATASETS, FRACTIONS, SPLIT_SEED_STRIDE, corrected_t_interval
 from standalone import command_line, write_page
@@ -87,15 +87,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         per_dataset[name] = {"models": rows, "feature_widths": widths}
     pooled = {}
     for model in ("merge", "fuse"):
-        means, variances = [], []
-        for summary in per_dataset.values():
-            row = summary["models"][model]
-            variance = variance_from_interval(row["t_low"], row["t_high"])
-            if np.isfinite(variance) and variance > 0:
-                means.append(row["difference"])
-                variances.append(variance)
-        if means:
-            pooled[model] = dersimonian_laird(means, variances)
+        rows = [s["models"][model] for s in per_dataset.values()]
+        estimate = random_effects([(r["difference"], r["t_low"], r["t_high"]) for r in rows])
+        if estimate is not None:
+            pooled[model] = estimate
     return {"datasets": per_dataset, "random_effects": pooled}
 
 

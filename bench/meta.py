@@ -25,3 +25,14 @@ def dersimonian_laird(means: list[float], variances: list[float]) -> dict[str, f
     mean = float((w_star * y).sum() / w_star.sum())
     half = Z95 * float(np.sqrt(1 / w_star.sum()))
     return {"mean": mean, "low": mean - half, "high": mean + half, "tau2": tau2, "cohorts": len(y)}
+
+
+def random_effects(estimates: list[tuple[float, float, float]]) -> dict[str, float] | None:
+    """``dersimonian_laird`` of (mean, t_low, t_high) estimates, each variance from its 95 %
+    interval; estimates without a finite, positive variance (e.g. never any difference) are left
+    out. None when none is left."""
+    kept = [(m, variance_from_interval(low, high)) for m, low, high in estimates]
+    kept = [(m, v) for m, v in kept if np.isfinite(v) and v > 0]
+    if not kept:
+        return None
+    return dersimonian_laird([m for m, _ in kept], [v for _, v in kept])

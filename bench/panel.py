@@ -44,9 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from meta import dersimonian_laird, variance_from_interval
+from meta import random_effects
 from repeated import BOOTSTRAP, split_record, summarise_dataset
 from standalone import command_line, write_page
 
@@ -322,27 +321,15 @@ def summarise_panel(records: list[dict[str, Any]], bootstrap: int) -> dict[str, 
     cohorts = list(dict.fromkeys(r["dataset"] for r in records))
     per_cohort = {n: summarise_dataset([r for r in records if r["dataset"] == n], bootstrap) for n in cohorts}
     pairs = sorted({d for s in per_cohort.values() for d in s["differences"] if not d.startswith(("block:", "plain"))})
-    pooled = {}
-    for pair in pairs:
-        means, variances = [], []
-        for summary in per_cohort.values():
-            row = summary["differences"].get(pair)
-            if row is None:
-                continue
-            variance = variance_from_interval(row["t_low"], row["t_high"])
-            if np.isfinite(variance) and variance > 0:
-                means.append(row["mean"])
-                variances.append(variance)
-        if means:
-            pooled[pair] = dersimonian_laird(means, variances)
-    block_vs_plain = [
-        (n, d, row) for n, s in per_cohort.items() for d, row in s["differences"].items() if d.startswith("block:")
+    groups = {pair: [s["differences"].get(pair) for s in per_cohort.values()] for pair in pairs}
+    groups["block - plain (every modality)"] = [
+        row for s in per_cohort.values() for d, row in s["differences"].items() if d.startswith("block:")
     ]
-    if block_vs_plain:
-        rows = [(row["mean"], variance_from_interval(row["t_low"], row["t_high"])) for _, _, row in block_vs_plain]
-        rows = [(m, v) for m, v in rows if np.isfinite(v) and v > 0]
-        if rows:
-            pooled["block - plain (every modality)"] = dersimonian_laird(*map(list, zip(*rows, strict=True)))
+    pooled = {}
+    for pair, rows in groups.items():
+        estimate = random_effects([(r["mean"], r["t_low"], r["t_high"]) for r in rows if r is not None])
+        if estimate is not None:
+            pooled[pair] = estimate
     return {"cohorts": per_cohort, "random_effects": pooled}
 
 
