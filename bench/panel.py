@@ -4,7 +4,8 @@ a user's ``--data`` folder.
 
     python bench/panel.py export --out runs/panel            # one site folder per cohort
     python bench/panel.py export --out runs/panel --cohorts GBSG2 Pbc3
-    python bench/panel.py run --out docs/benchmarks [--repeats 2] [--jobs 2] [--cohorts ...] [--quick]
+    python bench/panel.py run --out docs/benchmarks [--repeats 2] [--repeats-large 1] [--jobs 2]
+        [--cohorts ...] [--bootstrap N] [--quick]
 
 ``run`` is repeated.py on the panel: each cohort's site folder is read as a user's ``--data`` folder
 (``read_site_folder``) and goes through ``repeated.split_record`` (``repeats`` x 5 patient-level
@@ -44,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from meta import random_effects
-from repeated import BOOTSTRAP, split_record, summarise_dataset
+from repeated import BOOTSTRAP, DATASETS, split_record, summarise_dataset
 from standalone import command_line, write_page
 
 GENES = re.compile(r"^num_HS_|^num_[A-Z0-9][A-Z0-9_]*$")
@@ -65,6 +67,16 @@ class Cohort:
     """Modality name -> its columns, or ``"genes"`` for every gene-expression column."""
     about: str
     """What the cohort is, in a line."""
+    source: str | None = None
+    """The SurvSet cohort it is made from, when it is not the cohort of the same name."""
+    noise_columns: int = 0
+    """Columns of standard normal noise (seeded) added as one more modality, ``noise``: a modality
+    that carries no signal, which a merge must not let pull it down."""
+
+    @property
+    def derived(self) -> bool:
+        """Made from another panel cohort (left out of the meta-analysis: its patients count once)."""
+        return self.source is not None
 
 
 LEFT_OUT: dict[str, dict[str, str]] = {
@@ -230,16 +242,26 @@ PANEL: dict[str, Cohort] = {
         "primary biliary cirrhosis (PBC3 trial), 349 patients",
     ),
 }
-"""The ten development cohorts, their modalities by meaning."""
+PANEL["whas500-noise"] = Cohort(
+    PANEL["whas500"].modalities,
+    "whas500 with a fourth modality of 8 columns of pure noise",
+    source="whas500",
+    noise_columns=8,
+)
+"""The ten development cohorts, their modalities by meaning, and one derived cohort with an
+uninformative modality."""
+NOISE_SEED = 20261207
+"""Seed of the noise modality's values."""
 
 
 def load_cohort(name: str, loader: Callable[[str], pd.DataFrame] | None = None) -> pd.DataFrame:
     """The cohort's table as SurvSet ships it (``pid``, ``time``, ``event``, features)."""
+    source = PANEL[name].source or name if name in PANEL else name
     if loader is None:
         from SurvSet.data import SurvLoader
 
-        return SurvLoader().load_dataset(ds_name=name)["df"]
-    return loader(name)
+        return SurvLoader().load_dataset(ds_name=source)["df"]
+    return loader(source)
 
 
 def modality_columns(cohort: Cohort, columns: Sequence[str]) -> dict[str, list[str]]:
@@ -283,6 +305,15 @@ def export_cohort(name: str, table: pd.DataFrame, out: Path) -> Path:
         frame.insert(0, "id", ids)
         frame.to_csv(folder / f"{modality}.csv", index=False)
         entries[modality] = {"kind": "tabular", "path": f"{modality}.csv"}
+    if cohort.noise_columns:
+        rng = np.random.default_rng(NOISE_SEED)
+        noise = pd.DataFrame(
+            rng.standard_normal((len(table), cohort.noise_columns)).round(3),
+            columns=[f"num_noise{k + 1}" for k in range(cohort.noise_columns)],
+        )
+        noise.insert(0, "id", ids.to_numpy())
+        noise.to_csv(folder / "noise.csv", index=False)
+        entries["noise"] = {"kind": "tabular", "path": "noise.csv"}
     manifest = {"name": name, "task": "survival", "labels": "labels.csv", "modalities": entries}
     (folder / "site.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
@@ -315,15 +346,47 @@ def panel_dataset(name: str):
     return site.dataset, CentralizedConfig(name, modalities, source=site.source())
 
 
+LARGE_COHORT = 2000
+"""Cohorts with more patients than this run ``--repeats-large`` repeats (their splits take minutes
+each, and their intervals are narrow from one repeat)."""
+
+
+BUNDLED_ABOUT = {
+    "tcga-acc": "bundled: adrenocortical carcinoma (TCGA-ACC), omics and clinical",
+    "pbc": "bundled: primary biliary cholangitis (Mayo PBC), baseline and labs",
+    "synthetic": "bundled: the synthetic four-modality cohort",
+}
+"""The bundled cohorts run beside the panel (``--bundled``), outside its meta-analysis."""
+
+
+def about(name: str) -> str:
+    """What a cohort of the page is, in a line."""
+    return PANEL[name].about if name in PANEL else BUNDLED_ABOUT[name]
+
+
+def in_meta_analysis(name: str) -> bool:
+    """The ten panel cohorts: not the derived one (its patients are whas500's), not the bundled."""
+    return name in PANEL and not PANEL[name].derived
+
+
+def cohort_repeats(name: str, repeats: int, repeats_large: int) -> int:
+    """How many repeats of the 5 splits a cohort gets: ``repeats_large`` for a large cohort."""
+    if name not in PANEL:
+        return repeats
+    patients = sum(1 for _ in (panel_folder(name) / "labels.csv").open()) - 1
+    return repeats_large if patients > LARGE_COHORT else repeats
+
+
 def summarise_panel(records: list[dict[str, Any]], bootstrap: int) -> dict[str, Any]:
     """Per cohort, ``repeated.summarise_dataset``; per paired difference, the random-effects mean over
     the cohorts where it has a finite, non-zero corrected-t variance."""
     cohorts = list(dict.fromkeys(r["dataset"] for r in records))
     per_cohort = {n: summarise_dataset([r for r in records if r["dataset"] == n], bootstrap) for n in cohorts}
     pairs = sorted({d for s in per_cohort.values() for d in s["differences"] if not d.startswith(("block:", "plain"))})
-    groups = {pair: [s["differences"].get(pair) for s in per_cohort.values()] for pair in pairs}
+    pooled_cohorts = [s for n, s in per_cohort.items() if in_meta_analysis(n)]
+    groups = {pair: [s["differences"].get(pair) for s in pooled_cohorts] for pair in pairs}
     groups["block - plain (every modality)"] = [
-        row for s in per_cohort.values() for d, row in s["differences"].items() if d.startswith("block:")
+        row for s in pooled_cohorts for d, row in s["differences"].items() if d.startswith("block:")
     ]
     pooled = {}
     for pair, rows in groups.items():
@@ -333,13 +396,43 @@ def summarise_panel(records: list[dict[str, Any]], bootstrap: int) -> dict[str, 
     return {"cohorts": per_cohort, "random_effects": pooled}
 
 
+KEY_DIFFERENCES = (
+    "merge - plain-late",
+    "merge - ensemble",
+    "merge - best-block",
+    "merge-validation - best-block",
+    "merge-validation - merge",
+    "fuse - merge",
+    "disjoint-fuse - disjoint-merge",
+)
+"""The differences the issue's targets name, one column each in the per-cohort table."""
+
+
+def key_table(cohorts: dict[str, Any]) -> list[str]:
+    """Markdown rows: per cohort, the merge's mean and each key difference, mean [corrected t 95 %]."""
+    lines = [
+        "| cohort | merge (mean ± sd) | " + " | ".join(KEY_DIFFERENCES) + " |",
+        "|---|---|" + "---|" * len(KEY_DIFFERENCES),
+    ]
+    for name, summary in cohorts.items():
+        merge = summary["models"]["merge"]
+        cells = []
+        for key in KEY_DIFFERENCES:
+            row = summary["differences"].get(key)
+            cells.append("" if row is None else f"{row['mean']:+.3f} [{row['t_low']:+.3f}, {row['t_high']:+.3f}]")
+        lines.append(f"| {name} | {merge['mean']:.3f} ± {merge['std']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(document: dict[str, Any]) -> str:
-    """The page: the random-effects table, then each cohort's differences."""
+    """The page: the random-effects table, the per-cohort table of key differences, then each
+    cohort's differences."""
+    repeats = ", ".join(f"{n} {r}" for n, r in document["repeats"].items())
     lines = [
         "# The development panel: repeated CV on ten real cohorts",
         "",
         f"`{document['command']}` ({document['date']}, {document['wall_seconds'] / 60:.1f} min on 2 cores; "
-        f"{document['repeats']} repeats x {document['folds']} splits per cohort).",
+        f"{document['folds']} splits per repeat; repeats: {repeats}).",
         "",
         "## Random-effects mean over the cohorts (DerSimonian-Laird, corrected-t variances)",
         "",
@@ -351,10 +444,16 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {pair} | {row['mean']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] | {row['tau2']:.2g} | "
             f"{row['cohorts']} |"
         )
+    lines += [
+        "",
+        "## Per cohort: the merge and the key differences, mean [corrected t 95 %]",
+        "",
+        *key_table(document["summary"]["cohorts"]),
+    ]
     for name, summary in document["summary"]["cohorts"].items():
         lines += [
             "",
-            f"## {name}: {PANEL[name].about}",
+            f"## {name}: {about(name)}",
             "",
             f"{summary['splits']} splits, {summary['test_patients']:.0f} test patients a split. "
             "Paired differences, mean [corrected t 95 %]:",
@@ -371,8 +470,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     for name in args.cohorts:
         panel_folder(name)  # export once, before the workers read it
     folds = 1 if args.quick else 5
-    repeats = 1 if args.quick else args.repeats
-    jobs = [(n, r, k, args.quick) for n in args.cohorts for r in range(repeats) for k in range(folds)]
+    names = [*args.cohorts, *args.bundled]
+    repeats = {n: 1 if args.quick else cohort_repeats(n, args.repeats, args.repeats_large) for n in names}
+    # the large cohorts first, so that the two workers finish together
+    order = sorted(names, key=lambda n: -cohort_repeats(n, 0, 1))
+    jobs = [(n, r, k, args.quick) for n in order for r in range(repeats[n]) for k in range(folds)]
     records = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for job, record in zip(jobs, pool.map(split_record, *zip(*jobs, strict=True)), strict=True):
@@ -407,7 +509,11 @@ def main(argv: list[str] | None = None) -> None:
     repeated = commands.add_parser("run", help="repeated CV on the panel, with a meta-analysis over cohorts")
     repeated.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     repeated.add_argument("--cohorts", nargs="+", default=list(PANEL), choices=list(PANEL))
+    repeated.add_argument("--bundled", nargs="*", default=list(DATASETS), choices=DATASETS)
     repeated.add_argument("--repeats", type=int, default=2)
+    repeated.add_argument(
+        "--repeats-large", type=int, default=1, help=f"repeats of cohorts over {LARGE_COHORT} patients"
+    )
     repeated.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     repeated.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
     repeated.add_argument("--quick", action="store_true", help="one split, tiny models: checks the path")

@@ -109,6 +109,7 @@ COMPARISONS = (
     ("merge-validation", "ensemble"),
     ("merge-validation", "plain-late"),
     ("merge-validation", "late-fusion"),
+    ("merge-validation", "best-block"),
     ("disjoint-fuse", "disjoint-merge"),
 )
 FINE_TUNED = ("fuse", "fuse-inner-cv", "disjoint-fuse")

@@ -105,6 +105,11 @@ class ModelConfig:
     """Dropout in encoders and latent updates."""
     frequency: bool = True
     """Latent updates in the frequency domain (false: the spatial-domain ablation)."""
+    direct: bool = True
+    """Each block also holds its encoder's plain linear head on the pooled tokens, and the latent
+    head starts at zero, so that a block starts as the plain model (see ``LegoBlock``); false: the
+    method's latent head only. Chosen on the panel's validation patients
+    (docs/benchmarks/block-design.md)."""
     max_encoder_parameters: int = 50_000_000
     """Largest encoder a block may have (parameters), counted before anything is allocated."""
     seed: int = 0

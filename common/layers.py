@@ -84,6 +84,12 @@ class TaskHead(nn.Module):
         self.norm = nn.LayerNorm(latent_dim)
         self.linear = nn.Linear(latent_dim, n_outputs)
 
+    def zero_output(self) -> None:
+        """Make the head output 0 for every latent (its Linear set to zero)."""
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
+
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         if latent.is_complex():
             latent = latent.real

@@ -51,6 +51,14 @@ def _call_encoder(encoder: nn.Module, inputs: ModalityInput) -> torch.Tensor | t
     return encoder(inputs)
 
 
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the tokens (b, n, w) over n, over the valid ones when masked (0 for none)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
 def _batch_size(inputs: ModalityInput) -> int:
     if isinstance(inputs, Mapping):
         return next(iter(inputs.values())).shape[0]
@@ -76,6 +84,12 @@ class LegoBlock(nn.Module):
     the last, so the block's final latent is complex and frequency-domain. ``encoder=None`` runs
     attention directly on the raw input tokens. ``encoder_spec`` (see ``encoders.build_encoder``)
     lets the block travel as a package and be rebuilt elsewhere.
+
+    With ``direct=True`` the block also holds the plain model of its modality: a linear head on
+    the pooled encoder tokens whose output is added to the latent head's. The latent head starts
+    at zero, so before any step the block *is* the encoder + linear head, and the latent path
+    learns what that model misses. Merging averages the direct outputs of the present blocks
+    with the merge weights (see ``LegoMerge``).
     """
 
     def __init__(
@@ -90,6 +104,7 @@ class LegoBlock(nn.Module):
         head_dim: int = 16,
         frequency: bool = True,
         dropout: float = 0.1,
+        direct: bool = False,
         encoder_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -109,6 +124,7 @@ class LegoBlock(nn.Module):
             "head_dim": head_dim,
             "frequency": frequency,
             "dropout": dropout,
+            "direct": direct,
         }
         self.updates = nn.ModuleList(
             LatentUpdate(contract.dim, self.token_width, heads, head_dim, dropout) for _ in range(steps)
@@ -117,6 +133,10 @@ class LegoBlock(nn.Module):
             torch.manual_seed(contract.seed)
             self.latent = nn.Parameter(torch.randn(contract.channels, contract.dim) * 0.02)
             self.head = TaskHead(contract.dim, contract.n_outputs)
+        self.direct = nn.Linear(self.token_width, contract.n_outputs) if direct else None
+        """The plain model's linear head on the pooled tokens (None: the method's latent head only)."""
+        if direct:
+            self.head.zero_output()
         self.n_samples = 0
         self.validation_score: float | None = None
         self.preprocessing: dict[str, Any] | None = None
@@ -175,11 +195,20 @@ class LegoBlock(nn.Module):
 
     def encode(self, inputs: ModalityInput) -> torch.Tensor:
         """The block's final latent (b, c, d): complex in frequency mode, real otherwise."""
+        return self.encode_with_direct(inputs)[0]
+
+    def encode_with_direct(self, inputs: ModalityInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final latent and the direct head's output (None without a direct head), from one
+        pass of the encoder."""
         tokens, mask = self.tokens(inputs)
-        return self.refine(self.initial_latent(tokens.shape[0]), tokens, mask)
+        latent = self.refine(self.initial_latent(tokens.shape[0]), tokens, mask)
+        direct = None if self.direct is None else self.direct(pool_tokens(tokens, mask))
+        return latent, direct
 
     def forward(self, inputs: ModalityInput) -> torch.Tensor:
-        return self.head(self.encode(inputs))
+        latent, direct = self.encode_with_direct(inputs)
+        output = self.head(latent)
+        return output if direct is None else output + direct
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the wrapped encoder (frozen by parameter-efficient fusion)."""
@@ -215,6 +244,7 @@ class LegoBlock(nn.Module):
             "token_width": self.token_width,
             "steps": len(self.updates),
             "frequency": self.frequency,
+            "direct": self.direct is not None,
             "contract": asdict(self.contract),
             "n_samples": self.n_samples,
             "validation_score": self.validation_score,
@@ -243,6 +273,20 @@ def _as_block_dict(blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock]) -> dic
     return dict(sorted(items.items()))
 
 
+def add_direct(
+    output: torch.Tensor, directs: Mapping[str, torch.Tensor | None], weights: Mapping[str, float]
+) -> torch.Tensor:
+    """``output`` plus the weighted mean of the present blocks' direct outputs (weights
+    renormalised over the blocks that have one); ``output`` unchanged when none has."""
+    held = {m: d for m, d in directs.items() if d is not None}
+    if not held:
+        return output
+    total = sum(weights[m] for m in held)
+    if total <= 0:
+        return output + torch.stack(list(held.values())).mean(dim=0)
+    return output + sum(weights[m] / total * d for m, d in held.items())
+
+
 def present_modalities(blocks: Mapping[str, nn.Module], inputs: MultimodalInput) -> list[str]:
     """Modalities with a block and a non-None input (inputs the model has no block for are
     ignored), or an error naming the accepted modalities if there are none."""
@@ -259,7 +303,9 @@ class LegoMerge(nn.Module):
     """N blocks merged without training: latents merged per input, task heads merged once.
 
     At inference only the present modalities' latents are merged (weights renormalised over
-    them), so any non-empty subset of modalities works. One block merged alone is that block.
+    them), so any non-empty subset of modalities works. Blocks with a direct head (the plain
+    model inside the block) add the weighted mean of their direct outputs. One block merged alone
+    is that block.
     """
 
     def __init__(
@@ -285,12 +331,17 @@ class LegoMerge(nn.Module):
 
     def encode(self, inputs: MultimodalInput) -> torch.Tensor:
         """Merged latent of the modalities present in ``inputs``."""
+        return self._merged(inputs)[0]
+
+    def _merged(self, inputs: MultimodalInput) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         present = present_modalities(self.blocks, inputs)
-        latents = [self.blocks[m].encode(inputs[m]) for m in present]
-        return merge_latents(self.latent_merge, latents, [self.weights[m] for m in present])
+        parts = {m: self.blocks[m].encode_with_direct(inputs[m]) for m in present}
+        latent = merge_latents(self.latent_merge, [parts[m][0] for m in present], [self.weights[m] for m in present])
+        return latent, {m: parts[m][1] for m in present}
 
     def forward(self, inputs: MultimodalInput) -> torch.Tensor:
-        return self.head(self.encode(inputs))
+        latent, directs = self._merged(inputs)
+        return add_direct(self.head(latent), directs, self.weights)
 
 
 FUSE_MODES = ("merge", "stack", "weave")
@@ -387,11 +438,21 @@ class LegoFuse(nn.Module):
 
     def encode(self, inputs: MultimodalInput) -> torch.Tensor:
         """Fused latent of the modalities present in ``inputs``."""
+        return self._fused(inputs)[0]
+
+    def _fused(self, inputs: MultimodalInput) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         present = self._present_in_order(inputs)
         if self.mode == "merge":
-            latents = [self.blocks[m].encode(inputs[m]) for m in present]
-            return merge_latents(self.latent_merge, latents, [self.weights[m] for m in present])
+            parts = {m: self.blocks[m].encode_with_direct(inputs[m]) for m in present}
+            latent = merge_latents(
+                self.latent_merge, [parts[m][0] for m in present], [self.weights[m] for m in present]
+            )
+            return latent, {m: parts[m][1] for m in present}
         tokens = {m: self.blocks[m].tokens(inputs[m]) for m in present}
+        directs = {
+            m: None if self.blocks[m].direct is None else self.blocks[m].direct(pool_tokens(*tokens[m]))
+            for m in present
+        }
         batch = next(iter(tokens.values()))[0].shape[0]
         state = torch.stack([self.blocks[m].latent for m in present]).mean(dim=0).expand(batch, -1, -1)
         if self.mode == "stack":
@@ -399,7 +460,7 @@ class LegoFuse(nn.Module):
                 latent = self.blocks[m].refine(state, *tokens[m])
                 if position < len(present) - 1:
                     state = to_spatial(latent)
-            return latent
+            return latent, directs
         schedule = [
             (step, m)
             for step in range(max(len(self.blocks[m].updates) for m in present))
@@ -408,10 +469,11 @@ class LegoFuse(nn.Module):
         ]
         for position, (step, m) in enumerate(schedule):
             state = self.blocks[m].apply_update(step, state, *tokens[m], final=position == len(schedule) - 1)
-        return state
+        return state, directs
 
     def forward(self, inputs: MultimodalInput) -> torch.Tensor:
-        return self.head(self.encode(inputs))
+        latent, directs = self._fused(inputs)
+        return add_direct(self.head(latent), directs, self.weights)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and total parameter counts."""

@@ -92,6 +92,7 @@ ARCHITECTURE_BOUNDS = {"steps": (1, 32), "heads": (1, 64), "head_dim": (1, 1024)
 ARCHITECTURE_FIELDS = {
     "encoder",
     "frequency",
+    "direct",
     "dropout",
     "frozen_encoder",
     "encoder_weights_sha256",
@@ -118,6 +119,8 @@ def architecture_problem(architecture: Mapping[str, Any], contract: pb.LatentCon
         return "architecture field 'encoder.example' must be an object of input shapes"
     if not isinstance(architecture.get("frequency"), bool):
         return f"architecture field 'frequency' must be true or false, got {architecture.get('frequency')!r}"
+    if not isinstance(architecture.get("direct", False), bool):
+        return f"architecture field 'direct' must be true or false, got {architecture.get('direct')!r}"
     dropout = architecture.get("dropout")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         return f"architecture field 'dropout' must be a number in [0, 1), got {dropout!r}"
@@ -242,6 +245,7 @@ def block_from_package(
             heads=int(architecture["heads"]),
             head_dim=int(architecture["head_dim"]),
             frequency=bool(architecture["frequency"]),
+            direct=bool(architecture.get("direct", False)),
             dropout=float(architecture["dropout"]),
             encoder_spec=architecture["encoder"],
         )

@@ -53,6 +53,7 @@ def build_block(
         heads=config.heads,
         head_dim=config.head_dim,
         frequency=config.frequency,
+        direct=config.direct,
         dropout=config.dropout,
         encoder_spec=spec,
     )

@@ -8,7 +8,7 @@ gradient AdamW applies and the batch size Poisson sampling drew."""
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -23,7 +23,9 @@ from fedlego.common.privacy import _per_sample_gradients, fit_private
 from fedlego.common.tasks import Task
 from fedlego.common.workflow import build_block
 
-MODEL = ModelConfig(latent_channels=8, latent_dim=32, encoder_width=32, heads=2, head_dim=8, dropout=0.0)
+MODEL = ModelConfig(latent_channels=8, latent_dim=32, encoder_width=32, heads=2, head_dim=8, dropout=0.0, direct=False)
+"""The method's block: every coordinate has a gradient from the first step (a direct block's latent
+head starts at zero, so its latent path has none then; ``test_vmap...`` checks that block too)."""
 KINDS = {"omics": "tabular", "labs": "timeseries"}
 CLEAN = 1e-12  # a noise multiplier this small leaves the clipped gradient untouched to float precision
 
@@ -134,10 +136,13 @@ def flat_weights(block: LegoBlock) -> torch.Tensor:
 
 
 # -- 1. per-patient gradients ---------------------------------------------------------------------
-@pytest.mark.parametrize("modality, frozen", [("omics", False), ("labs", False), ("omics", True)])
-def test_vmap_per_patient_gradients_equal_one_patient_autograd(data: Data, modality: str, frozen: bool):
-    """Tabular SNN, the time-series encoder (a buffer, token masks) and a frozen encoder."""
-    block = new_block(data, modality)
+@pytest.mark.parametrize(
+    "modality, frozen, direct",
+    [("omics", False, False), ("labs", False, False), ("omics", True, False), ("labs", False, True)],
+)
+def test_vmap_per_patient_gradients_equal_one_patient_autograd(data: Data, modality: str, frozen: bool, direct: bool):
+    """Tabular SNN, the time-series encoder (a buffer, token masks), a frozen encoder, a direct block."""
+    block = new_block(data, modality, replace(MODEL, direct=direct))
     if frozen:
         block.freeze_encoder()
     block.train()  # as in fit_private (dropout is 0)

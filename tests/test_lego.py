@@ -33,7 +33,9 @@ def inputs(batch: int = BATCH, seed: int = 0) -> dict:
     }
 
 
-def make_blocks(contract: LatentContract = CONTRACT, frequency: bool = True, seed: int = 0) -> dict[str, LegoBlock]:
+def make_blocks(
+    contract: LatentContract = CONTRACT, frequency: bool = True, seed: int = 0, direct: bool = False
+) -> dict[str, LegoBlock]:
     torch.manual_seed(seed)
     x = inputs()
     encoders = {
@@ -42,7 +44,9 @@ def make_blocks(contract: LatentContract = CONTRACT, frequency: bool = True, see
         "labs": IrregularTimeSeriesEncoder(3, width=12),
         "scan": SmallCNN(1, width=8),
     }
-    blocks = {m: LegoBlock(m, e, contract, x[m], head_dim=8, frequency=frequency) for m, e in encoders.items()}
+    blocks = {
+        m: LegoBlock(m, e, contract, x[m], head_dim=8, frequency=frequency, direct=direct) for m, e in encoders.items()
+    }
     for block in blocks.values():  # make the blocks differ like independently trained ones
         with torch.no_grad():
             for p in block.parameters():

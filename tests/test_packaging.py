@@ -91,6 +91,7 @@ def test_manifest_carries_no_patient_data(packages):
         "heads",
         "head_dim",
         "frequency",
+        "direct",
         "dropout",
     }
     assert package.site == "site-omics" and package.run_id == "run-1" and len(package.content_hash) == 32

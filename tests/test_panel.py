@@ -45,10 +45,26 @@ def test_a_quick_panel_run_reads_the_cohort_as_a_site_folder_and_writes_its_page
     from panel import main
 
     monkeypatch.setenv("FEDLEGO_PANEL_DIR", str(tmp_path / "cache"))
-    main(["run", "--out", str(tmp_path), "--cohorts", "GBSG2", "--quick", "--bootstrap", "10", "--jobs", "1"])
+    out = str(tmp_path)
+    main(["run", "--out", out, "--cohorts", "GBSG2", "--bundled", "--quick", "--bootstrap", "10", "--jobs", "1"])
     document = json.loads((tmp_path / "panel.json").read_text())
     [record] = document["records"]
     assert record["dataset"] == "GBSG2" and {"merge", "fuse", "plain-late", "cox-early"} <= set(record["scores"])
     assert "merge - plain-late" in document["summary"]["cohorts"]["GBSG2"]["differences"]
     assert (tmp_path / "cache" / "GBSG2" / "site.json").exists()
-    assert "GBSG2: node-positive breast cancer" in (tmp_path / "panel.md").read_text()
+    page = (tmp_path / "panel.md").read_text()
+    assert "GBSG2: node-positive breast cancer" in page
+    assert "| GBSG2 |" in page  # the per-cohort table of key differences
+
+
+def test_the_derived_cohort_adds_one_modality_of_seeded_noise(tmp_path):
+    cohort = PANEL["whas500-noise"]
+    first = export_cohort("whas500-noise", load_cohort("whas500-noise"), tmp_path / "a")
+    again = export_cohort("whas500-noise", load_cohort("whas500-noise"), tmp_path / "b")
+    report = check_site_folder(first)
+    assert report.ok, report.errors
+    assert set(report.site.dataset.modalities) == {*PANEL["whas500"].modalities, "noise"}
+    noise = pd.read_csv(first / "noise.csv")
+    assert noise.shape[1] == 1 + cohort.noise_columns
+    assert noise.equals(pd.read_csv(again / "noise.csv"))
+    assert abs(noise.drop(columns="id").to_numpy().mean()) < 0.1

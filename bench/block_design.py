@@ -1,0 +1,269 @@
+"""Which block design is at least as good as its plain model? Measured on validation patients.
+
+    python bench/block_design.py --out docs/benchmarks [--cohorts ...] [--repeats 1] [--jobs 2]
+        [--variants ...]
+
+For every panel cohort (``panel.PANEL``) and patient-level split (``repeated.FRACTIONS``, the
+splits of ``repeated.split_record``), each modality's plain model (its reference encoder with a
+linear head, ``baselines.fit_plain_unimodal``) and one LegoBlock per design variant (``VARIANTS``:
+``ModelConfig`` changes) are trained on the training patients with early stopping on the
+validation patients, and so are the merges of each variant's blocks. The figures the default is
+chosen on are the **validation** metrics (each model scored on the split's validation patients
+holding its modality; the merges and ``plain-late`` on every validation patient). Test patients
+are never scored here: the chosen design is then evaluated on them by ``bench/panel.py``.
+
+Per variant, block - plain is a paired difference per cohort-modality (the mean over the splits)
+and a random-effects mean over the cohorts (``meta.random_effects``, each cohort's mean over its
+modalities and splits with a t-based variance).
+
+Writes ``OUT/block-design.json`` and ``OUT/block-design.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from baselines import MeanOfModels, fit_plain_unimodal
+from meta import dersimonian_laird
+from panel import PANEL
+from quality import baseline_settings, load_benchmark_dataset
+from repeated import FRACTIONS, SPLIT_SEED_STRIDE
+from standalone import command_line, write_page
+
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
+from fedlego.common.lego import LegoBlock, LegoMerge
+from fedlego.common.workflow import scores_of, train_block, unimodal_forward
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "method": {"direct": False},
+    "spatial": {"direct": False, "frequency": False},
+    "direct": {"direct": True},
+    "direct-spatial": {"direct": True, "frequency": False},
+}
+"""Design variants: ``ModelConfig`` fields changed from the defaults."""
+
+
+HALF_PAIRS = (
+    ("merge-validation-halves", "merge-uniform-halves"),
+    ("merge-uniform-halves", "best-block-halves"),
+    ("merge-validation-halves", "best-block-halves"),
+)
+"""Cross-fitted comparisons (``cross_fitted_merges``): weighting, and each merge vs the best block."""
+
+
+def _metric(task, scores: np.ndarray, targets: dict[str, torch.Tensor]) -> float:
+    return float(task.metric(scores, targets))
+
+
+def split_scores(name: str, repeat: int, fold: int, variants: list[str]) -> dict[str, Any]:
+    """Validation metrics of the plain models and of every variant's blocks and merges on one split."""
+    torch.set_num_threads(1)
+    dataset, config = load_benchmark_dataset(name)
+    split = dataset_splits(dataset, n_folds=fold + 1, seed=SPLIT_SEED_STRIDE * repeat, fractions=FRACTIONS)[fold]
+    preprocessors = fit_preprocessors(dataset, split.train, config.preprocessing, min_cell=config.min_cell)
+    task = task_for(dataset.labels, split.train)
+    train = make_tensor_set(dataset, preprocessors, split.train)
+    validation = make_tensor_set(dataset, preprocessors, split.validation)
+    start = time.perf_counter()
+    record: dict[str, Any] = {"cohort": name, "repeat": repeat, "fold": fold, "n_validation": len(validation)}
+    plain = {m: fit_plain_unimodal(m, train, validation, task, baseline_settings(config)) for m in config.modalities}
+    record["plain"] = {
+        m: _metric(task, scores_of(p, validation.restrict([m]), task), validation.restrict([m]).targets)
+        for m, p in plain.items()
+    }
+    record["plain-late"] = _metric(task, scores_of(MeanOfModels(plain), validation, task), validation.targets)
+    for variant in variants:
+        model = replace(config.model, **VARIANTS[variant])
+        blocks = {}
+        for m in config.modalities:
+            kind = dataset.modalities[m].kind
+            blocks[m], _ = train_block(m, kind, train, validation, task, model, config.training)
+        record[variant] = {
+            "block": {
+                m: _metric(
+                    task,
+                    scores_of(b, validation.restrict([m]), task, unimodal_forward(b)),
+                    validation.restrict([m]).targets,
+                )
+                for m, b in blocks.items()
+            },
+            "merge": _metric(task, scores_of(LegoMerge(blocks), validation, task), validation.targets),
+            **cross_fitted_merges(blocks, validation, task, seed=SPLIT_SEED_STRIDE * repeat + fold),
+        }
+    record["seconds"] = time.perf_counter() - start
+    print(f"{name} r{repeat} f{fold}: {record['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return record
+
+
+def cross_fitted_merges(blocks: dict[str, LegoBlock], validation: TensorSet, task, seed: int) -> dict[str, float]:
+    """Merge weighting judged without reusing patients: the validation patients are halved; each
+    block's score on one half sets the weights (``validation``: max(score - 0.5, 0.01)) and picks
+    the best block, and the merges and that block are scored on the other half; the two halves'
+    metrics are averaged."""
+    order = np.random.default_rng(seed).permutation(len(validation))
+    half = len(order) // 2
+    halves = [validation.subset(np.sort(order[:half])), validation.subset(np.sort(order[half:]))]
+    results: dict[str, list[float]] = {f"{k}-halves": [] for k in ("merge-uniform", "merge-validation", "best-block")}
+
+    def block_metric(modality: str, data: TensorSet) -> float:
+        held = data.restrict([modality])
+        block = blocks[modality]
+        return _metric(task, scores_of(block, held, task, unimodal_forward(block)), held.targets) if len(held) else 0.5
+
+    for chosen, scored in (halves, halves[::-1]):
+        skill = {m: block_metric(m, chosen) for m in blocks}
+        skill = {m: score if np.isfinite(score) else 0.5 for m, score in skill.items()}
+        weights = {m: max(score - 0.5, 0.01) for m, score in skill.items()}
+        for name, merged in (("uniform", LegoMerge(blocks)), ("validation", LegoMerge(blocks, weighting=weights))):
+            results[f"merge-{name}-halves"].append(_metric(task, scores_of(merged, scored, task), scored.targets))
+        results["best-block-halves"].append(block_metric(max(skill, key=skill.get), scored))
+    return {k: float(np.nanmean(v)) for k, v in results.items()}
+
+
+def _t_variance(values: list[float]) -> tuple[float, float]:
+    """Mean and variance of the mean (sample variance / n) of per-split values."""
+    array = np.asarray(values, dtype=float)
+    array = array[np.isfinite(array)]
+    return float(array.mean()), float(array.var(ddof=1) / len(array)) if len(array) > 1 else float("nan")
+
+
+def pooled(estimates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
+    """DerSimonian-Laird mean of per-cohort (mean, variance) estimates with a usable variance."""
+    kept = [(m, v) for m, v in estimates.values() if np.isfinite(v) and v > 0]
+    if not kept:
+        return None
+    return dersimonian_laird([m for m, _ in kept], [v for _, v in kept])
+
+
+def summarise(records: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """Per variant: block - plain per cohort-modality and pooled over cohorts, merge - plain-late."""
+    cohorts = sorted({r["cohort"] for r in records})
+    summary: dict[str, Any] = {}
+    for variant in variants:
+        per_modality, block_cohorts, merge_cohorts = {}, {}, {}
+        for cohort in cohorts:
+            rows = [r for r in records if r["cohort"] == cohort]
+            diffs_by_split = []
+            for modality in rows[0]["plain"]:
+                diffs = [r[variant]["block"][modality] - r["plain"][modality] for r in rows]
+                per_modality[f"{cohort}:{modality}"] = float(np.nanmean(diffs))
+                diffs_by_split.append(diffs)
+            block_cohorts[cohort] = _t_variance(list(np.nanmean(np.asarray(diffs_by_split), axis=0)))
+            merge_cohorts[cohort] = _t_variance([r[variant]["merge"] - r["plain-late"] for r in rows])
+        summary[variant] = {
+            "block - plain": {"per_modality": per_modality, "pooled": pooled(block_cohorts)},
+            "merge - plain-late": {
+                "per_cohort": {c: m for c, (m, _) in merge_cohorts.items()},
+                "pooled": pooled(merge_cohorts),
+            },
+            "worst block - plain": min(per_modality.values()),
+        }
+        for first, second in HALF_PAIRS:
+            rows_by_cohort = {c: [r for r in records if r["cohort"] == c and first in r[variant]] for c in cohorts}
+            estimates = {
+                c: _t_variance([r[variant][first] - r[variant][second] for r in rows])
+                for c, rows in rows_by_cohort.items()
+                if rows
+            }
+            if estimates:
+                summary[variant][f"{first} - {second}"] = {
+                    "per_cohort": {c: m for c, (m, _) in estimates.items()},
+                    "pooled": pooled(estimates),
+                }
+    return summary
+
+
+def _interval(result: dict[str, float] | None) -> str:
+    if result is None:
+        return "n/a"
+    return f"{result['mean']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}]"
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The page: per variant the pooled differences, then block - plain per cohort-modality."""
+    summary, variants = document["summary"], document["variants"]
+    lines = [
+        "# Block design: which LegoBlock is as good as its plain model (validation patients)",
+        "",
+        f"Command: `{document['command']}`  ",
+        f"Date: {document['date']}; {document['splits']} splits in {document['minutes']:.0f} min.",
+        "",
+        "Every figure is measured on the **validation** patients of each split (the patients early",
+        "stopping uses; test patients are never scored here). block - plain: the same modality's",
+        "LegoBlock minus its plain model (same encoder + linear head, trained the same way); merge -",
+        "plain-late: the uniform LegoMerge of the variant's blocks minus the mean of the plain models.",
+        "Pooled: random-effects (DerSimonian-Laird) mean over the cohorts with its 95 % interval.",
+        "",
+        "| variant | changes | block - plain, pooled | worst cohort-modality | merge - plain-late, pooled |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in variants:
+        row = summary[variant]
+        changes = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items())
+        lines.append(
+            f"| {variant} | {changes} | {_interval(row['block - plain']['pooled'])} | "
+            f"{row['worst block - plain']:+.3f} | {_interval(row['merge - plain-late']['pooled'])} |"
+        )
+    pairs = [f"{a} - {b}" for a, b in HALF_PAIRS if any(f"{a} - {b}" in summary[v] for v in variants)]
+    if pairs:
+        lines += [
+            "",
+            "## Merge weighting, cross-fitted on halves of the validation patients",
+            "",
+            "One half's block scores set the weights and pick the best block; the other half scores them.",
+            "",
+            "| variant | comparison | pooled | per cohort |",
+            "|---|---|---|---|",
+        ]
+        for variant in variants:
+            for pair in pairs:
+                if pair in summary[variant]:
+                    row = summary[variant][pair]
+                    cohorts = ", ".join(f"{c} {m:+.3f}" for c, m in row["per_cohort"].items())
+                    lines.append(f"| {variant} | {pair} | {_interval(row['pooled'])} | {cohorts} |")
+    lines += ["", "## block - plain per cohort-modality (mean over the splits)", ""]
+    lines.append("| cohort:modality | " + " | ".join(variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
+    for key in summary[variants[0]]["block - plain"]["per_modality"]:
+        values = " | ".join(f"{summary[v]['block - plain']['per_modality'][key]:+.3f}" for v in variants)
+        lines.append(f"| {key} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--cohorts", nargs="+", default=list(PANEL), choices=list(PANEL))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    tasks = [(c, r, f, args.variants) for c in args.cohorts for r in range(args.repeats) for f in range(args.folds)]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        records = list(pool.map(split_scores, *zip(*tasks, strict=True)))
+    document = {
+        "command": command_line("block_design.py", argv),
+        "date": datetime.date.today().isoformat(),
+        "minutes": (time.perf_counter() - start) / 60,
+        "splits": len(records),
+        "variants": args.variants,
+        "records": records,
+        "summary": summarise(records, args.variants),
+    }
+    write_page(args.out, "block-design", document, markdown)
+
+
+if __name__ == "__main__":
+    main()
