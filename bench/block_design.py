@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from baselines import MeanOfModels, fit_plain_unimodal
 from meta import dersimonian_laird
-from panel import PANEL
+from panel import PANEL, in_meta_analysis
 from quality import baseline_settings, load_benchmark_dataset
 from repeated import FRACTIONS, SPLIT_SEED_STRIDE
 from standalone import command_line, write_page
@@ -138,8 +139,9 @@ def _t_variance(values: list[float]) -> tuple[float, float]:
 
 
 def pooled(estimates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
-    """DerSimonian-Laird mean of per-cohort (mean, variance) estimates with a usable variance."""
-    kept = [(m, v) for m, v in estimates.values() if np.isfinite(v) and v > 0]
+    """DerSimonian-Laird mean of per-cohort (mean, variance) estimates with a usable variance, over
+    the ten panel cohorts (not the derived one, whose patients are whas500's)."""
+    kept = [(m, v) for c, (m, v) in estimates.items() if in_meta_analysis(c) and np.isfinite(v) and v > 0]
     if not kept:
         return None
     return dersimonian_laird([m for m, _ in kept], [v for _, v in kept])
@@ -166,7 +168,7 @@ def summarise(records: list[dict[str, Any]], variants: list[str]) -> dict[str, A
                 "per_cohort": {c: m for c, (m, _) in merge_cohorts.items()},
                 "pooled": pooled(merge_cohorts),
             },
-            "worst block - plain": min(per_modality.values()),
+            "worst block - plain": min(v for k, v in per_modality.items() if in_meta_analysis(k.split(":")[0])),
         }
         for first, second in HALF_PAIRS:
             rows_by_cohort = {c: [r for r in records if r["cohort"] == c and first in r[variant]] for c in cohorts}
@@ -180,7 +182,25 @@ def summarise(records: list[dict[str, Any]], variants: list[str]) -> dict[str, A
                     "per_cohort": {c: m for c, (m, _) in estimates.items()},
                     "pooled": pooled(estimates),
                 }
+    summary["paired"] = paired_designs(records, variants, cohorts)
     return summary
+
+
+def paired_designs(records: list[dict[str, Any]], variants: list[str], cohorts: list[str]) -> dict[str, Any]:
+    """Each variant minus the first, paired on the same splits: its blocks (mean over the
+    modalities) and its merge, pooled over the cohorts."""
+    paired = {}
+    reference = variants[0]
+    for variant in variants[1:]:
+        blocks, merges = {}, {}
+        for cohort in cohorts:
+            rows = [r for r in records if r["cohort"] == cohort]
+            blocks[cohort] = _t_variance(
+                [np.mean([r[variant]["block"][m] - r[reference]["block"][m] for m in r["plain"]]) for r in rows]
+            )
+            merges[cohort] = _t_variance([r[variant]["merge"] - r[reference]["merge"] for r in rows])
+        paired[f"{variant} - {reference}"] = {"blocks": pooled(blocks), "merge": pooled(merges)}
+    return paired
 
 
 def _interval(result: dict[str, float] | None) -> str:
@@ -202,7 +222,9 @@ def markdown(document: dict[str, Any]) -> str:
         "stopping uses; test patients are never scored here). block - plain: the same modality's",
         "LegoBlock minus its plain model (same encoder + linear head, trained the same way); merge -",
         "plain-late: the uniform LegoMerge of the variant's blocks minus the mean of the plain models.",
-        "Pooled: random-effects (DerSimonian-Laird) mean over the cohorts with its 95 % interval.",
+        "Pooled: random-effects (DerSimonian-Laird) mean over the ten panel cohorts with its 95 %",
+        "interval (whas500-noise, made from whas500's patients, is shown but not pooled). The worst",
+        "cohort-modality is over the ten cohorts too.",
         "",
         "| variant | changes | block - plain, pooled | worst cohort-modality | merge - plain-late, pooled |",
         "|---|---|---|---|---|",
@@ -214,6 +236,16 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {variant} | {changes} | {_interval(row['block - plain']['pooled'])} | "
             f"{row['worst block - plain']:+.3f} | {_interval(row['merge - plain-late']['pooled'])} |"
         )
+    if summary.get("paired"):
+        lines += [
+            "",
+            "## Designs against each other, paired on the same splits (pooled)",
+            "",
+            "| comparison | blocks (mean over modalities) | uniform merge |",
+            "|---|---|---|",
+        ]
+        for name, row in summary["paired"].items():
+            lines.append(f"| {name} | {_interval(row['blocks'])} | {_interval(row['merge'])} |")
     pairs = [f"{a} - {b}" for a, b in HALF_PAIRS if any(f"{a} - {b}" in summary[v] for v in variants)]
     if pairs:
         lines += [
@@ -248,7 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--render", action="store_true", help="recompute the summary and page from OUT's JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        document = json.loads((args.out / "block-design.json").read_text())
+        document["summary"] = summarise(document["records"], document["variants"])
+        write_page(args.out, "block-design", document, markdown)
+        return
     start = time.perf_counter()
     tasks = [(c, r, f, args.variants) for c in args.cohorts for r in range(args.repeats) for f in range(args.folds)]
     with ProcessPoolExecutor(args.jobs) as pool:

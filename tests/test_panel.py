@@ -47,8 +47,11 @@ def test_a_quick_panel_run_reads_the_cohort_as_a_site_folder_and_writes_its_page
     monkeypatch.setenv("FEDLEGO_PANEL_DIR", str(tmp_path / "cache"))
     out = str(tmp_path)
     main(["run", "--out", out, "--cohorts", "GBSG2", "--bundled", "--quick", "--bootstrap", "10", "--jobs", "1"])
+    import gzip
+
+    with gzip.open(tmp_path / "panel-scores.json.gz", "rt") as stream:
+        [record] = json.load(stream)["records"]
     document = json.loads((tmp_path / "panel.json").read_text())
-    [record] = document["records"]
     assert record["dataset"] == "GBSG2" and {"merge", "fuse", "plain-late", "cox-early"} <= set(record["scores"])
     assert "merge - plain-late" in document["summary"]["cohorts"]["GBSG2"]["differences"]
     assert (tmp_path / "cache" / "GBSG2" / "site.json").exists()
