@@ -1,7 +1,7 @@
 """Which block design is at least as good as its plain model? Measured on validation patients.
 
-    python bench/block_design.py --out docs/benchmarks [--cohorts ...] [--repeats 1] [--jobs 2]
-        [--variants ...]
+    python bench/block_design.py --out docs/benchmarks [--cohorts ...] [--repeats 1] [--folds 5]
+        [--jobs 2] [--variants ...] [--name block-design] [--render]
 
 For every panel cohort (``panel.PANEL``) and patient-level split (``repeated.FRACTIONS``, the
 splits of ``repeated.split_record``), each modality's plain model (its reference encoder with a
@@ -16,7 +16,7 @@ Per variant, block - plain is a paired difference per cohort-modality (the mean 
 and a random-effects mean over the cohorts (``meta.random_effects``, each cohort's mean over its
 modalities and splits with a t-based variance).
 
-Writes ``OUT/block-design.json`` and ``OUT/block-design.md``.
+Writes ``OUT/<name>.json`` and ``OUT/<name>.md`` (``--name``, default ``block-design``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spatial": {"direct": False, "frequency": False},
     "direct": {"direct": True},
     "direct-spatial": {"direct": True, "frequency": False},
+    "direct-1-update": {"direct": True, "steps": 1},
+    "direct-small-latent": {"direct": True, "latent_channels": 8, "latent_dim": 16},
+    "direct-no-dropout": {"direct": True, "dropout": 0.0},
 }
 """Design variants: ``ModelConfig`` fields changed from the defaults."""
 
@@ -280,12 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--name", default="block-design", help="stem of the page and its JSON")
     parser.add_argument("--render", action="store_true", help="recompute the summary and page from OUT's JSON")
     args = parser.parse_args(argv)
     if args.render:
-        document = json.loads((args.out / "block-design.json").read_text())
+        document = json.loads((args.out / f"{args.name}.json").read_text())
         document["summary"] = summarise(document["records"], document["variants"])
-        write_page(args.out, "block-design", document, markdown)
+        write_page(args.out, args.name, document, markdown)
         return
     start = time.perf_counter()
     tasks = [(c, r, f, args.variants) for c in args.cohorts for r in range(args.repeats) for f in range(args.folds)]
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         "records": records,
         "summary": summarise(records, args.variants),
     }
-    write_page(args.out, "block-design", document, markdown)
+    write_page(args.out, args.name, document, markdown)
 
 
 if __name__ == "__main__":
