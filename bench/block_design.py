@@ -135,10 +135,13 @@ def cross_fitted_merges(blocks: dict[str, LegoBlock], validation: TensorSet, tas
 
 
 def _t_variance(values: list[float]) -> tuple[float, float]:
-    """Mean and variance of the mean (sample variance / n) of per-split values."""
+    """Mean and corrected resampled variance of per-split values (Nadeau & Bengio 2003: sample
+    variance x (1/n + validation share / training share), as the splits' training sets overlap)."""
     array = np.asarray(values, dtype=float)
     array = array[np.isfinite(array)]
-    return float(array.mean()), float(array.var(ddof=1) / len(array)) if len(array) > 1 else float("nan")
+    if len(array) < 2:
+        return float(array.mean()) if len(array) else float("nan"), float("nan")
+    return float(array.mean()), float(array.var(ddof=1) * (1 / len(array) + FRACTIONS[1] / FRACTIONS[0]))
 
 
 def pooled(estimates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
@@ -171,7 +174,9 @@ def summarise(records: list[dict[str, Any]], variants: list[str]) -> dict[str, A
                 "per_cohort": {c: m for c, (m, _) in merge_cohorts.items()},
                 "pooled": pooled(merge_cohorts),
             },
-            "worst block - plain": min(v for k, v in per_modality.items() if in_meta_analysis(k.split(":")[0])),
+            "worst block - plain": min(
+                (v for k, v in per_modality.items() if in_meta_analysis(k.split(":")[0])), default=float("nan")
+            ),
         }
         for first, second in HALF_PAIRS:
             rows_by_cohort = {c: [r for r in records if r["cohort"] == c and first in r[variant]] for c in cohorts}
@@ -226,8 +231,9 @@ def markdown(document: dict[str, Any]) -> str:
         "LegoBlock minus its plain model (same encoder + linear head, trained the same way); merge -",
         "plain-late: the uniform LegoMerge of the variant's blocks minus the mean of the plain models.",
         "Pooled: random-effects (DerSimonian-Laird) mean over the ten panel cohorts with its 95 %",
-        "interval (whas500-noise, made from whas500's patients, is shown but not pooled). The worst",
-        "cohort-modality is over the ten cohorts too.",
+        "interval, each cohort's variance the corrected resampled one of its per-split differences",
+        "(Nadeau & Bengio: x (1/n + 0.15/0.70)). whas500-noise, made from whas500's patients, is shown",
+        "but not pooled; the worst cohort-modality is over the ten cohorts too.",
         "",
         "| variant | changes | block - plain, pooled | worst cohort-modality | merge - plain-late, pooled |",
         "|---|---|---|---|---|",

@@ -270,6 +270,11 @@ def _as_block_dict(blocks: Mapping[str, LegoBlock] | Sequence[LegoBlock]) -> dic
             raise ValueError(f"block {name!r} breaks the latent contract: {'; '.join(diff)}")
         if block.frequency != first.frequency:
             raise ValueError(f"block {name!r} mixes frequency and spatial domains")
+        if (block.direct is None) != (first.direct is None):
+            raise ValueError(
+                f"block {name!r} mixes blocks with and without a direct head (run-config key direct): "
+                "their latent heads mean different things"
+            )
     return dict(sorted(items.items()))
 
 

@@ -145,6 +145,8 @@ def block_to_package(
             "class with encoders.register_encoder and pass encoder_spec to LegoBlock"
         )
     architecture = {"encoder": block.encoder_spec, **block.hyperparameters}
+    if not architecture["direct"]:  # the method's block: readable by versions before the direct path
+        del architecture["direct"]
     if block.frozen_encoder:
         architecture["frozen_encoder"] = True
     if block.encoder_weights:  # by reference: the weights stay in every party's model store

@@ -4,6 +4,7 @@ starts as exactly that model, and merging and fusing keep their properties with 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -115,3 +116,19 @@ def test_a_direct_block_survives_its_package():
     rebuilt = block_from_package(block_to_package(block, task, site="a", run_id="r")).eval()
     assert rebuilt.direct is not None and rebuilt.hyperparameters["direct"] is True
     torch.testing.assert_close(rebuilt(x), block(x))
+
+
+def test_blocks_with_and_without_a_direct_head_do_not_merge():
+    mixed = {**make_blocks(direct=True), "scan": make_blocks()["scan"]}
+    with pytest.raises(ValueError, match="direct head"):
+        LegoMerge(mixed)
+
+
+def test_the_methods_block_package_does_not_name_the_direct_path():
+    """Packages of blocks without a direct head stay readable by versions that predate it."""
+    task = SurvivalTask((1.5, 3.5))
+    x = {"x": inputs()["omics"]}
+    block = build_block("omics", "tabular", x, task, ModelConfig(latent_channels=8, latent_dim=16, direct=False))
+    package = block_to_package(block, task, site="a", run_id="r")
+    assert "direct" not in json.loads(package.architecture_json)
+    assert block_from_package(package).direct is None

@@ -200,9 +200,7 @@ class TabularPreprocessor(Preprocessor):
         categorical = []
         for name in table.columns.difference(numeric, sort=False):
             counts = table[name].dropna().map(str).value_counts()
-            ranked = sorted(
-                ((c, n) for c, n in counts.items() if n >= min_cell), key=lambda item: (-item[1], item[0])
-            )
+            ranked = sorted(((c, n) for c, n in counts.items() if n >= min_cell), key=lambda item: (-item[1], item[0]))
             categories = [c for c, _ in ranked[: options["max_categories"]]]
             categorical.append({"name": name, "categories": categories})
         if not names and not any(c["categories"] for c in categorical):

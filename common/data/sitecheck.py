@@ -150,8 +150,7 @@ def _modality_warnings(site: SiteData, min_cell: int, refused: set[tuple[str, st
         unlabelled = sum(i not in labelled for i in ids)
         if unlabelled >= MOSTLY_UNLABELLED * len(ids):
             warnings.append(
-                f"{data.source}: {unlabelled} of {len(ids)} patient ids are not in the labels file "
-                "(another id scheme?)"
+                f"{data.source}: {unlabelled} of {len(ids)} patient ids are not in the labels file (another id scheme?)"
             )
         held = [i for i in ids if i in train]
         if len(held) < min_cell:

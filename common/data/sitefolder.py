@@ -281,9 +281,7 @@ def _read_manifest(path: Path) -> _Manifest:
         for m, e in entries.items()
         if isinstance(e, dict) and "preprocessing" in e
     }
-    columns = {
-        str(m): _column_declarations(str(m), e, file) for m, e in entries.items() if isinstance(e, dict)
-    }
+    columns = {str(m): _column_declarations(str(m), e, file) for m, e in entries.items() if isinstance(e, dict)}
     return _Manifest(name, task, labels, modalities, encoders, preprocessing, columns, _min_cell(raw, file))
 
 
