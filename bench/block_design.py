@@ -57,8 +57,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Design variants: ``ModelConfig`` fields changed from the defaults."""
 
 
+DROP_BELOW = 0.5
+"""The drop rule tried: a block whose skill above chance (metric - 0.5) on one half is under this
+share of the best block's is left out of the merge (uniform weights over the others)."""
 HALF_PAIRS = (
     ("merge-validation-halves", "merge-uniform-halves"),
+    ("merge-drop-halves", "merge-uniform-halves"),
+    ("merge-drop-halves", "best-block-halves"),
     ("merge-uniform-halves", "best-block-halves"),
     ("merge-validation-halves", "best-block-halves"),
 )
@@ -113,11 +118,14 @@ def cross_fitted_merges(blocks: dict[str, LegoBlock], validation: TensorSet, tas
     """Merge weighting judged without reusing patients: the validation patients are halved; each
     block's score on one half sets the weights (``validation``: max(score - 0.5, 0.01)) and picks
     the best block, and the merges and that block are scored on the other half; the two halves'
-    metrics are averaged."""
+    metrics are averaged. ``merge-drop`` leaves out the blocks under ``DROP_BELOW`` of the best
+    block's skill on the first half."""
     order = np.random.default_rng(seed).permutation(len(validation))
     half = len(order) // 2
     halves = [validation.subset(np.sort(order[:half])), validation.subset(np.sort(order[half:]))]
-    results: dict[str, list[float]] = {f"{k}-halves": [] for k in ("merge-uniform", "merge-validation", "best-block")}
+    results: dict[str, list[float]] = {
+        f"{k}-halves": [] for k in ("merge-uniform", "merge-validation", "merge-drop", "best-block")
+    }
 
     def block_metric(modality: str, data: TensorSet) -> float:
         held = data.restrict([modality])
@@ -128,9 +136,17 @@ def cross_fitted_merges(blocks: dict[str, LegoBlock], validation: TensorSet, tas
         skill = {m: block_metric(m, chosen) for m in blocks}
         skill = {m: score if np.isfinite(score) else 0.5 for m, score in skill.items()}
         weights = {m: max(score - 0.5, 0.01) for m, score in skill.items()}
-        for name, merged in (("uniform", LegoMerge(blocks)), ("validation", LegoMerge(blocks, weighting=weights))):
+        best = max(skill, key=skill.get)
+        threshold = DROP_BELOW * (skill[best] - 0.5)
+        kept = {m: 1.0 if m == best or score - 0.5 >= threshold else 0.0 for m, score in skill.items()}
+        merges = (
+            ("uniform", LegoMerge(blocks)),
+            ("validation", LegoMerge(blocks, weighting=weights)),
+            ("drop", LegoMerge(blocks, weighting=kept)),
+        )
+        for name, merged in merges:
             results[f"merge-{name}-halves"].append(_metric(task, scores_of(merged, scored, task), scored.targets))
-        results["best-block-halves"].append(block_metric(max(skill, key=skill.get), scored))
+        results["best-block-halves"].append(block_metric(best, scored))
     return {k: float(np.nanmean(v)) for k, v in results.items()}
 
 
