@@ -54,6 +54,7 @@ from fedlego.common.config import TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import SNN, IrregularTimeSeriesEncoder, SmallCNN, reference_encoder
 from fedlego.common.layers import LatentUpdate, TaskHead
+from fedlego.common.lego import pool_tokens
 from fedlego.common.tasks import SurvivalTask, Targets, Task
 from fedlego.common.training import evaluate_loss, fit, predict
 
@@ -123,18 +124,12 @@ def _rows_targets(data: TensorSet, rows: np.ndarray) -> Targets:
     return {k: v[index] for k, v in data.targets.items()}
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over dim 1 of (b, n, f) where mask (b, n) is set (0 for an empty row)."""
-    mask = mask.float().unsqueeze(-1)
-    return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-
-
 def summary_features(kind: str, tensors: dict[str, torch.Tensor]) -> np.ndarray:
     """A fixed-length summary (n, f) of each row's tensors (see the module docstring)."""
     if kind == "tabular":
         out = tensors["x"]
     elif kind == "bags":
-        out = _masked_mean(tensors["x"], tensors["mask"])
+        out = pool_tokens(tensors["x"], tensors["mask"])
     elif kind == "timeseries":
         values, observed = tensors["values"], tensors["observed"]
         count = observed.sum(dim=1)
@@ -506,7 +501,7 @@ class LateFusionNet(nn.Module):
             if tensors is None:
                 continue
             tokens, mask = _as_tokens(encoder(**tensors))
-            pooled = tokens.mean(dim=1) if mask is None else _masked_mean(tokens, mask)
+            pooled = pool_tokens(tokens, mask)
             logits.append(self.heads[m](pooled))
         return torch.stack(logits).mean(dim=0)
 

@@ -292,6 +292,20 @@ def add_direct(
     return output + sum(weights[m] / total * d for m, d in held.items())
 
 
+def merge_present(
+    blocks: Mapping[str, LegoBlock],
+    inputs: MultimodalInput,
+    present: Sequence[str],
+    latent_merge: str,
+    weights: Mapping[str, float],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """The present blocks' final latents merged (``latent_merge``, ``weights``) and each block's
+    direct output: what LegoMerge and ``merge``-mode LegoFuse compute before their head."""
+    parts = {m: blocks[m].encode_with_direct(inputs[m]) for m in present}
+    latent = merge_latents(latent_merge, [parts[m][0] for m in present], [weights[m] for m in present])
+    return latent, {m: parts[m][1] for m in present}
+
+
 def present_modalities(blocks: Mapping[str, nn.Module], inputs: MultimodalInput) -> list[str]:
     """Modalities with a block and a non-None input (inputs the model has no block for are
     ignored), or an error naming the accepted modalities if there are none."""
@@ -340,9 +354,7 @@ class LegoMerge(nn.Module):
 
     def _merged(self, inputs: MultimodalInput) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         present = present_modalities(self.blocks, inputs)
-        parts = {m: self.blocks[m].encode_with_direct(inputs[m]) for m in present}
-        latent = merge_latents(self.latent_merge, [parts[m][0] for m in present], [self.weights[m] for m in present])
-        return latent, {m: parts[m][1] for m in present}
+        return merge_present(self.blocks, inputs, present, self.latent_merge, self.weights)
 
     def forward(self, inputs: MultimodalInput) -> torch.Tensor:
         latent, directs = self._merged(inputs)
@@ -448,11 +460,7 @@ class LegoFuse(nn.Module):
     def _fused(self, inputs: MultimodalInput) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         present = self._present_in_order(inputs)
         if self.mode == "merge":
-            parts = {m: self.blocks[m].encode_with_direct(inputs[m]) for m in present}
-            latent = merge_latents(
-                self.latent_merge, [parts[m][0] for m in present], [self.weights[m] for m in present]
-            )
-            return latent, {m: parts[m][1] for m in present}
+            return merge_present(self.blocks, inputs, present, self.latent_merge, self.weights)
         tokens = {m: self.blocks[m].tokens(inputs[m]) for m in present}
         directs = {
             m: None if self.blocks[m].direct is None else self.blocks[m].direct(pool_tokens(*tokens[m]))
