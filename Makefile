@@ -10,12 +10,13 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 .PHONY: setup demo test lint docker-lint docker-e2e bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-# The example encoder plugin (plugins/) is installed too: tests run federations with it.
-$(VENV)/.installed: pyproject.toml plugins/fedlego-tabular-transformer/pyproject.toml
+# The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
+$(VENV)/.installed: pyproject.toml plugins/fedlego-tabular-transformer/pyproject.toml plugins/fedlego-code-sequences/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fedlego-tabular-transformer
+	$(PY) -m pip install --quiet --no-deps -e plugins/fedlego-code-sequences
 	touch $@
 
 setup: $(VENV)/.installed

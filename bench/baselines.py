@@ -51,6 +51,7 @@ from torch import nn
 
 from fedlego.common.aggregation import average_states
 from fedlego.common.config import TrainConfig
+from fedlego.common.data.kinds import modality_kind as registered_kind
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.encoders import SNN, IrregularTimeSeriesEncoder, SmallCNN, reference_encoder
 from fedlego.common.layers import LatentUpdate, TaskHead
@@ -95,7 +96,7 @@ class BaselineConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def modality_kind(tensors: dict[str, torch.Tensor]) -> str:
+def kind_of_tensors(tensors: dict[str, torch.Tensor]) -> str:
     """The modality kind a preprocessor's tensors come from, read from their keys and shapes."""
     keys = set(tensors)
     if keys == {"values", "observed", "times", "mask"}:
@@ -125,26 +126,8 @@ def _rows_targets(data: TensorSet, rows: np.ndarray) -> Targets:
 
 
 def summary_features(kind: str, tensors: dict[str, torch.Tensor]) -> np.ndarray:
-    """A fixed-length summary (n, f) of each row's tensors (see the module docstring)."""
-    if kind == "tabular":
-        out = tensors["x"]
-    elif kind == "bags":
-        out = pool_tokens(tensors["x"], tensors["mask"])
-    elif kind == "timeseries":
-        values, observed = tensors["values"], tensors["observed"]
-        count = observed.sum(dim=1)
-        mean = (values * observed).sum(dim=1) / count.clamp_min(1.0)
-        order = observed * torch.arange(1, values.shape[1] + 1, dtype=values.dtype)[None, :, None]
-        last = values.gather(1, order.argmax(dim=1, keepdim=True)).squeeze(1) * (count > 0)
-        visits = torch.log1p(tensors["mask"].sum(dim=1, keepdim=True))
-        out = torch.cat([mean, last, visits], dim=1)
-    elif kind == "image":
-        x = tensors["x"]
-        pooled = F.adaptive_avg_pool2d(x, 4).flatten(1)
-        out = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3)), x.amax(dim=(2, 3)), pooled], dim=1)
-    else:
-        raise ValueError(f"no summary features for modality kind {kind!r}")
-    return out.double().numpy()
+    """A fixed-length summary (n, f) of each row's tensors, as the kind defines it."""
+    return registered_kind(kind).summary_features(tensors).double().numpy()
 
 
 @dataclass
@@ -169,7 +152,7 @@ class FlatFeatures:
             rows = data.present[m].numpy()
             if not rows.any():
                 raise ValueError(f"no training patient holds modality {m!r}")
-            kind = modality_kind(data.inputs[m])
+            kind = kind_of_tensors(data.inputs[m])
             x = summary_features(kind, data.inputs[m])[rows]
             scaler = StandardScaler().fit(x)
             x = scaler.transform(x)
@@ -488,7 +471,7 @@ class LateFusionNet(nn.Module):
     ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(
-            {m: reference_encoder(modality_kind(x), x, width, dropout) for m, x in examples.items()}
+            {m: reference_encoder(kind_of_tensors(x), x, width, dropout) for m, x in examples.items()}
         )
         self.heads = nn.ModuleDict(
             {m: nn.Linear(_token_width(self.encoders[m], x), n_outputs) for m, x in examples.items()}
@@ -593,15 +576,21 @@ class InstanceTokens(nn.Module):
         return self.embed(x), mask.bool()
 
 
+TOKENISERS: dict[str, Callable[[dict[str, torch.Tensor], int, float], nn.Module]] = {
+    "tabular": lambda example, width, dropout: FeatureGroupTokens(example["x"].shape[1], width),
+    "bags": lambda example, width, dropout: InstanceTokens(example["x"].shape[2], width),
+    "timeseries": lambda example, width, dropout: IrregularTimeSeriesEncoder(
+        example["values"].shape[2], width=width, dropout=dropout
+    ),
+    "image": lambda example, width, dropout: SmallCNN(example["x"].shape[1], width=min(width, 32)),
+}
+"""The attention-fusion baseline's tokens per kind: feature groups, instances, visits with their
+times, CNN feature-map cells."""
+
+
 def _tokeniser(kind: str, example: dict[str, torch.Tensor], width: int, dropout: float) -> nn.Module:
-    """Tokens per kind: feature groups, instances, visits with their times, CNN feature-map cells."""
-    if kind == "tabular":
-        return FeatureGroupTokens(example["x"].shape[1], width)
-    if kind == "bags":
-        return InstanceTokens(example["x"].shape[2], width)
-    if kind == "timeseries":
-        return IrregularTimeSeriesEncoder(example["values"].shape[2], width=width, dropout=dropout)
-    return SmallCNN(example["x"].shape[1], width=min(width, 32))
+    """The kind's tokens for the attention-fusion baseline."""
+    return TOKENISERS[kind](example, width, dropout)
 
 
 class AttentionFusionNet(nn.Module):
@@ -621,7 +610,7 @@ class AttentionFusionNet(nn.Module):
         super().__init__()
         self.latent = nn.Parameter(torch.randn(latents, width) * 0.02)
         self.tokenisers = nn.ModuleDict(
-            {m: _tokeniser(modality_kind(x), x, width, dropout) for m, x in examples.items()}
+            {m: _tokeniser(kind_of_tensors(x), x, width, dropout) for m, x in examples.items()}
         )
         self.cross = nn.ModuleDict(
             {

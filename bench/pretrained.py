@@ -31,6 +31,7 @@ from quality import load_benchmark_dataset, metric, quick_config
 from standalone import command_line, write_page
 from weighting import paired_difference
 
+from fedlego.common.data.kinds.tabular import TabularKind
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.model_store import STORE_ENV, save_weights
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick:
                 config = quick_config(config)
             splits = dataset_splits(dataset, n_folds=1 if args.quick else config.n_folds, seed=config.seed)
-            for modality in [m for m in config.modalities if dataset.modalities[m].kind == "tabular"]:
+            for modality in [m for m in config.modalities if dataset.modalities[m].kind == TabularKind.name]:
                 records = []
                 for split in splits:
                     print(f"{name}/{modality}: fold {split.fold + 1}", file=sys.stderr, flush=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from fedlego.common.registry import Registry
 
 if TYPE_CHECKING:
     from fedlego.common.lego import LegoBlock
@@ -40,7 +42,8 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     }
 
 
-ROUND_AGGREGATIONS = ("mean", "median", "trimmed-mean")
+RoundAggregation = Callable[[Sequence[Mapping[str, torch.Tensor]], Sequence[float]], dict[str, torch.Tensor]]
+ROUND_AGGREGATIONS: Registry[RoundAggregation] = Registry("round-aggregation")
 """How a round combines the sites' parameters: FedAvg's sample-weighted mean, or the robust
 coordinate-wise median / trimmed mean (unweighted: a site's claimed patient count buys nothing)."""
 TRIM_FRACTION = 0.2
@@ -49,6 +52,29 @@ TRIM_FRACTION = 0.2
 
 def _stacked(states: Sequence[Mapping[str, torch.Tensor]], key: str) -> torch.Tensor:
     return torch.stack([s[key].double() for s in states])
+
+
+@ROUND_AGGREGATIONS.register("mean")
+def _mean_round(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """FedAvg: weighted by the sites' training patients."""
+    return average_states(states, weights)
+
+
+@ROUND_AGGREGATIONS.register("median")
+def _median_round(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """The coordinate-wise median of the sites' parameters."""
+    return {k: _stacked(states, k).median(dim=0).values.to(v.dtype) for k, v in states[0].items()}
+
+
+@ROUND_AGGREGATIONS.register("trimmed-mean")
+def _trimmed_round(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """The coordinate-wise mean without the ``TRIM_FRACTION`` highest and lowest sites (three or more)."""
+    trim = max(1, math.floor(TRIM_FRACTION * len(states))) if len(states) >= 3 else 0
+    combined = {}
+    for key, value in states[0].items():
+        ordered = _stacked(states, key).sort(dim=0).values
+        combined[key] = ordered[trim : len(states) - trim].mean(dim=0).to(value.dtype)
+    return combined
 
 
 def combine_states(
@@ -62,23 +88,12 @@ def combine_states(
     (the parameters the round sent), each site's update is first scaled down to at most
     ``norm_bound`` times the median update norm of the round, so one site cannot move the model
     further than the others do. ``method``: see ``ROUND_AGGREGATIONS``."""
-    if method not in ROUND_AGGREGATIONS:
-        raise ValueError(f"unknown round aggregation {method!r}; choose {', '.join(ROUND_AGGREGATIONS)}")
+    aggregate = ROUND_AGGREGATIONS[method]
     if not states:
         raise ValueError("nothing to aggregate")
     if norm_bound > 0 and reference is not None:
         states = bound_updates(reference, states, norm_bound)
-    if method == "mean":
-        return average_states(states, weights)
-    keys, dtypes = list(states[0]), {k: v.dtype for k, v in states[0].items()}
-    if method == "median":
-        return {k: _stacked(states, k).median(dim=0).values.to(dtypes[k]) for k in keys}
-    trim = max(1, math.floor(TRIM_FRACTION * len(states))) if len(states) >= 3 else 0
-    combined = {}
-    for key in keys:
-        ordered = _stacked(states, key).sort(dim=0).values
-        combined[key] = ordered[trim : len(states) - trim].mean(dim=0).to(dtypes[key])
-    return combined
+    return aggregate(states, weights)
 
 
 def bound_updates(
@@ -150,22 +165,51 @@ def _score_or_chance(score: float | None) -> float:
     return 0.5 if score is None or not math.isfinite(score) else float(score)
 
 
-def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
-    """Merge weights per modality: uniform, by sample count, by validation score, or given.
+FUSE_AGGREGATIONS: Registry[Callable[[float], float]] = Registry("fuse-aggregation")
+"""The local objective of the fuse rounds: the proximal weight each name gives its training."""
 
-    ``validation`` uses max(score - 0.5, 0.01): skill above chance for c-index and AUC; a block
-    without a usable score (none, or NaN when its validation set had no comparable pair) counts
-    as chance.
-    """
+
+@FUSE_AGGREGATIONS.register("fedavg")
+def _fedavg_proximal(proximal_mu: float) -> float:
+    """FedAvg: the plain local loss."""
+    return 0.0
+
+
+@FUSE_AGGREGATIONS.register("fedprox")
+def _fedprox_proximal(proximal_mu: float) -> float:
+    """FedProx: the local loss plus ``proximal_mu / 2`` times the squared distance from the round's start."""
+    return proximal_mu
+
+
+Weighting = Callable[[Mapping[str, "LegoBlock"]], dict[str, float]]
+WEIGHTINGS: Registry[Weighting] = Registry("weighting")
+"""How LegoMerge weighs the blocks (the weights are renormalised over the blocks present)."""
+
+
+@WEIGHTINGS.register("uniform")
+def _uniform_weights(blocks: Mapping[str, LegoBlock]) -> dict[str, float]:
+    """Every block alike (the default: chosen on the panel's validation patients)."""
+    return dict.fromkeys(blocks, 1.0)
+
+
+@WEIGHTINGS.register("samples")
+def _sample_weights(blocks: Mapping[str, LegoBlock]) -> dict[str, float]:
+    """By the block's training patients."""
+    return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
+
+
+@WEIGHTINGS.register("validation")
+def _validation_weights(blocks: Mapping[str, LegoBlock]) -> dict[str, float]:
+    """max(score - 0.5, 0.01): skill above chance for c-index and AUC; a block without a usable
+    score (none, or NaN when its validation set had no comparable pair) counts as chance."""
+    return {m: max(_score_or_chance(b.validation_score) - 0.5, 0.01) for m, b in blocks.items()}
+
+
+def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, float]) -> dict[str, float]:
+    """Merge weights per modality: a registered weighting (``WEIGHTINGS``) or given per modality."""
     if isinstance(scheme, Mapping):
         missing = set(blocks) - set(scheme)
         if missing:
             raise ValueError(f"merge weights missing for {sorted(missing)}")
         return {m: float(scheme[m]) for m in blocks}
-    if scheme == "uniform":
-        return dict.fromkeys(blocks, 1.0)
-    if scheme == "samples":
-        return {m: float(max(b.n_samples, 1)) for m, b in blocks.items()}
-    if scheme == "validation":
-        return {m: max(_score_or_chance(b.validation_score) - 0.5, 0.01) for m, b in blocks.items()}
-    raise ValueError(f"unknown weighting {scheme!r}; choose uniform, samples or validation")
+    return WEIGHTINGS[scheme](blocks)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedlego.common.disclosure import DEFAULT_MIN_CELL
+from fedlego.common.registry import registered_names
 
 if TYPE_CHECKING:  # the CLI imports this module on every command: no torch at import time
     from fedlego.common.lego import LatentContract
@@ -357,15 +358,17 @@ SECTIONS = (
 )
 CHOICES = {
     "dataset": ("tcga-acc", "pbc", "synthetic"),
-    "fuse-aggregation": ("fedavg", "fedprox"),
-    "round-aggregation": ("mean", "median", "trimmed-mean"),
-    "fuse-mode": ("merge", "stack", "weave"),
-    "latent-merge": ("harmonic", "mean", "sum"),
-    "head-merge": ("slerp", "linear"),
-    "weighting": ("uniform", "samples", "validation"),
+    "fuse-aggregation": registered_names("aggregation", "FUSE_AGGREGATIONS"),
+    "round-aggregation": registered_names("aggregation", "ROUND_AGGREGATIONS"),
+    "fuse-mode": registered_names("lego", "FUSE_MODES"),
+    "latent-merge": registered_names("merging", "LATENT_MERGES"),
+    "head-merge": registered_names("merging", "HEAD_MERGES"),
+    "weighting": registered_names("aggregation", "WEIGHTINGS"),
     "task": ("survival", "binary"),
     "layout": ("modality-sites", "pooled"),
 }
+"""The allowed values of the choice options; the methods' names come from their registries
+(``common.registry``), read without importing torch."""
 
 
 @dataclass

@@ -230,24 +230,13 @@ def reference_encoder_spec(kind: str, tensors: dict[str, torch.Tensor], width: i
 
     A spec is ``{"name", "kwargs", "example"}``: the factory name, its keyword arguments and the
     per-patient shape of every input tensor (for rebuilding the block elsewhere)."""
-    if kind == "tabular":
-        name, kwargs = "snn", {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout}
-    elif kind == "bags":
-        name, kwargs = (
-            "gated-attention-mil",
-            {"in_features": tensors["x"].shape[-1], "width": width, "dropout": dropout},
-        )
-    elif kind == "timeseries":
-        n_variables = tensors["values"].shape[-1]
-        name, kwargs = "irregular-time-series", {"n_variables": n_variables, "width": width, "dropout": dropout}
-    elif kind == "image":
-        name, kwargs = "small-cnn", {"in_channels": tensors["x"].shape[1], "width": min(width, 32)}
-    else:
-        raise ValueError(f"no reference encoder for modality kind {kind!r}")
+    from fedlego.common.data.kinds import modality_kind  # the data layer is not needed to build encoders
+
+    name, kwargs = modality_kind(kind).reference_encoder(tensors, width, dropout)
     return {
         "name": name,
         "kwargs": {k: int(v) if isinstance(v, int) else v for k, v in kwargs.items()},
-        "example": {key: [int(s) for s in value.shape[1:]] for key, value in tensors.items()},
+        "example": {key: _example_entry(value) for key, value in tensors.items()},
     }
 
 

@@ -9,7 +9,7 @@ tensor or a dict of tensors passed to the encoder as keyword arguments, and a mi
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import nn
 from fedlego.common.aggregation import block_weights
 from fedlego.common.layers import LatentUpdate, TaskHead
 from fedlego.common.merging import merge_latents, merge_state_dicts
+from fedlego.common.registry import Registry
 
 ModalityInput = torch.Tensor | Mapping[str, torch.Tensor]
 MultimodalInput = Mapping[str, ModalityInput | None]
@@ -361,9 +362,62 @@ class LegoMerge(nn.Module):
         return add_direct(self.head(latent), directs, self.weights)
 
 
-FUSE_MODES = ("merge", "stack", "weave")
+FuseTopology = Callable[["LegoFuse", MultimodalInput, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor | None]]]
+FUSE_MODES: Registry[FuseTopology] = Registry("fuse-mode")
 """LegoFuse topologies: ``merge`` (the merged model, fine-tuned; the default) and the authors'
-``stack`` and ``weave`` (ablations)."""
+``stack`` and ``weave`` (ablations). Each gives the fused latent of the present modalities (in
+``order``) and their direct outputs."""
+
+
+@FUSE_MODES.register("merge")
+def _merge_topology(
+    fuse: LegoFuse, inputs: MultimodalInput, present: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """Each block refines its own latent; the latents are combined as LegoMerge combines them."""
+    return merge_present(fuse.blocks, inputs, present, fuse.latent_merge, fuse.weights)
+
+
+def _shared_start(
+    fuse: LegoFuse, inputs: MultimodalInput, present: list[str]
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor | None]], dict[str, torch.Tensor | None], torch.Tensor]:
+    """Tokens and direct outputs of the present blocks, and the mean of their latent arrays."""
+    tokens = {m: fuse.blocks[m].tokens(inputs[m]) for m in present}
+    directs = {
+        m: None if fuse.blocks[m].direct is None else fuse.blocks[m].direct(pool_tokens(*tokens[m])) for m in present
+    }
+    batch = next(iter(tokens.values()))[0].shape[0]
+    state = torch.stack([fuse.blocks[m].latent for m in present]).mean(dim=0).expand(batch, -1, -1)
+    return tokens, directs, state
+
+
+@FUSE_MODES.register("stack")
+def _stack_topology(
+    fuse: LegoFuse, inputs: MultimodalInput, present: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """The latent state passes from block to block, each running all its updates."""
+    tokens, directs, state = _shared_start(fuse, inputs, present)
+    for position, m in enumerate(present):
+        latent = fuse.blocks[m].refine(state, *tokens[m])
+        if position < len(present) - 1:
+            state = to_spatial(latent)
+    return latent, directs
+
+
+@FUSE_MODES.register("weave")
+def _weave_topology(
+    fuse: LegoFuse, inputs: MultimodalInput, present: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """Update step s of every block in turn, then step s + 1, on one shared state."""
+    tokens, directs, state = _shared_start(fuse, inputs, present)
+    schedule = [
+        (step, m)
+        for step in range(max(len(fuse.blocks[m].updates) for m in present))
+        for m in present
+        if step < len(fuse.blocks[m].updates)
+    ]
+    for position, (step, m) in enumerate(schedule):
+        state = fuse.blocks[m].apply_update(step, state, *tokens[m], final=position == len(schedule) - 1)
+    return state, directs
 
 
 class LegoFuse(nn.Module):
@@ -401,8 +455,7 @@ class LegoFuse(nn.Module):
         anchor: float = 0.0,
     ) -> None:
         super().__init__()
-        if mode not in FUSE_MODES:
-            raise ValueError(f"unknown fusion mode {mode!r}; choose {', '.join(FUSE_MODES)}")
+        self.topology = FUSE_MODES[mode]
         if anchor < 0:
             raise ValueError(f"the anchor penalty must be at least 0, got {anchor}")
         items = _as_block_dict(blocks)
@@ -458,31 +511,7 @@ class LegoFuse(nn.Module):
         return self._fused(inputs)[0]
 
     def _fused(self, inputs: MultimodalInput) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-        present = self._present_in_order(inputs)
-        if self.mode == "merge":
-            return merge_present(self.blocks, inputs, present, self.latent_merge, self.weights)
-        tokens = {m: self.blocks[m].tokens(inputs[m]) for m in present}
-        directs = {
-            m: None if self.blocks[m].direct is None else self.blocks[m].direct(pool_tokens(*tokens[m]))
-            for m in present
-        }
-        batch = next(iter(tokens.values()))[0].shape[0]
-        state = torch.stack([self.blocks[m].latent for m in present]).mean(dim=0).expand(batch, -1, -1)
-        if self.mode == "stack":
-            for position, m in enumerate(present):
-                latent = self.blocks[m].refine(state, *tokens[m])
-                if position < len(present) - 1:
-                    state = to_spatial(latent)
-            return latent, directs
-        schedule = [
-            (step, m)
-            for step in range(max(len(self.blocks[m].updates) for m in present))
-            for m in present
-            if step < len(self.blocks[m].updates)
-        ]
-        for position, (step, m) in enumerate(schedule):
-            state = self.blocks[m].apply_update(step, state, *tokens[m], final=position == len(schedule) - 1)
-        return state, directs
+        return self.topology(self, inputs, self._present_in_order(inputs))
 
     def forward(self, inputs: MultimodalInput) -> torch.Tensor:
         latent, directs = self._fused(inputs)

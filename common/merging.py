@@ -18,19 +18,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fedlego.common.registry import Registry
+
 LatentMerge = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
 HeadMerge = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
 
-LATENT_MERGES: dict[str, LatentMerge] = {}
-HEAD_MERGES: dict[str, HeadMerge] = {}
-
-
-def _register(registry: dict, name: str) -> Callable:
-    def add(fn: Callable) -> Callable:
-        registry[name] = fn
-        return fn
-
-    return add
+LATENT_MERGES: Registry[LatentMerge] = Registry("latent-merge")
+HEAD_MERGES: Registry[HeadMerge] = Registry("head-merge")
 
 
 def normalise_weights(weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -55,7 +49,7 @@ CANCELLED_PHASORS = 64
 blocks' phases cancel (e.g. real components of opposite signs under equal weights)."""
 
 
-@_register(LATENT_MERGES, "harmonic")
+@LATENT_MERGES.register("harmonic")
 def harmonic_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Weighted harmonic mean of magnitudes with a weighted circular mean of phases.
 
@@ -87,14 +81,14 @@ def harmonic_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor
     return torch.polar(merged_magnitude, torch.angle(resultant))
 
 
-@_register(LATENT_MERGES, "mean")
+@LATENT_MERGES.register("mean")
 def mean_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Weighted arithmetic mean of the (complex) latents: sum_i w_i z_i."""
     stacked = torch.stack(list(latents))
     return (_broadcast(weights, stacked) * stacked).sum(dim=0)
 
 
-@_register(LATENT_MERGES, "sum")
+@LATENT_MERGES.register("sum")
 def sum_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Unweighted sum of the latents (weights ignored).
 
@@ -104,14 +98,14 @@ def sum_latent_merge(latents: Sequence[torch.Tensor], weights: torch.Tensor) -> 
     return torch.stack(list(latents)).sum(dim=0)
 
 
-@_register(HEAD_MERGES, "linear")
+@HEAD_MERGES.register("linear")
 def linear_head_merge(tensors: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Weighted linear interpolation: sum_i w_i theta_i."""
     stacked = torch.stack(list(tensors))
     return (_broadcast(weights, stacked) * stacked).sum(dim=0).to(stacked.dtype)
 
 
-@_register(HEAD_MERGES, "slerp")
+@HEAD_MERGES.register("slerp")
 def slerp_head_merge(
     tensors: Sequence[torch.Tensor],
     weights: torch.Tensor,
@@ -161,19 +155,17 @@ def merge_latents(
     method: str, latents: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
     """Merge latents with a registered method; weights are renormalised over the given latents."""
-    if method not in LATENT_MERGES:
-        raise ValueError(f"unknown latent merge {method!r}; choose from {sorted(LATENT_MERGES)}")
+    merge = LATENT_MERGES[method]
     if len(latents) == 1:
         return latents[0]
-    return LATENT_MERGES[method](latents, normalise_weights(weights))
+    return merge(latents, normalise_weights(weights))
 
 
 def merge_state_dicts(
     method: str, states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Merge N state dicts of identical keys and shapes tensor by tensor with a head merge."""
-    if method not in HEAD_MERGES:
-        raise ValueError(f"unknown head merge {method!r}; choose from {sorted(HEAD_MERGES)}")
+    merge = HEAD_MERGES[method]
     if not states:
         raise ValueError("cannot merge an empty list of heads")
     keys = list(states[0])
@@ -189,5 +181,4 @@ def merge_state_dicts(
     if len(states) == 1:
         return {key: value.detach().clone() for key, value in states[0].items()}
     w = normalise_weights(weights)
-    merge = HEAD_MERGES[method]
     return {key: merge([s[key].detach() for s in states], w) for key in keys}

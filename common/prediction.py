@@ -26,6 +26,7 @@ from torch import nn
 
 from fedlego.common.data.dataset import ModalityData
 from fedlego.common.data.errors import SiteDataError
+from fedlego.common.data.kinds import modality_kind
 from fedlego.common.data.preprocess import Preprocessor, preprocessor_from_dict
 from fedlego.common.data.sitefolder import read_site_modalities
 from fedlego.common.data.tensors import TensorSet
@@ -140,43 +141,9 @@ def _preprocessor(block: LegoBlock, data: ModalityData) -> Preprocessor:
             data.source,
             f"modality '{data.name}' is {data.kind} data, the model's block was trained on {preprocessor.kind}",
         )
-    if data.kind == "timeseries":
-        assert data.table is not None
-        seen = set(data.table["variable"].unique())
-        missing = [v for v in fitted["variables"] if v not in seen]
-        if len(missing) == len(fitted["variables"]):
-            raise SiteDataError(
-                data.source, f"none of the variables the model was trained on is present ({missing})", "variable"
-            )
-        if missing:
-            warnings.warn(
-                f"{data.source}: variables the model was trained on never appear (treated as unobserved): {missing}",
-                PredictionWarning,
-                stacklevel=3,
-            )
-    if data.kind == "tabular":
-        _warn_unseen_categories(data, fitted)
+    for warning in modality_kind(data.kind).prediction_warnings(data, fitted):
+        warnings.warn(warning, PredictionWarning, stacklevel=3)
     return preprocessor
-
-
-def _warn_unseen_categories(data: ModalityData, fitted: Mapping) -> None:
-    """A warning per categorical column holding values outside the model's categories (they are
-    encoded as none of them, like the rare categories cut at training)."""
-    assert data.table is not None
-    for column in fitted.get("categorical", []):
-        if column["name"] not in data.table.columns:
-            continue  # the transform names missing columns
-        values = data.table[column["name"]].dropna().map(str)
-        unseen = values[~values.isin(column["categories"])]
-        if len(unseen):
-            shown = sorted(unseen.unique())[:5]
-            warnings.warn(
-                f"{data.source}: column {column['name']!r}: {len(unseen)} patients hold values the model has no "
-                f"category for ({', '.join(map(repr, shown))}{', ...' if unseen.nunique() > 5 else ''}): "
-                "encoded as none of its categories",
-                PredictionWarning,
-                stacklevel=3,
-            )
 
 
 def _score_columns(task: Task, logits: torch.Tensor) -> dict[str, object]:

@@ -243,13 +243,14 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from fedlego.common.data.kinds.tabular import TabularKind
     from fedlego.common.data.sitefolder import read_site_folder
     from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set
     from fedlego.common.model_store import add_to_store, save_weights, store_folder
     from fedlego.common.pretraining import PretrainConfig, pretrain_tabular_encoder
 
     data = read_site_folder(args.data)
-    if args.modality not in data.dataset.modalities or data.dataset.modalities[args.modality].kind != "tabular":
+    if args.modality not in data.dataset.modalities or data.dataset.modalities[args.modality].kind != TabularKind.name:
         raise ValueError(
             f"{args.data}: no tabular modality {args.modality!r} (it has {sorted(data.dataset.modalities)})"
         )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedlego.common.aggregation import combine_states, dp_average_updates
+from fedlego.common.aggregation import FUSE_AGGREGATIONS, combine_states, dp_average_updates
 from fedlego.common.config import RunConfig
 from fedlego.common.data.presets import preprocessing_for
 from fedlego.common.lego import LegoBlock, LegoMerge
@@ -467,7 +467,7 @@ class Federation:
         self.log(f"phase fuse: {rounds_config.fuse_rounds} rounds on {len(paired)} paired sites")
         model = fuse_model(blocks, self.settings.fuse, self.settings.merge)
         base = serialize(self._sign(fused_to_package(model, block_packages, self.run_id)))
-        mu = rounds_config.proximal_mu if rounds_config.fuse_aggregation == "fedprox" else 0.0
+        mu = FUSE_AGGREGATIONS[rounds_config.fuse_aggregation](rounds_config.proximal_mu)
         training = self.settings.training
         fuse_training = replace(
             training,

@@ -12,7 +12,7 @@ from baselines import (
     BaselineConfig,
     FedAvgBaseline,
     fit_baseline,
-    modality_kind,
+    kind_of_tensors,
     site_rows,
 )
 
@@ -87,7 +87,7 @@ def strong_fits(strong):
 
 def test_modality_kinds_read_from_tensors(mixed):
     train = mixed[0]
-    assert {m: modality_kind(train.inputs[m]) for m in train.inputs} == {
+    assert {m: kind_of_tensors(train.inputs[m]) for m in train.inputs} == {
         "omics": "tabular",
         "labs": "timeseries",
         "slides": "bags",

@@ -21,9 +21,7 @@ def complex_latent(seed: int, shape=(3, 4, 5)) -> torch.Tensor:
     return torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
 
 
-def test_registries_hold_the_documented_methods():
-    assert set(LATENT_MERGES) == {"harmonic", "mean", "sum"}
-    assert set(HEAD_MERGES) == {"slerp", "linear"}
+def test_every_registered_method_is_documented():
     for fn in [*LATENT_MERGES.values(), *HEAD_MERGES.values()]:
         assert fn.__doc__ and len(fn.__doc__) > 40
 

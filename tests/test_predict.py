@@ -18,6 +18,7 @@ from fedlego.client.runtime import SiteRuntime, evaluable_models
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.dataset import ModalityData
 from fedlego.common.data.errors import SiteDataError
+from fedlego.common.data.kinds import modality_kind
 from fedlego.common.data.preprocess import TabularPreprocessor
 from fedlego.common.data.scenarios import SiteSpec
 from fedlego.common.data.sitefolder import DEFAULT_ROLE_SALT, hash_roles, write_site_folder
@@ -32,7 +33,7 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
-from fedlego.common.prediction import PredictionError, PredictionWarning, _warn_unseen_categories, predict_folder
+from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder
 from fedlego.common.protocol import EvaluateReply
 from fedlego.common.signing import COORDINATOR, generate_signing_key, public_key_pem, sign_package
 from fedlego.common.training import predict
@@ -264,7 +265,9 @@ def test_values_outside_the_models_categories_are_reported(tmp_path: Path) -> No
     preprocessor = TabularPreprocessor()
     preprocessor.fit(ModalityData("clin", "tabular", "train.csv", table=train), list("abcd"))
     new = pd.DataFrame({"stage": ["I", "IV", "IV", None], "age": [55.0, 61.0, 62.0, 70.0]}, index=list("wxyz"))
-    with pytest.warns(PredictionWarning, match=r"new\.csv: column 'stage': 2 patients hold values .*'IV'"):
-        _warn_unseen_categories(ModalityData("clin", "tabular", "new.csv", table=new), preprocessor.fitted)
+    (warning,) = modality_kind("tabular").prediction_warnings(
+        ModalityData("clin", "tabular", "new.csv", table=new), preprocessor.fitted
+    )
+    assert re.search(r"new\.csv: column 'stage': 2 patients hold values .*'IV'", warning)
     tensors, _ = preprocessor.transform(ModalityData("clin", "tabular", "new.csv", table=new), list("wxyz"))
     assert tensors["x"][1, 1:].abs().sum() == 0  # encoded as none of the categories

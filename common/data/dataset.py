@@ -12,15 +12,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-ModalityKind = Literal["tabular", "timeseries", "image", "bags"]
 TaskKind = Literal["survival", "binary", "multiclass"]
-MODALITY_KINDS: tuple[str, ...] = ("tabular", "timeseries", "image", "bags")
 TASK_KINDS: tuple[str, ...] = ("survival", "binary", "multiclass")
 
 
 @dataclass
 class ModalityData:
-    """Raw data of one modality.
+    """Raw data of one modality, held as its kind says (``common.data.kinds``); the built-in kinds:
 
     - ``tabular``: ``table`` is a wide DataFrame indexed by patient id (index name ``id``), one
       row per patient, one column per feature (numeric or categorical).
@@ -33,36 +31,22 @@ class ModalityData:
     """
 
     name: str
-    kind: ModalityKind
+    kind: str
     source: str
     table: pd.DataFrame | None = None
     arrays: dict[str, np.ndarray] | None = None
 
     def patient_ids(self) -> list[str]:
         """Sorted ids of the patients that have this modality."""
-        if self.kind == "tabular":
-            assert self.table is not None
-            return sorted(map(str, self.table.index))
-        if self.kind == "timeseries":
-            assert self.table is not None
-            return sorted(map(str, self.table["id"].unique()))
-        assert self.arrays is not None
-        return sorted(self.arrays)
+        from .kinds import modality_kind  # the kinds build ModalityData: imported on use
+
+        return modality_kind(self.kind).patient_ids(self)
 
     def subset(self, ids: list[str] | set[str]) -> ModalityData:
         """The same modality restricted to the given patients (absent ids are ignored)."""
-        keep = set(ids)
-        if self.kind == "tabular":
-            assert self.table is not None
-            table = self.table.loc[[i for i in self.table.index if i in keep]]
-            return ModalityData(self.name, self.kind, self.source, table=table)
-        if self.kind == "timeseries":
-            assert self.table is not None
-            table = self.table[self.table["id"].isin(keep)]
-            return ModalityData(self.name, self.kind, self.source, table=table)
-        assert self.arrays is not None
-        arrays = {k: v for k, v in self.arrays.items() if k in keep}
-        return ModalityData(self.name, self.kind, self.source, arrays=arrays)
+        from .kinds import modality_kind
+
+        return modality_kind(self.kind).subset(self, set(ids))
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
+from .dataset import TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
 
 NUMERIC_FRACTION = 0.9
@@ -280,16 +280,10 @@ def read_bags(path: str | Path, name: str) -> ModalityData:
 
 
 def read_modality(path: str | Path, name: str, kind: str) -> ModalityData:
-    """Read one modality of the given kind (``tabular``, ``timeseries``, ``image``, ``bags``)."""
-    readers = {
-        "tabular": read_tabular,
-        "timeseries": read_timeseries,
-        "image": read_images,
-        "bags": read_bags,
-    }
-    if kind not in readers:
-        raise ValueError(f"unknown modality kind {kind!r}; expected one of {MODALITY_KINDS}")
-    return readers[kind](path, name)
+    """Read one modality with its kind's reader (``common.data.kinds``; plugins included)."""
+    from .kinds import modality_kind  # the kinds use this module's readers: imported on use
+
+    return modality_kind(kind).read(Path(path), name)
 
 
 # --------------------------------------------------------------------------- labels, dataset

@@ -5,7 +5,8 @@ so that it can travel inside a model package between hospitals; nothing is pickl
 
 ``transform(data, ids)`` returns ``(tensors, present)``: float32 tensors whose first dimension
 follows ``ids`` (patients without this modality get zeros) and a bool array marking who has it.
-Encoders are called as ``encoder(**tensors)``. Tensor keys per kind:
+Encoders are called as ``encoder(**tensors)``. Tensor keys per built-in kind (each kind names its
+own in ``ModalityKind.inputs``; ``common.data.kinds``):
 
 - ``tabular``: ``x`` (n, F)
 - ``timeseries``: ``values`` (n, T, V), ``observed`` (n, T, V), ``times`` (n, T) in years,
@@ -34,6 +35,7 @@ from fedlego.common.disclosure import DisclosureError, below_threshold, round_si
 
 from .dataset import ModalityData
 from .errors import SiteDataError
+from .kinds import kind_names, known_kind, modality_kind, unknown_kind_message
 
 Tensors = dict[str, torch.Tensor]
 MIN_STD = 1e-12
@@ -141,6 +143,12 @@ class Preprocessor(ABC):
     def describe(self) -> dict[str, list[int | None]]:
         """Per-patient shape of each tensor (None for dimensions that vary between batches)."""
 
+    @classmethod
+    def fit_problem(cls, fit: dict[str, Any]) -> str | None:
+        """Why a fitted state breaks this kind's typed schema (field types, matching lengths,
+        positive spreads), or None. Checked before a state from another party is used."""
+        return None
+
     @property
     def fitted(self) -> dict[str, Any]:
         """The fitted part of the state (raises if not fitted yet)."""
@@ -170,6 +178,10 @@ class TabularPreprocessor(Preprocessor):
     ``x`` holds the numeric columns first, then the one-hot blocks, in the fitted column order."""
 
     kind = "tabular"
+
+    @classmethod
+    def fit_problem(cls, fit: dict[str, Any]) -> str | None:
+        return _tabular_fit_problem(fit)
 
     def __init__(self, log_transform: bool | Sequence[str] = False, max_categories: int = 20):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
@@ -256,6 +268,10 @@ class TimeSeriesPreprocessor(Preprocessor):
     patient's tensors to that length nor dominates the compute."""
 
     kind = "timeseries"
+
+    @classmethod
+    def fit_problem(cls, fit: dict[str, Any]) -> str | None:
+        return _timeseries_fit_problem(fit)
 
     def __init__(self, log_transform: bool | Sequence[str] = False, max_visits: int = DEFAULT_MAX_VISITS):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
@@ -359,6 +375,10 @@ class ImagePreprocessor(Preprocessor):
 
     kind = "image"
 
+    @classmethod
+    def fit_problem(cls, fit: dict[str, Any]) -> str | None:
+        return _image_fit_problem(fit)
+
     def _checked(self, data: ModalityData, ids: Sequence[str], shape: tuple[int, ...]) -> None:
         assert data.arrays is not None
         odd = [i for i in ids if i in data.arrays and _chw_shape(data.arrays[i]) != shape]
@@ -404,6 +424,10 @@ class BagPreprocessor(Preprocessor):
     requested bag B (``mask`` marks real instances)."""
 
     kind = "bags"
+
+    @classmethod
+    def fit_problem(cls, fit: dict[str, Any]) -> str | None:
+        return _bags_fit_problem(fit)
 
     def _checked(self, data: ModalityData, ids: Sequence[str], width: int) -> None:
         assert data.arrays is not None
@@ -452,19 +476,9 @@ class BagPreprocessor(Preprocessor):
         return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask)}, present
 
 
-PREPROCESSORS: dict[str, type[Preprocessor]] = {
-    "tabular": TabularPreprocessor,
-    "timeseries": TimeSeriesPreprocessor,
-    "image": ImagePreprocessor,
-    "bags": BagPreprocessor,
-}
-
-
 def make_preprocessor(kind: str, **options: Any) -> Preprocessor:
     """An unfitted preprocessor for a modality kind (options as in its class)."""
-    if kind not in PREPROCESSORS:
-        raise ValueError(f"unknown modality kind {kind!r}; expected one of {list(PREPROCESSORS)}")
-    return PREPROCESSORS[kind](**options)
+    return modality_kind(kind).preprocessor(**options)
 
 
 MAX_STATE_LIST = 100_000
@@ -543,27 +557,18 @@ def _bags_fit_problem(fit: dict[str, Any]) -> str | None:
     return _list_of(fit.get("mean"), "fit.mean", float) or _statistics_problem(fit, "fit", len(fit["mean"]))
 
 
-FIT_PROBLEMS = {
-    "tabular": _tabular_fit_problem,
-    "timeseries": _timeseries_fit_problem,
-    "image": _image_fit_problem,
-    "bags": _bags_fit_problem,
-}
-"""The typed schema of each preprocessor kind's fitted state (why a state breaks it, or None)."""
-
-
 def state_problem(state: Any) -> str | None:
     """What makes a preprocessing state (as it travels in a package) unusable or hostile, or None:
     a kind without a preprocessor, a non-finite statistic, an over-long list, too many categories,
-    a fitted state that breaks its kind's typed schema (``FIT_PROBLEMS``: field types, matching
-    lengths, positive spreads). Checked before any site applies the state to its patients."""
-    if not isinstance(state, dict) or not isinstance(state.get("kind"), str) or state["kind"] not in PREPROCESSORS:
-        return f"the state must be an object with a kind in {sorted(PREPROCESSORS)}"
+    a fitted state that breaks its kind's typed schema (``Preprocessor.fit_problem``: field types,
+    matching lengths, positive spreads). Checked before any site applies the state to its patients."""
+    if not isinstance(state, dict) or not known_kind(state.get("kind")):
+        return f"the state must be an object with a kind in {list(kind_names())}"
     if not isinstance(state.get("options"), dict) or not isinstance(state.get("fit"), dict | None):
         return "the state needs an 'options' object and a 'fit' object"
     problem = _bounded_values_problem(state)
-    if problem is None and state.get("fit") is not None and state["kind"] in FIT_PROBLEMS:
-        problem = FIT_PROBLEMS[state["kind"]](state["fit"])
+    if problem is None and state.get("fit") is not None:
+        problem = modality_kind(state["kind"]).preprocessor.fit_problem(state["fit"])
     return problem
 
 
@@ -594,6 +599,6 @@ def _bounded_values_problem(state: dict[str, Any]) -> str | None:
 def preprocessor_from_dict(state: dict[str, Any]) -> Preprocessor:
     """A fitted preprocessor from the dict made by ``to_dict()``."""
     kind = state.get("kind")
-    if kind not in PREPROCESSORS:
-        raise ValueError(f"unknown preprocessor kind {kind!r}")
-    return PREPROCESSORS[kind].from_dict(state)
+    if not known_kind(kind):
+        raise ValueError(f"preprocessing state: {unknown_kind_message(kind)}")
+    return modality_kind(kind).preprocessor.from_dict(state)

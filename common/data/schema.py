@@ -72,8 +72,9 @@ import pandera.pandas as pa
 
 from fedlego.common.disclosure import DEFAULT_MIN_CELL
 
-from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData
+from .dataset import TASK_KINDS, Labels, ModalityData
 from .errors import SiteDataError
+from .kinds import kind_names, modality_kind
 
 if TYPE_CHECKING:
     from .sitefolder import SiteData
@@ -868,9 +869,37 @@ class BagsSpec:
         ]
 
 
-ModalitySpec = TabularSpec | TimeseriesSpec | ImageSpec | BagsSpec
-MODALITY_SPECS: dict[str, type[ModalitySpec]] = {s.kind: s for s in (TabularSpec, TimeseriesSpec, ImageSpec, BagsSpec)}
-"""Modality kind -> its spec class (``from_data``, ``from_dict``, ``to_dict``, ``check``)."""
+# --------------------------------------------------------------------------- kinds without a spec
+
+
+@dataclass(frozen=True)
+class UncheckedSpec:
+    """A kind whose module gives no schema spec (a plugin's choice): the schema records the kind
+    and checks nothing more."""
+
+    kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> UncheckedSpec:
+        return cls(_object(raw, where, ("kind",))["kind"])
+
+    @classmethod
+    def from_data(cls, data: ModalityData, min_cell: int, units: Mapping[str, str]) -> UncheckedSpec:
+        return cls(data.kind)
+
+    def check(self, data: ModalityData, where: _Where) -> list[SchemaProblem]:
+        return []
+
+
+ModalitySpec = TabularSpec | TimeseriesSpec | ImageSpec | BagsSpec | UncheckedSpec
+
+
+def spec_class(kind: str) -> Any:
+    """The spec class of a modality kind (``from_data``, ``from_dict``, ``to_dict``, ``check``)."""
+    return modality_kind(kind).schema_spec or UncheckedSpec
 
 
 # --------------------------------------------------------------------------- the schema
@@ -935,8 +964,8 @@ class ConsortiumSchema:
 
 
 def _modality_from_dict(raw: Any, where: str) -> ModalitySpec:
-    kind = _choice(_object(raw, where, ("kind",), None)["kind"], _at(where, "kind"), MODALITY_KINDS)
-    return MODALITY_SPECS[kind].from_dict(raw, where)
+    kind = _choice(_object(raw, where, ("kind",), None)["kind"], _at(where, "kind"), kind_names())
+    return spec_class(kind).from_dict(raw, where)
 
 
 def schema_from_site(
@@ -956,7 +985,7 @@ def schema_from_site(
     units = units or {}
     labels = site.dataset.labels
     modalities = {
-        name: MODALITY_SPECS[data.kind].from_data(data, min_cell, units.get(name, {}))
+        name: spec_class(data.kind).from_data(data, min_cell, units.get(name, {}))
         for name, data in site.dataset.modalities.items()
     }
     return ConsortiumSchema(labels.task, LABEL_SPECS[labels.task](labels, min_cell, time_unit), modalities, min_cell)

@@ -23,6 +23,7 @@ from fedlego.common.disclosure import DEFAULT_MIN_CELL, effective_min_cell
 
 from .errors import SiteDataError
 from .formats import read_labels, read_modality
+from .kinds import modality_kind
 from .sitefolder import MANIFEST, SiteData, _read_manifest, identifier_problems, load_site_folder
 
 MOSTLY_MISSING = 0.9
@@ -158,9 +159,10 @@ def _modality_warnings(site: SiteData, min_cell: int, refused: set[tuple[str, st
                 f"{data.source}: modality '{name}': fewer than min-cell = {min_cell} training patients; "
                 "its block will not be trained"
             )
-        if data.kind == "tabular" and data.table is not None:
-            kept = [c for c in data.table.columns if (data.source, c) not in refused]
-            warnings += _column_warnings(data.source, data.table.loc[held, kept], min_cell)
+        table = modality_kind(data.kind).feature_table(data)
+        if table is not None:
+            kept = [c for c in table.columns if (data.source, c) not in refused]
+            warnings += _column_warnings(data.source, table.loc[held, kept], min_cell)
     return warnings
 
 

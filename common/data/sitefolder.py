@@ -4,7 +4,7 @@ Layout (see ``docs/data-formats.md`` for the file formats)::
 
     site.json      {"name": ..., "task": "survival" | "binary" | "multiclass",
                     "labels": "labels.csv",
-                    "modalities": {"<name>": {"kind": "tabular" | "timeseries" | "image" | "bags",
+                    "modalities": {"<name>": {"kind": "tabular" | "timeseries" | "image" | "bags" | <a plugin kind>,
                                               "path": "<file or folder, relative to the site folder>"}}}
     labels.csv     id + time,event (survival) or id + label
     <name>.csv     tabular (wide, id first) or timeseries (long: id,time,variable,value)
@@ -12,7 +12,8 @@ Layout (see ``docs/data-formats.md`` for the file formats)::
     split.csv      optional: id,role with role in train/validation/test
 
 Without ``split.csv`` every patient gets a role from :func:`hash_roles`. Hand-written folders may
-point ``path`` at any file or folder the readers in ``formats.py`` accept (Parquet, image folders).
+point ``path`` at any file or folder its kind's reader accepts (Parquet, image folders; see
+``common.data.kinds``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import pandas as pd
 
 from fedlego.common.encoders import known_encoder, unknown_encoder_message
 
-from .dataset import MODALITY_KINDS, TASK_KINDS, Labels, ModalityData, MultimodalDataset
+from .dataset import TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
 from .formats import LABEL_COLUMNS, _read_table, _require_columns, read_labels, read_modality, validate_dataset
 from .identifiers import identifier_columns, identifier_error
+from .kinds import known_kind, modality_kind, unknown_kind_message
 from .preprocess import make_preprocessor
 from .scenarios import FoldSplit, SiteSpec, site_dataset, site_split
 
@@ -43,7 +45,6 @@ ROLES: tuple[str, ...] = ("train", "validation", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 DEFAULT_ROLE_SALT = "fedlego-roles-v1"
 """Federation-wide salt of :func:`hash_roles`; every site of one federation must use the same one."""
-SUFFIXES = {"tabular": ".csv", "timeseries": ".csv", "image": ".npz", "bags": ".npz"}
 RESERVED_NAMES = frozenset({"labels", "split"})
 """Modality names whose files would clash with ``labels.csv`` / ``split.csv``."""
 
@@ -145,26 +146,6 @@ def _write_labels(labels: Labels, path: Path) -> None:
     table.to_csv(path, index_label="id")
 
 
-def _write_modality(data: ModalityData, path: Path) -> None:
-    """One modality in its documented format (``path`` has the suffix of ``SUFFIXES[kind]``)."""
-    if data.kind == "tabular":
-        assert data.table is not None
-        data.table.to_csv(path, index_label="id")
-    elif data.kind == "timeseries":
-        assert data.table is not None
-        data.table.loc[:, ["id", "time", "variable", "value"]].to_csv(path, index=False)
-    elif data.kind == "image":
-        assert data.arrays is not None
-        ids = sorted(data.arrays)
-        images = np.stack([data.arrays[i] for i in ids])
-        if images.dtype != np.uint8:
-            raise ValueError(f"images of modality '{data.name}' must be uint8, got {images.dtype}")
-        np.savez(path, ids=np.asarray(ids, dtype=str), images=images)
-    else:
-        assert data.arrays is not None
-        np.savez(path, **data.arrays)
-
-
 def _write_split(roles: dict[str, list[str]], path: Path) -> None:
     rows = [(patient, role) for role in ROLES for patient in roles[role]]
     pd.DataFrame(rows, columns=["id", "role"]).to_csv(path, index=False)
@@ -196,8 +177,9 @@ def write_site_folder(
     for name, data in local.modalities.items():
         if not data.patient_ids():
             continue
-        file = f"{name}{SUFFIXES[data.kind]}"
-        _write_modality(data, path / file)
+        kind = modality_kind(data.kind)
+        file = f"{name}{kind.suffix}"
+        kind.write(data, path / file)
         entries[name] = {"kind": data.kind, "path": file}
         if (preprocessing or {}).get(name):
             entries[name]["preprocessing"] = dict(preprocessing[name])
@@ -242,8 +224,8 @@ def _modality_entry(name: str, entry: Any, file: str) -> tuple[str, str]:
     if not isinstance(entry, dict):
         raise SiteDataError(file, f"field 'modalities.{name}' must be an object with 'kind' and 'path'")
     kind = _text_field(entry, "kind", file, where)
-    if kind not in MODALITY_KINDS:
-        raise SiteDataError(file, f"field '{where}kind': unknown kind {kind!r} (valid: {list(MODALITY_KINDS)})")
+    if not known_kind(kind):
+        raise SiteDataError(file, f"field '{where}kind': {unknown_kind_message(kind)}")
     return kind, _text_field(entry, "path", file, where)
 
 
@@ -406,31 +388,17 @@ def identifier_problems(site: SiteData) -> list[SiteDataError]:
     """One error per identifier-like column of the site's tables (none declared in site.json)."""
     problems = []
     for name, data in site.dataset.modalities.items():
-        if data.kind != "tabular" or data.table is None:
+        table = modality_kind(data.kind).feature_table(data)
+        if table is None:
             continue
-        for finding in identifier_columns(data.table, site.declared.get(name, {}).get("not_identifiers", ())):
+        for finding in identifier_columns(table, site.declared.get(name, {}).get("not_identifiers", ())):
             problems.append(identifier_error(data.source, finding))
     return problems
 
 
 def _apply_drops(modality: ModalityData, drop: list[str], file: str) -> ModalityData:
     """The modality without the columns (tabular) or variables (time series) site.json drops."""
-    if not drop:
-        return modality
-    if modality.kind not in ("tabular", "timeseries") or modality.table is None:
-        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' applies to tables only")
-    where = "columns" if modality.kind == "tabular" else "variable"
-    held = set(modality.table.columns) if modality.kind == "tabular" else set(modality.table["variable"])
-    unknown = sorted(set(drop) - held)
-    if unknown:
-        raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' names {unknown}, not in the {where}")
-    if modality.kind == "tabular":
-        table = modality.table.drop(columns=drop)
-        if table.shape[1] == 0:
-            raise SiteDataError(file, f"field 'modalities.{modality.name}.drop' drops every feature column")
-    else:
-        table = modality.table[~modality.table["variable"].isin(drop)].reset_index(drop=True)
-    return ModalityData(modality.name, modality.kind, modality.source, table=table)
+    return modality_kind(modality.kind).drop(modality, drop, file) if drop else modality
 
 
 def load_site_folder(
