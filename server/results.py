@@ -195,7 +195,7 @@ class RunResults:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; fields that are None are left out."""
-        return _plain(self)
+        return plain_values(self)
 
     def to_json(self) -> str:
         """The results.json text."""
@@ -206,7 +206,7 @@ class RunResults:
         """Inverse of ``to_dict`` (missing optional fields are None); TypeError when malformed."""
         if not isinstance(values, dict):
             raise TypeError(f"results must be an object, not {type(values).__name__}")
-        return _typed(cls, values)
+        return typed_values(cls, values)
 
     @classmethod
     def from_json(cls, text: str) -> RunResults:
@@ -225,38 +225,41 @@ class RunResults:
             raise ValueError(f"{path}: not a fedlego results.json ({error})") from error
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
+    """A dataclass (nested dataclasses, dicts, lists) as plain JSON values; None fields left out."""
     if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if getattr(value, f.name) is not None}
+        return {
+            f.name: plain_values(getattr(value, f.name)) for f in fields(value) if getattr(value, f.name) is not None
+        }
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     return value
 
 
-def _typed(kind: Any, value: Any) -> Any:
+def typed_values(kind: Any, value: Any) -> Any:
     """``value`` (plain JSON) as the annotated type ``kind``: dataclasses, dicts, lists, optionals."""
     if value is None:
         return None
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
-        return _typed(options[0], value) if len(options) == 1 else value
+        return typed_values(options[0], value) if len(options) == 1 else value
     if hasattr(kind, "__dataclass_fields__"):
         if not isinstance(value, dict):
             raise TypeError(f"{kind.__name__} must be an object, not {type(value).__name__}")
         hints = typing.get_type_hints(kind)
         names = {f.name for f in fields(kind)}
-        return kind(**{k: _typed(hints[k], v) for k, v in value.items() if k in names})
+        return kind(**{k: typed_values(hints[k], v) for k, v in value.items() if k in names})
     if origin is dict:
         if not isinstance(value, dict):
             raise TypeError(f"expected an object, not {type(value).__name__}")
         _, item = typing.get_args(kind)
-        return {k: _typed(item, v) for k, v in value.items()}
+        return {k: typed_values(item, v) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise TypeError(f"expected a list, not {type(value).__name__}")
         (item,) = typing.get_args(kind)
-        return [_typed(item, v) for v in value]
+        return [typed_values(item, v) for v in value]
     return value

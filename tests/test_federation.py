@@ -32,6 +32,7 @@ from fedlego.common.workflow import train_block
 from fedlego.inprocess import InProcessTransport
 from fedlego.server.audit import verify_log
 from fedlego.server.orchestrator import Federation
+from fedlego.server.phases import MergePhase
 
 SMALL = {
     "min-cell": 1,  # sites of 50 patients: disclosure control would withhold most figures (tested in test_disclosure)
@@ -294,7 +295,8 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
         Federation(first, settings, log=lambda _: None).run().to_dict()
     assert ("train.block", 0) in first.calls
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
-    assert state["completed"] == ["merge", "evaluate-merge"] and len(state["progress"]["fuse"]["history"]) == 2
+    assert state["completed"] == ["block", "block-fedavg", "merge", "evaluate-merge"]
+    assert len(state["progress"]["fuse"]["history"]) == 2
 
     second = InProcessTransport(config, 3)  # a fresh coordinator; sites lost their fuse state too
     results = Federation(second, settings, log=lambda _: None).run().to_dict()
@@ -452,10 +454,10 @@ def test_an_unexpected_error_ends_the_run_as_failed_on_record(tmp_path, monkeypa
     """A bug (here a KeyError raised by the merge) still ends the run: status failed with the
     reason in results.json, a run-failed audit entry, and a log that verifies."""
 
-    def broken_merge(self, packages, task):
+    def broken_merge(self, federation):
         raise KeyError("architecture")
 
-    monkeypatch.setattr(Federation, "merge", broken_merge)
+    monkeypatch.setattr(MergePhase, "run", broken_merge)
     results, _ = run({**SMALL, "block-rounds": 0, "fuse-rounds": 0}, tmp_path)
     assert results["status"] == "failed"
     assert results["error"] == "unexpected KeyError: 'architecture'"

@@ -1,0 +1,61 @@
+"""Describe: every site reports what it holds (counts only), the run agrees on its task."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedlego.common.protocol import DescribeRequest
+from fedlego.server.checks import agree_task
+from fedlego.server.exchange import FederationError
+from fedlego.server.phases.base import Phase
+from fedlego.server.results import Failure
+
+if TYPE_CHECKING:
+    from fedlego.server.orchestrator import Federation
+
+
+class DescribePhase(Phase):
+    """Sites whose data were checked against another consortium schema are refused here."""
+
+    name = "describe"
+    checkpointed = False  # node ids belong to this attempt's connections: every attempt asks again
+
+    def run(self, federation: Federation) -> None:
+        results = federation.results
+        nodes = federation.wait_for_sites()
+        federation.log("phase describe")
+        answered = federation.exchange("describe", {n: DescribeRequest() for n in nodes})
+        traffic = results.phase("describe").bytes
+        schema = self._schema_sha256(federation)
+        for node, reply in answered.items():
+            description = reply.description
+            traffic[description.site] = traffic.pop(f"node-{node}")
+            federation.exchange.site_names[node] = description.site
+            if schema is not None and description.schema_sha256 != schema:
+                checked = f"schema {description.schema_sha256[:12]}" if description.schema_sha256 else "no schema"
+                reason = f"the site checked its data against {checked}, the run's consortium schema is {schema[:12]}"
+                results.failures.append(Failure(description.site, "describe", reason))
+                federation.recorder.audit("site-refused", site=description.site, reason=reason)
+                federation.log(f"  describe: {description.site} refused: {reason}")
+                continue
+            federation.sites[node] = description
+            results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
+        results.data = {d.site: d.data for d in federation.sites.values() if d.data is not None} or None
+        if not federation.sites:
+            reasons = "; ".join(f"{f.site}: {f.reason}" for f in results.failures if f.phase == "describe")
+            raise FederationError("no site is left after the describe phase" + (f" ({reasons})" if reasons else ""))
+        task = agree_task(list(federation.sites.values()), note=lambda text: federation.log(f"  describe: {text}"))
+        results.task = task.to_dict()
+        results.metric = task.metric_name
+        federation.models.task = task
+
+    @staticmethod
+    def _schema_sha256(federation: Federation) -> str | None:
+        """The SHA-256 of the run's consortium schema (``schema`` key), recorded in the results."""
+        path = federation.settings.coordinator.schema
+        if not path:
+            return None
+        from fedlego.common.data.schema import ConsortiumSchema, schema_hash
+
+        federation.results.schema_sha256 = schema_hash(ConsortiumSchema.read(path))
+        return federation.results.schema_sha256
