@@ -11,12 +11,13 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
-$(VENV)/.installed: pyproject.toml plugins/fedlego-tabular-transformer/pyproject.toml plugins/fedlego-code-sequences/pyproject.toml
+$(VENV)/.installed: pyproject.toml bench/pyproject.toml plugins/fedlego-tabular-transformer/pyproject.toml plugins/fedlego-code-sequences/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fedlego-tabular-transformer
 	$(PY) -m pip install --quiet --no-deps -e plugins/fedlego-code-sequences
+	$(PY) -m pip install --quiet --no-deps -e bench
 	touch $@
 
 setup: $(VENV)/.installed
@@ -32,13 +33,13 @@ test: lint
 
 # The benchmark suite (about 25 min on 2 cores): tables, ablations, cost; figures into docs/benchmarks/.
 bench: setup
-	$(PY) bench/suite.py --out docs/benchmarks
+	$(VENV)/bin/fedlego-bench suite --out docs/benchmarks
 
 bench-quick: setup
-	$(PY) bench/suite.py --quick --out runs/bench-quick
+	$(VENV)/bin/fedlego-bench suite --quick --out runs/bench-quick
 
 bench-privacy: setup
-	$(PY) bench/privacy.py --out docs/benchmarks
+	$(VENV)/bin/fedlego-bench privacy --out docs/benchmarks
 
 docker-lint: setup
 	$(VENV)/bin/hadolint docker/Dockerfile

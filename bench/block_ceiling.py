@@ -37,15 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import quality
-from baselines import fit_plain_unimodal
 from scipy.stats import spearmanr
-from standalone import command_line, write_page
-from weighting import paired_difference
 
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.workflow import scores_of, train_block, unimodal_forward
+from fedlego_bench import quality
+from fedlego_bench.baselines import fit_plain_unimodal
+from fedlego_bench.standalone import command_line, write_page
+from fedlego_bench.weighting import paired_difference
 
 PATIENTS = (300, 1500)
 

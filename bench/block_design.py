@@ -33,17 +33,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import MeanOfModels, fit_plain_unimodal
-from meta import dersimonian_laird
-from panel import PANEL, in_meta_analysis
-from quality import baseline_settings, load_benchmark_dataset
-from repeated import FRACTIONS, SPLIT_SEED_STRIDE
-from standalone import command_line, write_page
 
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.lego import LegoBlock, LegoMerge
 from fedlego.common.workflow import scores_of, train_block, unimodal_forward
+from fedlego_bench.baselines import MeanOfModels, fit_plain_unimodal
+from fedlego_bench.meta import dersimonian_laird
+from fedlego_bench.panel import PANEL, in_meta_analysis
+from fedlego_bench.quality import baseline_settings, load_benchmark_dataset
+from fedlego_bench.repeated import FRACTIONS, SPLIT_SEED_STRIDE
+from fedlego_bench.standalone import command_line, write_page
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "method": {"direct": False},

@@ -25,9 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from measure import run_measured
-
 from fedlego.server.results import RESULTS_NAME, ModelMetrics, RunResults
+from fedlego_bench.measure import run_measured
 
 _Results = TypeVar("_Results", RunResults, dict)
 

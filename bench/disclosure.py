@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from meta import random_effects
-from quality import load_benchmark_dataset
-from repeated import DATASETS, FRACTIONS, SPLIT_SEED_STRIDE, corrected_t_interval
-from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.workflow import scores_of, unimodal_forward
+from fedlego_bench.meta import random_effects
+from fedlego_bench.quality import load_benchmark_dataset
+from fedlego_bench.repeated import DATASETS, FRACTIONS, SPLIT_SEED_STRIDE, corrected_t_interval
+from fedlego_bench.standalone import command_line, write_page
 
 SETTINGS = {"before": 1, "min-cell": 10}
 """The two ``min_cell`` values compared."""

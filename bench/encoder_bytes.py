@@ -37,19 +37,15 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the in-process transport lives with the tests
-
-from standalone import command_line, write_page  # noqa: E402
-
-from fedlego.common.config import RunConfig  # noqa: E402
-from fedlego.common.data.scenarios import build_scenario, dataset_splits  # noqa: E402
-from fedlego.common.data.sitefolder import write_site_folder  # noqa: E402
-from fedlego.common.data.synthetic import SyntheticModality, make_synthetic  # noqa: E402
-from fedlego.common.encoders import SNN  # noqa: E402
-from fedlego.common.model_store import STORE_ENV, save_weights  # noqa: E402
-from fedlego.inprocess import InProcessTransport  # noqa: E402
-from fedlego.server.orchestrator import Federation  # noqa: E402
+from fedlego.common.config import RunConfig
+from fedlego.common.data.scenarios import build_scenario, dataset_splits
+from fedlego.common.data.sitefolder import write_site_folder
+from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
+from fedlego.common.encoders import SNN
+from fedlego.common.model_store import STORE_ENV, save_weights
+from fedlego.inprocess import InProcessTransport
+from fedlego.server.orchestrator import Federation
+from fedlego_bench.standalone import command_line, write_page
 
 VARIANTS = {
     "adapters by reference": {"frozen": True},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from quality import HIDDEN_SHARE
 from scipy import stats
 
 from fedlego.common.centralized import best_block_mean, uplift
+from fedlego_bench.quality import HIDDEN_SHARE
 
 BASELINE_NAMES = {
     "cox-early": "Cox early fusion (wide modalities as PCA-10)",

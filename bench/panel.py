@@ -55,9 +55,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from meta import random_effects
-from repeated import DATASETS, split_record, summarise_dataset
-from standalone import command_line, write_page
+
+from fedlego_bench.meta import random_effects
+from fedlego_bench.repeated import DATASETS, split_record, summarise_dataset
+from fedlego_bench.standalone import command_line, write_page
 
 GENES = re.compile(r"^num_HS_|^num_[A-Z0-9][A-Z0-9_]*$")
 """Gene-expression columns: ``num_HS_<symbol>`` (survJamda cohorts) or upper-case symbols (ovarian)."""

@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality import load_benchmark_dataset, metric, quick_config
-from standalone import command_line, write_page
-from weighting import paired_difference
-
 from fedlego.common.data.kinds.tabular import TabularKind
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task_for
 from fedlego.common.model_store import STORE_ENV, save_weights
 from fedlego.common.pretraining import PretrainConfig, pretrain_tabular_encoder
 from fedlego.common.workflow import scores_of, train_block, unimodal_forward
+from fedlego_bench.quality import load_benchmark_dataset, metric, quick_config
+from fedlego_bench.standalone import command_line, write_page
+from fedlego_bench.weighting import paired_difference
 
 DATASETS = ("tcga-acc", "pbc", "synthetic")
 

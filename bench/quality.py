@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import BASELINES, BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
 
 from fedlego.common.centralized import CentralizedConfig, FoldModels, mean_std, train_fold
 from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, TrainConfig
@@ -38,6 +37,7 @@ from fedlego.common.merging import HEAD_MERGES, LATENT_MERGES
 from fedlego.common.tasks import Task
 from fedlego.common.training import TrainReport
 from fedlego.common.workflow import evaluate_all, fuse_blocks, scores_of, train_block, unimodal_forward
+from fedlego_bench.baselines import BASELINES, BaselineConfig, MeanOfModels, fit_baseline, fit_plain_unimodal
 
 Log = Callable[[str], None]
 TEST_MISSING_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -55,7 +55,7 @@ SYNTHETIC_SEED = 0
 def load_benchmark_dataset(name: str) -> tuple[MultimodalDataset, CentralizedConfig]:
     """A benchmark data set with its modalities and the run settings of ``fedlego centralized``;
     a development panel cohort (``panel.PANEL``) is read from its site folder."""
-    from panel import PANEL, panel_dataset  # panel imports repeated, which imports this module
+    from fedlego_bench.panel import PANEL, panel_dataset  # panel imports repeated, which imports this module
 
     if name in PANEL:
         return panel_dataset(name)

@@ -50,10 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import MeanOfModels, fit_baseline, fit_plain_unimodal
-from quality import baseline_settings, disjoint_paired_models, ensemble_scores, load_benchmark_dataset, quick_config
 from scipy import stats
-from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
 from fedlego.common.data.scenarios import dataset_splits
@@ -61,6 +58,15 @@ from fedlego.common.data.tensors import TensorSet
 from fedlego.common.lego import LegoMerge
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.workflow import fuse_blocks, scores_of, unimodal_forward
+from fedlego_bench.baselines import MeanOfModels, fit_baseline, fit_plain_unimodal
+from fedlego_bench.quality import (
+    baseline_settings,
+    disjoint_paired_models,
+    ensemble_scores,
+    load_benchmark_dataset,
+    quick_config,
+)
+from fedlego_bench.standalone import command_line, write_page
 
 DATASETS = ("tcga-acc", "pbc", "synthetic")
 BASELINES = ("cox-early", "cox-late", "early-fusion", "late-fusion", "attention-fusion", "fedavg-early-fusion")
@@ -201,6 +207,27 @@ def _model_scores(record: dict[str, Any], model: str) -> np.ndarray | None:
     return None if values is None else np.asarray(values, dtype=float)
 
 
+def _split_differences(
+    task, prepared: list[tuple], pairs: list[tuple[str, str]], needed: list[str], counts: np.ndarray
+) -> list[list[float]]:
+    """Per pair, the finite metric differences of every split on its patients drawn ``counts``
+    times each (a split left with fewer than two rows is skipped)."""
+    differences: list[list[float]] = [[] for _ in pairs]
+    for record, targets, rows_of in prepared:
+        rows = np.repeat(np.arange(len(rows_of)), counts[rows_of])
+        if rows.size < 2:
+            continue
+        metrics = {}
+        for model in needed:
+            scores = _model_scores(record, model)
+            metrics[model] = float("nan") if scores is None else _metric(task, scores, targets, rows)
+        for j, (first, second) in enumerate(pairs):
+            difference = metrics[first] - metrics[second]
+            if np.isfinite(difference):
+                differences[j].append(difference)
+    return differences
+
+
 def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int = 0) -> dict[str, Any]:
     """Mean ± std per model over the splits; each paired difference's mean with its patient-bootstrap
     interval (``low``, ``high``) and corrected resampled t-interval (``t_low``, ``t_high``); and the
@@ -238,19 +265,7 @@ def summarise_dataset(records: list[dict[str, Any]], bootstrap: int, seed: int =
             if b < 0
             else np.bincount(rng.integers(0, len(patients), len(patients)), minlength=len(patients))
         )
-        differences: list[list[float]] = [[] for _ in pairs]
-        for record, targets, rows_of in prepared:
-            rows = np.repeat(np.arange(len(rows_of)), counts[rows_of])
-            if rows.size < 2:
-                continue
-            metrics = {}
-            for model in needed:
-                scores = _model_scores(record, model)
-                metrics[model] = float("nan") if scores is None else _metric(task, scores, targets, rows)
-            for j, (first, second) in enumerate(pairs):
-                difference = metrics[first] - metrics[second]
-                if np.isfinite(difference):
-                    differences[j].append(difference)
+        differences = _split_differences(task, prepared, pairs, needed, counts)
         means = [float(np.mean(d)) if d else float("nan") for d in differences]
         if b < 0:
             observed[:] = means

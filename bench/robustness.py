@@ -30,9 +30,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from faults import SCENARIOS
-from hostile import run_hostile
-from standalone import command_line, write_page
+from fedlego_bench.faults import SCENARIOS
+from fedlego_bench.hostile import run_hostile
+from fedlego_bench.standalone import command_line, write_page
 
 VERDICTS = ["refused", "accepted, harmless", "poisoned", "crashed"]
 

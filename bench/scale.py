@@ -37,10 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from measure import run_measured
-from standalone import command_line, write_page
-from weighting import paired_difference
-
 from fedlego.common.config import ModelConfig, TrainConfig
 from fedlego.common.data.scenarios import SiteSpec, dataset_splits
 from fedlego.common.data.sitefolder import write_site_folder
@@ -49,6 +45,9 @@ from fedlego.common.data.tensors import fit_preprocessors, make_tensor_set, task
 from fedlego.common.workflow import evaluate, train_block, unimodal_forward
 from fedlego.launcher import free_port, stop_process_group
 from fedlego.server.results import RunResults
+from fedlego_bench.measure import run_measured
+from fedlego_bench.standalone import command_line, write_page
+from fedlego_bench.weighting import paired_difference
 
 MODALITIES = (
     SyntheticModality("baseline", "tabular", 1.0, 0.0, 16),

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cost import federated_summaries, machine_description, run_cost
-from cost_page import cost_figures, cost_markdown
-from figures import quality_figures
-from pages import (
+from fedlego_bench.cost import federated_summaries, machine_description, run_cost
+from fedlego_bench.cost_page import cost_figures, cost_markdown
+from fedlego_bench.figures import quality_figures
+from fedlego_bench.pages import (
     disjoint_paired_table,
     frequency_table,
     fuse_modes_table,
@@ -37,7 +37,7 @@ from pages import (
     targets,
     weighting_table,
 )
-from quality import (
+from fedlego_bench.quality import (
     IMBALANCES,
     MISSING_DRAWS,
     OVERLAPS,

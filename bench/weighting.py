@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from quality import load_benchmark_dataset, metric, quick_config, unimodal_site_blocks
 from scipy import stats
-from standalone import command_line, write_page
 
 from fedlego.common.centralized import train_fold
 from fedlego.common.data.scenarios import dataset_splits
@@ -34,6 +32,8 @@ from fedlego.common.data.tensors import make_tensor_set
 from fedlego.common.lego import LegoMerge
 from fedlego.common.training import evaluate_loss
 from fedlego.common.workflow import scores_of
+from fedlego_bench.quality import load_benchmark_dataset, metric, quick_config, unimodal_site_blocks
+from fedlego_bench.standalone import command_line, write_page
 
 WEIGHTINGS = ("uniform", "samples", "validation")
 DATASETS = ("tcga-acc", "pbc", "synthetic")

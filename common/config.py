@@ -21,7 +21,7 @@ import json
 import math
 import textwrap
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -432,43 +432,13 @@ class RunConfig:
         for key, allowed in CHOICES.items():
             if flat[key] not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {flat[key]!r}")
-        for key in ("min-sites", "min-responses", "min-cell"):
+        for key in AT_LEAST_ONE:
             if flat[key] < 1:
                 raise ValueError(f"{key} must be at least 1")
-        if self.training.max_steps < 0:
-            raise ValueError("max-steps must be at least 0 (0 = no cap)")
-        positive = ("block-epochs", "batch-size", "fuse-batch-size", "latent-channels", "latent-dim", "steps", "heads")
-        for key in (*positive, "head-dim", "encoder-width"):
-            if flat[key] < 1:
-                raise ValueError(f"{key} must be at least 1")
-        if not 0 <= self.model.dropout < 1:
-            raise ValueError("dropout must lie in [0, 1)")
-        if self.scenario.data and self.scenario.site_folders:
-            raise ValueError("data (one pooled folder) and site-folders (one folder per site) exclude each other")
         self.privacy.validate()
-        if self.rounds.update_norm_bound < 0:
-            raise ValueError("update-norm-bound must be at least 0 (0 = off)")
-        if self.fuse_privacy.noise > 0 and self.rounds.round_aggregation != "mean":
-            raise ValueError("fuse-dp-noise needs round-aggregation = mean: DP-FedAvg clips and averages by itself")
-        if self.fuse.anchor < 0:
-            raise ValueError("fuse-anchor must be at least 0")
-        if not 0 <= self.fuse.min_improvement < 1:
-            raise ValueError("fuse-min-improvement must lie in [0, 1)")
-        if self.fuse.inner_cv_below < 0:
-            raise ValueError("fuse-inner-cv-below must be at least 0 (0 = off)")
-        if self.fuse.inner_folds < 2:
-            raise ValueError("fuse-inner-folds must be at least 2")
-        if self.fuse_privacy.noise < 0:
-            raise ValueError("fuse-dp-noise must be at least 0 (0 = off)")
-        if self.fuse_privacy.clip <= 0:
-            raise ValueError("fuse-dp-clip must be positive")
-        if not 0 < self.fuse_privacy.delta < 1:
-            raise ValueError("fuse-dp-delta must lie in (0, 1)")
-        if self.privacy.enabled and self.rounds.block_rounds > 0:
-            raise ValueError(
-                "block-dp-epsilon needs block-rounds = 0: block FedAvg rounds train without DP-SGD "
-                "and would spend privacy the blocks' epsilon does not account for"
-            )
+        for broken, message in RULES:
+            if broken(self):
+                raise ValueError(message)
 
     def block_privacy(self) -> PrivacyConfig | None:
         """DP-SGD for block training, or None without it."""
@@ -491,6 +461,49 @@ def flat_fields() -> dict[str, tuple[Section, str, type]]:
         for f in section.keyed_fields():
             known[section.key(f.name)] = (section, f.name, hints[f.name])
     return known
+
+
+AT_LEAST_ONE = (
+    "min-sites",
+    "min-responses",
+    "min-cell",
+    "block-epochs",
+    "batch-size",
+    "fuse-batch-size",
+    "latent-channels",
+    "latent-dim",
+    "steps",
+    "heads",
+    "head-dim",
+    "encoder-width",
+)
+"""Integer settings that must be at least 1."""
+RULES: tuple[tuple[Callable[[RunConfig], bool], str], ...] = (
+    (lambda c: c.training.max_steps < 0, "max-steps must be at least 0 (0 = no cap)"),
+    (lambda c: not 0 <= c.model.dropout < 1, "dropout must lie in [0, 1)"),
+    (
+        lambda c: bool(c.scenario.data and c.scenario.site_folders),
+        "data (one pooled folder) and site-folders (one folder per site) exclude each other",
+    ),
+    (lambda c: c.rounds.update_norm_bound < 0, "update-norm-bound must be at least 0 (0 = off)"),
+    (
+        lambda c: c.fuse_privacy.noise > 0 and c.rounds.round_aggregation != "mean",
+        "fuse-dp-noise needs round-aggregation = mean: DP-FedAvg clips and averages by itself",
+    ),
+    (lambda c: c.fuse.anchor < 0, "fuse-anchor must be at least 0"),
+    (lambda c: not 0 <= c.fuse.min_improvement < 1, "fuse-min-improvement must lie in [0, 1)"),
+    (lambda c: c.fuse.inner_cv_below < 0, "fuse-inner-cv-below must be at least 0 (0 = off)"),
+    (lambda c: c.fuse.inner_folds < 2, "fuse-inner-folds must be at least 2"),
+    (lambda c: c.fuse_privacy.noise < 0, "fuse-dp-noise must be at least 0 (0 = off)"),
+    (lambda c: c.fuse_privacy.clip <= 0, "fuse-dp-clip must be positive"),
+    (lambda c: not 0 < c.fuse_privacy.delta < 1, "fuse-dp-delta must lie in (0, 1)"),
+    (
+        lambda c: c.privacy.enabled and c.rounds.block_rounds > 0,
+        "block-dp-epsilon needs block-rounds = 0: block FedAvg rounds train without DP-SGD "
+        "and would spend privacy the blocks' epsilon does not account for",
+    ),
+)
+"""Combinations of settings that cannot work: (is it broken?, why), checked in order."""
 
 
 def flat_defaults() -> dict[str, Any]:

@@ -236,6 +236,29 @@ def block_from_package(
     problem = architecture_problem(architecture, package.contract)
     if problem is not None:
         raise PackageError(f"{where}: {problem}")
+    block = _built_block(package, architecture, where, max_encoder_parameters)
+    state = state_from_proto(package.tensors, where)
+    expected = block.adapter_state_dict() if block.encoder_weights else block.state_dict()
+    problem = _tensor_mismatch(state, expected) or weight_ratio_problem(state, expected, max_weight_ratio)
+    if problem is not None:
+        raise PackageError(f"{where}: {problem}")
+    block.load_state_dict(state, strict=not block.encoder_weights)
+    block.n_samples = int(package.n_samples)
+    block.validation_score = package.metrics.get("validation_score")
+    block.preprocessing = _json_field(package, "preprocessing_json")
+    if block.preprocessing is not None:
+        problem = state_problem(block.preprocessing) or input_mismatch(
+            block.preprocessing, example_input(architecture["encoder"])
+        )
+        if problem is not None:
+            raise PackageError(f"{where}: preprocessing_json: {problem}")
+    return block
+
+
+def _built_block(
+    package: pb.BlockPackage, architecture: Mapping[str, Any], where: str, max_encoder_parameters: int
+) -> LegoBlock:
+    """The block the (checked) architecture describes, with its encoder weights by reference."""
     try:
         encoder = build_encoder(architecture["encoder"], max_encoder_parameters)
         block = LegoBlock(
@@ -261,33 +284,21 @@ def block_from_package(
         raise PackageError(f"{where}: {error}") from error
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as error:
         raise PackageError(f"{where}: cannot rebuild the block from its architecture ({error})") from error
-    state = state_from_proto(package.tensors, where)
-    expected = block.adapter_state_dict() if block.encoder_weights else block.state_dict()
+    return block
+
+
+def _tensor_mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a package's tensors do not fit the architecture's (names, shapes, dtypes), or None."""
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise PackageError(
-            f"{where}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+        return f"tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
     for name, value in state.items():
         if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
-            raise PackageError(
-                f"{where}: tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
+            return (
+                f"tensor {name!r} is {tuple(value.shape)} {value.dtype}, the "
                 f"architecture needs {tuple(expected[name].shape)} {expected[name].dtype}"
             )
-    problem = weight_ratio_problem(state, expected, max_weight_ratio)
-    if problem is not None:
-        raise PackageError(f"{where}: {problem}")
-    block.load_state_dict(state, strict=not block.encoder_weights)
-    block.n_samples = int(package.n_samples)
-    block.validation_score = package.metrics.get("validation_score")
-    block.preprocessing = _json_field(package, "preprocessing_json")
-    if block.preprocessing is not None:
-        problem = state_problem(block.preprocessing) or input_mismatch(
-            block.preprocessing, example_input(architecture["encoder"])
-        )
-        if problem is not None:
-            raise PackageError(f"{where}: preprocessing_json: {problem}")
-    return block
+    return None
 
 
 def input_mismatch(state: Mapping[str, Any], example: Mapping[str, torch.Tensor]) -> str | None:
@@ -438,6 +449,19 @@ def _model_from_recipe(
     return model
 
 
+def _recipe(package: pb.ModelPackage, where: str) -> dict[str, Any]:
+    """The model package's recipe: a JSON object within the size limit."""
+    if len(package.recipe_json) > MAX_JSON_CHARS.get("recipe_json", 64 * 1024):
+        raise PackageError(f"{where}: recipe_json holds {len(package.recipe_json):,} characters, over the limit")
+    try:
+        recipe = json.loads(package.recipe_json)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise PackageError(f"{where}: recipe_json is not valid JSON ({type(error).__name__})") from error
+    if not isinstance(recipe, dict):
+        raise PackageError(f"{where}: recipe_json must be an object")
+    return recipe
+
+
 def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
     """Rebuild a merged or fused model from its package (blocks checked as for a merge)."""
     where = f"{package.kind or 'model'} package of run {package.run_id!r}"
@@ -448,14 +472,7 @@ def model_from_package(package: pb.ModelPackage) -> LegoMerge | LegoFuse:
     blocks = {p.modality: check_block_package(p) for p in package.blocks}
     if not blocks:
         raise PackageError(f"{where}: holds no block")
-    if len(package.recipe_json) > MAX_JSON_CHARS.get("recipe_json", 64 * 1024):
-        raise PackageError(f"{where}: recipe_json holds {len(package.recipe_json):,} characters, over the limit")
-    try:
-        recipe = json.loads(package.recipe_json)
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise PackageError(f"{where}: recipe_json is not valid JSON ({type(error).__name__})") from error
-    if not isinstance(recipe, dict):
-        raise PackageError(f"{where}: recipe_json must be an object")
+    recipe = _recipe(package, where)
     state = state_from_proto(package.tensors, where)
     if package.kind not in ("merged", "fused"):
         raise PackageError(f"{where}: unknown model kind {package.kind!r}")

@@ -1,8 +1,2 @@
-"""Test set-up: the benchmark modules (``bench/``, not part of the installed library) import by name."""
-
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+"""Test set-up: nothing to arrange. The benchmarks are the installed package ``fedlego_bench``
+(``bench/``, installed by ``make setup``), imported like any other."""

@@ -7,7 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from baselines import (
+
+from fedlego.common.config import TrainConfig
+from fedlego.common.data.scenarios import dataset_splits
+from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
+from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
+from fedlego_bench.baselines import (
     BASELINES,
     BaselineConfig,
     FedAvgBaseline,
@@ -15,11 +20,6 @@ from baselines import (
     kind_of_tensors,
     site_rows,
 )
-
-from fedlego.common.config import TrainConfig
-from fedlego.common.data.scenarios import dataset_splits
-from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
-from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tensor_set, task_for
 
 MIXED = [
     SyntheticModality("omics", "tabular", signal=1.2, missing_rate=0.15, n_features=30),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from disclosure import summarise
-from meta import dersimonian_laird
+
+from fedlego_bench.disclosure import summarise
+from fedlego_bench.meta import dersimonian_laird
 
 
 def test_dersimonian_laird_is_the_fixed_mean_without_heterogeneity_and_widens_with_it():

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import quality
 import torch
 from PIL import Image
-from quality import disjoint_paired_models, drop_modalities, quick_config
-from repeated import corrected_t_interval
 
 from fedlego.common.centralized import CentralizedConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import default_synthetic_modalities, make_synthetic
 from fedlego.common.data.tensors import TensorSet, task_for
+from fedlego_bench import quality
+from fedlego_bench.quality import disjoint_paired_models, drop_modalities, quick_config
+from fedlego_bench.repeated import corrected_t_interval
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -159,8 +159,7 @@ def _processes_mentioning(needle: bytes) -> list[int]:
 
 
 def test_cost_section_records_runs_that_time_out_and_still_renders(tmp_path: Path, monkeypatch) -> None:
-    import cost
-    import cost_page
+    from fedlego_bench import cost, cost_page
 
     monkeypatch.setitem(cost.TIMEOUT, "simulate", 1.0)
     monkeypatch.setitem(cost.TIMEOUT, "centralized", 1.0)
@@ -180,7 +179,7 @@ def test_cost_section_records_runs_that_time_out_and_still_renders(tmp_path: Pat
 
 
 def test_kept_sections_come_from_the_earlier_run_and_say_so() -> None:
-    from suite import keep_sections
+    from fedlego_bench.suite import keep_sections
 
     earlier = {
         "command": "python bench/suite.py",

@@ -4,7 +4,8 @@ same splits."""
 from __future__ import annotations
 
 import numpy as np
-from block_design import summarise
+
+from fedlego_bench.block_design import summarise
 
 
 def record(cohort: str, fold: int, shift: float) -> dict:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from panel import LEFT_OUT, PANEL, export_cohort, load_cohort, modality_columns, unassigned_columns
 
 from fedlego.common.data.sitecheck import check_site_folder
+from fedlego_bench.panel import LEFT_OUT, PANEL, export_cohort, load_cohort, modality_columns, unassigned_columns
 
 
 @pytest.mark.parametrize("name", sorted(PANEL))
@@ -42,7 +42,7 @@ def test_a_quick_panel_run_reads_the_cohort_as_a_site_folder_and_writes_its_page
     """One split of one cohort, tiny models: the path, not the science."""
     import json
 
-    from panel import main
+    from fedlego_bench.panel import main
 
     monkeypatch.setenv("FEDLEGO_PANEL_DIR", str(tmp_path / "cache"))
     out = str(tmp_path)
