@@ -7,14 +7,14 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from fedlego.client.local_round import local_round, paired_rows
 from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.errors import SiteDataError
@@ -34,7 +34,6 @@ from fedlego.common.packaging import block_to_package
 from fedlego.common.privacy import privacy_metrics
 from fedlego.common.protocol import RoundReply, SiteDescription
 from fedlego.common.tasks import Task
-from fedlego.common.training import evaluate_loss, fit
 from fedlego.common.workflow import evaluate, train_block, unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage
 
@@ -224,7 +223,7 @@ class SiteRuntime:
         train = self.tensors_for({block.modality: block}, "train").restrict([block.modality])
         validation = self.tensors_for({block.modality: block}, "validation").restrict([block.modality])
         self._refuse_small_training(train, f"block {block.modality}")
-        result = self._local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
+        result = local_round(block, train, validation, task, train_config, proximal_mu, unimodal_forward(block))
         self._withhold_small_validation(result, task, validation)
         adapter = set(block.adapter_state_dict())  # a frozen encoder never travels back
         result.state = {k: v for k, v in result.state.items() if k in adapter}
@@ -235,10 +234,10 @@ class SiteRuntime:
     ) -> RoundReply:
         """One round of federated LegoFuse on this site's paired training patients (holding at
         least two of the model's modalities); the returned state holds the fusion parameters only."""
-        train = self._paired(self.tensors_for(model.blocks, "train"))
-        validation = self._paired(self.tensors_for(model.blocks, "validation"))
+        train = paired_rows(self.tensors_for(model.blocks, "train"))
+        validation = paired_rows(self.tensors_for(model.blocks, "validation"))
         self._refuse_small_training(train, "the fused model")
-        result = self._local_round(
+        result = local_round(
             model, train, validation, task, train_config, proximal_mu, model, penalty=model.anchor_penalty
         )
         self._withhold_small_validation(result, task, validation)
@@ -267,43 +266,6 @@ class SiteRuntime:
         when their outcomes may leave the site (``_outcomes_releasable``); else NaN and weight 0."""
         if not self._outcomes_releasable(task, validation):
             reply.validation_loss_before, reply.n_validation, reply.validation_events = float("nan"), 0, None
-
-    @staticmethod
-    def _paired(data: TensorSet) -> TensorSet:
-        counts = torch.stack(list(data.present.values())).sum(dim=0) if data.present else torch.zeros(len(data))
-        return data.subset(torch.nonzero(counts >= 2).squeeze(1).numpy())
-
-    @staticmethod
-    def _local_round(
-        model: nn.Module,
-        train: TensorSet,
-        validation: TensorSet,
-        task: Task,
-        train_config: TrainConfig,
-        proximal_mu: float,
-        forward,
-        penalty: Callable[[], torch.Tensor] | None = None,
-    ) -> RoundReply:
-        """``train_config.epochs`` local epochs with the FedProx term (``proximal_mu`` > 0) and
-        the model's own ``penalty`` (LegoFuse's anchor to the merged weights) added to the loss."""
-        if len(train) == 0:
-            raise ValueError("this site has no training patient for this model")
-        before = evaluate_loss(model, validation, task, forward) if len(validation) else float("nan")
-        events = task.events(validation.targets) if len(validation) else 0
-        if train_config.epochs > 0:
-            anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-            def regulariser() -> torch.Tensor:
-                total = penalty() if penalty is not None else torch.zeros(())
-                if proximal_mu > 0:
-                    total = total + 0.5 * proximal_mu * sum(
-                        ((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad
-                    )
-                return total
-
-            fit(model, train, None, task, train_config, forward=forward, regulariser=regulariser)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return RoundReply(state, len(train), before, len(validation), events)
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts
