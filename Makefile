@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint docker-lint docker-e2e bench bench-quick bench-privacy proto clean app-config
+.PHONY: setup demo test lint docker-lint docker-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
@@ -40,6 +40,11 @@ bench-quick: setup
 
 bench-privacy: setup
 	$(VENV)/bin/fedlego-bench privacy --out docs/benchmarks
+
+# The CUDA path once (block training, block FedAvg and fuse rounds on one GPU, then on CPU for the
+# times): needs a CUDA build of torch and a GPU; never part of `make test`.
+gpu-check: setup
+	bash bench/gpu_check.sh
 
 docker-lint: setup
 	$(VENV)/bin/hadolint docker/Dockerfile

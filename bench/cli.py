@@ -12,6 +12,7 @@ COMMANDS = {
     "repeated": "repeated cross-validation on the bundled cohorts",
     "block-design": "block designs compared on the panel's validation patients",
     "block-ceiling": "blocks against what their modality can give",
+    "splits": "realistic hospital splits: federated round strategies against centralized training",
     "weighting": "merge weightings",
     "disclosure": "what the disclosure threshold costs",
     "privacy": "differential privacy: budget against accuracy",

@@ -213,3 +213,93 @@ def block_weights(blocks: Mapping[str, LegoBlock], scheme: str | Mapping[str, fl
             raise ValueError(f"merge weights missing for {sorted(missing)}")
         return {m: float(scheme[m]) for m in blocks}
     return WEIGHTINGS[scheme](blocks)
+
+
+class ServerOptimizer:
+    """How the coordinator steps from the parameters a round sent to the next round's, given the
+    round's aggregate of the sites' parameters. ``fedavg`` takes the aggregate; the adaptive ones
+    (Reddi et al. 2021, "Adaptive Federated Optimization") treat ``aggregate - sent`` as a
+    pseudo-gradient with server momentum ``m`` and a second moment ``v``, in the same arithmetic as
+    Flower's FedAdam, FedYogi and FedAdagrad strategies (``tests/test_server_optimizers.py`` checks
+    them against Flower's). The state (``m``, ``v``, the step) is saved with the fuse checkpoint."""
+
+    def __init__(self, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
+        self.lr, self.beta1, self.beta2, self.tau = lr, beta1, beta2, tau
+        self.steps = 0
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def _second_moment(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step_size(self) -> float:
+        return self.lr
+
+    def step(self, sent: Mapping[str, torch.Tensor], aggregate: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The next round's parameters (non-floating tensors take the aggregate's values)."""
+        self.steps += 1
+        size = self._step_size()
+        out = {}
+        for key, value in aggregate.items():
+            if not value.is_floating_point():
+                out[key] = value
+                continue
+            delta = value.double() - sent[key].double()
+            m = self.m.get(key, torch.zeros_like(delta))
+            v = self.v.get(key, torch.zeros_like(delta))
+            self.m[key] = self.beta1 * m + (1 - self.beta1) * delta
+            self.v[key] = self._second_moment(v, delta * delta)
+            out[key] = (sent[key].double() + size * self.m[key] / (self.v[key].sqrt() + self.tau)).to(value.dtype)
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The optimizer's state as tensors (for a checkpoint)."""
+        state = {f"m.{k}": v for k, v in self.m.items()} | {f"v.{k}": v for k, v in self.v.items()}
+        return state | {"steps": torch.tensor(self.steps)}
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Continue from ``state()`` saved before a restart."""
+        self.steps = int(state.get("steps", torch.tensor(0)))
+        self.m = {k[2:]: v for k, v in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: v for k, v in state.items() if k.startswith("v.")}
+
+
+SERVER_OPTIMIZERS: Registry[type[ServerOptimizer]] = Registry("server-optimizer")
+"""How block FedAvg and fuse rounds step from one round's parameters to the next."""
+
+
+@SERVER_OPTIMIZERS.register("fedavg")
+class _FedAvgStep(ServerOptimizer):
+    """The aggregate itself (no server learning rate, no state)."""
+
+    def step(self, sent: Mapping[str, torch.Tensor], aggregate: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.steps += 1
+        return dict(aggregate)
+
+
+@SERVER_OPTIMIZERS.register("fedadam")
+class _AdamStep(ServerOptimizer):
+    """v <- beta2 v + (1 - beta2) delta^2, with Adam's bias-corrected step size (as Flower's FedAdam)."""
+
+    def _second_moment(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+        return self.beta2 * v + (1 - self.beta2) * square
+
+    def _step_size(self) -> float:
+        t = self.steps + 1.0  # Flower's FedAdam counts server rounds from 1 and corrects with round + 1
+        return self.lr * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+
+
+@SERVER_OPTIMIZERS.register("fedyogi")
+class _YogiStep(ServerOptimizer):
+    """v <- v - (1 - beta2) delta^2 sign(v - delta^2): v grows only as fast as the updates need."""
+
+    def _second_moment(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+        return v - (1 - self.beta2) * square * torch.sign(v - square)
+
+
+@SERVER_OPTIMIZERS.register("fedadagrad")
+class _AdagradStep(ServerOptimizer):
+    """v <- v + delta^2: every coordinate's step shrinks with its accumulated updates."""
+
+    def _second_moment(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+        return v + square

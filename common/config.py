@@ -30,6 +30,7 @@ from fedlego.common.disclosure import DEFAULT_MIN_CELL
 from fedlego.common.registry import registered_names
 
 if TYPE_CHECKING:  # the CLI imports this module on every command: no torch at import time
+    from fedlego.common.aggregation import ServerOptimizer
     from fedlego.common.lego import LatentContract
     from fedlego.common.tasks import Task
 
@@ -228,6 +229,33 @@ class RoundsConfig:
     update_norm_bound: float = 0.0
     """Scale each site's round update down to at most this many times the round's median update
     norm before combining (0: off)."""
+    unvalidated_rounds: str = "start"
+    """When no site can report a validation loss (all under the disclosure threshold), keep the
+    parameters the rounds started from (start: the largest site's block, or the merge) or the last
+    round's (last)."""
+    round_patience: int = 0
+    """Stop block FedAvg and fuse rounds once this many rounds in a row failed to lower the pooled
+    validation loss by fuse-min-improvement; block-rounds and fuse-rounds are then budgets (0: run
+    them all)."""
+    server_optimizer: str = "fedavg"
+    """How a round steps from the parameters it sent to the next: fedavg (the round's aggregate) or
+    the adaptive fedadam, fedyogi, fedadagrad (Reddi et al. 2021), with server-lr, -beta1, -beta2, -tau."""
+    server_lr: float = 0.01
+    """Adaptive server optimizers: the server learning rate (eta)."""
+    server_beta1: float = 0.9
+    """Adaptive server optimizers: momentum of the pseudo-gradient."""
+    server_beta2: float = 0.99
+    """Adaptive server optimizers: decay of the second moment (fedadam, fedyogi)."""
+    server_tau: float = 1e-3
+    """Adaptive server optimizers: adaptivity (added to the root of the second moment)."""
+
+    def server_step(self) -> ServerOptimizer:
+        """A fresh server optimizer for one set of parameters (a block's or the fused model's rounds)."""
+        from fedlego.common.aggregation import SERVER_OPTIMIZERS  # torch: imported on use
+
+        return SERVER_OPTIMIZERS[self.server_optimizer](
+            self.server_lr, self.server_beta1, self.server_beta2, self.server_tau
+        )
 
 
 @dataclass
@@ -364,6 +392,8 @@ CHOICES = {
     "latent-merge": registered_names("merging", "LATENT_MERGES"),
     "head-merge": registered_names("merging", "HEAD_MERGES"),
     "weighting": registered_names("aggregation", "WEIGHTINGS"),
+    "server-optimizer": registered_names("aggregation", "SERVER_OPTIMIZERS"),
+    "unvalidated-rounds": ("start", "last"),
     "task": ("survival", "binary"),
     "layout": ("modality-sites", "pooled"),
 }
@@ -486,6 +516,13 @@ RULES: tuple[tuple[Callable[[RunConfig], bool], str], ...] = (
         "data (one pooled folder) and site-folders (one folder per site) exclude each other",
     ),
     (lambda c: c.rounds.update_norm_bound < 0, "update-norm-bound must be at least 0 (0 = off)"),
+    (lambda c: c.rounds.round_patience < 0, "round-patience must be at least 0 (0 = run every round)"),
+    (lambda c: c.rounds.server_lr <= 0, "server-lr must be positive"),
+    (
+        lambda c: not (0 <= c.rounds.server_beta1 < 1 and 0 <= c.rounds.server_beta2 < 1),
+        "server-beta1 and server-beta2 must lie in [0, 1)",
+    ),
+    (lambda c: c.rounds.server_tau <= 0, "server-tau must be positive"),
     (
         lambda c: c.fuse_privacy.noise > 0 and c.rounds.round_aggregation != "mean",
         "fuse-dp-noise needs round-aggregation = mean: DP-FedAvg clips and averages by itself",

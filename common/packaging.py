@@ -45,12 +45,16 @@ def _tensor_to_proto(name: str, value: torch.Tensor) -> pb.Tensor:
     )
 
 
+MAX_TENSOR_DIMS = 16
+"""The most dimensions a package's tensor may declare."""
+
+
 def _tensor_from_proto(tensor: pb.Tensor, where: str) -> torch.Tensor:
     if tensor.dtype not in ALLOWED_DTYPES:
         raise PackageError(f"{where}: tensor {tensor.name!r} has unsupported dtype {tensor.dtype!r}")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    expected = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
-    if any(d < 0 for d in tensor.shape) or len(tensor.data) != expected:
+    expected = math.prod(int(d) for d in tensor.shape) * dtype.itemsize  # Python integers: no overflow
+    if len(tensor.shape) > MAX_TENSOR_DIMS or any(d < 0 for d in tensor.shape) or len(tensor.data) != expected:
         raise PackageError(
             f"{where}: tensor {tensor.name!r} declares shape {list(tensor.shape)} ({tensor.dtype}) "
             f"= {expected} bytes but carries {len(tensor.data)}"
@@ -154,6 +158,7 @@ def block_to_package(
     metric_values = {k: float(v) for k, v in (metrics or {}).items()}
     if block.validation_score is not None:
         metric_values.setdefault("validation_score", float(block.validation_score))
+    metric_values = {k: v for k, v in metric_values.items() if math.isfinite(v)}  # unknown: left out
     package = pb.BlockPackage(
         schema_version=SCHEMA_VERSION,
         modality=block.modality,
@@ -362,11 +367,26 @@ def check_block_package(
             raise PackageError(f"{where}: latent contract mismatch: {'; '.join(differences)}")
     if task is not None and package_task(package) != task:
         raise PackageError(f"{where}: task {package_task(package).to_dict()} differs from the run's {task.to_dict()}")
+    problem = metrics_problem(package.metrics)
+    if problem is not None:
+        raise PackageError(f"{where}: metrics: {problem}")
     block = block_from_package(package, max_encoder_parameters, max_weight_ratio)
     for name, value in block.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise PackageError(f"{where}: tensor {name!r} holds non-finite values")
     return block
+
+
+def metrics_problem(metrics: Mapping[str, float]) -> str | None:
+    """Why a block's manifest metrics are unusable (a non-finite value; a validation score outside
+    [0, 1], which would weigh or rank the block), or None."""
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            return f"{name} is {value!r}, not a finite number"
+    score = metrics.get("validation_score")
+    if score is not None and not 0.0 <= score <= 1.0:
+        return f"validation_score {score!r} lies outside [0, 1]"
+    return None
 
 
 def serialize(package: pb.BlockPackage | pb.ModelPackage) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedlego.common.aggregation import combine_states
+from fedlego.common.aggregation import ServerOptimizer, combine_states
 from fedlego.common.config import RunConfig
 from fedlego.common.lego import LegoBlock
 from fedlego.common.packaging import PackageError, parse_model_package
@@ -25,7 +25,7 @@ from fedlego.server.exchange import FederationError, PhaseExchange
 from fedlego.server.phases import Phase, run_phases
 from fedlego.server.recorder import RecordError, RunRecorder
 from fedlego.server.results import RunResults, Signatures
-from fedlego.server.rounds import StateDict
+from fedlego.server.rounds import Round, StateDict
 from fedlego.server.transport import Transport, TransportClosed
 
 __all__ = ["Federation", "FederationError"]
@@ -121,12 +121,27 @@ class Federation:
             raise FederationError(str(error)) from error
 
     def combine(
-        self, reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int
+        self,
+        reference: StateDict,
+        answered: dict[int, RoundReply],
+        counts: list[float],
+        asked: int,
+        optimizer: ServerOptimizer | None = None,
     ) -> StateDict:
-        """A round's parameters from the sites' replies (``round-aggregation``, ``update-norm-bound``)."""
+        """A round's parameters from the sites' replies (``round-aggregation``, ``update-norm-bound``),
+        stepped from ``reference`` by the server ``optimizer`` when one is given."""
         rounds = self.settings.rounds
         states = [reply.state for reply in answered.values()]
-        return combine_states(rounds.round_aggregation, states, counts, reference, rounds.update_norm_bound)
+        combined = combine_states(rounds.round_aggregation, states, counts, reference, rounds.update_norm_bound)
+        return combined if optimizer is None else optimizer.step(reference, combined)
+
+    def record_far_sites(self, phase: str, finished: Round, far: list[list]) -> None:
+        """Log and keep (``[round, site, ratio]``) the sites whose update this round was far over
+        the round's median update."""
+        for node, ratio in sorted(finished.far_nodes().items()):
+            site = self.exchange.site(node)
+            far.append([finished.index, site, round(ratio, 2)])
+            self.log(f"  {phase}: round {finished.index}: {site}'s update is {ratio:.1f}x the median of the sites'")
 
     def _ended(self, status: str, reason: str) -> None:
         self.results.status = status

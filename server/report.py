@@ -32,6 +32,8 @@ HEADER_SETTINGS = (
     "fuse-rounds",
     "fuse-mode",
     "fuse-aggregation",
+    "server-optimizer",
+    "round-patience",
     "latent-merge",
     "head-merge",
     "weighting",

@@ -101,6 +101,10 @@ class RoundsRecord:
     """Per round, the validation patients the sites' losses were measured on (summed over sites)."""
     validation_events: list[int | None] | None = None
     """Per round, their events (survival) or rarest-class patients (classification)."""
+    far_sites: list[list] | None = None
+    """``[round, site, ratio]`` for each site whose round update was over 3x the round's median."""
+    stopped_early: bool | None = None
+    """The validation loss stopped improving for round-patience rounds before the budget ran out."""
 
     def fewest_validation(self) -> tuple[int | None, int | None]:
         """The fewest validation patients and events any round was measured on (None where no

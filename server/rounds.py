@@ -20,6 +20,8 @@ from fedlego.common.aggregation import average_states, weighted_mean
 from fedlego.common.protocol import RoundReply, RoundRequest
 
 StateDict = dict[str, torch.Tensor]
+FAR_FACTOR = 3.0
+"""A site's round update over this many times the round's median update is reported as far."""
 Aggregate = Callable[[StateDict, dict[int, RoundReply], list[float], int], StateDict]
 """(parameters sent, replies by node, their sample counts, number of sites asked) -> new parameters"""
 
@@ -44,6 +46,20 @@ class Round:
     final: bool
     answered: dict[int, RoundReply]
     validation_loss: float
+    update_norms: dict[int, float] = field(default_factory=dict)
+    """Per node, the L2 norm of its returned parameters minus those the round sent (training rounds)."""
+    stopped: bool = False
+    """The validation loss stopped improving: this round's training was not kept and no round follows."""
+
+    def far_nodes(self, factor: float = FAR_FACTOR) -> dict[int, float]:
+        """Nodes whose update is over ``factor`` times the median update of the round (three or
+        more sites), with that ratio: a site whose block moves far from the others'."""
+        if len(self.update_norms) < 3:
+            return {}
+        middle = statistics.median(self.update_norms.values())
+        if middle <= 0:
+            return {}
+        return {n: norm / middle for n, norm in self.update_norms.items() if norm > factor * middle}
 
     @property
     def validation_patients(self) -> int | None:
@@ -55,6 +71,16 @@ class Round:
     def validation_events(self) -> int | None:
         """Their events (survival) or rarest-class patients (classification), summed over sites."""
         return _total([reply.validation_events for reply in self.answered.values()])
+
+
+def update_norm(sent: StateDict, returned: StateDict) -> float:
+    """L2 norm of ``returned - sent`` over the floating tensors both hold."""
+    squares = [
+        float(((returned[k].double() - v.double()) ** 2).sum())
+        for k, v in sent.items()
+        if v.is_floating_point() and k in returned
+    ]
+    return math.sqrt(sum(squares))
 
 
 def loss_weights(answered: dict[int, RoundReply]) -> list[float]:
@@ -73,16 +99,29 @@ def _total(counts: list[int | None]) -> int | None:
 
 @dataclass
 class Rounds:
-    """``total`` training rounds on one set of parameters, then one evaluate-only round.
+    """At most ``total`` training rounds on one set of parameters, then one evaluate-only round.
 
     ``states[0]`` is the start and ``states[i]`` what training round ``i - 1`` produced;
     ``history[i]`` is the validation loss the sites reported for ``states[i]`` in round ``i``.
-    Built from a checkpoint's states and history, ``run`` continues after the last finished round.
+    With ``patience`` > 0 the rounds stop early, once that many rounds in a row failed to beat the
+    best round so far (``best(margin)``): ``total`` is then a budget. Built from a checkpoint's
+    states and history, ``run`` continues after the last finished round.
     """
 
     total: int
     states: list[StateDict]
     history: list[float] = field(default_factory=list)
+    patience: int = 0
+    margin: float = 0.0
+    unvalidated: str = "start"
+    """Which round to keep when no round has a validation loss (no site could report one under
+    the disclosure threshold): ``start`` (the parameters the rounds started from) or ``last``."""
+    stopped_early: bool = False
+    """Set when the rounds stopped on ``patience`` before the budget ran out."""
+
+    def stalled(self) -> bool:
+        """Whether the last ``patience`` rounds all failed to improve on the best round."""
+        return self.patience > 0 and len(self.history) - 1 - self.best(self.margin) >= self.patience
 
     @property
     def next_round(self) -> int:
@@ -106,17 +145,26 @@ class Rounds:
         ``robust``, a round's validation loss is the median of the sites' reports (unweighted), so
         neither a claimed patient count nor one site's report decides which round is kept."""
         for index in range(self.next_round, self.total + 1):
+            if self.stalled():  # a resumed run that had stopped
+                self.stopped_early = True
+                return
             final = index == self.total
-            requests = dict.fromkeys(cohort, request(index, final, self.states[-1]))
+            sent = self.states[-1]
+            requests = dict.fromkeys(cohort, request(index, final, sent))
             answered = exchange(requests)
             counts = [float(reply.n_train) for reply in answered.values()]
             losses = [reply.validation_loss_before for reply in answered.values()]
             self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, loss_weights(answered)))
             if drop_lost:
                 cohort = [n for n in cohort if n in answered]
-            if not final:
-                self.states.append(aggregate(self.states[-1], answered, counts, len(requests)))
-            on_round(Round(index, final, answered, self.history[-1]))
+            stopped = not final and self.stalled()
+            norms = {} if final else {n: update_norm(sent, reply.state) for n, reply in answered.items()}
+            if not final and not stopped:
+                self.states.append(aggregate(sent, answered, counts, len(requests)))
+            on_round(Round(index, final or stopped, answered, self.history[-1], norms, stopped))
+            if stopped:
+                self.stopped_early = True
+                return
 
     def best(self, margin: float = 0.0) -> int:
         """The round with the lowest validation loss: the earliest on ties, a NaN loss never
@@ -125,6 +173,8 @@ class Rounds:
         loss = [math.inf if math.isnan(v) else v for v in self.history]
         if not loss:
             return 0
+        if self.unvalidated == "last" and not any(math.isfinite(v) for v in loss):
+            return len(self.states) - 1
         threshold = loss[0] - margin * abs(loss[0]) if math.isfinite(loss[0]) else math.inf
         better = [i for i in range(1, len(loss)) if loss[i] < threshold]
         return min(better, key=lambda i: loss[i]) if better else 0

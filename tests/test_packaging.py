@@ -1,5 +1,6 @@
 """Block and model packages: round trips and every refusal of a bad package."""
 
+import copy
 import json
 
 import numpy as np
@@ -163,6 +164,33 @@ def test_non_finite_values_are_refused(packages):
 
     with pytest.raises(PackageError, match="non-finite"):
         check_block_package(tampered(packages, poison))
+
+
+def test_a_shape_whose_element_count_overflows_int64_is_refused_not_raised(packages):
+    def overflow(package):
+        package.tensors[-1].ClearField("shape")
+        package.tensors[-1].shape.extend([2**32, 2**32])  # 2**64 elements: 0 in int64 arithmetic
+        package.tensors[-1].data = b""
+
+    with pytest.raises(PackageError, match=r"declares shape \[4294967296, 4294967296\]"):
+        check_block_package(tampered(packages, overflow))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [({"validation_score": float("nan")}, "not a finite number"), ({"validation_score": 7.0}, "outside")],
+)
+def test_a_nan_or_impossible_validation_score_is_refused(packages, metrics, message):
+    with pytest.raises(PackageError, match=f"metrics: .*{message}"):
+        check_block_package(tampered(packages, lambda package: package.metrics.update(metrics)))
+
+
+def test_a_site_leaves_an_unknown_validation_score_out_instead_of_sending_nan(blocks):
+    block = copy.deepcopy(blocks["omics"])
+    block.validation_score = float("nan")
+    package = block_to_package(block, TASK, site="s", run_id="run-1", metrics={"validation_loss": float("nan")})
+    assert "validation_score" not in package.metrics and "validation_loss" not in package.metrics
+    check_block_package(package)
 
 
 def test_oversized_package_is_refused(packages):

@@ -91,10 +91,12 @@ class BlockFedAvgPhase(Phase):
 
         patients: list[int | None] = []
         events: list[int | None] = []
+        far: list[list] = []
 
         def record(finished: Round) -> None:
             patients.append(finished.validation_patients)
             events.append(finished.validation_events)
+            federation.record_far_sites(f"block-fedavg:{modality}", finished, far)
             federation.recorder.audit(
                 "fedavg-round",
                 modality=modality,
@@ -104,13 +106,19 @@ class BlockFedAvgPhase(Phase):
             )
 
         sites = sorted(p.site for p, _ in candidates)
-        rounds = Rounds(rounds_config.block_rounds, [copy.deepcopy(block.adapter_state_dict())])
+        rounds = Rounds(
+            rounds_config.block_rounds,
+            [copy.deepcopy(block.adapter_state_dict())],
+            patience=rounds_config.round_patience,
+            margin=settings.fuse.min_improvement,
+            unvalidated=rounds_config.unvalidated_rounds,
+        )
         rounds.run(
             [n for n, d in federation.sites.items() if d.site in sites],
             request,
             functools.partial(federation.exchange, f"block-fedavg:{modality}"),
             record,
-            aggregate=federation.combine,
+            aggregate=functools.partial(federation.combine, optimizer=rounds_config.server_step()),
             robust=rounds_config.round_aggregation != "mean",
         )
         best = rounds.best()
@@ -123,6 +131,8 @@ class BlockFedAvgPhase(Phase):
             sites=sites,
             validation_patients=patients,
             validation_events=events,
+            far_sites=far or None,
+            stopped_early=rounds.stopped_early or None,
         )
         package = block_to_package(block, task, site="fedavg:" + "+".join(sites), run_id=run_id)
         return federation.sign(package), block

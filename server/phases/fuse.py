@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from fedlego.common.aggregation import FUSE_AGGREGATIONS, dp_average_updates
+from fedlego.common.aggregation import FUSE_AGGREGATIONS, ServerOptimizer, dp_average_updates
 from fedlego.common.packaging import fused_to_package, serialize
 from fedlego.common.privacy import CentralAccountant
 from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from fedlego.server.orchestrator import Federation
 
 FUSED = "fused.pb"
+OPTIMIZER_STATE = "fuse-optimizer"
 
 
 @dataclass
@@ -34,6 +35,8 @@ class FuseProgress(PhaseState):
     validation_patients: list[int | None] = field(default_factory=list)
     validation_events: list[int | None] = field(default_factory=list)
     states: int = 0
+    optimizer: bool = False
+    """Whether the server optimizer's state is saved (``fuse-optimizer``)."""
 
 
 class FusePhase(Phase):
@@ -70,13 +73,23 @@ class FusePhase(Phase):
             batch_size=settings.fuse.batch_size,
             weight_decay=fuse_weight_decay(settings.fuse, training.weight_decay),
         )
-        rounds = Rounds(rounds_config.fuse_rounds, [model.fusion_state_dict()])
+        rounds = Rounds(
+            rounds_config.fuse_rounds,
+            [model.fusion_state_dict()],
+            patience=rounds_config.round_patience,
+            margin=settings.fuse.min_improvement,
+            unvalidated=rounds_config.unvalidated_rounds,
+        )
+        optimizer = rounds_config.server_step()
         progress = FuseProgress.load(recorder, self.name)
         if progress.states:
             rounds.history = list(progress.history)
             rounds.states = [recorder.load_tensors(f"fuse-state-{i}") for i in range(progress.states)]
+            if progress.optimizer:
+                optimizer.load(recorder.load_tensors(OPTIMIZER_STATE))
         else:
             recorder.save_tensors("fuse-state-0", rounds.states[0])
+        far: list[list] = []
         first_round = rounds.next_round
 
         def request(round_index: int, final: bool, state: StateDict) -> RoundRequest:
@@ -96,6 +109,7 @@ class FusePhase(Phase):
             progress.participants.append(sorted(federation.exchange.site(n) for n in finished.answered))
             progress.validation_patients.append(finished.validation_patients)
             progress.validation_events.append(finished.validation_events)
+            federation.record_far_sites("fuse", finished, far)
             recorder.audit(
                 "fuse-round",
                 round=finished.index,
@@ -105,7 +119,8 @@ class FusePhase(Phase):
             )
             if recorder.checkpoint is not None:
                 recorder.save_tensors(f"fuse-state-{len(rounds.states) - 1}", rounds.states[-1])
-                progress.history, progress.states = list(rounds.history), len(rounds.states)
+                recorder.save_tensors(OPTIMIZER_STATE, optimizer.state())
+                progress.history, progress.states, progress.optimizer = list(rounds.history), len(rounds.states), True
                 progress.save(recorder, self.name)
 
         rounds.run(
@@ -113,7 +128,7 @@ class FusePhase(Phase):
             request,
             functools.partial(federation.exchange, "fuse"),
             record,
-            aggregate=functools.partial(self._aggregate, federation),
+            aggregate=functools.partial(self._aggregate, federation, optimizer),
             drop_lost=True,  # a site that dropped out is not waited for again
             robust=rounds_config.round_aggregation != "mean",
         )
@@ -128,6 +143,8 @@ class FusePhase(Phase):
             validation_events=progress.validation_events,
             trainable=counts["trainable"],
             total=counts["total"],
+            far_sites=far or None,
+            stopped_early=rounds.stopped_early or None,
         )
         package = federation.sign(fused_to_package(model, models.block_packages, federation.run_id))
         recorder.save_package(FUSED, serialize(package))
@@ -137,16 +154,18 @@ class FusePhase(Phase):
     def _aggregate(
         self,
         federation: Federation,
+        optimizer: ServerOptimizer,
         reference: StateDict,
         answered: dict[int, RoundReply],
         counts: list[float],
         asked: int,
     ) -> StateDict:
         """The round's aggregate (``round-aggregation``), or with ``fuse-dp-noise`` > 0 central
-        DP-FedAvg (clipped site updates, Gaussian noise, unweighted mean); records the spent budget."""
+        DP-FedAvg (clipped site updates, Gaussian noise, unweighted mean; the spent budget is
+        recorded), stepped from ``reference`` by the server optimizer."""
         dp = federation.settings.fuse_privacy
         if dp.noise <= 0:
-            return federation.combine(reference, answered, counts, asked)
+            return federation.combine(reference, answered, counts, asked, optimizer)
         record = federation.results.privacy_record()
         if record.fuse is None:
             record.fuse = FusePrivacy()
@@ -163,4 +182,4 @@ class FusePhase(Phase):
         for key, value in self._accountant.summary().items():
             setattr(fuse, key, value)
         federation.log(f"  fuse DP: epsilon {fuse.epsilon:.3f} (delta {fuse.delta:g}), {fuse.rounds} rounds")
-        return state
+        return optimizer.step(reference, state)

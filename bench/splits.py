@@ -1,0 +1,227 @@
+"""Realistic hospital splits: panel cohorts cut into sites by a real covariate (Flower Datasets'
+``NaturalIdPartitioner``: treatment unit, study group, admission period) or by a Dirichlet skew of
+the outcome (``DirichletPartitioner``), each site holding every modality of its patients. Each split
+runs as a federation (``fedlego`` in process, the same code as ``fedlego simulate --sites``) with
+each round strategy over several seeds, against centralized training of the same model on the
+pooled training patients. Every model is scored on the same test patients (the union of the sites'
+test patients; roles are hashed per patient, so the pooled cohort has the same ones) with
+scikit-survival's c-index; the strategy to make the default is chosen on the c-index over the
+union of the sites' validation patients (the benchmark holds them all), never on test patients.
+
+    python bench/splits.py --out docs/benchmarks --seeds 3 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Flower Datasets imports Hugging Face's hub: no outbound call
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+NATURAL = {"Pbc3": "fac_unit", "dataOvarian1": "fac_group", "whas500": "fac_year"}
+"""Cohort -> the covariate its sites are cut by (treatment unit, study group, admission period)."""
+DIRICHLET_SITES = 5
+DIRICHLET_ALPHA = 0.5
+MIN_SITE = 30
+"""Natural sites smaller than this join the next smallest (a hospital of a handful is no site)."""
+BUDGET = {"block-rounds": 10, "fuse-rounds": 10, "round-patience": 2}
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "fedavg (2+2 rounds)": {},
+    "fedavg": dict(BUDGET),
+    "fedavg, keep last": {**BUDGET, "unvalidated-rounds": "last"},
+    "fedprox": {**BUDGET, "fuse-aggregation": "fedprox"},
+    "fedadam": {**BUDGET, "server-optimizer": "fedadam"},
+    "fedyogi": {**BUDGET, "server-optimizer": "fedyogi"},
+}
+"""Strategy -> run-config changes; the first is the defaults before this benchmark. ``keep last``:
+when no site can report a validation loss, keep the last round instead of the start."""
+
+
+def natural_sites(table, column: str) -> dict[str, list[str]]:
+    """Patients grouped by ``column`` with Flower Datasets' NaturalIdPartitioner; groups under
+    ``MIN_SITE`` patients merged into the smallest other group."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    frame = table[["pid", column]].astype(str)
+    partitioner = NaturalIdPartitioner(partition_by=column)
+    partitioner.dataset = Dataset.from_pandas(frame, preserve_index=False)
+    groups = {}
+    for index in range(partitioner.num_partitions):
+        part = partitioner.load_partition(index)
+        groups[str(part[column][0])] = list(part["pid"])
+    while len(groups) > 2 and min(len(v) for v in groups.values()) < MIN_SITE:
+        ordered = sorted(groups, key=lambda k: len(groups[k]))
+        small, into = ordered[0], ordered[1]
+        groups[f"{into}+{small}"] = groups.pop(into) + groups.pop(small)
+    return {f"site-{name}".replace(" ", "_"): ids for name, ids in groups.items()}
+
+
+def dirichlet_sites(table, seed: int) -> dict[str, list[str]]:
+    """Patients in ``DIRICHLET_SITES`` sites whose event rates and sizes follow a Dirichlet
+    (``DIRICHLET_ALPHA``) with Flower Datasets' DirichletPartitioner."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    frame = table[["pid", "event"]].astype({"pid": str, "event": int})
+    partitioner = DirichletPartitioner(
+        num_partitions=DIRICHLET_SITES,
+        partition_by="event",
+        alpha=DIRICHLET_ALPHA,
+        min_partition_size=MIN_SITE,
+        self_balancing=True,
+        seed=seed,
+    )
+    partitioner.dataset = Dataset.from_pandas(frame, preserve_index=False)
+    return {f"site-{i}": list(partitioner.load_partition(i)["pid"]) for i in range(DIRICHLET_SITES)}
+
+
+def c_index(ids: list[str], risk: dict[str, float], labels) -> float:
+    """Harrell's c-index of ``risk`` on ``ids`` (scikit-survival); NaN without a comparable pair."""
+    from sksurv.metrics import concordance_index_censored
+
+    table = labels.table.loc[ids]
+    scores = np.array([risk[i] for i in ids])
+    try:
+        return float(concordance_index_censored(table["event"].astype(bool), table["time"], scores)[0])
+    except ValueError:  # every patient censored, or fewer than two
+        return float("nan")
+
+
+def federated(cohort: str, sites: dict[str, list[str]], strategy: str, seed: int, work: Path) -> dict[str, Any]:
+    """One federation of the sites with one strategy: its test c-index overall and per site, and
+    the pooled validation loss of the model it kept."""
+    from fedlego.common.config import RunConfig
+    from fedlego.common.data.scenarios import SiteSpec
+    from fedlego.common.data.sitefolder import read_site_folder, write_site_folder
+    from fedlego.common.prediction import predict_folder
+    from fedlego.inprocess import InProcessTransport
+    from fedlego.server.orchestrator import Federation
+    from fedlego_bench.panel import panel_folder
+
+    pooled = read_site_folder(panel_folder(cohort))
+    dataset = pooled.dataset
+    folders = []
+    for name, ids in sites.items():
+        spec = SiteSpec(name, sorted(dataset.modalities), [i for i in ids if i in set(dataset.patient_ids())])
+        folders.append(write_site_folder(dataset, spec, None, work / name))
+    out = work / "run"
+    config = {"site-folders": ",".join(map(str, folders)), "seed": seed, "out-dir": str(out), **STRATEGIES[strategy]}
+    start = time.perf_counter()
+    results = Federation(
+        InProcessTransport(config, len(folders)), RunConfig.from_flat(config), log=lambda _: None
+    ).run()
+    if results.status != "completed":
+        return {"error": results.error}
+    model = out / "packages" / ("fused.pb" if (out / "packages" / "fused.pb").exists() else "merged.pb")
+    frame = predict_folder(model, panel_folder(cohort), unverified=True)
+    risk = dict(zip(frame["patient_id"].astype(str), frame["risk"], strict=True))
+    test = [i for i in pooled.roles["test"] if i in risk]
+    validation = [i for i in pooled.roles["validation"] if i in risk]
+    kept = results.rounds.get("fuse")
+    return {
+        "test": c_index(test, risk, dataset.labels),
+        "validation": c_index(validation, risk, dataset.labels),
+        "sites": {
+            name: c_index([i for i in test if i in set(ids)], risk, dataset.labels) for name, ids in sites.items()
+        },
+        "validation_loss": kept.validation_loss[kept.kept_round] if kept else None,
+        "rounds": {k: len(v.validation_loss) - 1 for k, v in results.rounds.items()},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def centralized(cohort: str, seed: int) -> dict[str, Any]:
+    """The same model trained on the pooled training patients (validation patients for early
+    stopping), scored on the same test patients."""
+    from fedlego.common.centralized import train_fold
+    from fedlego.common.data.scenarios import FoldSplit
+    from fedlego.common.data.sitefolder import read_site_folder
+    from fedlego.common.workflow import scores_of
+    from fedlego_bench.panel import panel_dataset, panel_folder
+
+    dataset, config = panel_dataset(cohort)
+    roles = read_site_folder(panel_folder(cohort)).roles
+    config.seed = seed
+    fold = train_fold(dataset, config, FoldSplit(0, roles["train"], roles["validation"], roles["test"]), lambda _: None)
+    model = fold.fused or fold.merged
+    scores = scores_of(model, fold.test, fold.task)
+    validation = scores_of(model, fold.paired_validation, fold.task)
+    return {
+        "test": c_index(list(fold.test.ids), dict(zip(fold.test.ids, scores, strict=True)), dataset.labels),
+        "validation": c_index(
+            list(fold.paired_validation.ids),
+            dict(zip(fold.paired_validation.ids, validation, strict=True)),
+            dataset.labels,
+        ),
+    }
+
+
+def partitions(cohort: str, seed: int) -> dict[str, dict[str, list[str]]]:
+    """The cohort's natural split (when it has one) and its Dirichlet split for ``seed``."""
+    from fedlego_bench.panel import load_cohort
+
+    table = load_cohort(cohort)
+    table["pid"] = table["pid"].astype(str).map(lambda p: f"{cohort}-{p}")  # the ids export_cohort writes
+    splits = {"dirichlet": dirichlet_sites(table, seed)}
+    if cohort in NATURAL:
+        splits["natural"] = natural_sites(table, NATURAL[cohort])
+    return splits
+
+
+def task(job: tuple[str, int]) -> dict[str, Any]:
+    """Every split and strategy of one cohort and seed, and the centralized reference."""
+    cohort, seed = job
+    record: dict[str, Any] = {"cohort": cohort, "seed": seed, "centralized": centralized(cohort, seed), "splits": {}}
+    for split, sites in partitions(cohort, seed).items():
+        record["splits"][split] = {"sizes": {k: len(v) for k, v in sites.items()}, "strategies": {}}
+        for strategy in STRATEGIES:
+            with tempfile.TemporaryDirectory(prefix="fedlego-splits-") as folder:
+                outcome = federated(cohort, sites, strategy, seed, Path(folder))
+            record["splits"][split]["strategies"][strategy] = outcome
+            print(f"{cohort} seed {seed} {split} {strategy}: {outcome.get('test', outcome.get('error'))}", flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--cohorts", nargs="+", default=sorted(NATURAL))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1)
+    args = parser.parse_args(argv)
+    from fedlego_bench.panel import panel_folder
+
+    for cohort in args.cohorts:
+        panel_folder(cohort)  # exported once, before the workers read it
+    jobs = [(c, s) for s in range(args.seeds) for c in args.cohorts]  # every cohort's first seed first
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "splits-records.jsonl"  # each finished job at once: a cut-short run keeps its part
+    partial.write_text("")
+    records = []
+    with ProcessPoolExecutor(max(args.jobs, 1)) as pool:
+        for record in pool.map(task, jobs):
+            records.append(record)
+            with partial.open("a") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
+    summary = {"records": records, "strategies": STRATEGIES, "wall_seconds": time.perf_counter() - start}
+    (args.out / "splits.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    from fedlego_bench.splits_page import write_splits_page
+
+    command = " ".join(["python bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
+    write_splits_page(summary, args.out / "splits.md", command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The realistic-split benchmark's sites (Flower Datasets' partitioners) and its page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedlego_bench.splits import DIRICHLET_SITES, MIN_SITE, dirichlet_sites, natural_sites
+from fedlego_bench.splits_page import rows, write_splits_page
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    generator = np.random.default_rng(0)
+    unit = ["a"] * 120 + ["b"] * 90 + ["c"] * 12 + ["d"] * 8 + ["e"] * 70
+    return pd.DataFrame({"pid": [f"p{i}" for i in range(300)], "unit": unit, "event": generator.integers(0, 2, 300)})
+
+
+def test_natural_sites_follow_the_covariate_and_merge_the_smallest(table):
+    sites = natural_sites(table, "unit")
+    assert sorted(len(v) for v in sites.values()) == [90, 90, 120]  # d (8) joins c (12), then both join e
+    assert min(len(v) for v in sites.values()) >= MIN_SITE
+    every = [i for ids in sites.values() for i in ids]
+    assert sorted(every) == sorted(table["pid"]) and len(every) == len(set(every))
+    units = {name: set(table.set_index("pid").loc[ids, "unit"]) for name, ids in sites.items()}
+    assert {"a"} in units.values() and any(len(u) > 1 for u in units.values())  # c and d joined another
+
+
+def test_dirichlet_sites_cover_every_patient_once_and_depend_on_the_seed(table):
+    first, again, other = dirichlet_sites(table, 0), dirichlet_sites(table, 0), dirichlet_sites(table, 1)
+    assert len(first) == DIRICHLET_SITES and first == again and first != other
+    every = [i for ids in first.values() for i in ids]
+    assert sorted(every) == sorted(table["pid"]) and len(every) == len(set(every))
+    assert min(len(v) for v in first.values()) >= MIN_SITE
+
+
+def test_the_page_reports_the_paired_difference_per_strategy(tmp_path):
+    record = {
+        "cohort": "c",
+        "seed": 0,
+        "centralized": {"test": 0.70},
+        "splits": {
+            "natural": {
+                "sizes": {},
+                "strategies": {
+                    "fedavg": {"test": 0.68, "sites": {"a": 0.6, "b": 0.8}, "validation_loss": 1.2},
+                    "fedyogi": {"error": "phase describe failed"},
+                },
+            }
+        },
+    }
+    summary = {
+        "records": [record, {**record, "seed": 1, "centralized": {"test": 0.66}}],
+        "strategies": {"fedavg": {}, "fedyogi": {}},
+        "wall_seconds": 60,
+    }
+    (fedavg,) = [r for r in rows(summary) if r["strategy"] == "fedavg"]
+    assert fedavg["difference"] == pytest.approx([-0.02, 0.02]) and fedavg["runs"] == 2
+    write_splits_page(summary, tmp_path / "splits.md", "python bench/splits.py")
+    page = (tmp_path / "splits.md").read_text()
+    assert "| c | natural | fedavg | +0.000 [" in page and "| fedyogi | nan | n/a | 0 |" in page
