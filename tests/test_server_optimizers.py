@@ -67,8 +67,7 @@ def test_fedavg_takes_the_aggregate_and_an_optimizer_resumes_from_its_state():
 
 def replies(loss: float, norms: tuple[float, ...] = (1.0, 1.0)) -> dict[int, RoundReply]:
     return {
-        node: RoundReply({"w": torch.full((1,), norm)}, 10, loss, n_validation=5)
-        for node, norm in enumerate(norms)
+        node: RoundReply({"w": torch.full((1,), norm)}, 10, loss, n_validation=5) for node, norm in enumerate(norms)
     }
 
 
