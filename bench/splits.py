@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from fedlego_bench.splits_page import write_splits_page
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Flower Datasets imports Hugging Face's hub: no outbound call
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -179,13 +181,13 @@ def partitions(cohort: str, seed: int) -> dict[str, dict[str, list[str]]]:
     return splits
 
 
-def task(job: tuple[str, int]) -> dict[str, Any]:
-    """Every split and strategy of one cohort and seed, and the centralized reference."""
-    cohort, seed = job
+def task(job: tuple[str, int, tuple[str, ...]]) -> dict[str, Any]:
+    """Every split and the given strategies of one cohort and seed, and the centralized reference."""
+    cohort, seed, strategies = job
     record: dict[str, Any] = {"cohort": cohort, "seed": seed, "centralized": centralized(cohort, seed), "splits": {}}
     for split, sites in partitions(cohort, seed).items():
         record["splits"][split] = {"sizes": {k: len(v) for k, v in sites.items()}, "strategies": {}}
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             with tempfile.TemporaryDirectory(prefix="fedlego-splits-") as folder:
                 outcome = federated(cohort, sites, strategy, seed, Path(folder))
             record["splits"][split]["strategies"][strategy] = outcome
@@ -199,12 +201,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cohorts", nargs="+", default=sorted(NATURAL))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    parser.add_argument(
+        "--render", action="store_true", help="write the page from the jobs finished so far (splits-records.jsonl)"
+    )
     args = parser.parse_args(argv)
+    command = " ".join(["python bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.render:
+        lines = (args.out / "splits-records.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        done = {s for r in records for e in r["splits"].values() for s in e["strategies"]}
+        chosen = {name: STRATEGIES[name] for name in args.strategies if name in done}
+        summary = {"records": records, "strategies": chosen, "wall_seconds": float("nan")}
+        (args.out / "splits.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        write_splits_page(summary, args.out / "splits.md", command)
+        return
     from fedlego_bench.panel import panel_folder
 
     for cohort in args.cohorts:
         panel_folder(cohort)  # exported once, before the workers read it
-    jobs = [(c, s) for s in range(args.seeds) for c in args.cohorts]  # every cohort's first seed first
+    strategies = tuple(args.strategies)
+    jobs = [(c, s, strategies) for s in range(args.seeds) for c in args.cohorts]  # every cohort's first seed first
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "splits-records.jsonl"  # each finished job at once: a cut-short run keeps its part
@@ -215,11 +232,9 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             with partial.open("a") as handle:
                 handle.write(json.dumps(record, default=float) + "\n")
-    summary = {"records": records, "strategies": STRATEGIES, "wall_seconds": time.perf_counter() - start}
+    chosen = {name: STRATEGIES[name] for name in strategies}
+    summary = {"records": records, "strategies": chosen, "wall_seconds": time.perf_counter() - start}
     (args.out / "splits.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    from fedlego_bench.splits_page import write_splits_page
-
-    command = " ".join(["python bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
     write_splits_page(summary, args.out / "splits.md", command)
 
 

@@ -23,6 +23,12 @@ def _interval(values: list[float]) -> str:
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "rendered from the jobs a cut-short run finished: `--render`; seeds and cohorts as listed"
+    return f"{seconds / 60:.0f} min on this machine's 2 cores"
+
+
 def _mean_over_sites(outcome: dict[str, Any]) -> float:
     values = [v for v in outcome.get("sites", {}).values() if math.isfinite(v)]
     return float(np.mean(values)) if values else float("nan")
@@ -71,7 +77,7 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
     lines = [
         "# Realistic hospital splits: federated against centralized training",
         "",
-        f"Command: `{command}` ({summary['wall_seconds'] / 60:.0f} min on this machine's 2 cores).",
+        f"Command: `{command}` ({_duration(summary['wall_seconds'])}).",
         "",
         "Each panel cohort is cut into sites by a real covariate (`natural`: Flower Datasets'",
         "NaturalIdPartitioner) or by a Dirichlet skew of the outcome (`dirichlet`,",
