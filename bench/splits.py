@@ -113,9 +113,9 @@ def federated(cohort: str, sites: dict[str, list[str]], strategy: str, seed: int
 
     pooled = read_site_folder(panel_folder(cohort))
     dataset = pooled.dataset
-    folders = []
+    folders, held = [], set(dataset.patient_ids())
     for name, ids in sites.items():
-        spec = SiteSpec(name, sorted(dataset.modalities), [i for i in ids if i in set(dataset.patient_ids())])
+        spec = SiteSpec(name, sorted(dataset.modalities), [i for i in ids if i in held])
         folders.append(write_site_folder(dataset, spec, None, work / name))
     out = work / "run"
     config = {"site-folders": ",".join(map(str, folders)), "seed": seed, "out-dir": str(out), **STRATEGIES[strategy]}
@@ -135,7 +135,8 @@ def federated(cohort: str, sites: dict[str, list[str]], strategy: str, seed: int
         "test": c_index(test, risk, dataset.labels),
         "validation": c_index(validation, risk, dataset.labels),
         "sites": {
-            name: c_index([i for i in test if i in set(ids)], risk, dataset.labels) for name, ids in sites.items()
+            name: c_index([i for i in test if i in members], risk, dataset.labels)
+            for name, members in ((n, set(ids)) for n, ids in sites.items())
         },
         "validation_loss": kept.validation_loss[kept.kept_round] if kept else None,
         "rounds": {k: len(v.validation_loss) - 1 for k, v in results.rounds.items()},

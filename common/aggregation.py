@@ -96,13 +96,19 @@ def combine_states(
     return aggregate(states, weights)
 
 
+def update_norm(reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of the update ``state - reference`` over the floating tensors both hold."""
+    keys = [k for k in reference if reference[k].is_floating_point() and k in state]
+    return float(_flat({k: state[k] - reference[k] for k in keys}, keys).norm())
+
+
 def bound_updates(
     reference: Mapping[str, torch.Tensor], states: Sequence[Mapping[str, torch.Tensor]], factor: float
 ) -> list[dict[str, torch.Tensor]]:
     """The states with each update (state - reference) scaled to L2 norm at most ``factor`` x the
     median update norm of all the states (over all tensors together)."""
     keys = [k for k in reference if reference[k].is_floating_point()]
-    norms = [float(_flat({k: s[k] - reference[k] for k in keys}, keys).norm()) for s in states]
+    norms = [update_norm(reference, s) for s in states]
     limit = factor * float(np.median(norms))
     bounded = []
     for state, norm in zip(states, norms, strict=True):

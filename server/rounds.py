@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedlego.common.aggregation import average_states, weighted_mean
+from fedlego.common.aggregation import average_states, update_norm, weighted_mean
 from fedlego.common.protocol import RoundReply, RoundRequest
 
 StateDict = dict[str, torch.Tensor]
@@ -71,16 +71,6 @@ class Round:
     def validation_events(self) -> int | None:
         """Their events (survival) or rarest-class patients (classification), summed over sites."""
         return _total([reply.validation_events for reply in self.answered.values()])
-
-
-def update_norm(sent: StateDict, returned: StateDict) -> float:
-    """L2 norm of ``returned - sent`` over the floating tensors both hold."""
-    squares = [
-        float(((returned[k].double() - v.double()) ** 2).sum())
-        for k, v in sent.items()
-        if v.is_floating_point() and k in returned
-    ]
-    return math.sqrt(sum(squares))
 
 
 def loss_weights(answered: dict[int, RoundReply]) -> list[float]:
