@@ -41,6 +41,8 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         reference = record["centralized"]["test"]
         for split, entry in record["splits"].items():
             for strategy, outcome in entry["strategies"].items():
+                if strategy not in summary["strategies"]:  # --render of a subset
+                    continue
                 cell = table.setdefault(
                     (record["cohort"], split, strategy), {"diff": [], "sites": [], "loss": [], "validation": []}
                 )
@@ -113,4 +115,43 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
             chosen, best = strategy, mean_valid
         lines.append(f"| {strategy} | {mean_valid:.3f} | {_interval(values)} | {len(values)} |")
     lines += ["", f"Highest mean c-index on the validation patients: **{chosen}**.", ""]
+    lines += _against_first(summary, table, strategies)
     path.write_text("\n".join(lines))
+
+
+def _paired(summary: dict[str, Any], strategy: str, reference: str, key: str) -> list[float]:
+    """``strategy`` - ``reference`` on ``key`` (test or validation c-index), one value per cohort,
+    split and seed where both ran."""
+    out = []
+    for record in summary["records"]:
+        for entry in record["splits"].values():
+            ran = entry["strategies"]
+            if key in ran.get(strategy, {}) and key in ran.get(reference, {}):
+                out.append(float(ran[strategy][key]) - float(ran[reference][key]))
+    return [v for v in out if math.isfinite(v)]
+
+
+def _against_first(summary: dict[str, Any], table: list[dict[str, Any]], strategies: list[str]) -> list[str]:
+    """Each strategy against the first (the defaults before the benchmark), paired by cohort, split
+    and seed, and the ratio of the seed-to-seed sd of the mean-over-sites c-index."""
+    reference = strategies[0]
+    lines = [
+        f"## Against `{reference}` (paired by cohort, split and seed)",
+        "",
+        "| strategy | validation c-index difference | test c-index difference | sites sd / reference's (median) |",
+        "|---|---|---|---|",
+    ]
+    sd = {(r["cohort"], r["split"], r["strategy"]): r["sites_sd"] for r in table}
+    for strategy in strategies[1:]:
+        ratios = [
+            sd[(c, s, strategy)] / sd[(c, s, reference)]
+            for (c, s, name) in sd
+            if name == reference and (c, s, strategy) in sd and sd[(c, s, reference)] > 0
+        ]
+        ratios = [r for r in ratios if math.isfinite(r)]
+        ratio = f"{float(np.median(ratios)):.2f}" if ratios else "n/a"
+        lines.append(
+            f"| {strategy} | {_interval(_paired(summary, strategy, reference, 'validation'))} "
+            f"| {_interval(_paired(summary, strategy, reference, 'test'))} | {ratio} |"
+        )
+    return [*lines, ""]
