@@ -315,6 +315,14 @@ class RoundReply:
         _field(payload, VERSION_KEY, "round reply")
         if payload.arrays is None or not {"num-examples", "validation-loss-before"} <= set(payload.metrics):
             raise ProtocolError("round reply: needs arrays and the metrics num-examples, validation-loss-before")
+        bad = sorted(str(k) for k, v in payload.arrays.items() if not isinstance(v, torch.Tensor))
+        if bad:
+            raise ProtocolError(f"round reply: arrays {bad[:5]} are not tensors")
+        examples, loss = payload.metrics["num-examples"], payload.metrics["validation-loss-before"]
+        if not _count(examples) or examples < 1:
+            raise ProtocolError(f"round reply: 'num-examples' must be a positive integer, got {examples!r}")
+        if not _number(loss) or math.isinf(loss):
+            raise ProtocolError(f"round reply: 'validation-loss-before' must be a finite number or NaN, got {loss!r}")
         counts = {}
         for key in ("validation-patients", "validation-events"):
             value = payload.metrics.get(key)
@@ -323,8 +331,8 @@ class RoundReply:
             counts[key] = None if value is None else int(value)
         return cls(
             payload.arrays,
-            int(payload.metrics["num-examples"]),
-            payload.metrics["validation-loss-before"],
+            int(examples),
+            float(loss),
             counts["validation-patients"],
             counts["validation-events"],
         )

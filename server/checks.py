@@ -73,7 +73,8 @@ def check_packages(
 ) -> PackageSelection:
     """Check every uploaded package; valid ones grouped by modality, the rest refused with a reason.
 
-    With ``trusted`` signers, every package must carry a valid signature of the site it names."""
+    With ``trusted`` signers, every package must carry a valid signature of the site it names.
+    No exception escapes: one raised while checking a package refuses that package, with its reason."""
     selection = PackageSelection()
     for package in packages:
         try:
@@ -84,6 +85,10 @@ def check_packages(
             block = check_block_package(package, contract, task, max_bytes, max_encoder_parameters, max_weight_ratio)
         except PackageError as error:
             selection.refused.append(Refusal(package.site, package.modality, str(error)))
+            continue
+        except Exception as error:  # a check that crashes on one package refuses that package only
+            reason = f"the package could not be checked ({type(error).__name__}: {error})"
+            selection.refused.append(Refusal(package.site, package.modality, reason))
             continue
         selection.candidates.setdefault(package.modality, []).append((package, block))
     for candidates in selection.candidates.values():

@@ -115,6 +115,10 @@ class PhaseExchange:
             payload.config[AUDIT_HEAD_KEY] = json.dumps(head.to_dict())
         return payload
 
+    def refuse(self, phase: str, node: int, reason: str) -> None:
+        """Record that a node's decoded reply in ``phase`` was refused (its part is left out)."""
+        self._failed(self.results(), node, phase, reason)
+
     def _failed(self, results: RunResults, node: int, phase: str, reason: str) -> None:
         site = self.site(node)
         results.failures.append(Failure(site, phase, reason))

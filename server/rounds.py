@@ -18,6 +18,7 @@ import torch
 
 from fedlego.common.aggregation import average_states, update_norm, weighted_mean
 from fedlego.common.protocol import RoundReply, RoundRequest
+from fedlego.server.exchange import FederationError
 
 StateDict = dict[str, torch.Tensor]
 FAR_FACTOR = 3.0
@@ -29,6 +30,40 @@ Aggregate = Callable[[StateDict, dict[int, RoundReply], list[float], int], State
 def fedavg(reference: StateDict, answered: dict[int, RoundReply], counts: list[float], asked: int) -> StateDict:
     """Plain FedAvg: the replies' parameters weighted by their sample counts."""
     return average_states([reply.state for reply in answered.values()], counts)
+
+
+def reply_problem(sent: StateDict, reply: RoundReply) -> str | None:
+    """Why a training round's reply cannot be combined with the others (None when it can): its
+    parameters must be exactly those sent, each of the same shape and kind of dtype (a floating
+    tensor may come back in another float precision) and finite."""
+    missing, extra = sorted(set(sent) - set(reply.state)), sorted(set(reply.state) - set(sent))
+    if missing or extra:
+        return f"its parameters differ from those sent: missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, tensor in reply.state.items():
+        expected = sent[name]
+        if tuple(tensor.shape) != tuple(expected.shape):
+            return f"parameter {name!r} has shape {tuple(tensor.shape)}, {tuple(expected.shape)} was sent"
+        if tensor.dtype != expected.dtype and not (tensor.is_floating_point() and expected.is_floating_point()):
+            return f"parameter {name!r} has dtype {tensor.dtype}, {expected.dtype} was sent"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"parameter {name!r} holds NaN or inf"
+    return None
+
+
+def valid_replies(
+    sent: StateDict, answered: dict[int, RoundReply], refuse: Callable[[int, str], None]
+) -> dict[int, RoundReply]:
+    """The replies that can be combined, their parameters cast to the dtypes sent; each other one
+    is passed to ``refuse`` with its reason and costs only that site's part in the round."""
+    kept = {}
+    for node, reply in answered.items():
+        problem = reply_problem(sent, reply)
+        if problem is not None:
+            refuse(node, f"round reply refused: {problem}")
+            continue
+        reply.state = {k: v.to(sent[k].dtype) for k, v in reply.state.items()}
+        kept[node] = reply
+    return kept
 
 
 def median_of_finite(values: list[float]) -> float:
@@ -127,13 +162,16 @@ class Rounds:
         aggregate: Aggregate = fedavg,
         drop_lost: bool = False,
         robust: bool = False,
+        refuse: Callable[[int, str], None] = lambda node, reason: None,
     ) -> None:
         """Run the remaining rounds. ``request(index, final, state)`` is the message every node of
         the cohort gets; ``exchange`` sends the requests and returns the replies
         (raising when too few answered); ``on_round`` is called after each round is aggregated.
         With ``drop_lost``, a site that did not answer a round is not asked again. With
         ``robust``, a round's validation loss is the median of the sites' reports (unweighted), so
-        neither a claimed patient count nor one site's report decides which round is kept."""
+        neither a claimed patient count nor one site's report decides which round is kept.
+        A training round's reply that cannot be combined (``reply_problem``) is passed to
+        ``refuse`` and left out of the round; with none left the run cannot go on (FederationError)."""
         for index in range(self.next_round, self.total + 1):
             if self.stalled():  # a resumed run that had stopped
                 self.stopped_early = True
@@ -142,6 +180,10 @@ class Rounds:
             sent = self.states[-1]
             requests = dict.fromkeys(cohort, request(index, final, sent))
             answered = exchange(requests)
+            if not final:
+                answered = valid_replies(sent, answered, refuse)
+                if not answered:
+                    raise FederationError(f"round {index}: no site sent parameters that could be combined")
             counts = [float(reply.n_train) for reply in answered.values()]
             losses = [reply.validation_loss_before for reply in answered.values()]
             self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, loss_weights(answered)))

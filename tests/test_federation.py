@@ -533,3 +533,35 @@ def test_what_one_poisoned_site_can_do_to_fedavg_and_cannot_do_to_a_robust_round
     history = robust["rounds"][f"block:{modality}"]["validation_loss"]
     assert all(math.isfinite(v) and v < 10 for v in history)  # the honest majority's losses decide
     assert robust["metrics"]["merge"][f"block:{modality}"]["weighted_mean"] > 0.6
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda state: {k: v.flatten() for k, v in state.items()},  # every parameter in the wrong shape
+        lambda state: {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in state.items()},
+        lambda state: dict(list(state.items())[1:]),  # a parameter missing
+    ],
+    ids=["shape", "nan", "missing"],
+)
+def test_a_malformed_round_reply_costs_that_site_its_part_and_the_run_completes(monkeypatch, damage):
+    config = {**SMALL, "sites-per-modality": 2, "paired-sites": 0, "fuse-rounds": 0}
+    settings = RunConfig.from_flat(config)
+    target = simulated_scenario(settings, run_cohort(settings)).sites[0]
+    honest_round = SiteRuntime.block_round
+
+    def damaged_round(self, block, task, train_config, proximal_mu=0.0):
+        reply = honest_round(self, block, task, train_config, proximal_mu)
+        if self.name == target.name and train_config.epochs > 0:
+            reply.state = damage(reply.state)
+        return reply
+
+    monkeypatch.setattr(SiteRuntime, "block_round", damaged_round)
+    results, _ = run(config)
+    assert results["status"] == "completed"
+    refused = [f for f in results["failures"] if f["site"] == target.name]
+    assert refused and all(f["phase"].startswith("block-fedavg:") for f in refused)
+    assert all("round reply refused" in f["reason"] for f in refused)
+    assert (
+        len(results["rounds"][f"block:{target.modalities[0]}"]["validation_loss"]) == settings.rounds.block_rounds + 1
+    )

@@ -93,10 +93,16 @@ def _replace(document, path, value, delete: bool):
 
 
 def _damage_a_tensor(draw, package) -> None:
-    """One of the package's tensors gets random bytes or a random shape."""
+    """One of the package's tensors gets random bytes, an unusual dtype, or a random shape (up to
+    products that overflow int64)."""
     tensor = package.tensors[draw(st.integers(min_value=0, max_value=len(package.tensors) - 1))]
-    if draw(st.booleans()):
+    damage = draw(st.sampled_from(["bytes", "dtype", "shape"]))
+    if damage == "bytes":
         tensor.data = draw(st.binary(max_size=64))
+    elif damage == "dtype":
+        tensor.dtype = draw(
+            st.sampled_from(["float16", "float64", "int64", "bool", "complex64", "object", "<U8", "V4", "", "float32 "])
+        )
     else:
         del tensor.shape[:]
         tensor.shape.extend(draw(st.lists(st.integers(min_value=0, max_value=2**40), max_size=4)))
@@ -107,7 +113,7 @@ def mutated_packages(draw):
     """A valid package with one JSON value replaced or deleted, a number changed, or a tensor's
     bytes or shape damaged; re-hashed."""
     package = parse_block_package(VALID[draw(st.sampled_from(sorted(VALID)))])
-    kind = draw(st.sampled_from(["json", "json", "json", "nesting", "number", "tensor"]))
+    kind = draw(st.sampled_from(["json", "json", "json", "nesting", "number", "metric", "tensor"]))
     if kind in ("json", "nesting"):
         field = draw(st.sampled_from(JSON_FIELDS))
         document = json.loads(getattr(package, field) or "null")
@@ -126,6 +132,9 @@ def mutated_packages(draw):
             setattr(package, which, value)
         else:
             setattr(package.contract, which, value)
+    elif kind == "metric":
+        key = draw(st.sampled_from(["validation_score", "validation_loss", "train_loss", "x"]))
+        package.metrics[key] = draw(st.floats(allow_nan=True, allow_infinity=True))
     else:
         _damage_a_tensor(draw, package)
     package.content_hash = content_hash(package)
@@ -147,6 +156,8 @@ def test_checking_a_mutated_package_always_returns_a_verdict(package):
     assert isinstance(block, LegoBlock)  # a harmless mutation: the block still rebuilds and is finite
     assert all(torch.isfinite(v).all() for v in block.state_dict().values() if v.is_floating_point())
     assert math.isfinite(float(block.n_samples))
+    score = block.validation_score
+    assert score is None or 0.0 <= score <= 1.0
 
 
 def _merged_package() -> bytes:

@@ -120,6 +120,7 @@ class BlockFedAvgPhase(Phase):
             record,
             aggregate=functools.partial(federation.combine, optimizer=rounds_config.server_step()),
             robust=rounds_config.round_aggregation != "mean",
+            refuse=functools.partial(federation.exchange.refuse, f"block-fedavg:{modality}"),
         )
         best = rounds.best()
         block.load_state_dict(rounds.states[best], strict=not block.frozen_encoder)

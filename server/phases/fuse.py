@@ -131,6 +131,7 @@ class FusePhase(Phase):
             aggregate=functools.partial(self._aggregate, federation, optimizer),
             drop_lost=True,  # a site that dropped out is not waited for again
             robust=rounds_config.round_aggregation != "mean",
+            refuse=functools.partial(federation.exchange.refuse, "fuse"),
         )
         best = rounds.best(settings.fuse.min_improvement)
         model.load_state_dict(rounds.states[best], strict=False)
