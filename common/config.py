@@ -304,10 +304,14 @@ class CentralPrivacyConfig:
 class CoordinatorConfig:
     """What only the coordinator of a federation uses."""
 
-    min_sites: int = 1
-    """Sites that must be connected before the run starts."""
+    min_sites: int = 0
+    """Sites that must be connected before the run starts (0: every site of the consortium, the
+    signers of trusted-sites; without that list, the sites connected when the run starts)."""
     min_responses: int = 1
     """Answers a phase needs to go on."""
+    allow_partial: bool = False
+    """Record a run that lacks a registered site, a declared modality or paired sites of the fuse
+    as completed (true) instead of incomplete (false: `fedlego run` and `simulate` exit 1)."""
     wait_timeout: float = 120.0
     """Seconds to wait for min-sites to connect."""
     phase_timeout: float = 600.0
@@ -494,7 +498,6 @@ def flat_fields() -> dict[str, tuple[Section, str, type]]:
 
 
 AT_LEAST_ONE = (
-    "min-sites",
     "min-responses",
     "min-cell",
     "block-epochs",
@@ -516,6 +519,7 @@ RULES: tuple[tuple[Callable[[RunConfig], bool], str], ...] = (
         "data (one pooled folder) and site-folders (one folder per site) exclude each other",
     ),
     (lambda c: c.rounds.update_norm_bound < 0, "update-norm-bound must be at least 0 (0 = off)"),
+    (lambda c: c.coordinator.min_sites < 0, "min-sites must be at least 0 (0 = every registered site)"),
     (lambda c: c.rounds.round_patience < 0, "round-patience must be at least 0 (0 = run every round)"),
     (lambda c: c.rounds.server_lr <= 0, "server-lr must be positive"),
     (

@@ -21,7 +21,8 @@ from fedlego.common.protocol import RoundReply, SiteDescription
 from fedlego.common.signing import COORDINATOR, load_signing_key, load_trusted_sites, sign_package
 from fedlego.common.tasks import Task
 from fedlego.proto.fedlego_pb2 import BlockPackage, ModelPackage
-from fedlego.server.exchange import FederationError, PhaseExchange
+from fedlego.server.completeness import registered_sites, run_gaps
+from fedlego.server.exchange import PROGRESS_SECONDS, FederationError, PhaseExchange
 from fedlego.server.phases import Phase, run_phases
 from fedlego.server.recorder import RecordError, RunRecorder
 from fedlego.server.results import RunResults, Signatures
@@ -96,17 +97,27 @@ class Federation:
         return package
 
     def wait_for_sites(self) -> list[int]:
-        """Nodes connected within the wait timeout (at least ``min_sites``)."""
+        """Nodes connected within the wait timeout: ``min-sites`` of them, or with min-sites 0 every
+        registered site (the consortium's signers; without them, whoever is connected). Says whom
+        it waits for every ``PROGRESS_SECONDS``."""
         coordinator = self.settings.coordinator
+        registered = registered_sites(self)
+        needed = coordinator.min_sites or len(registered) or 1
+        what = f"min-sites = {coordinator.min_sites}" if coordinator.min_sites else "every registered site"
         deadline = time.monotonic() + coordinator.wait_timeout
-        nodes = self.transport.node_ids()
-        while len(nodes) < coordinator.min_sites and time.monotonic() < deadline:
+        nodes, next_report = self.transport.node_ids(), time.monotonic()
+        while len(nodes) < needed and time.monotonic() < deadline:
+            if time.monotonic() >= next_report:
+                among = f" (registered: {', '.join(registered)})" if registered else ""
+                self.log(f"waiting for sites: {len(nodes)} of {needed} connected, {what}{among}")
+                next_report += PROGRESS_SECONDS
             time.sleep(1.0)
             nodes = self.transport.node_ids()
-        if len(nodes) < coordinator.min_sites:
+        if len(nodes) < needed:
             raise FederationError(
-                f"only {len(nodes)} sites connected within {coordinator.wait_timeout:.0f} s, "
-                f"min-sites is {coordinator.min_sites}"
+                f"only {len(nodes)} of {needed} sites connected within {coordinator.wait_timeout:.0f} s ({what}"
+                + (f": {', '.join(registered)}" if registered and not coordinator.min_sites else "")
+                + "); start the missing sites, or set min-sites to run without them"
             )
         return sorted(nodes)
 
@@ -143,6 +154,17 @@ class Federation:
             far.append([finished.index, site, round(ratio, 2)])
             self.log(f"  {phase}: round {finished.index}: {site}'s update is {ratio:.1f}x the median of the sites'")
 
+    def _finish(self, gaps: list[str]) -> None:
+        """Completed, or incomplete when the run has gaps the run config does not allow."""
+        self.results.gaps = gaps or None
+        for gap in gaps:
+            self.log(f"  gap: {gap}")
+        if gaps and not self.settings.coordinator.allow_partial:
+            self._ended("incomplete", "; ".join(gaps) + " (set allow-partial = true to accept such a run)")
+            return
+        self.results.status = "completed"
+        self.recorder.audit("run-completed", gaps=gaps)
+
     def _ended(self, status: str, reason: str) -> None:
         self.results.status = status
         self.results.error = reason
@@ -169,8 +191,7 @@ class Federation:
                 raise FederationError(str(error)) from error
             self.load_keys()
             self._walk()
-            self.results.status = "completed"
-            self.recorder.audit("run-completed")
+            self._finish(run_gaps(self))
         except FederationError as error:
             self._ended("failed", str(error))
         except TransportClosed as error:

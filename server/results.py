@@ -181,7 +181,10 @@ class RunResults:
     merged_modalities: list[str] | None = None
     privacy: PrivacyRecord | None = None
     status: str | None = None
-    """completed, failed or stopped (None while the run goes on, or after it was killed)."""
+    """completed, incomplete (it lacks a registered site, a modality or paired sites: ``gaps``),
+    failed or stopped (None while the run goes on, or after it was killed)."""
+    gaps: list[str] | None = None
+    """What the finished run lacks (see ``fedlego.server.completeness``)."""
     error: str | None = None
     resumed: int | None = None
     wall_seconds: float | None = None

@@ -255,11 +255,32 @@ def test_unsigned_and_wrongly_signed_packages_are_refused(tmp_path):
     # timeseries_1 sends unsigned packages; paired-0 is not in the trusted-sites file and signs
     # with tabular_0's key under its own name
     results = signed_run(tmp_path, certified=["tabular_0", "timeseries_1"], unsigned=("timeseries_1",))
-    assert results["status"] == "completed"
+    assert results["status"] == "incomplete"  # the run lacks the timeseries modality: not "completed"
+    assert results["gaps"] == ["modality timeseries_1: no block of it entered the merge"]
+    assert "allow-partial" in results["error"]
     reasons = {(r["site"], r["modality"]): r["reason"] for r in results["refused"]}
     assert "unsigned" in reasons[("timeseries_1", "timeseries_1")]
     assert "unknown site 'paired-0'" in reasons[("paired-0", "tabular_0")]
     assert results["merged_modalities"] == ["tabular_0"]
+
+
+def test_a_run_waits_for_every_registered_site_and_names_them(tmp_path):
+    """min-sites 0 (the default) waits for every signer of trusted-sites: with one registered site
+    that never connects, the run fails after wait-timeout naming the registered sites; with an
+    explicit min-sites it runs without it, recorded as incomplete."""
+    certified = [*SITES, "st-elsewhere"]
+    make_consortium(tmp_path / "certs", certified)
+    config = {**SMALL, "trusted-sites": str(tmp_path / "certs" / "coordinator" / "trusted-sites.json")}
+    node_configs = {
+        i: {"partition-id": i, "num-partitions": 3, "signing-key": str(tmp_path / "certs" / "sites" / s / "signing.key")}
+        for i, s in enumerate(SITES)
+    }
+    waited, _ = run({**config, "wait-timeout": 1}, tmp_path / "waited", node_configs=node_configs)
+    assert waited["status"] == "failed"
+    assert "only 3 of 4 sites connected" in waited["error"] and "st-elsewhere" in waited["error"]
+    started, _ = run({**config, "min-sites": 3}, tmp_path / "started", node_configs=node_configs)
+    assert started["status"] == "incomplete"
+    assert started["gaps"] == ["registered site st-elsewhere took no part"]
 
 
 def test_sites_refuse_models_the_coordinator_did_not_sign(tmp_path):
@@ -385,10 +406,14 @@ def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
     settings = RunConfig.from_flat(config)
     transport = SiteDiesMidFuse(config, 4)
     results = Federation(transport, settings, log=lambda _: None).run().to_dict()
-    assert results["status"] == "completed"
+    assert results["status"] == "incomplete"
+    assert results["gaps"] == ["paired site paired-1 is missing from the last fuse round"]
     assert results["rounds"]["fuse"]["participants"] == [["paired-0", "paired-1"], ["paired-0"], ["paired-0"]]
     assert [f["site"] for f in results["failures"] if f["phase"] == "fuse"] == ["paired-1"]  # not waited for again
     assert (tmp_path / "packages" / "fused.pb").exists()
+    allowed = {**config, "allow-partial": True, "out-dir": str(tmp_path / "allowed")}
+    accepted = Federation(SiteDiesMidFuse(allowed, 4), RunConfig.from_flat(allowed), log=lambda _: None).run()
+    assert accepted.status == "completed" and accepted.gaps == results["gaps"]
 
 
 def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merge(tmp_path):
