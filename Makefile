@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint docker-lint docker-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
+.PHONY: setup demo test lint docker-lint docker-e2e deploy-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
@@ -53,6 +53,11 @@ docker-lint: setup
 # 10 min cold). Needs a running Docker engine and compose, not the venv; never part of `make test`.
 docker-e2e:
 	bash docker/e2e.sh
+
+# A coordinator and four hospitals on separate hosts (network namespaces; root): TLS, keys made at
+# each hospital, firewall, an impostor SuperLink, a vanished hospital, a killed coordinator resumed.
+deploy-e2e: setup
+	$(PY) bench/netns_e2e.py --out docs/benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -34,6 +34,7 @@ from fedlego.common.packaging import block_to_package
 from fedlego.common.privacy import privacy_metrics
 from fedlego.common.protocol import RoundReply, SiteDescription
 from fedlego.common.tasks import Task
+from fedlego.common.versions import software_versions
 from fedlego.common.workflow import evaluate, train_block, unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage
 
@@ -124,6 +125,7 @@ class SiteRuntime:
             n_test=counts["test"],
             data=self.source,
             schema_sha256=self.schema_sha256,
+            software=software_versions(),
         )
         train = self._ids("train")
         events = int(labels.table.loc[train, "event"].sum()) if labels.task == "survival" and train else 0

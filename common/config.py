@@ -229,10 +229,11 @@ class RoundsConfig:
     update_norm_bound: float = 0.0
     """Scale each site's round update down to at most this many times the round's median update
     norm before combining (0: off)."""
-    unvalidated_rounds: str = "start"
+    unvalidated_rounds: str = "last"
     """When no site can report a validation loss (all under the disclosure threshold), keep the
-    parameters the rounds started from (start: the largest site's block, or the merge) or the last
-    round's (last)."""
+    last round's parameters (last) or those the rounds started from (start: the largest site's
+    block, or the merge). Chosen on validation patients across the realistic-split benchmark
+    (docs/benchmarks/splits.md)."""
     round_patience: int = 0
     """Stop block FedAvg and fuse rounds once this many rounds in a row failed to lower the pooled
     validation loss by fuse-min-improvement; block-rounds and fuse-rounds are then budgets (0: run

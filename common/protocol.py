@@ -128,6 +128,8 @@ class SiteDescription:
     bundled data set."""
     schema_sha256: str | None = None
     """The SHA-256 of the consortium schema the site checked its data against (None: none)."""
+    software: dict[str, str] | None = None
+    """The fedlego and plugin versions the site runs (``fedlego.common.versions``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The description as JSON-ready values (absent survival fields left out)."""

@@ -12,7 +12,10 @@ Layout under the output folder (each private key 0600 in its owner's folder only
     sites/<site>/ca.pem                         to verify the SuperLink's certificate
     sites/<site>/coordinator.pub                to verify the models the coordinator signs
 
-Re-running adds what is missing (e.g. a new site) and never overwrites an existing key.
+Re-running adds what is missing (e.g. a new site) and never overwrites an existing key; a server
+certificate whose names differ from those asked for is re-issued with the same key. A site that made
+its own keys (``fedlego certs request`` at the hospital, ``fedlego certs sign`` here; see
+``fedlego.cert_requests``) has only its public keys in ``sites/<site>``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,22 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedlego.common.signing import COORDINATOR, load_signing_key, private_key_pem, public_key_pem, write_trusted_sites
+from fedlego.common.signing import (
+    COORDINATOR,
+    load_public_key,
+    load_signing_key,
+    private_key_pem,
+    public_key_pem,
+    write_trusted_sites,
+)
 
 VALID_DAYS = 825
+REQUIRED_SERVER_NAMES = ("127.0.0.1", "localhost")
+"""Names the SuperLink's certificate always holds: ``fedlego superlink`` registers node keys and
+``fedlego run`` on the coordinator's machine reach it locally."""
 
 
 @dataclass
@@ -94,10 +107,18 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _ca(folder: Path, report: CertsReport) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _current_names(out: Path) -> list[str]:
+    """The names of the SuperLink certificate already there (none before the first run)."""
+    path = out / "superlink" / "server.pem"
+    return certificate_names(x509.load_pem_x509_certificate(path.read_bytes())) if path.exists() else []
+
+
+def _ca(folder: Path, report: CertsReport, renew: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA key and certificate (a renewed certificate keeps the key and subject, so that
+    certificates it signed before still verify)."""
     key = _ec_key_file(folder / "ca.key", report)
     cert_path = folder / "ca.pem"
-    if cert_path.exists():
+    if cert_path.exists() and not renew:
         return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -139,14 +160,34 @@ def _alternative_names(names: Sequence[str]) -> list[x509.GeneralName]:
     return entries
 
 
+def server_names(explicit: Sequence[str]) -> list[str]:
+    """The SuperLink certificate's names: those given (the first is its common name), then the
+    required local ones."""
+    names = list(dict.fromkeys(explicit))
+    return names + [name for name in REQUIRED_SERVER_NAMES if name not in names]
+
+
+def certificate_names(certificate: x509.Certificate) -> list[str]:
+    """The IP addresses and DNS names of a certificate's subject alternative names."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in names.get_values_for_type(x509.IPAddress)] + names.get_values_for_type(x509.DNSName)
+
+
 def _server_certificate(
-    folder: Path, ca_key, ca_cert: x509.Certificate, names: Sequence[str], report: CertsReport
+    folder: Path, ca_key, ca_cert: x509.Certificate, names: Sequence[str], report: CertsReport, renew: bool = False
 ) -> None:
+    """The SuperLink's certificate: kept when it holds exactly ``names`` (and ``renew`` is off),
+    else issued again for the same key."""
     key = _ec_key_file(folder / "server.key", report)
     cert_path = folder / "server.pem"
-    if cert_path.exists():
-        report.kept.append(cert_path)
-        return
+    if cert_path.exists() and not renew:
+        existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if sorted(certificate_names(existing)) == sorted(names):
+            report.kept.append(cert_path)
+            return
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -176,25 +217,45 @@ def _signing_pair(folder: Path, report: CertsReport) -> Ed25519PrivateKey:
     return key
 
 
+def site_keys(folder: Path, report: CertsReport) -> tuple[Ed25519PublicKey, bytes]:
+    """A site's public signing key and OpenSSH node-auth public key: read from the public files of
+    a site that made its own keys (no private key here), else from (new or kept) key pairs."""
+    requested = not (folder / "signing.key").exists() and (folder / "signing.pub").is_file()
+    if requested and (folder / "node-auth.pub").is_file():
+        signing = load_public_key(folder / "signing.pub")
+        return signing, (folder / "node-auth.pub").read_bytes().strip()
+    signing = _signing_pair(folder, report).public_key()
+    auth = _ec_key_file(folder / "node-auth", report, encoding="openssh")
+    public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return signing, public
+
+
+def check_site_name(site: str) -> str:
+    """A site name usable as a folder and signer name (ValueError otherwise)."""
+    if not site or "/" in site or site.startswith(".") or site == COORDINATOR:
+        raise ValueError(f"invalid site name {site!r}")
+    return site
+
+
 def make_consortium(
-    out: Path, sites: Sequence[str], server_names: Sequence[str] = ("127.0.0.1", "localhost")
+    out: Path, sites: Sequence[str], explicit_server_names: Sequence[str] = (), renew: bool = False
 ) -> CertsReport:
-    """Create (or complete) the consortium's keys and certificates under ``out``."""
+    """Create (or complete) the consortium's keys and certificates under ``out``. The SuperLink's
+    certificate holds ``explicit_server_names`` plus ``REQUIRED_SERVER_NAMES``; with ``renew`` the
+    CA and server certificates are issued again for their same keys (site keys are never touched)."""
     for site in sites:
-        if not site or "/" in site or site.startswith(".") or site == COORDINATOR:
-            raise ValueError(f"invalid site name {site!r}")
+        check_site_name(site)
     report = CertsReport()
-    ca_key, ca_cert = _ca(out / "ca", report)
+    ca_key, ca_cert = _ca(out / "ca", report, renew)
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    _server_certificate(out / "superlink", ca_key, ca_cert, list(server_names), report)
+    names = server_names(explicit_server_names or _current_names(out))
+    _server_certificate(out / "superlink", ca_key, ca_cert, names, report, renew)
     _write_public(out / "superlink" / "ca.pem", ca_pem, report)
     signers = {COORDINATOR: _signing_pair(out / "coordinator", report).public_key()}
     existing = sorted(p.name for p in (out / "sites").iterdir()) if (out / "sites").exists() else []
     for site in sorted(set(sites) | set(existing)):
         folder = out / "sites" / site
-        signers[site] = _signing_pair(folder, report).public_key()
-        auth = _ec_key_file(folder / "node-auth", report, encoding="openssh")
-        public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        signers[site], public = site_keys(folder, report)
         _write_public(folder / "node-auth.pub", public + b"\n", report)
         _write_public(out / "coordinator" / "node-auth" / f"{site}.pub", public + b"\n", report)
         _write_public(folder / "ca.pem", ca_pem, report)

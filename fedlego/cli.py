@@ -390,21 +390,36 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "trusted-sites.json, and per site a node-auth key pair, a signing key pair and the public files it needs. "
         "Re-running adds what is missing (e.g. a new --site) and never overwrites a key.",
     )
-    p.add_argument("--out", type=Path, required=True, help="the consortium folder")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="make",
+        choices=["make", "request", "sign", "renew", "status"],
+        help="make (default): create or complete the consortium folder; request: at a hospital, make its own "
+        "keys and request.json (public keys only); sign: at the CA, add a hospital from its request.json; "
+        "renew: re-issue the CA and SuperLink certificates (same keys); status: certificates and days left",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the consortium folder (make, sign, renew, status) or, for request, the hospital's own key folder",
+    )
     p.add_argument(
         "--site",
         action="append",
         default=[],
         metavar="NAME",
-        help="a site name as in its site.json (repeatable)",
+        help="a site name as in its site.json (repeatable for make; exactly one for request)",
     )
     p.add_argument(
         "--server-name",
         action="append",
         metavar="NAME",
-        help="a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1 and localhost; "
-        "include 127.0.0.1 or localhost so `fedlego superlink` can register node keys locally)",
+        help="a host name or IP the SuperLink is reached at (repeatable), added to 127.0.0.1 and localhost; "
+        "a certificate with other names is re-issued for the same key",
     )
+    p.add_argument("--request", type=Path, metavar="FILE", help="sign: a hospital's request.json")
+    p.add_argument("--certs", type=Path, metavar="DIR", help="status: a site's certs folder instead of --out")
     p.set_defaults(handler=deploy.cmd_certs)
 
     p = subparsers.add_parser(
@@ -597,9 +612,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_line() -> str:
+    """``fedlego X.Y.Z`` and the installed plugins' versions (what ``--version`` prints)."""
+    from fedlego.common.versions import software_versions
+
+    versions = software_versions()
+    plugins = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "fedlego")
+    return f"fedlego {versions['fedlego']}" + (f" (plugins: {plugins})" if plugins else " (no plugins)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedlego`` command."""
     parser = argparse.ArgumentParser(prog="fedlego", description="Federated multimodal model merging (MM-Lego).")
+    parser.add_argument("--version", action="version", version=_version_line(), help="fedlego's and plugins' versions")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_centralized(subparsers)
     _add_simulate(subparsers)

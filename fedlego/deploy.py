@@ -339,8 +339,23 @@ def serve_superlink(host: str, port: int, home: Path, certs: Path | None = None)
 
 
 def check_site_certs(site_certs: Path) -> Path:
-    """A site's certs folder (``fedlego certs``' ``sites/<name>``), resolved and complete."""
-    return _check_files(site_certs, SITE_FILES, "a site certs folder (sites/<name> of `fedlego certs`)")
+    """A site's certs folder (``fedlego certs``' ``sites/<name>``), resolved, complete and unexpired."""
+    return check_expiry(_check_files(site_certs, SITE_FILES, "a site certs folder (sites/<name> of `fedlego certs`)"))
+
+
+def check_expiry(certs: Path) -> Path:
+    """Warn (stderr) about a certificate of ``certs`` that expires soon; refuse an expired one."""
+    from fedlego.cert_status import expiry_problems
+
+    try:
+        warnings, errors = expiry_problems(certs)
+    except ValueError as error:
+        raise DeploymentError(str(error)) from error
+    for warning in warnings:
+        print(f"fedlego: warning: {warning}", file=sys.stderr)
+    if errors:
+        raise DeploymentError("; ".join(errors))
+    return certs
 
 
 def default_audit_dir(site: str) -> Path:
@@ -555,15 +570,35 @@ def cmd_export_sites(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    """``fedlego certs``: make or complete the consortium folder."""
-    from fedlego.certs import make_consortium
+    """``fedlego certs [make|request|sign|renew|status]``: the consortium's keys and certificates."""
+    from fedlego.cert_requests import RequestError
 
-    out = Path(args.out)
-    report = make_consortium(out, args.site, args.server_name or ("127.0.0.1", "localhost"))
+    needs = {"make": "--out", "renew": "--out", "sign": "--out and --request", "request": "--out and one --site"}
+    if args.action in needs and (
+        args.out is None
+        or (args.action == "sign" and args.request is None)
+        or (args.action == "request" and len(args.site) != 1)
+    ):
+        raise DeploymentError(f"fedlego certs {args.action} needs {needs[args.action]}")
+    try:
+        return CERTS_ACTIONS[args.action](args)
+    except (RequestError, ValueError) as error:
+        raise DeploymentError(str(error)) from error
+
+
+def _print_report(report) -> None:
     for path in report.created:
         print(f"created  {path}")
     for path in report.kept:
         print(f"kept     {path} (exists; never overwritten)")
+
+
+def _certs_make(args: argparse.Namespace, renew: bool = False) -> int:
+    """Make, complete or renew the consortium folder."""
+    from fedlego.certs import make_consortium
+
+    out = Path(args.out)
+    _print_report(make_consortium(out, args.site, args.server_name or (), renew=renew))
     sites = sorted(p.name for p in (out / "sites").iterdir()) if (out / "sites").exists() else []
     print(
         f"consortium in {out}: sites {', '.join(sites) or '(none)'}.\n"
@@ -572,7 +607,59 @@ def cmd_certs(args: argparse.Namespace) -> int:
         f"  each hospital: its own {out / 'sites' / '<name>'} only (`fedlego site --certs <that folder>`)\n"
         f"  {out / 'ca' / 'ca.key'}: keep offline; needed only to add sites or renew the server certificate"
     )
+    if renew:
+        print(f"renewed: hand each hospital the new {out / 'superlink' / 'ca.pem'} (as its ca.pem)")
     return 0
+
+
+def _certs_request(args: argparse.Namespace) -> int:
+    """At a hospital: its own key pairs and the request with the public keys."""
+    from fedlego.cert_requests import make_request
+
+    path, report = make_request(Path(args.out), args.site[0])
+    _print_report(report)
+    print(
+        f"send {path} (public keys only) to the consortium's CA; private keys stay in {args.out}.\n"
+        f"  you get back ca.pem and coordinator.pub: put them in {args.out}, then `fedlego site --certs {args.out}`"
+    )
+    return 0
+
+
+def _certs_sign(args: argparse.Namespace) -> int:
+    """At the CA: add a hospital from its request."""
+    from fedlego.cert_requests import RETURNED_FILES, sign_request
+
+    folder, report = sign_request(Path(args.out), Path(args.request))
+    _print_report(report)
+    print(f"site {folder.name} registered; send back {', '.join(str(folder / n) for n in RETURNED_FILES)}")
+    return 0
+
+
+def _certs_status(args: argparse.Namespace) -> int:
+    """Every certificate of a folder with its names and expiry; exit 1 if one is expired."""
+    from fedlego.cert_status import WARN_DAYS, folder_status, site_registrations
+
+    folder = Path(args.out or args.certs or ".")
+    statuses = folder_status(folder)
+    if not statuses:
+        raise DeploymentError(f"{folder}: no certificate here (a consortium folder or a site's certs folder)")
+    for status in statuses:
+        print(status.line())
+    for line in site_registrations(folder):
+        print(line)
+    soon = [s for s in statuses if s.days_left <= WARN_DAYS]
+    if soon:
+        print(f"renew within {WARN_DAYS} days of expiry: `fedlego certs renew --out CONSORTIUM`")
+    return 1 if any(s.days_left < 0 for s in statuses) else 0
+
+
+CERTS_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "make": _certs_make,
+    "request": _certs_request,
+    "sign": _certs_sign,
+    "renew": lambda args: _certs_make(args, renew=True),
+    "status": _certs_status,
+}
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
@@ -580,7 +667,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     _require_security(args.certs, args.insecure, "DIR")
     certs = None
     if args.certs is not None:
-        certs = _check_files(args.certs, SUPERLINK_FILES, "a consortium folder of `fedlego certs`")
+        certs = check_expiry(_check_files(args.certs, SUPERLINK_FILES, "a consortium folder of `fedlego certs`"))
     return serve_superlink(args.host, args.port, args.home, certs)
 
 
@@ -616,7 +703,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = set_overrides(args.set)
     certs = None
     if args.certs is not None:
-        certs = _check_files(args.certs, ("superlink/ca.pem",), "a consortium folder of `fedlego certs`")
+        certs = check_expiry(_check_files(args.certs, ("superlink/ca.pem",), "a consortium folder of `fedlego certs`"))
         missing = [
             name
             for key, name in zip(("trusted-sites", "coordinator-key"), COORDINATOR_FILES, strict=True)

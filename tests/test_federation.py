@@ -272,7 +272,11 @@ def test_a_run_waits_for_every_registered_site_and_names_them(tmp_path):
     make_consortium(tmp_path / "certs", certified)
     config = {**SMALL, "trusted-sites": str(tmp_path / "certs" / "coordinator" / "trusted-sites.json")}
     node_configs = {
-        i: {"partition-id": i, "num-partitions": 3, "signing-key": str(tmp_path / "certs" / "sites" / s / "signing.key")}
+        i: {
+            "partition-id": i,
+            "num-partitions": 3,
+            "signing-key": str(tmp_path / "certs" / "sites" / s / "signing.key"),
+        }
         for i, s in enumerate(SITES)
     }
     waited, _ = run({**config, "wait-timeout": 1}, tmp_path / "waited", node_configs=node_configs)
@@ -590,3 +594,25 @@ def test_a_malformed_round_reply_costs_that_site_its_part_and_the_run_completes(
     assert (
         len(results["rounds"][f"block:{target.modalities[0]}"]["validation_loss"]) == settings.rounds.block_rounds + 1
     )
+
+
+def test_a_site_of_another_fedlego_version_is_refused_naming_both(monkeypatch):
+    from fedlego import __version__
+
+    config = {**SMALL, "allow-partial": True}
+    target = simulated_scenario(RunConfig.from_flat(config), run_cohort(RunConfig.from_flat(config))).sites[0]
+    honest_describe = SiteRuntime.describe
+
+    def older_describe(self, n_bins=4):
+        description = honest_describe(self, n_bins)
+        if self.name == target.name:
+            description.software = {**description.software, "fedlego": "0.0.9"}
+        return description
+
+    monkeypatch.setattr(SiteRuntime, "describe", older_describe)
+    results, _ = run(config)
+    assert results["status"] == "completed"
+    [refusal] = [f for f in results["failures"] if f["phase"] == "describe"]
+    assert refusal["site"] == target.name
+    assert f"fedlego 0.0.9 at {target.name}, {__version__} at the coordinator" in refusal["reason"]
+    assert all(site["software"]["fedlego"] == __version__ for site in results["sites"].values())

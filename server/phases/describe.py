@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedlego.common.protocol import DescribeRequest
+from fedlego.common.versions import software_versions, version_mismatch
 from fedlego.server.checks import agree_task
 from fedlego.server.exchange import FederationError
 from fedlego.server.phases.base import Phase
@@ -27,13 +28,16 @@ class DescribePhase(Phase):
         answered = federation.exchange("describe", {n: DescribeRequest() for n in nodes})
         traffic = results.phase("describe").bytes
         schema = self._schema_sha256(federation)
+        ours = software_versions()
         for node, reply in answered.items():
             description = reply.description
             traffic[description.site] = traffic.pop(f"node-{node}")
             federation.exchange.site_names[node] = description.site
-            if schema is not None and description.schema_sha256 != schema:
+            reason = version_mismatch(description.site, description.software, ours)
+            if reason is None and schema is not None and description.schema_sha256 != schema:
                 checked = f"schema {description.schema_sha256[:12]}" if description.schema_sha256 else "no schema"
                 reason = f"the site checked its data against {checked}, the run's consortium schema is {schema[:12]}"
+            if reason is not None:
                 results.failures.append(Failure(description.site, "describe", reason))
                 federation.recorder.audit("site-refused", site=description.site, reason=reason)
                 federation.log(f"  describe: {description.site} refused: {reason}")
