@@ -496,6 +496,12 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         f"min_cell, else {DEFAULT_MIN_CELL}); a run's min-cell can raise it, never lower it",
     )
     p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight: check the data folder, key folder, the SuperLink (name, TLS, health) and this site's "
+        "node key, then exit without joining a run",
+    )
     p.set_defaults(handler=deploy.cmd_site)
 
     p = subparsers.add_parser(
@@ -516,6 +522,12 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (absolute path on the SuperLink's machine)")
     add_set_argument(p)
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight: check the settings, the consortium folder, the SuperLink and how many registered sites "
+        "are online, then exit without starting a run",
+    )
     p.set_defaults(handler=deploy.cmd_run)
 
     p = subparsers.add_parser(

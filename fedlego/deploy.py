@@ -679,6 +679,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     site_certs = None if args.certs is None else check_site_certs(args.certs)
     if args.min_cell is not None and args.min_cell < 1:
         raise DeploymentError(f"--min-cell must be at least 1, got {args.min_cell}")
+    if args.check:
+        return _site_check(args, site_certs)
     validate_site_folder(args.data_dir, args.schema)  # a bad folder fails before any warning or connection
     _require_security(args.certs, args.insecure, "SITE_DIR")
     return serve_site(
@@ -692,6 +694,24 @@ def cmd_site(args: argparse.Namespace) -> int:
         args.schema,
         args.min_cell,
     )
+
+
+def _print_findings(title: str, findings) -> int:
+    print(title)
+    for finding in findings:
+        print(finding.line())
+    failed = [f for f in findings if not f.ok]
+    print(f"{len(findings) - len(failed)} of {len(findings)} checks passed" + ("" if failed else "; ready"))
+    return 1 if failed else 0
+
+
+def _site_check(args: argparse.Namespace, site_certs: Path | None) -> int:
+    """``fedlego site --check``: the hospital's preflight, without joining a run."""
+    from fedlego.preflight import site_preflight
+
+    command = supernode_command(args.superlink, args.data_dir, args.port or free_port(), site_certs=site_certs)
+    findings = site_preflight(args.superlink, args.data_dir, site_certs, args.schema, command)
+    return _print_findings(f"fedlego site --check: {args.data_dir} -> {args.superlink}", findings)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -715,6 +735,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "run `fedlego run` there, or pass --set trusted-sites=PATH coordinator-key=PATH (paths there)"
             )
     _check_settings(overrides)
+    if args.check:
+        from fedlego.preflight import coordinator_preflight
+
+        findings = coordinator_preflight(args.superlink, certs, overrides)
+        return _print_findings(f"fedlego run --check: SuperLink {args.superlink}", findings)
     try:
         results = run_deployment(args.superlink, overrides, args.out, timeout=args.timeout, certs=certs)
     except RunInterrupted as interrupted:

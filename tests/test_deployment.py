@@ -321,6 +321,18 @@ def test_unregistered_site_is_refused(tmp_path, consortium):
         assert [n["status"] for n in nodes].count("online") == 1, nodes
         assert "SuperNode ID:" not in _text(logs / "site-rogue.log")
         assert processes["clinical"].poll() is None
+        # preflight: the coordinator sees 1 of 4 sites online; a registered key passes, the rogue's fails
+        address = f"127.0.0.1:{_port}"
+        ran = _fedlego("run", "--check", "--superlink", address, "--certs", str(certs), "--out", str(tmp_path / "o"),
+                       "--set", *FAST, home=tmp_path)  # fmt: skip
+        assert ran.returncode == 1 and "1 of 4 registered sites online" in ran.stdout, ran.stdout + ran.stderr
+        registered = _fedlego("site", "--check", "--superlink", address, "--data-dir", str(sites / "rna"),
+                              "--certs", str(certs / "sites" / "rna"), home=tmp_path)  # fmt: skip
+        assert registered.returncode == 0 and "ok   node key accepted" in registered.stdout, registered.stdout
+        refused = _fedlego("site", "--check", "--superlink", address, "--data-dir", str(sites / "rna"),
+                           "--certs", str(rogue), home=tmp_path)  # fmt: skip
+        assert refused.returncode == 1 and "FAIL node key accepted" in refused.stdout, refused.stdout
+        assert "ok   SuperLink answers (TLS and health)" in refused.stdout  # only the node key failed
     print(f"unregistered site test wall time {time.monotonic() - start:.1f} s")
 
 
