@@ -18,9 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from sksurv.exceptions import NoComparablePairException
-from sksurv.metrics import concordance_index_censored
 
 from fedlego.common.concordance import PairCounts, binary_pair_counts, survival_pair_counts
 
@@ -77,6 +74,10 @@ class SurvivalTask:
         time = targets["time"].cpu().numpy().astype(float)
         if event.size < 2 or not event.any():
             return float("nan")
+        # scikit-survival (and scikit-learn) imported on use: 2 s of every deployed message's process
+        from sksurv.exceptions import NoComparablePairException
+        from sksurv.metrics import concordance_index_censored
+
         try:
             return float(concordance_index_censored(event, time, np.asarray(scores, dtype=float))[0])
         except NoComparablePairException:  # e.g. the only events are at the latest time
@@ -127,6 +128,8 @@ class ClassificationTask:
 
     def metric(self, scores: np.ndarray, targets: Targets) -> float:
         """ROC AUC from scores (macro one-vs-rest for several classes), NaN for a single class."""
+        from sklearn.metrics import roc_auc_score  # imported on use, as above
+
         label = targets["label"].cpu().numpy().astype(int)
         if np.unique(label).size < 2:
             return float("nan")

@@ -340,6 +340,24 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     assert verify_log(tmp_path / "audit.jsonl", results["audit_head"]).ok
 
 
+def test_a_run_resumed_without_a_site_keeps_its_task(tmp_path):
+    """The time bins come from the sites' quantiles: resumed without a site, the describe phase
+    would agree on other bins than the finished blocks were trained on; the run's task is kept."""
+    config = {**SMALL, "fuse-rounds": 3, "out-dir": str(tmp_path)}
+    settings = RunConfig.from_flat(config)
+    first = CrashingTransport(config, 3)
+    first.crash_at_fuse_round = 2
+    with pytest.raises(CoordinatorCrash):
+        Federation(first, settings, log=lambda _: None).run()
+    task = json.loads((tmp_path / "results.json").read_text())["task"]
+    without_one = {0: {"partition-id": 0, "num-partitions": 3}, 1: {"partition-id": 2, "num-partitions": 3}}
+    lines: list[str] = []
+    results = Federation(InProcessTransport(config, 2, node_configs=without_one), settings, log=lines.append).run()
+    assert results.status == "completed", results.error
+    assert results.task == task and results.resumed == 1
+    assert any("keeping the run's task" in line for line in lines)
+
+
 class DiesMidBlock(InProcessTransport):
     """Dies (like a killed coordinator) once the first site's block upload has arrived."""
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from .dataset import ModalityData, MultimodalDataset
 
@@ -32,6 +31,8 @@ class FoldSplit:
 
 def _split(ids: list[str], strata: list[int] | None, test_size: float, seed: int) -> tuple[list[str], list[str]]:
     """Stratified split when every stratum can be split, unstratified otherwise."""
+    from sklearn.model_selection import train_test_split  # scikit-learn on use: sites load faster
+
     try:
         first, second = train_test_split(ids, test_size=test_size, random_state=seed, stratify=strata)
     except ValueError:

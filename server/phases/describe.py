@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedlego.common.protocol import DescribeRequest
+from fedlego.common.tasks import task_from_dict
 from fedlego.common.versions import software_versions, version_mismatch
 from fedlego.server.checks import agree_task
 from fedlego.server.exchange import FederationError
@@ -49,6 +50,13 @@ class DescribePhase(Phase):
             reasons = "; ".join(f"{f.site}: {f.reason}" for f in results.failures if f.phase == "describe")
             raise FederationError("no site is left after the describe phase" + (f" ({reasons})" if reasons else ""))
         task = agree_task(list(federation.sites.values()), note=lambda text: federation.log(f"  describe: {text}"))
+        if results.task is not None:  # resumed: the finished phases' blocks were trained on the run's task
+            kept = task_from_dict(results.task)
+            if kept.kind != task.kind:
+                raise FederationError(f"the sites now describe a {task.kind} task, the run was {kept.kind}")
+            if kept != task:
+                federation.log("  describe: keeping the run's task from before the restart (the sites present differ)")
+            task = kept
         results.task = task.to_dict()
         results.metric = task.metric_name
         federation.models.task = task
