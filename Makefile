@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test lint docker-lint docker-e2e deploy-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
+.PHONY: setup demo test lint docs docker-lint docker-e2e deploy-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
@@ -28,7 +29,11 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 
-test: lint
+# The documentation site (MkDocs, Material theme) into build/site; --strict: a broken link fails.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs
 	$(PY) -m pytest
 
 # The benchmark suite (about 25 min on 2 cores): tables, ablations, cost; figures into docs/benchmarks/.

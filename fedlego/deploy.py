@@ -276,7 +276,7 @@ def local_address(host: str, port: int, certs: Path | None = None) -> str:
             return f"{name}:{port}"
     raise DeploymentError(
         f"the SuperLink certificate ({certs / 'superlink' / 'server.pem'}) names {names}, not {candidates[0]}: "
-        "recreate the certs folder with `fedlego certs --server-name ...` naming this address"
+        f"`fedlego certs --out {certs} --server-name NAME` re-issues it with that name added (no key changes)"
     )
 
 
