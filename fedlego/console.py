@@ -80,10 +80,15 @@ def federation_table(results: RunResults) -> str:
             )
     for name, record in results.rounds.items():
         if record.validation_loss and all(math.isnan(loss) for loss in record.validation_loss):
+            kept = (
+                "the last round was kept (unvalidated-rounds = last)"
+                if record.kept_round
+                else "what the rounds trained was not kept (unvalidated-rounds = start)"
+            )
             lines.append(
-                f"{name} kept round 0: no site reported a validation loss (under min-cell = "
+                f"{name} kept round {record.kept_round}: no site reported a validation loss (under min-cell = "
                 f"{results.config.get('min-cell')} validation patients, events or others each: disclosure control), "
-                "so no round could be chosen and what the rounds trained was not kept"
+                f"so no round could be chosen on validation; {kept}"
             )
     rounds_note = few_validation_rounds(results)
     lines += [rounds_note] if rounds_note else []
