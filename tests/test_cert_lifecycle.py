@@ -21,9 +21,8 @@ from fedlego.deploy import DeploymentError, check_site_certs
 
 
 def _keys(folder):
-    return {
-        p: p.read_bytes() for p in folder.rglob("*") if p.name in ("ca.key", "server.key", "signing.key", "node-auth")
-    }
+    names = ("ca.key", "server.key", "signing.key", "node-auth")
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.name in names and p.is_file()}
 
 
 def _certificate(path):

@@ -97,7 +97,9 @@ def test_a_coordinator_without_the_plugin_refuses_those_blocks_and_merges_the_re
     refused = results.refused
     assert {(r.site, r.modality) for r in refused} == {("paired-0", "tabular_0"), ("tabular_0", "tabular_0")}
     assert all(DISTRIBUTION in r.reason and "not installed here" in r.reason for r in refused)
-    assert results.status == "completed" and results.merged_modalities == ["timeseries_1"]
+    assert results.merged_modalities == ["timeseries_1"]
+    # the run lacks a modality a site declared: on record as incomplete, not completed
+    assert results.status == "incomplete" and "modality tabular_0: no block of it entered the merge" in results.gaps
 
 
 def test_another_major_version_or_a_missing_plugin_is_refused_by_name(folders, tmp_path):
