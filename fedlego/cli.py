@@ -304,8 +304,11 @@ def _models_add(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from fedlego.common.model_store import store_folder
 
-    for file in sorted(store_folder().glob("*.safetensors")):
+    files = sorted(store_folder().glob("*.safetensors"))
+    for file in files:
         print(f"{file.stem}  {file.stat().st_size} bytes")
+    if not files:
+        print(f"no encoder weights in the model store ({store_folder()}); `fedlego models add FILE` adds one")
     return 0
 
 

@@ -5,6 +5,7 @@ for any key. An option left out keeps the configuration's default, so every comm
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ def _add_key(group: argparse._ActionsContainer, key: str, default: Any, extra_na
     common: dict[str, Any] = {"dest": key, "default": None, "help": f"{text} (default: {default})".strip()}
     if kind is bool:
         group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
-    elif key in LIST_KEYS:
-        group.add_argument(*names, nargs="+", metavar=LIST_KEYS[key], **common)
+    elif key in LIST_KEYS:  # separate words; repeated options add up
+        group.add_argument(*names, action="extend", nargs="+", metavar=LIST_KEYS[key], **common)
     else:
         group.add_argument(*names, type=kind, choices=CHOICES.get(key), **common)
 
@@ -83,10 +84,21 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-config keys given on the command line (options, then ``--set`` items)."""
+    """The run-config keys given on the command line: options and ``--set`` items; a key given both
+    ways with different values is an error (neither silently wins)."""
     known = set(flat_defaults())
     overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    overrides.update(set_overrides(getattr(args, "set", None) or []))
+    for key, value in overrides.items():
+        if key in LIST_KEYS and any("," in str(item) for item in value):
+            print(
+                f"fedlego: warning: --{key} with commas is deprecated; give separate words "
+                f"(--{key} {' '.join(p for item in value for p in str(item).split(',') if p)})",
+                file=sys.stderr,
+            )
+    for key, value in set_overrides(getattr(args, "set", None) or []).items():
+        if key in overrides and _joined(overrides[key]) != _joined(value):
+            raise ValueError(f"--{key} {_joined(overrides[key])} and --set {key}={value} disagree: give the key once")
+        overrides[key] = value
     for key in PATH_KEYS:
         if overrides.get(key):
             parts = overrides[key] if isinstance(overrides[key], list) else str(overrides[key]).split(",")
@@ -95,6 +107,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if isinstance(value, list):  # `--modalities a b` and `--modalities a,b` alike
             overrides[key] = ",".join(part.strip() for item in value for part in str(item).split(",") if part.strip())
     return overrides
+
+
+def _joined(value: Any) -> str:
+    """A list option's words (or a --set value) as the comma-joined text of the run config."""
+    items = value if isinstance(value, list) else [value]
+    return ",".join(part.strip() for item in items for part in str(item).split(",") if part.strip())
 
 
 def parse_value(text: str) -> Any:

@@ -21,6 +21,8 @@ of its modality; batches are cut after their last valid position (``tensors.cut_
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -477,8 +479,18 @@ class BagPreprocessor(Preprocessor):
 
 
 def make_preprocessor(kind: str, **options: Any) -> Preprocessor:
-    """An unfitted preprocessor for a modality kind (options as in its class)."""
-    return modality_kind(kind).preprocessor(**options)
+    """An unfitted preprocessor for a modality kind (options as in its class); an option the class
+    does not take is a ValueError naming it and the valid ones."""
+    factory = modality_kind(kind).preprocessor
+    valid = [name for name in inspect.signature(factory).parameters if name not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, valid, n=1) for name in unknown}
+        named = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise ValueError(
+            f"unknown preprocessing option {named} for {kind} data; valid options: {', '.join(valid) or 'none'}"
+        )
+    return factory(**options)
 
 
 MAX_STATE_LIST = 100_000
