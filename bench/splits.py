@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,11 @@ def natural_sites(table, column: str) -> dict[str, list[str]]:
     return {f"site-{name}".replace(" ", "_"): ids for name, ids in groups.items()}
 
 
+DIRICHLET_DRAWS = 5
+"""Draws tried per seed (seeds seed, seed + 1000, ...): a draw whose smallest site stays under
+``MIN_SITE`` after the partitioner's own 10 attempts is replaced by the next."""
+
+
 def dirichlet_sites(table, seed: int) -> dict[str, list[str]]:
     """Patients in ``DIRICHLET_SITES`` sites whose event rates and sizes follow a Dirichlet
     (``DIRICHLET_ALPHA``) with Flower Datasets' DirichletPartitioner."""
@@ -82,16 +87,23 @@ def dirichlet_sites(table, seed: int) -> dict[str, list[str]]:
     from flwr_datasets.partitioner import DirichletPartitioner
 
     frame = table[["pid", "event"]].astype({"pid": str, "event": int})
-    partitioner = DirichletPartitioner(
-        num_partitions=DIRICHLET_SITES,
-        partition_by="event",
-        alpha=DIRICHLET_ALPHA,
-        min_partition_size=MIN_SITE,
-        self_balancing=True,
-        seed=seed,
+    for draw in range(DIRICHLET_DRAWS):
+        partitioner = DirichletPartitioner(
+            num_partitions=DIRICHLET_SITES,
+            partition_by="event",
+            alpha=DIRICHLET_ALPHA,
+            min_partition_size=MIN_SITE,
+            self_balancing=True,
+            seed=seed + 1000 * draw,
+        )
+        partitioner.dataset = Dataset.from_pandas(frame, preserve_index=False)
+        try:
+            return {f"site-{i}": list(partitioner.load_partition(i)["pid"]) for i in range(DIRICHLET_SITES)}
+        except ValueError:  # "the max number of attempts (10) was reached": the next draw
+            continue
+    raise ValueError(
+        f"no Dirichlet draw of {DIRICHLET_SITES} sites of at least {MIN_SITE} patients in {DIRICHLET_DRAWS}"
     )
-    partitioner.dataset = Dataset.from_pandas(frame, preserve_index=False)
-    return {f"site-{i}": list(partitioner.load_partition(i)["pid"]) for i in range(DIRICHLET_SITES)}
 
 
 def c_index(ids: list[str], risk: dict[str, float], labels) -> float:
@@ -210,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument("--cohorts", nargs="+", default=sorted(NATURAL))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument(
+        "--append", action="store_true", help="add to splits-records.jsonl (another seed range) instead of starting it"
+    )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     parser.add_argument(
@@ -231,14 +247,22 @@ def main(argv: list[str] | None = None) -> None:
     for cohort in args.cohorts:
         panel_folder(cohort)  # exported once, before the workers read it
     strategies = tuple(args.strategies)
-    jobs = [(c, s, strategies) for s in range(args.seeds) for c in args.cohorts]  # every cohort's first seed first
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(c, s, strategies) for s in seeds for c in args.cohorts]  # every cohort's first seed first
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "splits-records.jsonl"  # each finished job at once: a cut-short run keeps its part
-    partial.write_text("")
-    records = []
+    if not args.append:
+        partial.write_text("")
+    records = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
     with ProcessPoolExecutor(max(args.jobs, 1)) as pool:
-        for record in pool.map(task, jobs):
+        futures = {pool.submit(task, job): job for job in jobs}
+        for future in as_completed(futures):  # written as each finishes; a failed job is named, not fatal
+            try:
+                record = future.result()
+            except Exception as error:
+                print(f"{futures[future][:2]} failed: {type(error).__name__}: {error}", flush=True)
+                continue
             records.append(record)
             with partial.open("a") as handle:
                 handle.write(json.dumps(record, default=float) + "\n")
