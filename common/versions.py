@@ -23,7 +23,12 @@ def software_versions() -> dict[str, str]:
 
 def version_mismatch(site: str, theirs: dict[str, str] | None, ours: dict[str, str]) -> str | None:
     """Why a site's software cannot join this coordinator's run (None when it can): another
-    fedlego version (or none said), or another version of a plugin both have installed."""
+    fedlego version (or none said), or another version of a plugin both have installed; a field
+    that is not a mapping of names to versions is refused as malformed (it comes from another site)."""
+    if theirs is not None and (
+        not isinstance(theirs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in theirs.items())
+    ):
+        return f"{site} sent a malformed software field (names to versions expected): {str(theirs)[:80]!r}"
     if not theirs or "fedlego" not in theirs:
         return f"{site} did not say its fedlego version (an older fedlego); the coordinator runs {ours['fedlego']}"
     differing = [

@@ -26,6 +26,9 @@ def test_version_prints_fedlego_and_the_installed_plugins(capsys):
         ({"fedlego": __version__, "plug": "1.0"}, "plug 1.0 at a, 1.1 at the coordinator"),
         (None, "did not say its fedlego version"),
         ({}, "did not say its fedlego version"),
+        ("fedlego 0.1.0", "malformed software field"),
+        ({"fedlego": 1}, "malformed software field"),
+        (["fedlego"], "malformed software field"),
     ],
 )
 def test_version_mismatch_names_the_site_and_both_versions(theirs, expected):
