@@ -312,22 +312,14 @@ class Scenario:
             shutil.move(str(self.root / "data" / site), str(self.root / site / "data"))
 
     def superlink(self, attempt: int) -> None:
-        name = f"superlink-{attempt}"
-        self.parties.start(
-            name,
-            "coordinator",
-            [
-                "superlink",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(PORT),
-                "--certs",
-                str(self.consortium),
-                "--home",
-                str(self.root / "coordinator" / f"home-{attempt}"),
-            ],
+        self.start_superlink(
+            f"superlink-{attempt}", "coordinator", self.consortium, self.root / "coordinator" / f"home-{attempt}"
         )
+
+    def start_superlink(self, name: str, party: str, consortium: Path, home: Path) -> None:
+        """``fedlego superlink`` on ``party``'s host with ``consortium``'s keys, ready (node keys registered)."""
+        args = ["superlink", "--host", "0.0.0.0", "--port", str(PORT), "--certs", str(consortium), "--home", str(home)]
+        self.parties.start(name, party, args)
         wait_for(
             lambda: (
                 "fedlego superlink: ready;" in self.parties.log(name) or self.parties.processes[name].poll() is not None
@@ -382,24 +374,7 @@ class Scenario:
         shutil.copy(
             self.root / "baseline" / "keys" / "node-auth.pub", rogue / "coordinator" / "node-auth" / "baseline.pub"
         )
-        self.parties.start(
-            "impostor-superlink",
-            "impostor",
-            [
-                "superlink",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(PORT),
-                "--certs",
-                str(rogue),
-                "--home",
-                str(self.root / "impostor" / "home"),
-            ],
-        )
-        wait_for(
-            lambda: "fedlego superlink: ready;" in self.parties.log("impostor-superlink"), 120, "the impostor SuperLink"
-        )
+        self.start_superlink("impostor-superlink", "impostor", rogue, self.root / "impostor" / "home")
         self.record.check(
             "the impostor answers at the coordinator's name", reachable(self.parties, "victim", COORDINATOR_NAME, PORT)
         )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlego import __version__
-from fedlego.certs import CertsReport, _ec_key_file, _signing_pair, _write_public, check_site_name, make_consortium
+from fedlego.certs import CertsReport, check_site_name, ec_key_file, make_consortium, signing_pair, write_public
 from fedlego.common.signing import public_key_pem
 
 REQUEST_NAME = "request.json"
@@ -85,13 +85,13 @@ def make_request(folder: Path, site: str) -> tuple[Path, CertsReport]:
     exist) and ``folder/request.json`` with the public keys only."""
     check_site_name(site)
     report = CertsReport()
-    signing = _signing_pair(folder, report).public_key()
-    auth = _ec_key_file(folder / "node-auth", report, encoding="openssh")
+    signing = signing_pair(folder, report).public_key()
+    auth = ec_key_file(folder / "node-auth", report, encoding="openssh")
     public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write_public(folder / "node-auth.pub", public + b"\n", report)
+    write_public(folder / "node-auth.pub", public + b"\n", report)
     request = SiteRequest(site, public_key_pem(signing), public.decode())
     path = folder / REQUEST_NAME
-    _write_public(path, (json.dumps(request.to_dict(), indent=2) + "\n").encode(), report)
+    write_public(path, (json.dumps(request.to_dict(), indent=2) + "\n").encode(), report)
     return path, report
 
 
@@ -113,7 +113,7 @@ def sign_request(consortium: Path, request_path: Path) -> tuple[Path, CertsRepor
             )
     report = CertsReport()
     for name, text in wanted.items():
-        _write_public(folder / name, (text + "\n").encode(), report)
+        write_public(folder / name, (text + "\n").encode(), report)
     made = make_consortium(consortium, [request.site])
     report.created += made.created
     report.kept += made.kept

@@ -69,7 +69,8 @@ def _write_private(path: Path, data: bytes, report: CertsReport) -> bool:
     return True
 
 
-def _write_public(path: Path, data: bytes, report: CertsReport) -> None:
+def write_public(path: Path, data: bytes, report: CertsReport) -> None:
+    """Write a public file (certificate, public key) when it is missing or differs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.read_bytes() == data:
         return
@@ -81,8 +82,8 @@ def _load_private(path: Path):
     return serialization.load_pem_private_key(path.read_bytes(), password=None)
 
 
-def _ec_key_file(path: Path, report: CertsReport, encoding: str = "pem") -> ec.EllipticCurvePrivateKey:
-    """An EC P-256 private key at ``path`` (created if missing)."""
+def ec_key_file(path: Path, report: CertsReport, encoding: str = "pem") -> ec.EllipticCurvePrivateKey:
+    """An EC P-256 private key at ``path`` (created if missing, 0600; PEM or OpenSSH)."""
     if not path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         private_format = (
@@ -116,7 +117,7 @@ def _current_names(out: Path) -> list[str]:
 def _ca(folder: Path, report: CertsReport, renew: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """The CA key and certificate (a renewed certificate keeps the key and subject, so that
     certificates it signed before still verify)."""
-    key = _ec_key_file(folder / "ca.key", report)
+    key = ec_key_file(folder / "ca.key", report)
     cert_path = folder / "ca.pem"
     if cert_path.exists() and not renew:
         return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -146,7 +147,7 @@ def _ca(folder: Path, report: CertsReport, renew: bool = False) -> tuple[ec.Elli
         )
         .sign(key, hashes.SHA256())
     )
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), report)
+    write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), report)
     return key, cert
 
 
@@ -181,7 +182,7 @@ def _server_certificate(
 ) -> None:
     """The SuperLink's certificate: kept when it holds exactly ``names`` (and ``renew`` is off),
     else issued again for the same key."""
-    key = _ec_key_file(folder / "server.key", report)
+    key = ec_key_file(folder / "server.key", report)
     cert_path = folder / "server.pem"
     if cert_path.exists() and not renew:
         existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -202,10 +203,11 @@ def _server_certificate(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), report)
+    write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), report)
 
 
-def _signing_pair(folder: Path, report: CertsReport) -> Ed25519PrivateKey:
+def signing_pair(folder: Path, report: CertsReport) -> Ed25519PrivateKey:
+    """The Ed25519 signing key of ``folder`` (created if missing) and its public file."""
     path = folder / "signing.key"
     if path.exists():
         report.kept.append(path)
@@ -213,7 +215,7 @@ def _signing_pair(folder: Path, report: CertsReport) -> Ed25519PrivateKey:
     else:
         key = Ed25519PrivateKey.generate()
         _write_private(path, private_key_pem(key), report)
-    _write_public(folder / "signing.pub", public_key_pem(key.public_key()).encode(), report)
+    write_public(folder / "signing.pub", public_key_pem(key.public_key()).encode(), report)
     return key
 
 
@@ -224,8 +226,8 @@ def site_keys(folder: Path, report: CertsReport) -> tuple[Ed25519PublicKey, byte
     if requested and (folder / "node-auth.pub").is_file():
         signing = load_public_key(folder / "signing.pub")
         return signing, (folder / "node-auth.pub").read_bytes().strip()
-    signing = _signing_pair(folder, report).public_key()
-    auth = _ec_key_file(folder / "node-auth", report, encoding="openssh")
+    signing = signing_pair(folder, report).public_key()
+    auth = ec_key_file(folder / "node-auth", report, encoding="openssh")
     public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return signing, public
 
@@ -250,16 +252,16 @@ def make_consortium(
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     names = server_names(explicit_server_names or _current_names(out))
     _server_certificate(out / "superlink", ca_key, ca_cert, names, report, renew)
-    _write_public(out / "superlink" / "ca.pem", ca_pem, report)
-    signers = {COORDINATOR: _signing_pair(out / "coordinator", report).public_key()}
+    write_public(out / "superlink" / "ca.pem", ca_pem, report)
+    signers = {COORDINATOR: signing_pair(out / "coordinator", report).public_key()}
     existing = sorted(p.name for p in (out / "sites").iterdir()) if (out / "sites").exists() else []
     for site in sorted(set(sites) | set(existing)):
         folder = out / "sites" / site
         signers[site], public = site_keys(folder, report)
-        _write_public(folder / "node-auth.pub", public + b"\n", report)
-        _write_public(out / "coordinator" / "node-auth" / f"{site}.pub", public + b"\n", report)
-        _write_public(folder / "ca.pem", ca_pem, report)
-        _write_public(folder / "coordinator.pub", public_key_pem(signers[COORDINATOR]).encode(), report)
+        write_public(folder / "node-auth.pub", public + b"\n", report)
+        write_public(out / "coordinator" / "node-auth" / f"{site}.pub", public + b"\n", report)
+        write_public(folder / "ca.pem", ca_pem, report)
+        write_public(folder / "coordinator.pub", public_key_pem(signers[COORDINATOR]).encode(), report)
     trusted = out / "coordinator" / "trusted-sites.json"
     write_trusted_sites(signers, trusted)
     report.created.append(trusted)

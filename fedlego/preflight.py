@@ -170,7 +170,7 @@ def coordinator_preflight(superlink: str, certs: Path | None, overrides: Mapping
             return f"{len(registered)} registered: {', '.join(registered)}"
 
         findings.append(_attempt(f"trusted sites {trusted}", sites))
-        findings.append(_attempt(f"coordinator signing key {key}", lambda: bool(load_signing_key(Path(key))) and ""))
+        findings.append(_attempt(f"coordinator signing key {key}", lambda: load_signing_key(Path(key)) and "readable"))
     findings += superlink_reachable(superlink, None if certs is None else certs / "superlink" / "ca.pem")
     if all(f.ok for f in findings) and certs is not None:
         findings.append(_online(superlink, certs, registered))
