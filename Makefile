@@ -8,7 +8,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test lint docs docker-lint docker-e2e deploy-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
+.PHONY: setup demo test lint docs browser docker-lint docker-e2e deploy-e2e gpu-check bench bench-quick bench-privacy proto clean app-config
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 # The example plugins (plugins/: an encoder, a modality kind) are installed too: tests run federations with them.
@@ -33,8 +33,15 @@ lint: setup
 docs: setup
 	$(VENV)/bin/mkdocs build --strict --quiet
 
-test: lint docs
+test: lint docs browser
 	$(PY) -m pytest
+
+# Headless Chromium for the report test (Debian's package; as root only, else the test is skipped
+# outside CI): tests/test_report.py renders report.html in it as a person would see it.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+		|| echo "note: chromium not installed; the report's browser test will be skipped outside CI"
 
 # The benchmark suite (about 25 min on 2 cores): tables, ablations, cost; figures into docs/benchmarks/.
 bench: setup

@@ -207,6 +207,11 @@ def _results(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _error(results: dict) -> list[str]:
+    """The run's error, as a note (none when it had none)."""
+    return [f"run error: {results['error'].splitlines()[0]}"] if results.get("error") else []
+
+
 def _checkpointed(out: Path, key: str) -> bool:
     state = out / "checkpoint" / "state.json"
     try:
@@ -231,7 +236,8 @@ def site_killed_mid_fuse(root: Path) -> FaultOutcome:
     ok = results.get("status") == "incomplete" and failed == {"paired-1"} and results.get("gaps") == gap
     return FaultOutcome(
         "site killed mid-fuse (SIGKILL)", "finishes without the site, recorded incomplete", results.get("status"), ok,
-        _redone(_events(out)), audit, time.monotonic() - start, [f"sites that failed: {sorted(failed)}"],
+        _redone(_events(out)), audit, time.monotonic() - start,
+        [f"sites that failed: {sorted(failed)}", *_error(results)],
     )  # fmt: skip
 
 
@@ -255,6 +261,7 @@ def _superlink_killed(root: Path, phase: str) -> FaultOutcome:
         results = _results(out)
         audit = deployed.verify_audit(out, results.get("run_id", ""))
     events = _events(out)
+    notes += _error(results)
     ok = results.get("status") == "completed" and (results.get("resumed") or 0) >= 1
     return FaultOutcome(
         f"SuperLink killed mid-{phase} (SIGKILL), restarted, run resumed", "completes, finished work kept",

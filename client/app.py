@@ -198,4 +198,4 @@ def evaluate_models(message: Message, context: Context) -> Message:
         models = evaluable_models({}, None, model)
     site = site_for(context)
     results = site.evaluate(models, package_task(package.blocks[0]))
-    return reply(message, EvaluateReply(results, dict(site.evaluation_errors)))
+    return reply(message, EvaluateReply(results, dict(site.evaluation_errors), dict(site.evaluation_curves)))

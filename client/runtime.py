@@ -30,12 +30,13 @@ from fedlego.common.disclosure import (
     released_cut_points,
 )
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
+from fedlego.common.outcome_curves import outcome_curve
 from fedlego.common.packaging import block_to_package
 from fedlego.common.privacy import privacy_metrics
 from fedlego.common.protocol import RoundReply, SiteDescription
 from fedlego.common.tasks import Task
 from fedlego.common.versions import software_versions
-from fedlego.common.workflow import evaluate, train_block, unimodal_forward
+from fedlego.common.workflow import score_metrics, scores_of, train_block, unimodal_forward
 from fedlego.proto.fedlego_pb2 import BlockPackage
 
 
@@ -62,6 +63,8 @@ class SiteRuntime:
     """Per modality, preprocessing options of this site (``site.json``), over the coordinator's."""
     evaluation_errors: dict[str, str] = field(default_factory=dict)
     """Why the models of the last ``evaluate`` that failed at this site failed, by model name."""
+    evaluation_curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The releasable outcome curves of the last ``evaluate``, by model name."""
     min_cell: int = DEFAULT_MIN_CELL
     """Disclosure threshold (``common.disclosure``): fewest patients behind anything this site sends."""
     schema_sha256: str | None = None
@@ -89,8 +92,13 @@ class SiteRuntime:
 
         schema = ConsortiumSchema.read(path)
         errors = [str(p) for p in check_against_schema(site, schema) if p.severity == "error"]
+        labels, unit = self.dataset.labels, schema.labels.time_unit
+        if labels.task == "survival" and None not in (labels.time_unit, unit) and labels.time_unit != unit:
+            errors.append(f"site.json says the survival times are in {labels.time_unit}, the schema says {unit}")
         if errors:
             raise SiteDataError(str(path), "the site's data break the consortium schema:\n  " + "\n  ".join(errors))
+        if labels.task == "survival" and labels.time_unit is None:
+            labels.time_unit = unit
         self.schema_sha256 = schema_hash(schema)
 
     def modalities(self) -> list[str]:
@@ -126,6 +134,7 @@ class SiteRuntime:
             data=self.source,
             schema_sha256=self.schema_sha256,
             software=software_versions(),
+            time_unit=labels.time_unit if labels.task == "survival" else None,
         )
         train = self._ids("train")
         events = int(labels.table.loc[train, "event"].sum()) if labels.task == "survival" and train else 0
@@ -273,8 +282,10 @@ class SiteRuntime:
         """Each model on this site's test patients holding at least one modality it accepts
         (single blocks: patients holding that block's modality). A model with fewer than ``min_cell``
         such patients, events or others is not reported (disclosure control). A model that fails here (bad
-        preprocessing state, an encoder error) is left out with the reason in ``evaluation_errors``."""
-        results, self.evaluation_errors = {}, {}
+        preprocessing state, an encoder error) is left out with the reason in ``evaluation_errors``. The
+        merged and fused models' releasable outcome curves go to ``evaluation_curves``
+        (``fedlego.common.outcome_curves``)."""
+        results, self.evaluation_errors, self.evaluation_curves = {}, {}, {}
         for name, model in models.items():
             blocks = {model.modality: model} if isinstance(model, LegoBlock) else dict(model.blocks)
             usable = [m for m in blocks if m in self.dataset.modalities]
@@ -285,7 +296,13 @@ class SiteRuntime:
                 if not self._outcomes_releasable(task, test):  # none, or a metric over a handful: not sent
                     continue
                 forward = unimodal_forward(model) if isinstance(model, LegoBlock) else None
-                results[name] = evaluate(model, test, task, forward)
+                scores = scores_of(model, test, task, forward)
+                results[name] = score_metrics(scores, test, task)
+                curve = (
+                    None if isinstance(model, LegoBlock) else outcome_curve(scores, test.targets, task, self.min_cell)
+                )
+                if curve is not None:  # the merged and fused models only
+                    self.evaluation_curves[name] = curve
             except Exception as error:  # one model that cannot run here must not hide the others
                 self.evaluation_errors[name] = outgoing_reason(error)
         return results

@@ -146,13 +146,41 @@ def _preprocessor(block: LegoBlock, data: ModalityData) -> Preprocessor:
     return preprocessor
 
 
+def _survival_column(cut: float, unit: str | None, digits: int) -> str:
+    return f"survival_at_{cut:.{digits}g}" + (f"_{unit}" if unit else "")
+
+
+def survival_columns(task: SurvivalTask) -> list[str]:
+    """``survival_at_<time>_<unit>`` per cut point (4 significant digits unless two would read the
+    same; no unit suffix when the run's task does not state one)."""
+    for digits in (4, 10):
+        names = [_survival_column(cut, task.time_unit, digits) for cut in task.cut_points]
+        if len(set(names)) == len(names):
+            break
+    return names
+
+
+def score_columns(task: Task) -> dict[str, str]:
+    """The score columns ``fedlego predict`` writes for ``task``, each with what it holds."""
+    patients = {"patient_id": "the patient's id in the site folder", "modalities": "the modalities the row used"}
+    if isinstance(task, SurvivalTask):
+        unit = task.time_unit or "time units of the training labels (the run did not state the unit)"
+        columns = {"risk": "predicted risk: higher means an earlier event expected (only the order is meaningful)"}
+        for name, cut in zip(survival_columns(task), task.cut_points, strict=True):
+            columns[name] = f"predicted probability of no event by time {cut:.10g} ({unit})"
+        return patients | columns
+    if task.n_classes == 2:
+        return patients | {"p_0": "predicted probability of label 0", "p_1": "predicted probability of label 1"}
+    return patients | {f"p_{k}": f"predicted probability of class {k}" for k in range(task.n_classes)}
+
+
 def _score_columns(task: Task, logits: torch.Tensor) -> dict[str, object]:
-    """``risk`` and ``survival_at_<cut>`` (survival) or ``p_<class>`` (classification)."""
+    """``risk`` and ``survival_at_<time>_<unit>`` (survival) or ``p_<class>`` (classification)."""
     scores = task.scores(logits)
     if isinstance(task, SurvivalTask):
         survival = torch.cumprod(torch.sigmoid(-logits), dim=1).numpy()  # the curve SurvivalTask.scores sums
         columns: dict[str, object] = {"risk": scores}
-        columns |= {f"survival_at_{cut:.10g}": survival[:, k] for k, cut in enumerate(task.cut_points)}
+        columns |= {name: survival[:, k] for k, name in enumerate(survival_columns(task))}
         return columns
     if task.n_classes == 2:
         return {"p_0": 1.0 - scores, "p_1": scores}
@@ -162,7 +190,8 @@ def _score_columns(task: Task, logits: torch.Tensor) -> dict[str, object]:
 def predict_modalities(model: LoadedModel, modalities: Mapping[str, ModalityData]) -> pd.DataFrame:
     """Predictions for every patient holding at least one of the model's modalities in
     ``modalities`` (others are ignored), in patient id order. Patients left with no usable data
-    (e.g. time series of unseen variables only) are skipped with a :class:`PredictionWarning`."""
+    (e.g. time series of unseen variables only) are skipped with a :class:`PredictionWarning`.
+    ``frame.attrs["columns"]`` describes each column (:func:`score_columns`)."""
     usable = {m: data for m, data in modalities.items() if m in model.blocks}
     if not usable:
         raise PredictionError(
@@ -187,7 +216,9 @@ def predict_modalities(model: LoadedModel, modalities: Mapping[str, ModalityData
         )
     logits = predict(model.model, data, model.forward)
     used = ["+".join(m for m in sorted(data.present) if data.present[m][row]) for row in range(len(data))]
-    return pd.DataFrame({"patient_id": data.ids, "modalities": used, **_score_columns(model.task, logits)})
+    frame = pd.DataFrame({"patient_id": data.ids, "modalities": used, **_score_columns(model.task, logits)})
+    frame.attrs["columns"] = score_columns(model.task)  # what each column holds (``fedlego predict``'s sidecar)
+    return frame
 
 
 def predict_folder(

@@ -19,6 +19,7 @@ import torch
 
 from fedlego.common.concordance import PAIR_COUNT_KEYS, PAIR_SUM_KEYS
 from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedlego.common.outcome_curves import curve_problem
 from fedlego.common.tasks import Task, task_from_dict
 
 PROTOCOL_VERSION = 1
@@ -130,6 +131,8 @@ class SiteDescription:
     """The SHA-256 of the consortium schema the site checked its data against (None: none)."""
     software: dict[str, str] | None = None
     """The fedlego and plugin versions the site runs (``fedlego.common.versions``)."""
+    time_unit: str | None = None
+    """Survival: the unit of the site's times (site.json or the consortium schema; None: not stated)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The description as JSON-ready values (absent survival fields left out)."""
@@ -361,13 +364,16 @@ class EvaluateRequest:
 @dataclass
 class EvaluateReply:
     """Per model name: the site's metric and number of test patients; ``errors``: why the models
-    the site could not evaluate failed (the others are still reported)."""
+    the site could not evaluate failed (the others are still reported); ``curves``: the merged and
+    fused models' releasable outcome curves (``fedlego.common.outcome_curves``)."""
 
     results: dict[str, dict[str, float]]
     errors: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_payload(self) -> Payload:
-        return Payload(config=_versioned({"results": json.dumps(self.results), "errors": json.dumps(self.errors)}))
+        fields = {"results": self.results, "errors": self.errors, "curves": self.curves}
+        return Payload(config=_versioned({key: json.dumps(value) for key, value in fields.items()}))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> EvaluateReply:
@@ -387,7 +393,25 @@ class EvaluateReply:
                 valid[str(model)] = values
             else:
                 errors[str(model)] = f"malformed evaluation result: {problem}"
-        return cls(valid, errors)
+        return cls(valid, errors, _curves(payload, errors))
+
+
+def _curves(payload: Payload, errors: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The well-formed curves of an evaluate reply; a malformed one is left out, its reason in
+    ``errors`` under ``curve:<model>`` (a site of an earlier version sends none)."""
+    if "curves" not in payload.config:
+        return {}
+    curves = _json(payload, "curves", "evaluate reply")
+    if not isinstance(curves, dict):
+        raise ProtocolError("evaluate reply: 'curves' must be an object")
+    valid = {}
+    for model, curve in curves.items():
+        problem = curve_problem(curve)
+        if problem is None:
+            valid[str(model)] = curve
+        else:
+            errors[f"curve:{model}"] = f"malformed outcome curve: {problem}"
+    return valid
 
 
 def _number(value: Any) -> bool:

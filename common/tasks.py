@@ -20,17 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from fedlego.common.concordance import PairCounts, binary_pair_counts, survival_pair_counts
+from fedlego.common.time_units import TIME_UNITS
 
 Targets = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class SurvivalTask:
-    """Discrete-time survival with a logistic hazard per bin (Gensheimer & Narasimhan, 2019)."""
+    """Discrete-time survival with a logistic hazard per bin (Gensheimer & Narasimhan, 2019);
+    ``time_unit``: the unit of the times and cut points (one of ``TIME_UNITS``; None: not stated)."""
 
     cut_points: tuple[float, ...]
     kind: str = "survival"
     metric_name: str = "c-index"
+    time_unit: str | None = None
 
     @classmethod
     def from_training(cls, times: np.ndarray, events: np.ndarray, n_bins: int = 4) -> SurvivalTask:
@@ -96,7 +99,8 @@ class SurvivalTask:
         return int(targets["event"].sum())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "cut_points": list(self.cut_points)}
+        unit = {"time_unit": self.time_unit} if self.time_unit is not None else {}
+        return {"kind": self.kind, "cut_points": list(self.cut_points), **unit}
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,10 @@ def task_from_dict(state: dict[str, Any]) -> Task:
         valid = valid and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in cuts)
         if not valid or list(cuts) != sorted(set(cuts)):
             raise ValueError(f"survival cut_points must be at most {MAX_TIME_BINS} increasing finite numbers")
-        return SurvivalTask(tuple(float(c) for c in cuts))
+        unit = state.get("time_unit")
+        if unit is not None and unit not in TIME_UNITS:
+            raise ValueError(f"survival time_unit must be one of {list(TIME_UNITS)}, got {unit!r}")
+        return SurvivalTask(tuple(float(c) for c in cuts), time_unit=unit)
     if kind in ("binary", "multiclass"):
         n = state.get("n_classes")
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_CLASSES or (kind == "binary") != (n == 2):

@@ -239,7 +239,11 @@ def scores_of(model: nn.Module, data: TensorSet, task: Task, forward=None) -> np
 def evaluate(model: nn.Module, data: TensorSet, task: Task, forward=None) -> dict[str, float]:
     """The task metric of a model on a set, the number of patients, and the pairs it compared
     (``PairCounts.to_dict``: what a federation pools over sites, with its interval)."""
-    scores = scores_of(model, data, task, forward)
+    return score_metrics(scores_of(model, data, task, forward), data, task)
+
+
+def score_metrics(scores: np.ndarray, data: TensorSet, task: Task) -> dict[str, float]:
+    """``evaluate`` from scores already computed on ``data``."""
     pairs = task.pair_counts(scores, data.targets)
     return {"metric": task.metric(scores, data.targets), "n": len(data), **pairs.to_dict()}
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from fedlego.common.disclosure import DEFAULT_MIN_CELL
+from fedlego.common.time_units import TIME_UNITS
 from fedlego.options import (
     CENTRALIZED_DATA_KEYS,
     CENTRALIZED_SECTIONS,
@@ -197,7 +198,11 @@ def _add_schema(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="reference site folder(s)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the schema file to write (JSON)")
-    p.add_argument("--time-unit", default="days", help="unit of the survival times: days, weeks, months or years")
+    p.add_argument(
+        "--time-unit",
+        choices=TIME_UNITS,
+        help="unit of the survival times (default: what site.json's time_unit says, else days)",
+    )
     p.add_argument("--min-cell", type=int, default=DEFAULT_MIN_CELL, help="fewest patients behind a category kept")
     p.set_defaults(handler=_schema)
 
@@ -335,7 +340,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         help="predict with a trained model package on a site folder (no labels needed)",
         description="Load a merged or fused model package (or a block package), verify it, transform the site "
         "folder's data with the preprocessing stored in the package and write one row per patient: patient_id, "
-        "the modalities used, and risk plus survival_at_<cut> (survival) or p_<class> (classification).",
+        "the modalities used, and risk plus survival_at_<time>_<unit> (survival) or p_<class> (classification); "
+        "a sidecar <out>.columns.json says what each column holds.",
     )
     p.add_argument(
         "--model",
@@ -374,11 +380,14 @@ def _predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", PredictionWarning)
         warnings.showwarning = lambda message, *_: print(f"fedlego: warning: {message}", file=sys.stderr)
         frame = predict_folder(args.model, args.data, coordinator_key=args.coordinator_key, unverified=args.unverified)
+    sidecar = args.out.with_suffix(".columns.json")
+    described = {"model": args.model.name, "columns": frame.attrs.get("columns", {})}
     try:
         frame.to_csv(args.out, index=False)
+        sidecar.write_text(json.dumps(described, indent=2) + "\n")
     except OSError as error:
         raise ValueError(f"{args.out}: cannot write the predictions ({error.strerror or error})") from error
-    print(f"{len(frame)} patients predicted with {args.model}; written to {args.out}")
+    print(f"{len(frame)} patients predicted with {args.model}; written to {args.out} (columns described in {sidecar})")
     return 0
 
 

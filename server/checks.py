@@ -50,7 +50,18 @@ def agree_task(descriptions: Sequence[SiteDescription], note: Callable[[str], No
     with_bins = [d for d in with_bins if len(d.cut_points or []) == full]
     weights = np.array([max(d.n_train_events or 0, 1) for d in with_bins], dtype=float)
     cuts = np.array([d.cut_points for d in with_bins], dtype=float)
-    return SurvivalTask(tuple(float(c) for c in np.sort((weights[:, None] * cuts).sum(0) / weights.sum())))
+    mean_cuts = tuple(float(c) for c in np.sort((weights[:, None] * cuts).sum(0) / weights.sum()))
+    return SurvivalTask(mean_cuts, time_unit=_time_unit(descriptions))
+
+
+def _time_unit(descriptions: Sequence[SiteDescription]) -> str | None:
+    """The survival time unit the sites state (None when none does); sites stating different
+    units are an error: their times cannot share bins."""
+    units = {d.site: d.time_unit for d in descriptions if d.time_unit is not None}
+    if len(set(units.values())) > 1:
+        stated = ", ".join(f"{site}: {unit}" for site, unit in sorted(units.items()))
+        raise ValueError(f"sites state different survival time units ({stated}); convert the times to one unit")
+    return next(iter(units.values()), None)
 
 
 @dataclass

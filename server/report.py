@@ -8,19 +8,15 @@ the results (site names, reasons...) is escaped.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fedlego.server import report_html as h
+from fedlego.server.report_summary import curves_section, glossary_box, summary_section
 from fedlego.server.results import ModelMetrics, RoundsRecord, RunResults, Traffic
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 REPORT_NAME = "report.html"
 
@@ -48,74 +44,11 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .status-completed { color: #176317; } .status-failed, .status-interrupted { color: #a40000; }
 img { max-width: 100%; } .note { color: #555; }
+.summary { background: #f5f8fc; border: 1px solid #c9d6ea; padding: 0.2em 1.2em 0.8em; }
+.summary h2 { margin-top: 0.6em; } .warnings { color: #7a4a00; } .warnings ul { margin: 0.3em 0; }
+.glossary { border: 1px solid #ccc; padding: 0.5em 1.2em; margin: 1.5em 0; font-size: 0.9em; }
+.glossary dt { font-weight: bold; float: left; clear: left; width: 14em; } .glossary dd { margin-left: 15em; }
 """
-
-
-# -- formatting --------------------------------------------------------------------------------
-def _e(value: Any) -> str:
-    """Any value as escaped HTML text."""
-    return html.escape(str(value))
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; ``n/a`` for a missing or non-finite one."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
-
-
-def _size(n_bytes: float) -> str:
-    """A byte count in B, kB, MB or GB (powers of 1000)."""
-    for unit in ("B", "kB", "MB"):
-        if abs(n_bytes) < 1000:
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1000
-    return f"{n_bytes:.2f} GB"
-
-
-def _plain(text: str) -> str:
-    """A label for matplotlib, with ``$`` escaped so names are never read as mathtext."""
-    return str(text).replace("$", r"\$")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
-    """An HTML table; every cell is escaped, columns in ``numeric`` are right-aligned."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="num">{_e(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _section(title: str, *parts: str) -> str:
-    return f"<section><h2>{_e(title)}</h2>{''.join(parts)}</section>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A matplotlib figure drawn without pyplot (no global backend state); matplotlib is imported
-    only when a report is rendered, so importing this module stays cheap."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _image(figure: Figure, alt: str) -> str:
-    """The figure as an embedded PNG."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
 # -- reading the results ---------------------------------------------------------------------
@@ -166,7 +99,6 @@ def _data_text(run: RunResults) -> str:
 
 def _header(run: RunResults) -> str:
     config = run.config
-    status = run.status if run.status is not None else "interrupted"
     rendered = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     task = (run.task or {}).get("kind", "?")
     bundled = {d.get("dataset") for d in (run.data or {}).values() if d.get("source") == "bundled"}
@@ -179,7 +111,7 @@ def _header(run: RunResults) -> str:
         ("task / metric", f"{task} / {run.metric if run.metric is not None else '?'}"),
         ("sites", ", ".join(run.sites) or "none described"),
         ("merged modalities", ", ".join(run.merged_modalities or []) or "none"),
-        ("wall time", f"{_number(run.wall_seconds, 1)} s"),
+        ("wall time", f"{h.number(run.wall_seconds, 1)} s"),
         ("resumed", f"{run.resumed if run.resumed is not None else 0} time(s)"),
         ("audit head", run.audit_head if run.audit_head is not None else "no audit log"),
     ]
@@ -193,13 +125,20 @@ def _header(run: RunResults) -> str:
             )
         )
     facts += [(f"setting {key}", config[key]) for key in HEADER_SETTINGS if key in config]
-    error = f'<p class="status-failed">error: {_e(run.error)}</p>' if run.error else ""
-    full = _table(["setting", "value"], list(config.items()))
+    full = h.table(["setting", "value"], list(config.items()))
+    return h.section(
+        "Run details",
+        h.table(["run", "value"], facts),
+        f"<details><summary>all settings</summary>{full}</details>",
+    )
+
+
+def _title(run: RunResults) -> str:
+    status = run.status if run.status is not None else "interrupted"
+    error = f'<p class="status-failed">error: {h.escaped(run.error)}</p>' if run.error else ""
     return (
-        f"<h1>fedlego run report: {_e(run.run_id)}</h1>"
-        f'<p class="status-{_e(status)}">status: {_e(status)}</p>{error}'
-        + _table(["run", "value"], facts)
-        + f"<details><summary>all settings</summary>{full}</details>"
+        f"<h1>fedlego run report: {h.escaped(run.run_id)}</h1>"
+        f'<p class="status-{h.escaped(status)}">status: {h.escaped(status)}</p>{error}'
     )
 
 
@@ -218,12 +157,12 @@ def _sites_section(run: RunResults) -> str:
         for name, site in run.sites.items()
     ]
     if not rows:
-        return _section("Sites", _note("No site described itself."))
+        return h.section("Sites", h.note("No site described itself."))
     headers = ["site", "modalities", "train patients", "validation patients", "test patients"]
-    return _section(
+    return h.section(
         "Sites",
-        _table(headers, rows),
-        _note(
+        h.table(headers, rows),
+        h.note(
             "Patient counts are per modality, in the order listed; 0 also stands for fewer than min-cell "
             "patients, a count a site does not send."
         ),
@@ -232,25 +171,25 @@ def _sites_section(run: RunResults) -> str:
 
 def _metrics_section(run: RunResults) -> str:
     if not run.metrics:
-        return _section("Metrics per phase and site", _note("No evaluation finished."))
+        return h.section("Metrics per phase and site", h.note("No evaluation finished."))
     sites = _evaluated_sites(run)
     metric = _metric_name(run)
     rows = []
     for phase, models in run.metrics.items():
         for model, entry in models.items():
             per_site = entry.per_site
-            cells = [f"{_number(per_site[s].metric)} (n={per_site[s].n})" if s in per_site else "" for s in sites]
+            cells = [f"{h.number(per_site[s].metric)} (n={per_site[s].n})" if s in per_site else "" for s in sites]
             interval = (
-                f"{_number(entry.pooled_low)} to {_number(entry.pooled_high)}" if entry.pooled_low is not None else ""
+                f"{h.number(entry.pooled_low)} to {h.number(entry.pooled_high)}" if entry.pooled_low is not None else ""
             )
             rows.append(
                 [
                     phase,
                     model,
-                    _number(entry.pooled),
+                    h.number(entry.pooled),
                     interval,
                     entry.pairs,
-                    _number(entry.weighted_mean),
+                    h.number(entry.weighted_mean),
                     entry.n,
                     *cells,
                 ]
@@ -265,10 +204,10 @@ def _metrics_section(run: RunResults) -> str:
         "n",
         *sites,
     ]
-    table = _table(headers, rows, numeric=range(2, len(headers)))
-    return _section(
+    table = h.table(headers, rows, numeric=range(2, len(headers)))
+    return h.section(
         "Metrics per phase and site",
-        _note(
+        h.note(
             f"Test {metric} of each model at each site on the patients it could evaluate (n). Pooled: the "
             "comparable pairs of every site counted together (pairs are formed within a site), with its 95 % "
             "jackknife (leave-one-patient-out) interval; a site's own figure from a handful of test patients is noise."
@@ -279,32 +218,33 @@ def _metrics_section(run: RunResults) -> str:
 
 
 def _models_chart(run: RunResults) -> str:
-    """Grouped bars: each model (merge, ensemble, fuse, blocks) per evaluation population."""
+    """Per model (merge, ensemble, fuse, blocks): the pooled metric with its 95 % interval, each
+    site's own figure as a small grey mark, and the chance line."""
     models = _models(run)
-    groups = ["all sites (weighted)", *_evaluated_sites(run)]
-    values = {
-        label: [
-            entry.weighted_mean,
-            *(entry.per_site[s].metric if s in entry.per_site else None for s in groups[1:]),
-        ]
-        for label, entry in models
-    }
-    if not any(_finite(v) for row in values.values() for v in row):
-        return _note("No finite metric to plot.")
-    figure = _figure(max(7.0, 1.2 * len(groups) + 2), 4.2)
-    axes = figure.subplots()
-    width = 0.8 / len(models)
-    for index, (label, row) in enumerate(values.items()):
-        xs = [g + (index - (len(models) - 1) / 2) * width for g, v in enumerate(row) if _finite(v)]
-        axes.bar(xs, [v for v in row if _finite(v)], width, label=_plain(label))
-    axes.set_xticks(range(len(groups)), [_plain(g) for g in groups], rotation=15, ha="right")
-    axes.set_ylabel(_plain(_metric_name(run)))
-    finite = [v for row in values.values() for v in row if _finite(v)]
-    if min(finite) >= 0 and max(finite) <= 1:
-        axes.set_ylim(0, 1.05)
-    figure.legend(fontsize="small", loc="outside lower center", ncols=min(4, len(models)))
-    axes.set_title("Test metric per model and evaluation population")
-    return _image(figure, "metric per model and site")
+    shown = [(label, entry) for label, entry in models if h.finite(entry.pooled) or entry.per_site]
+    values = [v for _, e in shown for v in (e.pooled, *(s.metric for s in e.per_site.values())) if h.finite(v)]
+    if not values:
+        return h.note("No finite metric to plot.")
+    drawing = h.figure(7.5, 1.4 + 0.45 * len(shown))
+    axes = drawing.subplots()
+    for row, (_, entry) in enumerate(shown):
+        sites = [s.metric for s in entry.per_site.values() if h.finite(s.metric)]
+        axes.plot(sites, [row] * len(sites), "|", color="#999999", markersize=10)
+        if not h.finite(entry.pooled):
+            continue
+        if entry.pooled_low is not None and entry.pooled_high is not None:
+            low, high = entry.pooled - entry.pooled_low, entry.pooled_high - entry.pooled
+            axes.errorbar([entry.pooled], [row], xerr=[[low], [high]], fmt="o", color="#1f4e9c", capsize=4)
+        else:
+            axes.plot([entry.pooled], [row], "o", color="#1f4e9c")
+    axes.axvline(0.5, ls="--", color="#a40000", lw=1)
+    axes.text(0.5, -0.6, " chance", color="#a40000", fontsize="small", va="center")
+    axes.set_yticks(range(len(shown)), [h.plain(label) for label, _ in shown])
+    axes.set_ylim(len(shown) - 0.5, -0.9)
+    axes.set_xlim(min(0.3, *values) - 0.02, 1.0)
+    axes.set_xlabel(h.plain(f"test {_metric_name(run)}: pooled, 95 % interval; grey marks: single sites"))
+    axes.set_title("Test metric per model")
+    return h.image(drawing, "metric per model with intervals")
 
 
 def _round_sites(record: RoundsRecord) -> str:
@@ -326,17 +266,17 @@ def _rounds_section(run: RunResults) -> str:
     fuse_note = (
         ""
         if "fuse" in rounds
-        else _note(
+        else h.note(
             f"No fuse rounds (fuse-rounds = {run.config.get('fuse-rounds', '?')}, "
             "the phase was skipped for lack of paired data, or the run stopped before it)."
         )
     )
     if not rounds:
-        return _section("Rounds", fuse_note)
+        return h.section("Rounds", fuse_note)
     rows = [
         (
             name,
-            ", ".join(_number(v) for v in record.validation_loss),
+            ", ".join(h.number(v) for v in record.validation_loss),
             record.kept_round,
             _validation_size(record),
             _round_sites(record),
@@ -350,26 +290,26 @@ def _rounds_section(run: RunResults) -> str:
         "validation patients (events), fewest in a round",
         "sites (per round for fuse)",
     ]
-    table = _table(headers, rows)
-    return _section("Rounds: FedAvg per shared modality and LegoFuse", fuse_note, _rounds_chart(rounds), table)
+    table = h.table(headers, rows)
+    return h.section("Rounds: FedAvg per shared modality and LegoFuse", fuse_note, _rounds_chart(rounds), table)
 
 
 def _rounds_chart(rounds: Mapping[str, RoundsRecord]) -> str:
     """Validation loss per round for each round series; the kept (best) round is starred."""
-    figure = _figure(7.5, 3.8)
+    figure = h.figure(7.5, 3.8)
     axes = figure.subplots()
     for name, record in rounds.items():
-        losses = [v if _finite(v) else math.nan for v in record.validation_loss]
-        line = axes.plot(range(len(losses)), losses, marker="o", label=_plain(name), lw=2.5 if name == "fuse" else 1.2)
+        losses = [v if h.finite(v) else math.nan for v in record.validation_loss]
+        line = axes.plot(range(len(losses)), losses, marker="o", label=h.plain(name), lw=2.5 if name == "fuse" else 1.2)
         kept = record.kept_round
-        if isinstance(kept, int) and 0 <= kept < len(losses) and _finite(losses[kept]):
+        if isinstance(kept, int) and 0 <= kept < len(losses) and h.finite(losses[kept]):
             axes.plot([kept], [losses[kept]], marker="*", markersize=16, color=line[0].get_color(), ls="none")
     axes.set_xlabel("round (0 = before any training)")
     axes.set_ylabel("validation loss (weighted over sites)")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend(fontsize="small")
     axes.set_title("Validation loss per round (star: kept round)")
-    return _image(figure, "validation loss per round")
+    return h.image(figure, "validation loss per round")
 
 
 def _bytes_section(run: RunResults) -> str:
@@ -380,52 +320,52 @@ def _bytes_section(run: RunResults) -> str:
             total = totals.setdefault(site, Traffic())
             total.sent += traffic.sent
             total.received += traffic.received
-            rows.append((phase, site, _size(traffic.sent), _size(traffic.received)))
+            rows.append((phase, site, h.size(traffic.sent), h.size(traffic.received)))
     if not totals:
-        return _section("Bytes on the wire", _note("No message was exchanged."))
-    rows += [("all phases", site, _size(total.sent), _size(total.received)) for site, total in totals.items()]
-    figure = _figure(7.5, 1.2 + 0.55 * len(totals))
+        return h.section("Bytes on the wire", h.note("No message was exchanged."))
+    rows += [("all phases", site, h.size(total.sent), h.size(total.received)) for site, total in totals.items()]
+    figure = h.figure(7.5, 1.2 + 0.55 * len(totals))
     axes = figure.subplots()
     positions = range(len(totals))
     axes.barh([p - 0.2 for p in positions], [t.sent / 1e6 for t in totals.values()], 0.4, label="sent to the site")
     axes.barh([p + 0.2 for p in positions], [t.received / 1e6 for t in totals.values()], 0.4, label="received from it")
-    axes.set_yticks(list(positions), [_plain(s) for s in totals])
+    axes.set_yticks(list(positions), [h.plain(s) for s in totals])
     axes.invert_yaxis()
     axes.set_xlabel("MB (all phases)")
     axes.legend(fontsize="small")
     axes.set_title("Bytes on the wire per site")
-    table = _table(["phase", "site", "sent to the site", "received from it"], rows, numeric=(2, 3))
-    return _section("Bytes on the wire", _image(figure, "bytes per site"), table)
+    table = h.table(["phase", "site", "sent to the site", "received from it"], rows, numeric=(2, 3))
+    return h.section("Bytes on the wire", h.image(figure, "bytes per site"), table)
 
 
 def _timing_section(run: RunResults) -> str:
     phases = {name: record.seconds for name, record in run.phases.items()}
-    wall = f"Wall time of the run: {_number(run.wall_seconds, 1)} s."
+    wall = f"Wall time of the run: {h.number(run.wall_seconds, 1)} s."
     if not phases:
-        return _section("Wall time per phase", _note(wall))
-    figure = _figure(7.5, 1.2 + 0.4 * len(phases))
+        return h.section("Wall time per phase", h.note(wall))
+    figure = h.figure(7.5, 1.2 + 0.4 * len(phases))
     axes = figure.subplots()
     axes.barh(range(len(phases)), list(phases.values()), color="#4c72b0")
-    axes.set_yticks(range(len(phases)), [_plain(p) for p in phases])
+    axes.set_yticks(range(len(phases)), [h.plain(p) for p in phases])
     axes.invert_yaxis()
     axes.set_xlabel("seconds")
     axes.set_title("Wall time per phase")
-    table = _table(["phase", "seconds"], [(p, _number(s, 2)) for p, s in phases.items()], numeric=(1,))
-    return _section("Wall time per phase", _note(wall), _image(figure, "seconds per phase"), table)
+    table = h.table(["phase", "seconds"], [(p, h.number(s, 2)) for p, s in phases.items()], numeric=(1,))
+    return h.section("Wall time per phase", h.note(wall), h.image(figure, "seconds per phase"), table)
 
 
 def _problems_section(run: RunResults) -> str:
     refused_part = (
-        _table(["site", "modality", "reason"], [(r.site, r.modality, r.reason) for r in run.refused])
+        h.table(["site", "modality", "reason"], [(r.site, r.modality, r.reason) for r in run.refused])
         if run.refused
-        else _note("Refused packages: none.")
+        else h.note("Refused packages: none.")
     )
     failed_part = (
-        _table(["site", "phase", "reason"], [(f.site, f.phase, f.reason) for f in run.failures])
+        h.table(["site", "phase", "reason"], [(f.site, f.phase, f.reason) for f in run.failures])
         if run.failures
-        else _note("Failed sites: none.")
+        else h.note("Failed sites: none.")
     )
-    return _section(
+    return h.section(
         "Refused packages and failed sites",
         "<h3>Refused packages</h3>",
         refused_part,
@@ -438,12 +378,12 @@ def _disclosure_note(run: RunResults) -> str:
     """The disclosure settings the sites applied (``common.disclosure``)."""
     min_cell = run.config.get("min-cell")
     if min_cell is None:
-        return _note("Disclosure control: not recorded (a run made before min-cell existed).")
+        return h.note("Disclosure control: not recorded (a run made before min-cell existed).")
     if int(min_cell) <= 1:
-        return _note("Disclosure control: OFF (min-cell = 1): sites sent statistics over any number of patients.")
+        return h.note("Disclosure control: OFF (min-cell = 1): sites sent statistics over any number of patients.")
     schema = run.schema_sha256 or ""
     contract = f" Every site checked its data against the consortium schema {schema[:12]}." if schema else ""
-    return _note(
+    return h.note(
         f"Disclosure control: min-cell = {min_cell}. Every category, statistic, count, time cut point and metric "
         f"a site sent rests on at least {min_cell} patients (a site's own threshold may be higher); rarer "
         "categories were folded into 'other', counts below it are shown as 0, and survival cut points were "
@@ -454,27 +394,30 @@ def _disclosure_note(run: RunResults) -> str:
 def _privacy_section(run: RunResults) -> str:
     privacy = run.privacy
     if privacy is None or (privacy.blocks is None and privacy.fuse is None):
-        return _section(
-            "Privacy", _disclosure_note(run), _note("DP off: no block and no fuse round was trained with DP.")
+        return h.section(
+            "Privacy", _disclosure_note(run), h.note("DP off: no block and no fuse round was trained with DP.")
         )
     blocks = privacy.blocks or {}
     fuse = privacy.fuse
     block_part = (
-        _table(
+        h.table(
             ["block", "site", "ε", "δ", "noise multiplier", "clip"],
-            [(m, b.site, _number(b.epsilon), b.delta, _number(b.noise_multiplier), b.clip) for m, b in blocks.items()],
+            [
+                (m, b.site, h.number(b.epsilon), b.delta, h.number(b.noise_multiplier), b.clip)
+                for m, b in blocks.items()
+            ],
             numeric=(2, 3, 4, 5),
         )
         if blocks
-        else _note("Blocks: DP off.")
+        else h.note("Blocks: DP off.")
     )
     fuse_part = (
-        _table(
+        h.table(
             ["fuse rounds", "ε", "δ", "noise multiplier", "clip", "rounds", "clipped updates per round"],
             [
                 (
                     "central DP-FedAvg",
-                    _number(fuse.epsilon),
+                    h.number(fuse.epsilon),
                     fuse.delta,
                     fuse.noise_multiplier,
                     fuse.clip,
@@ -484,12 +427,12 @@ def _privacy_section(run: RunResults) -> str:
             ],
         )
         if fuse is not None
-        else _note("Fuse rounds: DP off.")
+        else h.note("Fuse rounds: DP off.")
     )
-    return _section(
+    return h.section(
         "Privacy",
         _disclosure_note(run),
-        _note("Blocks: DP-SGD budget per block (each site's patients). Fuse: central DP-FedAvg over sites."),
+        h.note("Blocks: DP-SGD budget per block (each site's patients). Fuse: central DP-FedAvg over sites."),
         block_part,
         fuse_part,
     )
@@ -500,9 +443,13 @@ def render_report(run: RunResults) -> str:
     body = "".join(
         part(run)
         for part in (
+            _title,
+            summary_section,
+            curves_section,
+            _metrics_section,
+            lambda _: glossary_box(),
             _header,
             _sites_section,
-            _metrics_section,
             _rounds_section,
             _bytes_section,
             _timing_section,
@@ -510,7 +457,7 @@ def render_report(run: RunResults) -> str:
             _privacy_section,
         )
     )
-    title = _e(f"fedlego report {run.run_id}")
+    title = h.escaped(f"fedlego report {run.run_id}")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{STYLE}</style></head><body>{body}</body></html>\n"

@@ -168,6 +168,9 @@ class RunResults:
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
     metrics: dict[str, dict[str, ModelMetrics]] = field(default_factory=dict)
     rounds: dict[str, RoundsRecord] = field(default_factory=dict)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model (merge, fuse), its outcome curve's counts summed over sites: Kaplan-Meier counts
+    by predicted risk group, or ROC counts (``fedlego.common.outcome_curves``)."""
     signatures: Signatures | None = None
     data: dict[str, dict[str, str]] | None = None
     """Per site, where its data came from (a site folder and its SHA-256, or a bundled data set)."""

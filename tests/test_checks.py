@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -35,6 +36,15 @@ def test_a_site_whose_tied_times_collapsed_its_quantiles_does_not_stop_the_run()
     assert task.cut_points == pytest.approx(((30 * 1 + 10 * 2) / 40, (30 * 2 + 10 * 4) / 40, (30 * 3 + 10 * 6) / 40))
     assert len(notes) == 1 and "small reported fewer than 3 time-bin cut points" in notes[0]
     assert agree_task(sites).cut_points == task.cut_points  # no note callback: same bins, silently
+
+
+def test_the_task_carries_the_time_unit_the_sites_state_and_different_units_are_an_error():
+    days = [dataclasses.replace(_site(n, 5, [1.0, 2.0, 3.0]), time_unit="days") for n in ("a", "b")]
+    assert agree_task([*days, _site("silent", 5, [1.0, 2.0, 3.0])]).time_unit == "days"
+    assert agree_task([_site("a", 5, [1.0, 2.0, 3.0])]).time_unit is None
+    months = dataclasses.replace(_site("m", 5, [1.0, 2.0, 3.0]), time_unit="months")
+    with pytest.raises(ValueError, match=r"different survival time units \(a: days, b: days, m: months\)"):
+        agree_task([*days, months])
 
 
 def test_sites_that_disagree_on_the_task_are_an_error():

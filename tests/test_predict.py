@@ -33,9 +33,10 @@ from fedlego.common.packaging import (
     parse_model_package,
     serialize,
 )
-from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder
+from fedlego.common.prediction import PredictionError, PredictionWarning, predict_folder, survival_columns
 from fedlego.common.protocol import EvaluateReply
 from fedlego.common.signing import COORDINATOR, generate_signing_key, public_key_pem, sign_package
+from fedlego.common.tasks import SurvivalTask
 from fedlego.common.training import predict
 from fedlego.common.workflow import unimodal_forward
 
@@ -119,8 +120,9 @@ def test_package_predictions_equal_the_in_memory_model(run: Run, tmp_path: Path,
     expected = expected_scores(run, name, used)
     assert list(frame["patient_id"]) == list(expected.index)
     np.testing.assert_allclose(frame["risk"].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-5)
-    cuts = [f"survival_at_{c:.10g}" for c in run.task.cut_points]
+    cuts = [f"survival_at_{c:.4g}" for c in run.task.cut_points]  # synthetic labels state no unit
     assert list(frame.columns) == ["patient_id", "modalities", "risk", *cuts]
+    assert list(frame.attrs["columns"]) == list(frame.columns)
     survival = frame[cuts].to_numpy()
     assert ((survival > 0) & (survival < 1)).all() and (np.diff(survival, axis=1) <= 0).all()
     assert set(frame["modalities"]) <= {"clin", "labs", "clin+labs"}
@@ -237,6 +239,8 @@ def test_cli_writes_the_csv_and_fails_with_exit_code_2(run: Run, tmp_path: Path,
     assert list(frame.columns[:3]) == ["patient_id", "modalities", "risk"]
     assert len(frame.columns) == 3 + len(run.task.cut_points)
     assert len(frame) == len(run.site.dataset.patient_ids())
+    described = json.loads(out.with_suffix(".columns.json").read_text())["columns"]
+    assert list(described) == list(frame.columns) and "not state the unit" in described[frame.columns[3]]
     assert main([*args, "--coordinator-key", str(run.other_key)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"fedlego: error: {model}: ") and "bad signature" in error
@@ -271,3 +275,13 @@ def test_values_outside_the_models_categories_are_reported(tmp_path: Path) -> No
     assert re.search(r"new\.csv: column 'stage': 2 patients hold values .*'IV'", warning)
     tensors, _ = preprocessor.transform(ModalityData("clin", "tabular", "new.csv", table=new), list("wxyz"))
     assert tensors["x"][1, 1:].abs().sum() == 0  # encoded as none of the categories
+
+
+def test_survival_columns_name_the_time_unit_and_stay_distinct() -> None:
+    assert survival_columns(SurvivalTask((365.0, 730.25), time_unit="days")) == [
+        "survival_at_365_days",
+        "survival_at_730.2_days",
+    ]
+    assert survival_columns(SurvivalTask((1.5,))) == ["survival_at_1.5"]
+    close = survival_columns(SurvivalTask((100.01, 100.02), time_unit="months"))
+    assert close == ["survival_at_100.01_months", "survival_at_100.02_months"]  # 4 digits would collide

@@ -5,6 +5,7 @@ import base64
 import dataclasses
 import html
 import io
+import os
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fedlego.server import recorder
 from fedlego.server.orchestrator import Federation
 from fedlego.server.report import write_report
 from fedlego.server.results import Refusal, RunResults
+from fedlego_bench.screenshot import chromium, rendered_text, screenshot
 from tests.test_federation import SMALL, Tampering
 
 FAST = {**SMALL, "fuse-rounds": 1}
@@ -59,7 +61,7 @@ def test_the_report_is_written_next_to_results_json_with_embedded_pngs(dp_run):
     out = Path(results.config["out-dir"])
     assert (out / "results.json").exists() and (out / "report.html").exists()
     images = PNG.findall(text)
-    assert len(images) == 4  # models, rounds, bytes, wall time
+    assert len(images) == 5  # outcome curves, models, rounds, bytes, wall time
     for data in images:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
         assert image.format == "PNG" and image.width > 300
@@ -89,6 +91,46 @@ def test_the_report_shows_every_site_phase_model_and_round(dp_run):
     assert "Refused packages: none." in text and "Failed sites: none." in text
 
 
+def test_the_report_opens_with_the_model_to_use_its_interval_and_its_warnings(dp_run):
+    results, text = dp_run
+    summary = text.split('<section class="summary"')[1].split("</section>")[0]
+    fuse = results.metrics["fuse"]["fuse"]
+    assert "Model to use: the fused model" in summary
+    assert f"{fuse.pooled:.2f} (95 % interval {fuse.pooled_low:.2f} to {fuse.pooled_high:.2f})" in summary
+    rests = f"It rests on {fuse.n} test patients at {len(fuse.per_site)} sites ({fuse.pairs} comparable pairs)"
+    assert rests in summary
+    assert "chance (0.5)" in summary and "Best single modality, block:" in summary
+    order = [text.index(title) for title in ("Summary", "Outcome curves", "Metrics per phase", "Run details")]
+    assert order == sorted(order)
+    assert "<b>Glossary</b>" in text and "pooled pairs" in text
+
+
+def test_the_outcome_curves_rest_on_risk_sets_of_at_least_min_cell(dp_run):
+    results, text = dp_run
+    curve = results.curves["fuse"]
+    assert curve["kind"] == "survival" and curve["sites"] >= 1
+    min_cell = int(results.config["min-cell"])
+    for counts in curve["groups"].values():
+        assert counts["at_risk"] and all(n >= min_cell for n in counts["at_risk"])
+    assert 'alt="Kaplan-Meier curves by predicted risk group"' in text
+
+
+@pytest.mark.skipif(
+    chromium() is None and os.environ.get("CI") != "true", reason="chromium not installed (make browser installs it)"
+)
+def test_a_person_sees_the_summary_first_in_chromium(dp_run, tmp_path):
+    results, _ = dp_run
+    page = Path(results.config["out-dir"]) / "report.html"
+    body = rendered_text(page).split("<body>", 1)[1]
+    assert body.index("Model to use") < body.index("Outcome curves") < body.index("Metrics per phase")
+    image = Image.open(screenshot(page, tmp_path / "top.png", width=1200, height=900)).convert("RGB")
+    assert image.size == (1200, 900)
+    top = image.crop((0, 0, 1200, 450))
+    summary_box = sum(n for n, colour in top.getcolors(maxcolors=2**20) if colour == (245, 248, 252))
+    assert summary_box > 50_000  # the summary's tinted box fills much of the first screen
+    assert len(image.getcolors(maxcolors=2**20)) > 50  # text and a figure, not a blank page
+
+
 def test_the_header_shows_the_run_settings(dp_run):
     results, text = dp_run
     for key in ("layout", "block-rounds", "fuse-rounds", "weighting"):
@@ -110,7 +152,8 @@ def test_refused_packages_with_reasons_and_a_run_without_fuse_rounds(tampered_ru
     refusal = results.refused[0]
     assert html.escape(refusal.reason) in text and "Refused packages: none." not in text
     assert "No fuse rounds (fuse-rounds = 0" in text
-    assert len(PNG.findall(text)) == 3  # no rounds to plot
+    assert len(PNG.findall(text)) == 4  # no rounds to plot
+    assert "Model to use: the merged model" in text and "was refused" in text.split("Outcome curves")[0]
 
 
 def test_strings_from_the_results_are_escaped(dp_run, tmp_path):

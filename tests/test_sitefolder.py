@@ -109,7 +109,7 @@ def test_tcga_acc_sites_round_trip(tmp_path: Path) -> None:
     split = dataset_splits(dataset)[1]
     for site in scenario.sites:
         read = read_site_folder(write_site_folder(dataset, site, split, tmp_path / site.name))
-        assert read.name == site.name
+        assert read.name == site.name and read.dataset.labels.time_unit == "days"  # written to site.json
         assert_same_data(read.dataset, site_dataset(dataset, site))
         assert read.roles == site_split(site, dataset, split)
         site_patients = set(site.patient_ids)
@@ -230,6 +230,7 @@ def test_site_json_not_a_json_object(folder: Path, text: str) -> None:
         (lambda m: m["modalities"]["xray"].update(kind="video"), ["'modalities.xray.kind'", "video"]),
         (lambda m: m["modalities"]["clin"].pop("kind"), ["'modalities.clin.kind'"]),
         (lambda m: m["modalities"]["labs"].pop("path"), ["'modalities.labs.path'"]),
+        (lambda m: m.update(time_unit="fortnights"), ["'time_unit'", "fortnights", "days"]),
     ],
 )
 def test_site_json_field_errors(folder: Path, edit, words: list[str]) -> None:

@@ -128,7 +128,7 @@ def _tcga_labels(clinical: pd.DataFrame) -> Labels:
     time = clinical["days_to_death"].fillna(clinical["days_to_last_followup"]).astype(float)
     table = pd.DataFrame({"time": time, "event": clinical["vital_status"].astype(int)})
     table = table[table["time"].notna() & (table["time"] > 0)]
-    return Labels("survival", table, _source("tcga-acc/clinical.csv.gz"))
+    return Labels("survival", table, _source("tcga-acc/clinical.csv.gz"), time_unit="days")
 
 
 def _tcga_clinical_features(clinical: pd.DataFrame) -> pd.DataFrame:
@@ -207,7 +207,7 @@ def _pbc_labels(cohort: pd.DataFrame, task: str, landmark: float, horizon: float
                 "event": death.astype(int),
             }
         )
-        return Labels("survival", table, source)
+        return Labels("survival", table, source, time_unit="days")
     end = landmark + horizon
     positive = death & (cohort["time"] <= end)
     known = positive | (cohort["time"] > end)

@@ -61,6 +61,8 @@ class Labels:
     task: TaskKind
     table: pd.DataFrame
     source: str
+    time_unit: str | None = None
+    """Survival: the unit of ``time`` (``fedlego.common.tasks.TIME_UNITS``; None: not stated)."""
 
     def patient_ids(self) -> list[str]:
         """Sorted ids of the labelled patients."""
@@ -79,7 +81,7 @@ class Labels:
         """Labels of the given patients only."""
         keep = set(ids)
         table = self.table.loc[[i for i in self.table.index if i in keep]]
-        return Labels(self.task, table, self.source)
+        return Labels(self.task, table, self.source, self.time_unit)
 
 
 @dataclass

@@ -71,6 +71,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from fedlego.common.disclosure import DEFAULT_MIN_CELL
+from fedlego.common.time_units import DAYS_PER_UNIT, TIME_UNITS
 
 from .dataset import TASK_KINDS, Labels, ModalityData
 from .errors import SiteDataError
@@ -81,9 +82,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 """Version of the JSON format this module reads and writes."""
-DAYS_PER_UNIT: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
-"""Survival time units a schema may name, in days."""
-TIME_UNITS: tuple[str, ...] = tuple(DAYS_PER_UNIT)
 TIME_DIGITS = 1
 """Significant digits of time ranges (survival times, time-series times)."""
 VALUE_DIGITS = 2
@@ -971,13 +969,14 @@ def _modality_from_dict(raw: Any, where: str) -> ModalitySpec:
 def schema_from_site(
     site: SiteData,
     min_cell: int = DEFAULT_MIN_CELL,
-    time_unit: str = "days",
+    time_unit: str | None = None,
     units: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ConsortiumSchema:
     """The schema of a reference site: its task, modalities, column types, rounded ranges and
     the categories / variables held by at least ``min_cell`` of its patients. ``time_unit`` names
-    the unit of its survival times; ``units`` (modality -> column or variable -> unit) fills the
-    optional units (empty otherwise)."""
+    the unit of its survival times (default: the site's own, else days); ``units`` (modality ->
+    column or variable -> unit) fills the optional units (empty otherwise)."""
+    time_unit = time_unit or site.dataset.labels.time_unit or "days"
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {list(TIME_UNITS)}, got {time_unit!r}")
     if isinstance(min_cell, bool) or not isinstance(min_cell, int) or min_cell < 1:

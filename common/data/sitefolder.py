@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from fedlego.common.encoders import known_encoder, unknown_encoder_message
+from fedlego.common.time_units import TIME_UNITS
 
 from .dataset import TASK_KINDS, Labels, ModalityData, MultimodalDataset
 from .errors import SiteDataError
@@ -184,6 +185,8 @@ def write_site_folder(
         if (preprocessing or {}).get(name):
             entries[name]["preprocessing"] = dict(preprocessing[name])
     manifest = {"name": site.name, "task": local.labels.task, "labels": LABELS_FILE, "modalities": entries}
+    if local.labels.time_unit is not None:
+        manifest["time_unit"] = local.labels.time_unit
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if split is None:
         (path / SPLIT_FILE).unlink(missing_ok=True)
@@ -210,6 +213,8 @@ class _Manifest:
     """Modality name -> ``{"drop": [...], "not_identifiers": [...]}`` column declarations."""
     min_cell: int | None
     """The site's own disclosure floor, if ``site.json`` sets one."""
+    time_unit: str | None
+    """The unit of the survival times in the labels file, if ``site.json`` says."""
 
 
 def _text_field(raw: dict[str, Any], key: str, file: str, where: str = "") -> str:
@@ -264,7 +269,9 @@ def _read_manifest(path: Path) -> _Manifest:
         if isinstance(e, dict) and "preprocessing" in e
     }
     columns = {str(m): _column_declarations(str(m), e, file) for m, e in entries.items() if isinstance(e, dict)}
-    return _Manifest(name, task, labels, modalities, encoders, preprocessing, columns, _min_cell(raw, file))
+    return _Manifest(
+        name, task, labels, modalities, encoders, preprocessing, columns, _min_cell(raw, file), _time_unit(raw, file)
+    )
 
 
 COLUMN_DECLARATIONS = ("drop", "not_identifiers")
@@ -290,6 +297,14 @@ def _min_cell(raw: dict[str, Any], file: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SiteDataError(file, f"field 'min_cell' must be an integer of at least 1, got {value!r}")
+    return value
+
+
+def _time_unit(raw: dict[str, Any], file: str) -> str | None:
+    """site.json's optional ``time_unit`` (survival): one of ``TIME_UNITS``."""
+    value = raw.get("time_unit")
+    if value is not None and value not in TIME_UNITS:
+        raise SiteDataError(file, f"field 'time_unit' must be one of {list(TIME_UNITS)}, got {value!r}")
     return value
 
 
@@ -409,6 +424,7 @@ def load_site_folder(
     path = Path(path)
     manifest = _read_manifest(path / MANIFEST)
     labels = read_labels(path / manifest.labels, manifest.task)
+    labels.time_unit = manifest.time_unit
     modalities = {
         name: _apply_drops(read_modality(path / file, name, kind), manifest.columns[name]["drop"], str(path / MANIFEST))
         for name, (kind, file) in manifest.modalities.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedlego.common.outcome_curves import pool_curves
 from fedlego.common.packaging import serialize
 from fedlego.common.protocol import EvaluateRequest
 from fedlego.server.checks import aggregate_metrics
@@ -41,3 +42,6 @@ class EvaluatePhase(Phase):
                 federation.log(f"  {self.name}: {site} could not evaluate {model}: {reason.splitlines()[0]}")
         per_site = {federation.exchange.site(n): reply.results for n, reply in answered.items()}
         federation.results.metrics[self.model] = aggregate_metrics(per_site)
+        curves = pool_curves([reply.curves.get(self.model) for reply in answered.values()])
+        if curves is not None:
+            federation.results.curves[self.model] = curves
