@@ -207,6 +207,11 @@ def _results(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _failures(results: dict) -> list[str]:
+    """Each failure on record, as a note."""
+    return [f"{f['site']} in {f['phase']}: {f['reason'].splitlines()[0]}" for f in results.get("failures", [])]
+
+
 def _error(results: dict) -> list[str]:
     """The run's error, as a note (none when it had none)."""
     return [f"run error: {results['error'].splitlines()[0]}"] if results.get("error") else []
@@ -237,7 +242,7 @@ def site_killed_mid_fuse(root: Path) -> FaultOutcome:
     return FaultOutcome(
         "site killed mid-fuse (SIGKILL)", "finishes without the site, recorded incomplete", results.get("status"), ok,
         _redone(_events(out)), audit, time.monotonic() - start,
-        [f"sites that failed: {sorted(failed)}", *_error(results)],
+        [f"sites that failed: {sorted(failed)}", *_failures(results), *_error(results)],
     )  # fmt: skip
 
 
