@@ -1,5 +1,6 @@
 """What a finished run lacks: a registered site that took no part, a modality a site declared that
-no block brought into the merge, a site with paired data that is missing from the fuse rounds.
+no block brought into the merge, a site with paired data that is missing from the fuse rounds,
+rounds cut short because the sites that held them vanished.
 A run with such gaps is recorded as ``incomplete`` unless the run config allows it
 (``allow-partial``): a consortium must not mistake it for the model of every hospital."""
 
@@ -35,4 +36,6 @@ def run_gaps(federation: Federation) -> list[str]:
         elif fuse is not None and fuse.participants:
             last = set(fuse.participants[-1])
             gaps += [f"paired site {name} is missing from the last fuse round" for name in paired if name not in last]
+    rounds = federation.results.rounds.items()
+    gaps += [f"{name} rounds cut short, {record.cut_short}" for name, record in rounds if record.cut_short]
     return gaps

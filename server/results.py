@@ -104,6 +104,9 @@ class RoundsRecord:
     far_sites: list[list] | None = None
     """``[round, site, ratio]`` for each site whose round update was over 3x the round's median."""
     stopped_early: bool | None = None
+    cut_short: str | None = None
+    """Why the rounds stopped before their budget: too few sites answered a round (the sites
+    that held them vanished); the best of the rounds finished before was kept."""
     """The validation loss stopped improving for round-patience rounds before the budget ran out."""
 
     def fewest_validation(self) -> tuple[int | None, int | None]:

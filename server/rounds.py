@@ -143,6 +143,9 @@ class Rounds:
     the disclosure threshold): ``start`` (the parameters the rounds started from) or ``last``."""
     stopped_early: bool = False
     """Set when the rounds stopped on ``patience`` before the budget ran out."""
+    cut_short: str | None = None
+    """Why the rounds stopped before their budget when too few sites answered a round after at
+    least one round had answered (the rounds finished so far are kept, the best of them chosen)."""
 
     def stalled(self) -> bool:
         """Whether the last ``patience`` rounds all failed to improve on the best round."""
@@ -171,7 +174,10 @@ class Rounds:
         ``robust``, a round's validation loss is the median of the sites' reports (unweighted), so
         neither a claimed patient count nor one site's report decides which round is kept.
         A training round's reply that cannot be combined (``reply_problem``) is passed to
-        ``refuse`` and left out of the round; with none left the run cannot go on (FederationError)."""
+        ``refuse`` and left out of the round; with none left the run cannot go on (FederationError).
+        When too few sites answer a round after earlier rounds were answered (the sites vanished),
+        the rounds stop there (``cut_short``) and the best round so far is kept; when not even the
+        first round was answered the FederationError goes to the caller."""
         for index in range(self.next_round, self.total + 1):
             if self.stalled():  # a resumed run that had stopped
                 self.stopped_early = True
@@ -179,7 +185,13 @@ class Rounds:
             final = index == self.total
             sent = self.states[-1]
             requests = dict.fromkeys(cohort, request(index, final, sent))
-            answered = exchange(requests)
+            try:
+                answered = exchange(requests)
+            except FederationError as error:
+                if not self.history:
+                    raise
+                self.cut_short = f"round {index}: {error}"
+                return
             if not final:
                 answered = valid_replies(sent, answered, refuse)
                 if not answered:

@@ -438,14 +438,23 @@ def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
     assert accepted.status == "completed" and accepted.gaps == results["gaps"]
 
 
-def test_a_run_that_loses_too_many_sites_mid_fuse_stops_cleanly_keeping_the_merge(tmp_path):
+def test_a_run_that_loses_too_many_sites_mid_fuse_keeps_the_rounds_it_finished(tmp_path):
+    """min-responses = 2 and one of the two paired sites vanishes after round 0: no round is
+    aggregated from fewer than 2 sites; the rounds stop, the best finished round is kept, the
+    fused model is still evaluated, and the run is incomplete with the reason on record."""
     config = {**SMALL, "paired-sites": 2, "fuse-rounds": 2, "min-responses": 2, "out-dir": str(tmp_path)}
     settings = RunConfig.from_flat(config)
-    results = Federation(SiteDiesMidFuse(config, 4), settings, log=lambda _: None).run().to_dict()
-    assert results["status"] == "failed" and "phase fuse: only 1 of 2 sites answered, 2 needed" in results["error"]
-    assert "merge" in results["metrics"] and (tmp_path / "packages" / "merged.pb").exists()
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["status"] == "failed" and "merge" in saved["metrics"]
+    logged: list[str] = []
+    results = Federation(SiteDiesMidFuse(config, 4), settings, log=logged.append).run().to_dict()
+    fuse = results["rounds"]["fuse"]
+    assert results["status"] == "incomplete" and "set allow-partial = true to accept" in results["error"]
+    assert fuse["cut_short"] == "round 1: phase fuse: only 1 of 2 sites answered, 2 needed"
+    assert fuse["participants"] == [["paired-0", "paired-1"]] and len(fuse["validation_loss"]) == 1
+    assert results["gaps"] == [f"fuse rounds cut short, {fuse['cut_short']}"]
+    assert any("fuse rounds cut short" in line and "keeping round 0" in line for line in logged)
+    assert "fuse" in results["metrics"] and (tmp_path / "packages" / "fused.pb").exists()
+    report = (tmp_path / "report.html").read_text()
+    assert "fuse rounds were cut short, round 1: phase fuse: only 1 of 2 sites answered" in report
 
 
 def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_path):

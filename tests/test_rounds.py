@@ -10,6 +10,7 @@ from fedlego.common.config import TrainConfig
 from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
 from fedlego.common.tasks import ClassificationTask
 from fedlego.common.training import EarlyStopping, TrainReport
+from fedlego.server.exchange import FederationError
 from fedlego.server.rounds import Rounds
 
 
@@ -129,3 +130,24 @@ def test_a_rounds_loss_is_the_mean_over_every_validation_patient():
     fallback = Rounds(0, [{"w": torch.zeros(1)}])
     fallback.run([1, 2], request, exchange_with({1: 30, 2: None}), lambda _: None)
     assert fallback.history == pytest.approx([(100 * 1.0 + 200 * 4.0) / 300])
+
+
+def test_rounds_whose_sites_vanish_stop_keeping_the_best_finished_round():
+    def exchange(requests: dict[int, RoundRequest]) -> dict[int, RoundReply]:
+        if next(iter(requests.values())).round >= 2:
+            raise FederationError("phase fuse: only 0 of 1 sites answered, 1 needed")
+        return Sites([3.0, 1.0]).exchange(requests)
+
+    rounds, finished = Rounds(4, [{"w": torch.tensor([0.0])}]), []
+    rounds.run([1], request, exchange, finished.append)
+    assert [r.index for r in finished] == [0, 1] and rounds.history == [3.0, 1.0]
+    assert rounds.cut_short == "round 2: phase fuse: only 0 of 1 sites answered, 1 needed"
+    assert rounds.best() == 1 and len(rounds.states) == 3  # the round-1 update was never validated
+
+
+def test_rounds_that_no_site_ever_answered_are_the_callers_error():
+    def exchange(requests: dict[int, RoundRequest]) -> dict[int, RoundReply]:
+        raise FederationError("phase fuse: only 0 of 2 sites answered, 1 needed")
+
+    with pytest.raises(FederationError, match="only 0 of 2"):
+        Rounds(2, [{"w": torch.tensor([0.0])}]).run([1, 3], request, exchange, lambda _: None)

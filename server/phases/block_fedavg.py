@@ -123,6 +123,8 @@ class BlockFedAvgPhase(Phase):
             refuse=functools.partial(federation.exchange.refuse, f"block-fedavg:{modality}"),
         )
         best = rounds.best()
+        if rounds.cut_short:
+            federation.log(f"  block-fedavg:{modality} rounds cut short ({rounds.cut_short}): keeping round {best}")
         block.load_state_dict(rounds.states[best], strict=not block.frozen_encoder)
         block.n_samples = sum(p.n_samples for p, _ in candidates)
         block.preprocessing = json.loads(reference_package.preprocessing_json or "null")
@@ -134,6 +136,7 @@ class BlockFedAvgPhase(Phase):
             validation_events=events,
             far_sites=far or None,
             stopped_early=rounds.stopped_early or None,
+            cut_short=rounds.cut_short,
         )
         package = block_to_package(block, task, site="fedavg:" + "+".join(sites), run_id=run_id)
         return federation.sign(package), block

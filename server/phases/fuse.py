@@ -134,6 +134,8 @@ class FusePhase(Phase):
             refuse=functools.partial(federation.exchange.refuse, "fuse"),
         )
         best = rounds.best(settings.fuse.min_improvement)
+        if rounds.cut_short:
+            federation.log(f"  fuse rounds cut short ({rounds.cut_short}): keeping round {best}")
         model.load_state_dict(rounds.states[best], strict=False)
         counts = model.parameter_counts()
         federation.results.rounds["fuse"] = RoundsRecord(
@@ -146,6 +148,7 @@ class FusePhase(Phase):
             total=counts["total"],
             far_sites=far or None,
             stopped_early=rounds.stopped_early or None,
+            cut_short=rounds.cut_short,
         )
         package = federation.sign(fused_to_package(model, models.block_packages, federation.run_id))
         recorder.save_package(FUSED, serialize(package))
