@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml bench/pyproject.toml plugins/fedlego-tabular-
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/fedlego simulate --scenario pbc --out runs/demo-pbc
+	$(VENV)/bin/fedlego simulate --dataset pbc --out runs/demo-pbc
 
 lint: setup
 	$(PY) -m ruff check .

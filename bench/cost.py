@@ -263,7 +263,7 @@ def federated_vs_centralized(dataset: str, folds: list[int], run: _Runner) -> tu
     records: list[dict[str, Any]] = []
     results: list[RunResults | None] = []
     for fold in folds:
-        arguments = ["--scenario", dataset, "--overlap", "1", "--set", f"fold={fold}", "--set", *NO_DISCLOSURE_CONTROL]
+        arguments = ["--dataset", dataset, "--overlap", "1", "--set", f"fold={fold}", "--set", *NO_DISCLOSURE_CONTROL]
         record, result = run.simulate(f"{dataset} simulate fold {fold}", arguments, TIMEOUT["simulate"])
         record["fold"], record["fold_honoured"] = fold, _fold_ok(result, fold)
         records.append(record)
@@ -399,7 +399,7 @@ def scaling_sites(targets: tuple[int, ...], run: _Runner) -> list[dict[str, Any]
     rows = []
     for target in targets:
         per_modality, paired = SITE_LAYOUTS[target]
-        arguments = ["--scenario", "synthetic", *SMALL, "--set", "synthetic-modalities=2"]
+        arguments = ["--dataset", "synthetic", *SMALL, "--set", "synthetic-modalities=2"]
         arguments += ["--sites-per-modality", str(per_modality), "--paired-sites", str(paired)]
         record, _ = run.simulate(f"scaling {target} sites", arguments, TIMEOUT["scaling"])
         rows.append(_scaling_row(record, sites=target, modalities=2, sites_per_modality=per_modality, paired=paired))
@@ -410,7 +410,7 @@ def scaling_modalities(counts: tuple[int, ...], run: _Runner) -> list[dict[str, 
     """Synthetic, ``count`` modalities, one site per modality plus one paired site, small settings."""
     rows = []
     for count in counts:
-        arguments = ["--scenario", "synthetic", *SMALL, "--set", f"synthetic-modalities={count}"]
+        arguments = ["--dataset", "synthetic", *SMALL, "--set", f"synthetic-modalities={count}"]
         arguments += ["--sites-per-modality", "1", "--paired-sites", "1"]
         record, _ = run.simulate(f"scaling {count} modalities", arguments, TIMEOUT["scaling"])
         rows.append(_scaling_row(record, sites=count + 1, modalities=count, sites_per_modality=1, paired=1))

@@ -86,7 +86,7 @@ def _md_federated_vs_centralized(doc: dict) -> list[str]:
     lines = [
         "## Federated vs centralized",
         "",
-        "Each fold K is one `fedlego simulate --scenario D --overlap 1 --set fold=K` run (overlap 1: each "
+        "Each fold K is one `fedlego simulate --dataset D --overlap 1 --set fold=K` run (overlap 1: each "
         "unimodal site holds every non-paired patient with its modality; the paired site holds a random 30% "
         "of the patients, with every modality); the "
         "centralized side is one `fedlego centralized --dataset D --folds N` run. Both draw fold K with "

@@ -94,7 +94,7 @@ class Deployment:
         """``fedlego certs`` and ``fedlego export-sites`` (two paired sites)."""
         made = _fedlego(["certs", "--out", str(self.certs), *[a for s in SITES for a in ("--site", s)]], self.root)
         exported = _fedlego(
-            ["export-sites", "--scenario", "tcga-acc", "--modalities", "clinical", "rna", "--paired-sites", "2",
+            ["export-sites", "--dataset", "tcga-acc", "--modalities", "clinical", "rna", "--paired-sites", "2",
              "--out", str(self.sites)],
             self.root,
         )  # fmt: skip
@@ -137,8 +137,8 @@ class Deployment:
             home = self.root / "homes" / name
             self._start(
                 f"site-{name}",
-                ["site", "--superlink", f"127.0.0.1:{self.port}", "--data-dir", str(self.sites / name),
-                 "--certs", str(self.certs / "sites" / name), "--home", str(home), "--threads", "1",
+                ["site", "--superlink", f"127.0.0.1:{self.port}", "--data", str(self.sites / name),
+                 "--keys", str(self.certs / "sites" / name), "--home", str(home), "--threads", "1",
                  "--audit-dir", str(self.root / "heads" / name)],
                 home,
             )  # fmt: skip

@@ -12,8 +12,8 @@ OUT=${OUT:-runs/gpu-check}
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu-check: torch sees no CUDA device (a CPU build, or no GPU)")'
 rm -rf "$OUT" && mkdir -p "$OUT"
 settings=(--set synthetic-patients=600 block-rounds=2 fuse-rounds=2 min-cell=5)
-"$FEDLEGO" simulate --scenario synthetic "${settings[@]}" device=cuda --gpu-fraction 0.3 --out "$OUT/cuda"
-"$FEDLEGO" simulate --scenario synthetic "${settings[@]}" device=cpu --out "$OUT/cpu"
+"$FEDLEGO" simulate --dataset synthetic "${settings[@]}" device=cuda --gpu-fraction 0.3 --out "$OUT/cuda"
+"$FEDLEGO" simulate --dataset synthetic "${settings[@]}" device=cpu --out "$OUT/cpu"
 "$PY" - "$OUT" <<'PYTHON'
 import json, sys, torch
 from pathlib import Path

@@ -8,13 +8,13 @@ series (8 variables, 1-24 visits a patient in the first year, each variable meas
 with probability 0.05: about 17 rows a patient, 250,000 rows at 15,000 patients), written as one
 pooled site folder (site.json, labels.csv, baseline.csv, labs.csv), the way a user's data arrive.
 
-1. **Simulated federation** at 1,000, 10,000 and 20,000 patients: ``fedlego simulate --split
+1. **Simulated federation** at 1,000, 10,000 and 20,000 patients: ``fedlego simulate --data
    FOLDER --paired-sites 3 --paired-fraction 1`` (three hospitals holding both modalities) with the
    default settings, as a subprocess whose whole process tree's memory is polled every 0.25 s
    (``bench/measure.py``). Per phase: seconds (results.json) and the peak memory of the process
    tree while the phase ran (phase start/end times in results.json against the memory samples).
 2. **Loopback deployment** of 15,000 patients with the defaults: ``fedlego certs``, ``export-sites
-   --data`` into three site folders, ``fedlego superlink --certs``, three ``fedlego site --certs``
+   --data`` into three site folders, ``fedlego superlink --keys``, three ``fedlego site --keys``
    and ``fedlego run --certs --set min-sites=3``: TLS, node authentication, signed packages, every
    process on 127.0.0.1. Status, time per phase and the progress lines the coordinator printed.
 3. **Step budget** (``max-steps``, default 2000): blocks trained on 5,000 patients (3 folds) with
@@ -98,7 +98,7 @@ def simulated_run(n_patients: int, work: Path, timeout: float) -> dict[str, Any]
     folder, out = work / f"cohort-{n_patients}", work / f"simulate-{n_patients}"
     cohort = write_cohort(n_patients, folder)
     trace: list[tuple[float, int]] = []
-    command = fedlego("simulate", "--split", str(folder), *SPLIT, "--out", str(out))
+    command = fedlego("simulate", "--data", str(folder), *SPLIT, "--out", str(out))
     measured = run_measured(command, out / ".flower", timeout, trace)
     record: dict[str, Any] = {
         **cohort,
@@ -177,9 +177,9 @@ def deployment_run(n_patients: int, work: Path, timeout: float) -> dict[str, Any
                 "site",
                 "--superlink",
                 f"127.0.0.1:{port}",
-                "--data-dir",
+                "--data",
                 str(sites / site),
-                "--certs",
+                "--keys",
                 str(certs / "sites" / site),
                 "--home",
                 str(work / "homes" / site),
@@ -296,7 +296,7 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "## Simulated federation (three hospitals holding both modalities)",
         "",
-        "`fedlego simulate --split FOLDER --paired-sites 3 --paired-fraction 1`, Flower's simulation engine "
+        "`fedlego simulate --data FOLDER --paired-sites 3 --paired-fraction 1`, Flower's simulation engine "
         "(Ray), memory of the whole process tree (Ray workers included) polled every 0.25 s.",
         "",
         "| patients | lab rows | status | wall | peak memory | merge c-index |",
@@ -314,7 +314,7 @@ def markdown(document: dict[str, Any]) -> str:
         lines += [
             f"## Loopback deployment, {deployment['patients']:,} patients ({deployment['lab_rows']:,} lab rows)",
             "",
-            "Three `fedlego site --certs` processes and the SuperLink on 127.0.0.1 (TLS, node authentication, "
+            "Three `fedlego site --keys` processes and the SuperLink on 127.0.0.1 (TLS, node authentication, "
             f"signed packages), `fedlego run --set min-sites=3`, all other settings default. Status "
             f"**{deployment['status']}** in {deployment.get('wall_seconds', float('nan')):.0f} s; "
             f"a site's start line: `{deployment.get('threads_line', '')}`.",

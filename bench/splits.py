@@ -1,7 +1,7 @@
 """Realistic hospital splits: panel cohorts cut into sites by a real covariate (Flower Datasets'
 ``NaturalIdPartitioner``: treatment unit, study group, admission period) or by a Dirichlet skew of
 the outcome (``DirichletPartitioner``), each site holding every modality of its patients. Each split
-runs as a federation (``fedlego`` in process, the same code as ``fedlego simulate --sites``) with
+runs as a federation (``fedlego`` in process, the same code as ``fedlego simulate --site-folders``) with
 each round strategy over several seeds, against centralized training of the same model on the
 pooled training patients. Every model is scored on the same test patients (the union of the sites'
 test patients; roles are hashed per patient, so the pooled cohort has the same ones) with

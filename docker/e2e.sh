@@ -108,7 +108,7 @@ site_flags=()
 for site in "${SITES[@]}"; do site_flags+=(--site "$site"); done
 fedlego certs --out /deploy/consortium "${site_flags[@]}" \
     --server-name coordinator --server-name 127.0.0.1 --server-name localhost >/dev/null
-fedlego export-sites --scenario tcga-acc --modalities clinical,rna --out /deploy/sites
+fedlego export-sites --dataset tcga-acc --modalities clinical rna --out /deploy/sites
 for site in "${SITES[@]}"; do [[ -f $FEDLEGO_DEPLOY/sites/$site/site.json ]] || fail "export-sites wrote no $site"; done
 
 step "compose up: coordinator (until healthy), then the three hospitals"

@@ -15,6 +15,7 @@ from fedlego.options import (
     CENTRALIZED_DATA_KEYS,
     CENTRALIZED_SECTIONS,
     add_config_arguments,
+    add_deprecated,
     add_scenario_arguments,
     add_set_argument,
     config_overrides,
@@ -82,7 +83,9 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-fraction", type=float, default=0.0, help="GPU share per simulated site (CUDA machines)")
     add_set_argument(p)
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT instead of a new run")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output folder: results.json, report.html, packages"
+    )
     p.set_defaults(handler=_simulate)
 
 
@@ -240,9 +243,9 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, required=True, metavar="FOLDER", help="site folder")
     p.add_argument("--modality", required=True, help="a tabular modality of the folder")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=64, help="width of the encoder to pre-train (default 64)")
+    p.add_argument("--epochs", type=int, default=200, help="training epochs (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and masking (default 0)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the .safetensors file to write")
     p.set_defaults(handler=_pretrain)
 
@@ -292,7 +295,7 @@ def _add_models(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = p.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="copy weights files into the store (safetensors, or weights-only torch)")
-    add.add_argument("files", type=Path, nargs="+")
+    add.add_argument("files", type=Path, nargs="+", help="weights files to copy into the store")
     add.set_defaults(handler=_models_add)
     listing = actions.add_parser("list", help="the weights in the store")
     listing.set_defaults(handler=_models_list)
@@ -431,7 +434,8 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "a certificate with other names is re-issued for the same key",
     )
     p.add_argument("--request", type=Path, metavar="FILE", help="sign: a hospital's request.json")
-    p.add_argument("--certs", type=Path, metavar="DIR", help="status: a site's certs folder instead of --out")
+    p.add_argument("--keys", type=Path, metavar="KEY_DIR", help="status: a site's key folder instead of --out")
+    add_deprecated(p, "--certs", "--keys", "keys", type=Path)
     p.set_defaults(handler=deploy.cmd_certs)
 
     p = subparsers.add_parser(
@@ -442,7 +446,9 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
     )
     add_scenario_arguments(p)
     add_set_argument(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write one site folder per site into"
+    )
     p.set_defaults(handler=deploy.cmd_export_sites)
 
     p = subparsers.add_parser(
@@ -452,7 +458,7 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "The ServerApp of each run executes here, in --home.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines)")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, required=True, help="port the SuperLink listens on for the sites (e.g. 9092)")
     p.add_argument("--home", type=Path, required=True, help="FLWR_HOME and working directory of the SuperLink")
     p.add_argument(
         "--certs",
@@ -469,8 +475,9 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         help="hospital: run a Flower SuperNode on a site folder in the foreground",
         description="Validates the site folder, then starts flower-supernode connected to the SuperLink.",
     )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
-    p.add_argument("--data-dir", type=Path, required=True, help="the site folder (site.json, labels, modalities)")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the coordinator's SuperLink address")
+    p.add_argument("--data", type=Path, metavar="FOLDER", help="the site folder (site.json, labels, modalities)")
+    add_deprecated(p, "--data-dir", "--data", "data", type=Path)
     p.add_argument("--port", type=int, help="local port of the SuperNode's runtime API (default: a free one)")
     p.add_argument("--home", type=Path, help="FLWR_HOME of the SuperNode (default: a temporary folder)")
     p.add_argument(
@@ -480,12 +487,13 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "sites sharing one machine should split its cores between them",
     )
     p.add_argument(
-        "--certs",
+        "--keys",
         type=Path,
-        metavar="SITE_DIR",
-        help="this site's folder sites/<name> of `fedlego certs`: TLS, node key, package signing, "
-        "models checked against the coordinator's key",
+        metavar="KEY_DIR",
+        help="this site's key folder (`fedlego certs request`, or sites/<name> of `fedlego certs`): TLS, node key, "
+        "package signing, models checked against the coordinator's key",
     )
+    add_deprecated(p, "--certs", "--keys", "keys", type=Path)
     p.add_argument(
         "--audit-dir",
         type=Path,
@@ -522,7 +530,7 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         description="Submits the fedlego Flower app to the SuperLink (flwr run --stream) with the run config "
         "overrides; the ServerApp writes OUT/results.json and OUT/packages/ on the SuperLink's machine.",
     )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address (its control API)")
     p.add_argument(
         "--certs",
         type=Path,
@@ -549,7 +557,7 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "has finished it, then records status stopped and a run-stopped audit entry in OUT (on the SuperLink's "
         "machine), unless the run had already ended on record.",
     )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address (its control API)")
     p.add_argument("--certs", type=Path, metavar="DIR", help="the consortium folder of `fedlego certs` (TLS)")
     p.add_argument("--insecure", action="store_true", help=deploy.INSECURE_HELP)
     p.add_argument("--out", type=Path, required=True, help="the run's output folder, as given to `fedlego run`")

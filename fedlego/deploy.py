@@ -47,9 +47,10 @@ from fedlego.server.report import REPORT_NAME
 from fedlego.server.results import RunResults, Signatures
 
 SECURITY_REQUIRED = (
-    "TLS is required: pass --certs {what} (made by `fedlego certs`), or --insecure explicitly "
+    "TLS is required: pass {option} {what} (made by `fedlego certs`), or --insecure explicitly "
     "(only on a trusted network: traffic is then unencrypted and sites are unauthenticated)"
 )
+SITE_SECURITY_REQUIRED = SECURITY_REQUIRED.format(option="--keys", what="KEY_DIR")
 INSECURE_WARNING = "\n".join(
     [
         "*" * 78,
@@ -86,12 +87,13 @@ class RunInterrupted(DeploymentError):
     """Ctrl-C on ``fedlego run``: the streaming stopped here, the run goes on at the SuperLink."""
 
 
-def _require_security(certs: Path | None, insecure: bool, what: str) -> None:
-    """Exactly one of ``--certs`` and ``--insecure``; warn loudly on ``--insecure``."""
+def _require_security(certs: Path | None, insecure: bool, what: str, option: str = "--certs") -> None:
+    """Exactly one of ``option`` (``--certs``, a site's ``--keys``) and ``--insecure``; warn loudly
+    on ``--insecure``."""
     if certs is not None and insecure:
-        raise DeploymentError("pass either --certs or --insecure, not both")
+        raise DeploymentError(f"pass either {option} or --insecure, not both")
     if certs is None and not insecure:
-        raise DeploymentError(SECURITY_REQUIRED.format(what=what))
+        raise DeploymentError(SECURITY_REQUIRED.format(option=option, what=what))
     if insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
 
@@ -563,7 +565,7 @@ def cmd_export_sites(args: argparse.Namespace) -> int:
     for name, folder, modalities in written:
         print(f"{name:<14} {'+'.join(modalities):<30} {folder}")
     print(
-        f"{len(written)} site folders in {args.out}; start one `fedlego site --data-dir <folder>` per site and "
+        f"{len(written)} site folders in {args.out}; start one `fedlego site --data <folder>` per site and "
         f"`fedlego run ... --set dataset={RunConfig.from_flat(overrides).scenario.dataset} min-sites={len(written)}`"
     )
     return 0
@@ -604,7 +606,7 @@ def _certs_make(args: argparse.Namespace, renew: bool = False) -> int:
         f"consortium in {out}: sites {', '.join(sites) or '(none)'}.\n"
         f"  coordinator machine: {out / 'superlink'} and {out / 'coordinator'} "
         f"(`fedlego superlink --certs {out}`, `fedlego run --certs {out}`)\n"
-        f"  each hospital: its own {out / 'sites' / '<name>'} only (`fedlego site --certs <that folder>`)\n"
+        f"  each hospital: its own {out / 'sites' / '<name>'} only (`fedlego site --keys <that folder>`)\n"
         f"  {out / 'ca' / 'ca.key'}: keep offline; needed only to add sites or renew the server certificate"
     )
     if renew:
@@ -620,7 +622,7 @@ def _certs_request(args: argparse.Namespace) -> int:
     _print_report(report)
     print(
         f"send {path} (public keys only) to the consortium's CA; private keys stay in {args.out}.\n"
-        f"  you get back ca.pem and coordinator.pub: put them in {args.out}, then `fedlego site --certs {args.out}`"
+        f"  you get back ca.pem and coordinator.pub: put them in {args.out}, then `fedlego site --keys {args.out}`"
     )
     return 0
 
@@ -639,7 +641,7 @@ def _certs_status(args: argparse.Namespace) -> int:
     """Every certificate of a folder with its names and expiry; exit 1 if one is expired."""
     from fedlego.cert_status import WARN_DAYS, folder_status, site_registrations
 
-    folder = Path(args.out or args.certs or ".")
+    folder = Path(args.out or args.keys or ".")
     statuses = folder_status(folder)
     if not statuses:
         raise DeploymentError(f"{folder}: no certificate here (a consortium folder or a site's certs folder)")
@@ -674,18 +676,20 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 def cmd_site(args: argparse.Namespace) -> int:
     """``fedlego site``: a hospital's SuperNode in the foreground."""
     check_address(args.superlink)
-    if args.certs is None and not args.insecure:
-        raise DeploymentError(SECURITY_REQUIRED.format(what="SITE_DIR"))
-    site_certs = None if args.certs is None else check_site_certs(args.certs)
+    if args.data is None:
+        raise DeploymentError("--data FOLDER is required: the site folder (site.json, labels, modalities)")
+    if args.keys is None and not args.insecure:
+        raise DeploymentError(SITE_SECURITY_REQUIRED)
+    site_certs = None if args.keys is None else check_site_certs(args.keys)
     if args.min_cell is not None and args.min_cell < 1:
         raise DeploymentError(f"--min-cell must be at least 1, got {args.min_cell}")
     if args.check:
         return _site_check(args, site_certs)
-    validate_site_folder(args.data_dir, args.schema)  # a bad folder fails before any warning or connection
-    _require_security(args.certs, args.insecure, "SITE_DIR")
+    validate_site_folder(args.data, args.schema)  # a bad folder fails before any warning or connection
+    _require_security(args.keys, args.insecure, "KEY_DIR", option="--keys")
     return serve_site(
         args.superlink,
-        args.data_dir,
+        args.data,
         args.port,
         args.home,
         site_certs,
@@ -709,9 +713,9 @@ def _site_check(args: argparse.Namespace, site_certs: Path | None) -> int:
     """``fedlego site --check``: the hospital's preflight, without joining a run."""
     from fedlego.preflight import site_preflight
 
-    command = supernode_command(args.superlink, args.data_dir, args.port or free_port(), site_certs=site_certs)
-    findings = site_preflight(args.superlink, args.data_dir, site_certs, args.schema, command)
-    return _print_findings(f"fedlego site --check: {args.data_dir} -> {args.superlink}", findings)
+    command = supernode_command(args.superlink, args.data, args.port or free_port(), site_certs=site_certs)
+    findings = site_preflight(args.superlink, args.data, site_certs, args.schema, command)
+    return _print_findings(f"fedlego site --check: {args.data} -> {args.superlink}", findings)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

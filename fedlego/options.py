@@ -21,26 +21,57 @@ LIST_KEYS = {"modalities": "MODALITY", "site-folders": "FOLDER"}
 """Keys given as several words on the command line, joined with commas."""
 PATH_KEYS = ("data", "site-folders", "trusted-sites", "coordinator-key", "out-dir", "schema")
 """Keys holding paths: made absolute (Flower runs the apps in other working directories)."""
-ALIASES = {
+DEPRECATED = {
     "block-epochs": ("--epochs",),
     "block-dp-epsilon": ("--dp-epsilon",),
     "block-dp-clip": ("--dp-clip",),
     "block-dp-delta": ("--dp-delta",),
+    "dataset": ("--scenario",),
+    "site-folders": ("--sites",),
+    "data": ("--split",),
 }
-"""Older option names kept working."""
+"""Older option names of run-config keys: they still work for one release, with a warning."""
+
+
+class DeprecatedOption(argparse.Action):
+    """An old spelling of an option: takes its value like the new one (``extend`` for list
+    options) and warns on stderr which spelling to use; hidden from ``--help``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, extend: bool = False, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.replacement, self.extend = replacement, extend
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"fedlego: warning: {option_string} is deprecated and will be removed in the next release; "
+            f"use {self.replacement}",
+            file=sys.stderr,
+        )
+        if self.extend:
+            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(group: argparse._ActionsContainer, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old`` as a deprecated spelling of the option ``new`` (same ``dest``, same type)."""
+    group.add_argument(old, action=DeprecatedOption, dest=dest, replacement=new, default=None, **kwargs)
 
 
 def _add_key(group: argparse._ActionsContainer, key: str, default: Any, extra_names: Sequence[str] = ()) -> None:
     _, _, kind = flat_fields()[key] if key != "seed" else (None, None, int)
     text = key_help(key)
-    names = [f"--{key}", *extra_names, *ALIASES.get(key, ())]
+    names = [f"--{key}", *extra_names]
     common: dict[str, Any] = {"dest": key, "default": None, "help": f"{text} (default: {default})".strip()}
     if kind is bool:
         group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
     elif key in LIST_KEYS:  # separate words; repeated options add up
         group.add_argument(*names, action="extend", nargs="+", metavar=LIST_KEYS[key], **common)
+        for old in DEPRECATED.get(key, ()):
+            add_deprecated(group, old, f"--{key}", key, nargs="+", extend=True, metavar=LIST_KEYS[key])
     else:
         group.add_argument(*names, type=kind, choices=CHOICES.get(key), **common)
+        for old in DEPRECATED.get(key, ()):
+            add_deprecated(group, old, f"--{key}", key, type=kind, choices=CHOICES.get(key))
 
 
 def add_config_arguments(
@@ -51,7 +82,7 @@ def add_config_arguments(
     seed: bool = True,
 ) -> None:
     """One option per key of the given sections and per extra key, plus ``--seed`` unless
-    ``seed`` is False; ``names`` gives a key more option names (``{"dataset": ["--scenario"]}``)."""
+    ``seed`` is False; ``names`` gives a key more option names (``{"dataset": ["--cohort"]}``)."""
     wanted = set(sections)
     chosen = [k for k, (section, _, _) in flat_fields().items() if section.attribute in wanted]
     chosen += [k for k in keys if k not in chosen]
@@ -74,13 +105,9 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options naming the data set (``--scenario``), its modalities and how patients are spread
+    """Options naming the data set (``--dataset``), its modalities and how patients are spread
     over sites."""
-    add_config_arguments(
-        parser,
-        SCENARIO_SECTIONS,
-        names={"dataset": ("--scenario",), "site-folders": ("--sites",), "data": ("--split",)},
-    )
+    add_config_arguments(parser, SCENARIO_SECTIONS)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def test_centralized_has_an_option_for_every_model_and_training_key():
 
 def test_simulate_takes_any_key_with_set():
     args = build_parser().parse_args(
-        ["simulate", "--out", "x", "--scenario", "pbc", "--set", "steps=1", "--set", "heads=2",
+        ["simulate", "--out", "x", "--dataset", "pbc", "--set", "steps=1", "--set", "heads=2",
          "--set", "encoder-width=32"]
     )  # fmt: skip
     config = RunConfig.from_flat(config_overrides(args))

@@ -149,7 +149,7 @@ def consortium(tmp_path_factory):
     sites = root / "sites"
     result = _fedlego(
         "export-sites",
-        "--scenario",
+        "--dataset",
         "tcga-acc",
         "--modalities",
         MODALITIES,
@@ -167,7 +167,7 @@ def consortium(tmp_path_factory):
 @contextlib.contextmanager
 def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path, Path]]):
     """A SuperLink with ``--certs`` (ready once its node keys are registered) and one ``fedlego site
-    --certs`` per entry name -> (site folder, site certs folder); every process stopped after."""
+    --keys`` per entry name -> (site folder, site certs folder); every process stopped after."""
     port = free_port()
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
@@ -196,9 +196,9 @@ def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path,
                     "site",
                     "--superlink",
                     f"127.0.0.1:{port}",
-                    "--data-dir",
+                    "--data",
                     str(data_dir),
-                    "--certs",
+                    "--keys",
                     str(site_certs),
                     "--port",
                     str(free_port()),
@@ -221,7 +221,7 @@ def _secure_deployment(tmp_path: Path, certs: Path, sites: dict[str, tuple[Path,
 
 def test_export_sites_writes_site_folders(tmp_path):
     result = _fedlego(
-        "export-sites", "--scenario", "tcga-acc", "--modalities", MODALITIES, "--out", str(tmp_path), home=tmp_path
+        "export-sites", "--dataset", "tcga-acc", "--modalities", MODALITIES, "--out", str(tmp_path), home=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if (p / "site.json").exists()) == SITES
@@ -243,13 +243,13 @@ def test_certs_or_insecure_is_required_and_bad_folders_fail_fast(tmp_path, conso
 
     site = tmp_path / "site"
     site.mkdir()
-    result = _fedlego("site", "--superlink", "127.0.0.1:9092", "--data-dir", str(site), home=tmp_path)
+    result = _fedlego("site", "--superlink", "127.0.0.1:9092", "--data", str(site), home=tmp_path)
     assert result.returncode != 0
-    assert "TLS" in result.stderr and "--certs" in result.stderr and "--insecure" in result.stderr
+    assert "TLS" in result.stderr and "--keys" in result.stderr and "--insecure" in result.stderr
 
     # A site certs folder without its node key is refused before any connection.
     result = _fedlego(
-        "site", "--superlink", "127.0.0.1:9092", "--data-dir", str(sites / "rna"), "--certs", str(certs), home=tmp_path
+        "site", "--superlink", "127.0.0.1:9092", "--data", str(sites / "rna"), "--keys", str(certs), home=tmp_path
     )
     assert result.returncode != 0
     assert "node-auth" in result.stderr and "fedlego certs" in result.stderr
@@ -277,12 +277,12 @@ def test_certs_or_insecure_is_required_and_bad_folders_fail_fast(tmp_path, conso
     (site / "labels.csv").write_text("id,time,event\np1,10,1\np2,20,0\n")
     (site / "clinical.csv").write_text("id,age\np1,50\np1,51\n")
     # No SuperLink listens on this port: the folder must be rejected before any connection.
-    for security in (["--insecure"], ["--certs", str(certs / "sites" / "clinical")]):
+    for security in (["--insecure"], ["--keys", str(certs / "sites" / "clinical")]):
         result = _fedlego(
             "site",
             "--superlink",
             f"127.0.0.1:{free_port()}",
-            "--data-dir",
+            "--data",
             str(site),
             *security,
             home=tmp_path,
@@ -326,11 +326,11 @@ def test_unregistered_site_is_refused(tmp_path, consortium):
         ran = _fedlego("run", "--check", "--superlink", address, "--certs", str(certs), "--out", str(tmp_path / "o"),
                        "--set", *FAST, home=tmp_path)  # fmt: skip
         assert ran.returncode == 1 and "1 of 4 registered sites online" in ran.stdout, ran.stdout + ran.stderr
-        registered = _fedlego("site", "--check", "--superlink", address, "--data-dir", str(sites / "rna"),
-                              "--certs", str(certs / "sites" / "rna"), home=tmp_path)  # fmt: skip
+        registered = _fedlego("site", "--check", "--superlink", address, "--data", str(sites / "rna"),
+                              "--keys", str(certs / "sites" / "rna"), home=tmp_path)  # fmt: skip
         assert registered.returncode == 0 and "ok   node key accepted" in registered.stdout, registered.stdout
-        refused = _fedlego("site", "--check", "--superlink", address, "--data-dir", str(sites / "rna"),
-                           "--certs", str(rogue), home=tmp_path)  # fmt: skip
+        refused = _fedlego("site", "--check", "--superlink", address, "--data", str(sites / "rna"),
+                           "--keys", str(rogue), home=tmp_path)  # fmt: skip
         assert refused.returncode == 1 and "FAIL node key accepted" in refused.stdout, refused.stdout
         assert "ok   SuperLink answers (TLS and health)" in refused.stdout  # only the node key failed
     print(f"unregistered site test wall time {time.monotonic() - start:.1f} s")

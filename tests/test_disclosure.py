@@ -3,7 +3,7 @@
 A hospital export with names, record numbers, dates of birth, phone numbers, e-mail addresses and
 free-text notes, a category held by one patient, a lab value measured in three patients and a
 second hospital with three training events: `fedlego check` lists every problem at once; with the
-columns declared dropped a real `fedlego simulate --sites` run completes and no byte of any
+columns declared dropped a real `fedlego simulate --site-folders` run completes and no byte of any
 identifier, rare category, rare value or exact event time is in any file of the run folder.
 """
 
@@ -172,7 +172,7 @@ def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, t
     code = main(
         [
             "simulate",
-            "--sites",
+            "--site-folders",
             *map(str, sites),
             "--block-rounds",
             "1",

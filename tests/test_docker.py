@@ -332,19 +332,19 @@ def test_key_mounts_match_what_fedlego_certs_writes(compose: dict[str, Any], dep
     sources = {Path(m.source).relative_to(consortium) for m in mounts(coordinator) if m.is_bind}
     assert sources == {Path("superlink"), Path("coordinator")}, "the coordinator gets neither ca/ nor any site's keys"
     registered = {key.stem for key in (consortium / "coordinator" / "node-auth").glob("*.pub")}
-    assert registered == {Path(option(s["command"], "--certs")).name for s in site_services(compose).values()}
+    assert registered == {Path(option(s["command"], "--keys")).name for s in site_services(compose).values()}
 
 
 def test_each_hospital_mounts_only_its_own_keys_and_data_read_only(compose: dict[str, Any], deployment: Path) -> None:
     for name, service in site_services(compose).items():
         command = service["command"]
-        site = Path(option(command, "--certs")).name
+        site = Path(option(command, "--keys")).name
         binds = {Path(m.source).relative_to(deployment): m for m in mounts(service)}
         assert set(binds) == {Path("consortium/sites") / site, Path("sites") / site}, name
         assert all(mount.read_only for mount in binds.values()), f"{name}: mount data and keys with :ro"
         data = binds[Path("sites") / site]
-        assert data.target == option(command, "--data-dir"), name
-        certs = host_path(service, option(command, "--certs"))
+        assert data.target == option(command, "--data"), name
+        certs = host_path(service, option(command, "--keys"))
         assert certs is not None, name
         assert deploy.check_site_certs(certs) == (deployment / "consortium" / "sites" / site).resolve()
 
@@ -400,10 +400,12 @@ def test_loopback_override_puts_every_service_on_distinct_loopback_ports(
         assert service["network_mode"] == "host" and "networks" not in service, name
         assert service["volumes"] == compose["services"][name]["volumes"], f"{name}: the same mounts as compose.yaml"
         args = parse(service["command"])
-        assert not args.insecure and args.certs == Path(option(compose["services"][name]["command"], "--certs"))
         if name in site_services(compose):
+            assert not args.insecure and args.keys == Path(option(compose["services"][name]["command"], "--keys"))
             assert args.superlink == f"127.0.0.1:{link.port}" and args.threads == 1, name
             ports.append(args.port)
+        else:
+            assert not args.insecure and args.certs == Path(option(compose["services"][name]["command"], "--certs"))
     assert len(set(ports)) == len(ports) == 1 + len(site_services(compose)), f"ports must differ: {ports}"
     run = parse(services["submit"]["command"])
     assert run.superlink == f"127.0.0.1:{link.port}"

@@ -76,7 +76,7 @@ for name, factory in {"exploding": Exploding, "nan": NotANumber, "four-d": FourD
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("faults")
-    args = ["--scenario", "synthetic", "--set", "synthetic-patients=120", "synthetic-modalities=2"]
+    args = ["--dataset", "synthetic", "--set", "synthetic-patients=120", "synthetic-modalities=2"]
     assert main(["export-sites", *args, "--out", str(root)]) == 0
     return [root / "paired-0", root / "tabular_0", root / "timeseries_1"]
 

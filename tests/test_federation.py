@@ -438,6 +438,19 @@ def test_a_site_lost_mid_fuse_leaves_the_rounds_to_the_others(tmp_path):
     assert accepted.status == "completed" and accepted.gaps == results["gaps"]
 
 
+def test_a_run_whose_only_paired_site_never_answers_the_fuse_keeps_the_merge(tmp_path):
+    config = {**SMALL, "fuse-rounds": 2, "out-dir": str(tmp_path)}
+    paired = 2  # node of paired-0 (sites: tabular_0, timeseries_1, paired-0)
+    logged: list[str] = []
+    transport = InProcessTransport(config, 3, silent={("train.fuse", paired)})
+    results = Federation(transport, RunConfig.from_flat(config), log=logged.append).run().to_dict()
+    assert results["status"] == "incomplete" and "fuse" not in results["metrics"] and "merge" in results["metrics"]
+    assert results["rounds"]["fuse"]["cut_short"].startswith("round 0: phase fuse: only 0 of 1 sites answered")
+    assert results["gaps"] == [f"fuse rounds cut short, {results['rounds']['fuse']['cut_short']}"]
+    assert any("no fused model (the merged model stands)" in line for line in logged)
+    assert not (tmp_path / "packages" / "fused.pb").exists() and (tmp_path / "packages" / "merged.pb").exists()
+
+
 def test_a_run_that_loses_too_many_sites_mid_fuse_keeps_the_rounds_it_finished(tmp_path):
     """min-responses = 2 and one of the two paired sites vanishes after round 0: no round is
     aggregated from fewer than 2 sites; the rounds stop, the best finished round is kept, the

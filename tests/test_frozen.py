@@ -40,7 +40,7 @@ def store(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def sites(tmp_path) -> dict[str, Path]:
     """Synthetic site folders; the two holding the tabular modality use one pre-trained frozen SNN."""
-    args = ["--scenario", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
+    args = ["--dataset", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
     assert main(["export-sites", *args, "--out", str(tmp_path / "sites")]) == 0
     folders = {p.name: p for p in (tmp_path / "sites").iterdir()}
     data = read_site_folder(folders["tabular_0"])

@@ -1,6 +1,6 @@
 """A modality kind from a plugin (the example in plugins/fedlego-code-sequences): it reads, fits
 its vocabulary under the disclosure threshold, builds blocks that keep the merge's properties,
-travels in packages, is refused when tampered, and runs through `fedlego simulate --sites` and
+travels in packages, is refused when tampered, and runs through `fedlego simulate --site-folders` and
 `fedlego predict` like a built-in kind."""
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_simulate_and_predict_run_a_federation_with_the_plugin_kind(tmp_path: Pa
     ]
     out = tmp_path / "run"
     small = ["latent-channels=8", "latent-dim=16", "block-epochs=3", "patience=2", "fuse-rounds=1", "min-cell=1"]
-    args = ["simulate", "--sites", ",".join(map(str, folders)), "--out", str(out), "--set", *small]
+    args = ["simulate", "--site-folders", *map(str, folders), "--out", str(out), "--set", *small]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed" and results["merged_modalities"] == ["clin", "dx"]

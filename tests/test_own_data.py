@@ -1,5 +1,5 @@
 """A user's own site folders in every mode: `fedlego check`, `centralized --data`, `simulate
---sites` and `--split`; results name the folders and their hashes, never a bundled data set."""
+--site-folders` and `--data`; results name the folders and their hashes, never a bundled data set."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ TINY = ["latent-channels=8", "latent-dim=16", "block-epochs=3", "patience=2", "e
 def folders(tmp_path_factory) -> dict[str, Path]:
     """Unimodal and paired site folders of a binary synthetic cohort, and the pooled cohort."""
     root = tmp_path_factory.mktemp("own")
-    common = ["--scenario", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
+    common = ["--dataset", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
     assert main(["export-sites", *common, "--out", str(root / "sites")]) == 0
     assert main(["export-sites", *common, "--layout", "pooled", "--out", str(root / "pooled")]) == 0
     sites = {p.name: p for p in sorted((root / "sites").iterdir())}
@@ -124,7 +124,19 @@ def test_simulate_on_site_folders_end_to_end_with_a_plugin_encoder(folders, tmp_
             (copies[name] / "site.json").write_text(json.dumps(manifest))
     sites = [str(copies[n]) for n in ("paired-0", "tabular_0", "timeseries_1")]
     code = main(
-        ["simulate", "--sites", *sites, "--fuse-rounds", "1", "--block-rounds", "1", "--set", *TINY, "--out", str(out)]
+        [
+            "simulate",
+            "--site-folders",
+            *sites,
+            "--fuse-rounds",
+            "1",
+            "--block-rounds",
+            "1",
+            "--set",
+            *TINY,
+            "--out",
+            str(out),
+        ]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -161,7 +173,7 @@ def test_the_roles_a_site_reports_at_start_are_the_ones_the_run_uses(folders, tm
 def test_an_exported_bundled_cohort_gives_the_bundled_results_exactly(tmp_path):
     """export-sites writes the preset's preprocessing into site.json, so the same cohort as a
     user's folder goes through the same folds, preprocessing and models."""
-    assert main(["export-sites", "--scenario", "pbc", "--layout", "pooled", "--out", str(tmp_path / "pbc")]) == 0
+    assert main(["export-sites", "--dataset", "pbc", "--layout", "pooled", "--out", str(tmp_path / "pbc")]) == 0
     manifest = json.loads((tmp_path / "pbc" / "pooled" / "site.json").read_text())
     assert manifest["modalities"]["labs"]["preprocessing"] == {"log_transform": True}
     common = ["--folds", "2", "--set", *TINY]

@@ -37,7 +37,7 @@ def name_encoder(folder: Path, modality: str, encoder: dict) -> None:
 def folders(tmp_path_factory) -> list[Path]:
     """Synthetic site folders (tabular_0, timeseries_1, paired-0) whose tabular modality uses the plugin."""
     root = tmp_path_factory.mktemp("plugin")
-    args = ["--scenario", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
+    args = ["--dataset", "synthetic", "--set", "synthetic-patients=150", "synthetic-modalities=2"]
     assert main(["export-sites", *args, "--out", str(root)]) == 0
     chosen = [root / "paired-0", root / "tabular_0", root / "timeseries_1"]
     for folder in chosen[:2]:

@@ -17,9 +17,7 @@ def test_a_closed_port_fails_at_tcp():
 
 
 def test_site_check_reports_a_bad_data_folder_and_exits_1(tmp_path, capsys):
-    code = main(
-        ["site", "--check", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)]
-    )
+    code = main(["site", "--check", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--data", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1
     assert f"FAIL data folder {tmp_path}" in out and "FAIL TCP" in out and "checks passed" in out

@@ -14,7 +14,7 @@ def test_simulate_runs_every_phase_and_stops_what_it_started(tmp_path, capsys):
     code = main(
         [
             "simulate",
-            "--scenario",
+            "--dataset",
             "synthetic",
             "--fuse-rounds",
             "1",
@@ -49,5 +49,5 @@ def test_simulate_runs_every_phase_and_stops_what_it_started(tmp_path, capsys):
 
 
 def test_simulate_rejects_unknown_run_config_keys(tmp_path, capsys):
-    assert main(["simulate", "--scenario", "synthetic", "--set", "nonsense=1", "--out", str(tmp_path)]) == 2
+    assert main(["simulate", "--dataset", "synthetic", "--set", "nonsense=1", "--out", str(tmp_path)]) == 2
     assert "nonsense" in capsys.readouterr().err

@@ -113,15 +113,20 @@ class BlockFedAvgPhase(Phase):
             margin=settings.fuse.min_improvement,
             unvalidated=rounds_config.unvalidated_rounds,
         )
-        rounds.run(
-            [n for n, d in federation.sites.items() if d.site in sites],
-            request,
-            functools.partial(federation.exchange, f"block-fedavg:{modality}"),
-            record,
-            aggregate=functools.partial(federation.combine, optimizer=rounds_config.server_step()),
-            robust=rounds_config.round_aggregation != "mean",
-            refuse=functools.partial(federation.exchange.refuse, f"block-fedavg:{modality}"),
-        )
+        try:
+            rounds.run(
+                [n for n, d in federation.sites.items() if d.site in sites],
+                request,
+                functools.partial(federation.exchange, f"block-fedavg:{modality}"),
+                record,
+                aggregate=functools.partial(federation.combine, optimizer=rounds_config.server_step()),
+                robust=rounds_config.round_aggregation != "mean",
+                refuse=functools.partial(federation.exchange.refuse, f"block-fedavg:{modality}"),
+            )
+        except FederationError as error:  # not even the first round: the largest site's block stands
+            federation.log(f"  block-fedavg:{modality}: {error}; keeping {reference_package.site}'s block")
+            federation.results.rounds[f"block:{modality}"] = RoundsRecord(sites=sites, cut_short=f"round 0: {error}")
+            return candidates[0]
         best = rounds.best()
         if rounds.cut_short:
             federation.log(f"  block-fedavg:{modality} rounds cut short ({rounds.cut_short}): keeping round {best}")

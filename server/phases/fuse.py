@@ -14,6 +14,7 @@ from fedlego.common.packaging import fused_to_package, serialize
 from fedlego.common.privacy import CentralAccountant
 from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
 from fedlego.common.workflow import fuse_model, fuse_weight_decay
+from fedlego.server.exchange import FederationError
 from fedlego.server.phases.base import Phase, PhaseState
 from fedlego.server.results import FusePrivacy, RoundsRecord
 from fedlego.server.rounds import Round, Rounds, StateDict
@@ -123,16 +124,22 @@ class FusePhase(Phase):
                 progress.history, progress.states, progress.optimizer = list(rounds.history), len(rounds.states), True
                 progress.save(recorder, self.name)
 
-        rounds.run(
-            paired,
-            request,
-            functools.partial(federation.exchange, "fuse"),
-            record,
-            aggregate=functools.partial(self._aggregate, federation, optimizer),
-            drop_lost=True,  # a site that dropped out is not waited for again
-            robust=rounds_config.round_aggregation != "mean",
-            refuse=functools.partial(federation.exchange.refuse, "fuse"),
-        )
+        try:
+            rounds.run(
+                paired,
+                request,
+                functools.partial(federation.exchange, "fuse"),
+                record,
+                aggregate=functools.partial(self._aggregate, federation, optimizer),
+                drop_lost=True,  # a site that dropped out is not waited for again
+                robust=rounds_config.round_aggregation != "mean",
+                refuse=functools.partial(federation.exchange.refuse, "fuse"),
+            )
+        except FederationError as error:  # not even the first round: no fused model, the merge stands
+            federation.log(f"  fuse: {error}; no fused model (the merged model stands)")
+            federation.results.rounds["fuse"] = RoundsRecord(cut_short=f"round 0: {error}")
+            models.fused = None
+            return
         best = rounds.best(settings.fuse.min_improvement)
         if rounds.cut_short:
             federation.log(f"  fuse rounds cut short ({rounds.cut_short}): keeping round {best}")
