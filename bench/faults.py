@@ -1,5 +1,5 @@
 """Faults injected into a real loopback deployment: a secure SuperLink (TLS, SuperNode
-authentication, signed packages) and one ``fedlego site`` process per exported TCGA-ACC site
+authentication, signed packages) and one ``fedlego site`` process per exported PBC site
 folder, driven through the ``fedlego`` command line as a consortium would.
 
 Scenarios (each on a fresh deployment; every process started here is stopped after, by group):
@@ -32,12 +32,13 @@ from fedlego.common.audit_head import copy_path
 from fedlego.launcher import default_interrupt, free_port, processes_with_home, quiet_environment, stop_process_group
 
 FEDLEGO = [sys.executable, "-m", "fedlego.cli"]
-SITES = ["clinical", "paired-0", "paired-1", "rna"]
+SITES = ["baseline", "labs", "paired-0", "paired-1"]
+"""The sites of ``fedlego export-sites --dataset pbc --paired-sites 2``: each holds at least min-cell
+(10) training patients of its modalities, so every site takes part in every phase it can."""
 SETTINGS = [
-    "dataset=tcga-acc",
-    "modalities=clinical,rna",
-    "block-epochs=40",
-    "patience=40",
+    "dataset=pbc",
+    "block-epochs=20",
+    "patience=20",
     "block-rounds=0",
     "fuse-rounds=4",
     f"min-sites={len(SITES)}",
@@ -94,8 +95,7 @@ class Deployment:
         """``fedlego certs`` and ``fedlego export-sites`` (two paired sites)."""
         made = _fedlego(["certs", "--out", str(self.certs), *[a for s in SITES for a in ("--site", s)]], self.root)
         exported = _fedlego(
-            ["export-sites", "--dataset", "tcga-acc", "--modalities", "clinical", "rna", "--paired-sites", "2",
-             "--out", str(self.sites)],
+            ["export-sites", "--dataset", "pbc", "--paired-sites", "2", "--out", str(self.sites)],
             self.root,
         )  # fmt: skip
         for result in (made, exported):
@@ -268,7 +268,7 @@ def _superlink_killed(root: Path, phase: str) -> FaultOutcome:
         results = _results(out)
         audit = deployed.verify_audit(out, results.get("run_id", ""))
     events = _events(out)
-    notes += _error(results)
+    notes += _failures(results) + _error(results)
     ok = results.get("status") == "completed" and (results.get("resumed") or 0) >= 1
     return FaultOutcome(
         f"SuperLink killed mid-{phase} (SIGKILL), restarted, run resumed", "completes, finished work kept",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fedlego.common.config import FuseConfig, MergeConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
@@ -23,7 +24,7 @@ from fedlego.common.data.tensors import TensorSet, fit_preprocessors, make_tenso
 from fedlego.common.disclosure import DEFAULT_MIN_CELL
 from fedlego.common.lego import LegoBlock, LegoFuse, LegoMerge
 from fedlego.common.tasks import Task
-from fedlego.common.training import TrainReport
+from fedlego.common.training import TrainReport, bar_disabled
 from fedlego.common.workflow import evaluate_all, fuse_blocks, train_block
 
 
@@ -95,7 +96,7 @@ def train_fold(
     config: CentralizedConfig,
     split: FoldSplit,
     log: Callable[[str], None],
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> FoldModels:
     """Fit preprocessing and blocks on the fold's training patients, merge them, fuse them on the
     paired training patients (validation patients only for early stopping)."""
@@ -165,7 +166,7 @@ def run_fold(
     config: CentralizedConfig,
     split: FoldSplit,
     log: Callable[[str], None],
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """One fold: train its models (``train_fold``), evaluate them on the complete-case test patients."""
     fold = train_fold(dataset, config, split, log, progress)
@@ -260,9 +261,10 @@ def run_centralized(
     config: CentralizedConfig,
     out_dir: Path | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
-    """All folds; writes ``out_dir/results.json`` when given, returns the same document."""
+    """All folds; writes ``out_dir/results.json`` when given, returns the same document.
+    ``progress``: bars for folds and epochs (None: only on a terminal)."""
     missing = [m for m in config.modalities if m not in dataset.modalities]
     if missing:
         raise ValueError(f"dataset {dataset.name!r} has no modalities {missing}; it has {sorted(dataset.modalities)}")
@@ -270,12 +272,14 @@ def run_centralized(
     splits = dataset_splits(dataset, n_folds=config.n_folds, seed=config.seed)
     start = time.perf_counter()
     folds = []
-    for split in splits:
-        log(
+    bar = tqdm(splits, desc="folds", unit="fold", disable=bar_disabled(progress))
+    say = log if bar.disable else lambda message: bar.write(message, file=sys.stderr)
+    for split in bar:
+        say(
             f"fold {split.fold + 1}/{len(splits)}: {len(split.train)} train, "
             f"{len(split.validation)} validation, {len(split.test)} test patients"
         )
-        folds.append(run_fold(dataset, config, split, log, progress))
+        folds.append(run_fold(dataset, config, split, say, progress))
     summary = summarise(folds)
     metric_name = "c-index" if dataset.labels.task == "survival" else "AUC"
     document = {

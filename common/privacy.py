@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from fedlego.common.config import PrivacyConfig, TrainConfig
 from fedlego.common.data.tensors import TensorSet
 from fedlego.common.tasks import Task
-from fedlego.common.training import EarlyStopping, TrainReport, resolve_device
+from fedlego.common.training import EarlyStopping, TrainReport, bar_disabled, resolve_device
 
 if TYPE_CHECKING:  # Opacus costs about a second to import: only runs with DP load it
     from opacus.accountants import RDPAccountant
@@ -119,7 +119,7 @@ def fit_private(
     *,
     forward=None,
     description: str = "DP training",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> TrainReport:
     """DP-SGD (DP-AdamW) on one modality's block (``train`` restricted to patients holding it),
     with validation-based early stopping like ``training.fit``. The model is trained in place
@@ -165,7 +165,7 @@ def fit_private(
     report = TrainReport(best_epoch=config.epochs, best_validation_loss=None)
     stopping = EarlyStopping(model, report, config.patience)
     try:
-        bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
+        bar = tqdm(range(config.epochs), desc=description, disable=bar_disabled(progress), leave=False)
         for epoch in bar:
             model.train()
             losses = []

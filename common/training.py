@@ -124,6 +124,12 @@ def evaluate_loss(model: nn.Module, data: TensorSet, task: Task, forward: Forwar
     return float(task.loss(logits[keep], {k: v[keep] for k, v in data.targets.items()}))
 
 
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for ``progress``: True/False force the bar on or off; None shows it only
+    when the output is a terminal (not in logs or CI)."""
+    return None if progress is None else not progress
+
+
 def fit(
     model: nn.Module,
     train: TensorSet,
@@ -133,7 +139,7 @@ def fit(
     *,
     forward: Forward | None = None,
     description: str = "training",
-    progress: bool = False,
+    progress: bool | None = False,
     regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> TrainReport:
     """Adam on the trainable parameters; with validation data, keep the epoch of lowest
@@ -150,7 +156,7 @@ def fit(
     stopping = EarlyStopping(model, report, config.patience, config.min_improvement if config.keep_initial else 0.0)
     if validation is not None and len(validation) and config.keep_initial:
         stopping.update(evaluate_loss(model, validation, task, forward), epoch=0)
-    bar = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
+    bar = tqdm(range(config.epochs), desc=description, disable=bar_disabled(progress), leave=False)
     for epoch in bar:
         model.train()
         losses = []

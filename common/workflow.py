@@ -78,7 +78,7 @@ def train_block(
     model_config: ModelConfig,
     train_config: TrainConfig,
     preprocessing: dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     privacy: PrivacyConfig | None = None,
     encoder: Mapping[str, Any] | None = None,
 ) -> tuple[LegoBlock, TrainReport]:
@@ -134,7 +134,7 @@ def fuse_blocks(
     task: Task,
     config: FuseConfig,
     merge: MergeConfig | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> tuple[LegoFuse, TrainReport]:
     """LegoFuse of the blocks (``fuse_model``), fine-tuned for a few epochs on the paired training
     patients; with validation patients the untrained model (in ``merge`` mode: the merge) is kept

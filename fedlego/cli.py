@@ -39,7 +39,11 @@ def _add_centralized(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(p, CENTRALIZED_SECTIONS, CENTRALIZED_DATA_KEYS)
     p.add_argument("--spatial", dest="frequency", action="store_false", help="ablation: same as --no-frequency")
     add_set_argument(p)
-    p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bars for folds and epochs (default: on when the output is a terminal)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for results.json")
     p.set_defaults(handler=_centralized)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedlego.common.signing import COORDINATOR
+from fedlego.server.phases.fuse import trainable_modalities
 
 if TYPE_CHECKING:
     from fedlego.server.orchestrator import Federation
@@ -27,9 +28,7 @@ def run_gaps(federation: Federation) -> list[str]:
     merged = set(federation.models.blocks)
     gaps += [f"modality {m}: no block of it entered the merge" for m in declared if m not in merged]
     if federation.settings.rounds.fuse_rounds > 0:
-        paired = sorted(
-            name for name, d in described.items() if len(merged & set(d.modalities)) >= 2 and sum(d.n_train) > 0
-        )
+        paired = sorted(name for name, d in described.items() if len(merged & trainable_modalities(d)) >= 2)
         fuse = federation.results.rounds.get("fuse")
         if paired and fuse is None:
             gaps.append(f"no fuse rounds ran, though {', '.join(paired)} hold paired data")

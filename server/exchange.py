@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from fedlego.common.audit_head import CONFIG_KEY as AUDIT_HEAD_KEY
 from fedlego.common.audit_head import AuditHead
 from fedlego.common.protocol import REPLY_TYPES, Payload, ProtocolError
@@ -88,13 +90,17 @@ class PhaseExchange:
             head = self.audit_head()  # one signed head for the whole exchange
             start = time.perf_counter()
             record.begin()
-            replies = self.transport.exchange(
-                message_type.value,
-                {n: self._payload(r, head) for n, r in requests.items()},
-                self.timeout,
-                ProgressLog(phase, len(requests), self.site, self.log, self.timeout),
-                handle,
-            )
+            progress = ProgressLog(phase, len(requests), self.site, self.log, self.timeout)
+            try:
+                replies = self.transport.exchange(
+                    message_type.value,
+                    {n: self._payload(r, head) for n, r in requests.items()},
+                    self.timeout,
+                    progress,
+                    handle,
+                )
+            finally:
+                progress.close()
             record.seconds += time.perf_counter() - start
             record.end()
             for reply in replies.values():
@@ -131,16 +137,26 @@ PROGRESS_SECONDS = 30.0
 
 
 class ProgressLog:
-    """A transport's ``waiting`` callback: every ``PROGRESS_SECONDS`` one line naming the sites a
-    phase still waits for, so that a long block phase is never silent for minutes."""
+    """A transport's ``waiting`` callback, so that a long phase is never silent for minutes: on a
+    terminal, a progress bar of the sites that answered with the ones still working; otherwise
+    (logs, CI, a deployed ServerApp) every ``PROGRESS_SECONDS`` one line naming them."""
 
     def __init__(
         self, phase: str, total: int, site: Callable[[int], str], log: Callable[[str], None], timeout: float
     ) -> None:
         self.phase, self.total, self.site, self.log, self.timeout = phase, total, site, log, timeout
         self.next_report = PROGRESS_SECONDS
+        self.bar = tqdm(total=total, desc=f"  {phase}", unit="site", leave=False, disable=None)  # off unless a TTY
+
+    def close(self) -> None:
+        """Remove the bar (the exchange is over)."""
+        self.bar.close()
 
     def __call__(self, pending: list[int], elapsed: float) -> None:
+        if not self.bar.disable:
+            self.bar.n = self.total - len(pending)
+            self.bar.set_postfix_str("working: " + ", ".join(self.site(node) for node in pending))
+            return
         if elapsed < self.next_report:
             return
         self.next_report = elapsed + PROGRESS_SECONDS

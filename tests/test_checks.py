@@ -83,3 +83,14 @@ def test_pooled_interval_comes_from_the_sites_sums_and_only_when_all_reported_th
     assert merge.pooled_low < merge.pooled < merge.pooled_high
     sites["old"] = {"merge": {"metric": 0.9, "n": 5, "concordant": 4, "discordant": 1, "tied": 0}}
     assert aggregate_metrics(sites)["merge"].pooled_low is None  # one site without sums: no interval
+
+
+def test_only_sites_with_min_cell_training_patients_of_two_merged_modalities_fuse():
+    from fedlego.server.phases.fuse import paired_nodes
+
+    def site(name, counts):
+        return SiteDescription(name, "survival", 0, ["a", "b", "c"], ["tabular"] * 3, counts, [0] * 3, [0] * 3)
+
+    sites = {1: site("both", [12, 15, 0]), 2: site("one-under", [30, 0, 0]), 3: site("unmerged", [20, 0, 40])}
+    assert paired_nodes(sites, {"a", "b"}) == [1]
+    assert paired_nodes(sites, {"a", "b", "c"}) == [1, 3]

@@ -3,6 +3,9 @@ the coordinator turns that into a progress line at most every ``PROGRESS_SECONDS
 
 from __future__ import annotations
 
+import io
+import sys
+
 import httpx
 import pytest
 from flwr.app import Message
@@ -99,6 +102,22 @@ def test_the_progress_log_names_the_pending_sites_at_most_every_interval(monkeyp
         "  block: 1/3 sites answered after 31 s; still working: site-b, site-c (phase timeout 600 s)",
         "  block: 2/3 sites answered after 62 s; still working: site-c (phase timeout 600 s)",
     ]
+
+
+def test_on_a_terminal_the_progress_is_a_bar_of_answered_sites(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    lines: list[str] = []
+    progress = ProgressLog("block", 3, {1: "site-a", 2: "site-b", 3: "site-c"}.get, lines.append, 600.0)
+    progress([3], 45.0)
+    progress.bar.refresh()
+    shown = terminal.getvalue()
+    progress.close()
+    assert lines == [] and "block" in shown and "2/3" in shown and "working: site-c" in shown
 
 
 class StoppedGrid(SlowGrid):

@@ -6,13 +6,14 @@ the lowest pooled validation loss is kept (round 0, the merge, unless a later on
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from fedlego.common.aggregation import FUSE_AGGREGATIONS, ServerOptimizer, dp_average_updates
 from fedlego.common.packaging import fused_to_package, serialize
 from fedlego.common.privacy import CentralAccountant
-from fedlego.common.protocol import MessageType, RoundReply, RoundRequest
+from fedlego.common.protocol import MessageType, RoundReply, RoundRequest, SiteDescription
 from fedlego.common.workflow import fuse_model, fuse_weight_decay
 from fedlego.server.exchange import FederationError
 from fedlego.server.phases.base import Phase, PhaseState
@@ -40,6 +41,17 @@ class FuseProgress(PhaseState):
     """Whether the server optimizer's state is saved (``fuse-optimizer``)."""
 
 
+def trainable_modalities(description: SiteDescription) -> set[str]:
+    """The modalities a site holds at least min-cell training patients of (it sends 0 below)."""
+    return {m for m, n in zip(description.modalities, description.n_train, strict=False) if n > 0}
+
+
+def paired_nodes(sites: Mapping[int, SiteDescription], merged: set[str]) -> list[int]:
+    """The sites that can take part in fuse rounds: at least two merged modalities, each with
+    min-cell training patients (a site under it for one of them would refuse every round)."""
+    return [node for node, d in sites.items() if len(merged & trainable_modalities(d)) >= 2]
+
+
 class FusePhase(Phase):
     """Skipped (and no fused model) when no site holds paired data or ``fuse-rounds`` is 0."""
 
@@ -55,10 +67,7 @@ class FusePhase(Phase):
     def run(self, federation: Federation) -> None:
         models, settings, recorder = federation.models, federation.settings, federation.recorder
         rounds_config, task = settings.rounds, models.task
-        modalities = set(models.blocks)
-        paired = [
-            n for n, d in federation.sites.items() if len(modalities & set(d.modalities)) >= 2 and sum(d.n_train) > 0
-        ]
+        paired = paired_nodes(federation.sites, set(models.blocks))
         if not paired or rounds_config.fuse_rounds < 1:
             federation.log("phase fuse skipped: no site holds paired data" if not paired else "phase fuse skipped")
             models.fused = None
