@@ -50,4 +50,4 @@ def local_round(
 
         fit(model, train, None, task, train_config, forward=forward, regulariser=regulariser)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return RoundReply(state, len(train), before, len(validation), events)
+    return RoundReply(state, len(train), before, len(validation), events, task.events(train.targets))

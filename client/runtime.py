@@ -274,9 +274,12 @@ class SiteRuntime:
 
     def _withhold_small_validation(self, reply: RoundReply, task: Task, validation: TensorSet) -> None:
         """Disclosure control of a round reply: the validation loss, its patients and events only
-        when their outcomes may leave the site (``_outcomes_releasable``); else NaN and weight 0."""
+        when their outcomes may leave the site (``_outcomes_releasable``); else NaN and weight 0.
+        The training events only from min-cell on (else 0)."""
         if not self._outcomes_releasable(task, validation):
             reply.validation_loss_before, reply.n_validation, reply.validation_events = float("nan"), 0, None
+        if not releasable(reply.train_events, self.min_cell):
+            reply.train_events = 0
 
     def evaluate(self, models: Mapping[str, nn.Module], task: Task) -> dict[str, dict[str, float]]:
         """Each model on this site's test patients holding at least one modality it accepts

@@ -229,6 +229,11 @@ class RoundsConfig:
     update_norm_bound: float = 0.0
     """Scale each site's round update down to at most this many times the round's median update
     norm before combining (0: off)."""
+    site_weights: str = "patients"
+    """What weighs a site in block FedAvg and fuse rounds, and which site's block (and its
+    preprocessing) a modality's rounds start from when several sites hold it: its training patients
+    (patients) or its training events (events; classification: patients of the rarest class),
+    released only from min-cell on (a site under it weighs 0 unless every site is)."""
     unvalidated_rounds: str = "last"
     """When no site can report a validation loss (all under the disclosure threshold), keep the
     last round's parameters (last) or those the rounds started from (start: the largest site's
@@ -399,6 +404,7 @@ CHOICES = {
     "weighting": registered_names("aggregation", "WEIGHTINGS"),
     "server-optimizer": registered_names("aggregation", "SERVER_OPTIMIZERS"),
     "unvalidated-rounds": ("start", "last"),
+    "site-weights": ("patients", "events"),
     "task": ("survival", "binary"),
     "layout": ("modality-sites", "pooled"),
 }

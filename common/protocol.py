@@ -306,9 +306,14 @@ class RoundReply:
     validation_loss_before: float
     n_validation: int | None = None
     validation_events: int | None = None
+    train_events: int | None = None
+    """The training events (classification: rarest-class patients) the update rests on; 0 below
+    the site's min-cell (disclosure control), None from a site that does not say."""
 
     def to_payload(self) -> Payload:
         metrics = {"num-examples": float(self.n_train), "validation-loss-before": self.validation_loss_before}
+        if self.train_events is not None:
+            metrics["train-events"] = float(self.train_events)
         if self.n_validation is not None:
             metrics["validation-patients"] = float(self.n_validation)
         if self.validation_events is not None:
@@ -329,7 +334,7 @@ class RoundReply:
         if not _number(loss) or math.isinf(loss):
             raise ProtocolError(f"round reply: 'validation-loss-before' must be a finite number or NaN, got {loss!r}")
         counts = {}
-        for key in ("validation-patients", "validation-events"):
+        for key in ("validation-patients", "validation-events", "train-events"):
             value = payload.metrics.get(key)
             if value is not None and not _count(value):
                 raise ProtocolError(f"round reply: {key!r} must be a non-negative integer, got {value!r}")
@@ -340,6 +345,7 @@ class RoundReply:
             float(loss),
             counts["validation-patients"],
             counts["validation-events"],
+            counts["train-events"],
         )
 
 

@@ -108,6 +108,25 @@ class Round:
         return _total([reply.validation_events for reply in self.answered.values()])
 
 
+def _events(reply: RoundReply) -> float:
+    return float(reply.train_events if reply.train_events is not None else reply.n_train)
+
+
+SITE_WEIGHTS: dict[str, Callable[[RoundReply], float]] = {
+    "patients": lambda reply: float(reply.n_train),
+    "events": _events,
+}
+"""``site-weights`` -> a site's weight in a round's aggregate (events: its training events, or its
+patients from a site that does not say them)."""
+
+
+def site_weights(answered: dict[int, RoundReply], kind: str) -> list[float]:
+    """Each answering site's weight in the round's aggregate; by training patients when every
+    weight would be 0 (no site released its events: all under min-cell)."""
+    weights = [SITE_WEIGHTS[kind](reply) for reply in answered.values()]
+    return weights if sum(weights) > 0 else [float(reply.n_train) for reply in answered.values()]
+
+
 def loss_weights(answered: dict[int, RoundReply]) -> list[float]:
     """Weights of the sites' validation losses in a round's mean: their validation patients, so the
     mean is the loss over every validation patient; their training patients when a site did not
@@ -166,6 +185,7 @@ class Rounds:
         drop_lost: bool = False,
         robust: bool = False,
         refuse: Callable[[int, str], None] = lambda node, reason: None,
+        weights: str = "patients",
     ) -> None:
         """Run the remaining rounds. ``request(index, final, state)`` is the message every node of
         the cohort gets; ``exchange`` sends the requests and returns the replies
@@ -173,6 +193,7 @@ class Rounds:
         With ``drop_lost``, a site that did not answer a round is not asked again. With
         ``robust``, a round's validation loss is the median of the sites' reports (unweighted), so
         neither a claimed patient count nor one site's report decides which round is kept.
+        ``weights`` (``SITE_WEIGHTS``) weighs the sites in the aggregate.
         A training round's reply that cannot be combined (``reply_problem``) is passed to
         ``refuse`` and left out of the round; with none left the run cannot go on (FederationError).
         When too few sites answer a round after earlier rounds were answered (the sites vanished),
@@ -196,7 +217,7 @@ class Rounds:
                 answered = valid_replies(sent, answered, refuse)
                 if not answered:
                     raise FederationError(f"round {index}: no site sent parameters that could be combined")
-            counts = [float(reply.n_train) for reply in answered.values()]
+            counts = site_weights(answered, weights)
             losses = [reply.validation_loss_before for reply in answered.values()]
             self.history.append(median_of_finite(losses) if robust else weighted_mean(losses, loss_weights(answered)))
             if drop_lost:

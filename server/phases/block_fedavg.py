@@ -30,6 +30,16 @@ def chosen_block_name(modality: str) -> str:
     return f"block-{modality}.pb"
 
 
+def ordered_candidates(federation: Federation, candidates: Candidates) -> Candidates:
+    """A modality's checked blocks, the one its rounds start from (or the merge keeps) first: the
+    most training patients, or with ``site-weights = events`` the most training events the site
+    released (its patients break ties)."""
+    if federation.settings.rounds.site_weights != "events":
+        return candidates
+    events = {d.site: d.n_train_events or 0 for d in federation.sites.values()}
+    return sorted(candidates, key=lambda pair: (-events.get(pair[0].site, 0), -pair[0].n_samples, pair[0].site))
+
+
 class BlockFedAvgPhase(Phase):
     """Each shared modality's rounds are timed and exchanged as ``block-fedavg:<modality>``."""
 
@@ -37,7 +47,8 @@ class BlockFedAvgPhase(Phase):
 
     def run(self, federation: Federation) -> None:
         chosen: dict[str, tuple[BlockPackage, LegoBlock]] = {}
-        for modality, candidates in sorted(federation.models.candidates.items()):
+        for modality, all_candidates in sorted(federation.models.candidates.items()):
+            candidates = ordered_candidates(federation, all_candidates)
             if len(candidates) > 1 and federation.settings.rounds.block_rounds > 0:
                 federation.log(f"phase block-fedavg:{modality}: {len(candidates)} sites")
                 chosen[modality] = self._rounds(federation, modality, candidates)
@@ -45,8 +56,8 @@ class BlockFedAvgPhase(Phase):
                 chosen[modality] = candidates[0]
                 if len(candidates) > 1:
                     federation.log(
-                        f"  {modality}: {len(candidates)} blocks and block-rounds=0: keeping the largest "
-                        f"({candidates[0][0].site})"
+                        f"  {modality}: {len(candidates)} blocks and block-rounds=0: keeping "
+                        f"{candidates[0][0].site}'s (site-weights = {federation.settings.rounds.site_weights})"
                     )
         for modality, (package, _) in chosen.items():
             federation.recorder.save_package(chosen_block_name(modality), serialize(package))
@@ -122,6 +133,7 @@ class BlockFedAvgPhase(Phase):
                 aggregate=functools.partial(federation.combine, optimizer=rounds_config.server_step()),
                 robust=rounds_config.round_aggregation != "mean",
                 refuse=functools.partial(federation.exchange.refuse, f"block-fedavg:{modality}"),
+                weights=rounds_config.site_weights,
             )
         except FederationError as error:  # not even the first round: the largest site's block stands
             federation.log(f"  block-fedavg:{modality}: {error}; keeping {reference_package.site}'s block")

@@ -143,6 +143,7 @@ class FusePhase(Phase):
                 drop_lost=True,  # a site that dropped out is not waited for again
                 robust=rounds_config.round_aggregation != "mean",
                 refuse=functools.partial(federation.exchange.refuse, "fuse"),
+                weights=rounds_config.site_weights,
             )
         except FederationError as error:  # not even the first round: no fused model, the merge stands
             federation.log(f"  fuse: {error}; no fused model (the merged model stands)")
