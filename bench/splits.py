@@ -47,12 +47,14 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fedadam, keep last": {**BUDGET, **LAST, "server-optimizer": "fedadam"},
     "fedyogi, keep last": {**BUDGET, **LAST, "server-optimizer": "fedyogi"},
     "together, keep last": {**BUDGET, **LAST, "block-epochs": 5},
+    "events (2+2 rounds), keep last": {**LAST, "site-weights": "events"},
 }
 """Strategy -> run-config changes; the first is the defaults before this benchmark. ``keep last``:
 when no site can report a validation loss, keep the last round instead of the start. ``together``:
 every site trains its block for one round's local epochs (5) from the shared initialisation before
 the rounds, instead of up to block-epochs alone (every site holds every modality here, so this is
-federated block training from the start)."""
+federated block training from the start). ``events``: sites weighed by their training events, and
+each modality's rounds start from the block of the site with the most (``site-weights``)."""
 
 
 def natural_sites(table, column: str) -> dict[str, list[str]]:

@@ -135,7 +135,18 @@ def test_fields_that_are_none_are_left_out_of_the_json():
     assert RunResults.from_json(run.to_json()) == run
 
     bare = json.loads(RunResults(run_id="r", config={}).to_json())
-    assert set(bare) == {"run_id", "config", "kind", "sites", "failures", "refused", "phases", "metrics", "rounds"}
+    assert set(bare) == {
+        "run_id",
+        "config",
+        "kind",
+        "sites",
+        "failures",
+        "refused",
+        "phases",
+        "metrics",
+        "rounds",
+        "curves",
+    }
     assert RunResults.from_dict(bare) == RunResults(run_id="r", config={})
 
 
