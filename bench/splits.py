@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -226,23 +227,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument(
-        "--append", action="store_true", help="add to splits-records.jsonl (another seed range) instead of starting it"
+        "--append", action="store_true", help="add to NAME-records.jsonl (another seed range) instead of starting it"
     )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     parser.add_argument(
-        "--render", action="store_true", help="write the page from the jobs finished so far (splits-records.jsonl)"
+        "--render", action="store_true", help="write the page from the jobs finished so far (NAME-records.jsonl)"
     )
+    parser.add_argument("--name", default="splits", help="the page's name: NAME.md, NAME.json, NAME-records.jsonl")
     args = parser.parse_args(argv)
-    command = " ".join(["python bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render:
-        lines = (args.out / "splits-records.jsonl").read_text().splitlines()
+        lines = (args.out / f"{args.name}-records.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
         done = {s for r in records for e in r["splits"].values() for s in e["strategies"]}
         chosen = {name: STRATEGIES[name] for name in args.strategies if name in done}
         summary = {"records": records, "strategies": chosen, "wall_seconds": float("nan")}
-        (args.out / "splits.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-        write_splits_page(summary, args.out / "splits.md", command)
+        (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        write_splits_page(summary, args.out / f"{args.name}.md", command)
         return
     from fedlego_bench.panel import panel_folder
 
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(c, s, strategies) for s in seeds for c in args.cohorts]  # every cohort's first seed first
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    partial = args.out / "splits-records.jsonl"  # each finished job at once: a cut-short run keeps its part
+    partial = args.out / f"{args.name}-records.jsonl"  # each finished job at once: a cut-short run keeps its part
     if not args.append:
         partial.write_text("")
     records = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
@@ -270,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
                 handle.write(json.dumps(record, default=float) + "\n")
     chosen = {name: STRATEGIES[name] for name in strategies}
     summary = {"records": records, "strategies": chosen, "wall_seconds": time.perf_counter() - start}
-    (args.out / "splits.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    write_splits_page(summary, args.out / "splits.md", command)
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_splits_page(summary, args.out / f"{args.name}.md", command)
 
 
 if __name__ == "__main__":

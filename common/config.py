@@ -229,11 +229,12 @@ class RoundsConfig:
     update_norm_bound: float = 0.0
     """Scale each site's round update down to at most this many times the round's median update
     norm before combining (0: off)."""
-    site_weights: str = "patients"
+    site_weights: str = "events"
     """What weighs a site in block FedAvg and fuse rounds, and which site's block (and its
-    preprocessing) a modality's rounds start from when several sites hold it: its training patients
-    (patients) or its training events (events; classification: patients of the rarest class),
-    released only from min-cell on (a site under it weighs 0 unless every site is)."""
+    preprocessing) a modality's rounds start from when several sites hold it: its training events
+    (events; classification: patients of the rarest class), released only from min-cell on (a site
+    under it weighs 0 unless every site is), or its training patients (patients). Chosen on
+    validation patients of the realistic-split benchmark (docs/benchmarks/splits-site-weights.md)."""
     unvalidated_rounds: str = "last"
     """When no site can report a validation loss (all under the disclosure threshold), keep the
     last round's parameters (last) or those the rounds started from (start: the largest site's
