@@ -294,14 +294,13 @@ def run_hostile(root: Path, trials_per_kind: int = 10, seed: int = 0, log: Calla
         for index, site in enumerate(SITES)
     }
     transport = Replaying(config, len(SITES), node_configs=node_configs)
-    honest_settings = RunConfig.from_flat({**config, "out-dir": str(root / "honest")})  # keeps the chosen blocks
-    honest = Federation(transport, honest_settings, log=lambda _: None).run().to_dict()
+    federation = Federation(transport, settings, log=lambda _: None)
+    honest = federation.run().to_dict()
     if honest["status"] != "completed":
         raise RuntimeError(f"the honest run did not complete: {honest.get('error')}")
     honest_metric = _pooled(honest)
     # The hostile site: the one whose clinical block the honest merge kept.
-    kept = root / "honest" / "packages" / "block-clinical.pb"
-    target_site = parse_block_package(kept.read_bytes(), kept.name).site
+    target_site = federation.models.block_packages["clinical"].site
     node = 1000 + SITES.index(target_site)
     key = load_signing_key(root / "certs" / "sites" / target_site / "signing.key")
     report = HostileReport(honest_metric, f"{target_site}/clinical")
