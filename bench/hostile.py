@@ -187,8 +187,9 @@ def _scaled(package: BlockPackage, factor: float) -> BlockPackage:
 
 
 def _head_flipped(package: BlockPackage) -> BlockPackage:
+    """The head's output layer negated (its normalisation left alone: negating both would cancel)."""
     for tensor in package.tensors:
-        if tensor.name.startswith("head.") and tensor.dtype.startswith("float"):
+        if tensor.name.startswith("head.") and "norm" not in tensor.name and tensor.dtype.startswith("float"):
             tensor.data = (-np.frombuffer(tensor.data, dtype=tensor.dtype)).tobytes()
     return package
 
