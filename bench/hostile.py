@@ -187,9 +187,11 @@ def _scaled(package: BlockPackage, factor: float) -> BlockPackage:
 
 
 def _head_flipped(package: BlockPackage) -> BlockPackage:
-    """The head's output layer negated (its normalisation left alone: negating both would cancel)."""
+    """The output layers negated: the latent head's (its normalisation left alone: negating both
+    would cancel) and the direct head's (``direct``: the block's prediction from its tokens)."""
     for tensor in package.tensors:
-        if tensor.name.startswith("head.") and "norm" not in tensor.name and tensor.dtype.startswith("float"):
+        output = tensor.name.startswith("direct.") or (tensor.name.startswith("head.") and "norm" not in tensor.name)
+        if output and tensor.dtype.startswith("float"):
             tensor.data = (-np.frombuffer(tensor.data, dtype=tensor.dtype)).tobytes()
     return package
 
