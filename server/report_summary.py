@@ -42,7 +42,7 @@ GLOSSARY = (
     ("paired data", "patients for whom a site holds several modalities"),
     ("validation / test patients", "held out at each site: validation chooses rounds, test only measures"),
     ("pooled pairs", "the test patients' comparable pairs of every site counted together (pairs within a site)"),
-    ("95 % interval", "the range the metric would plausibly take on other patients (jackknife over patients)"),
+    ("95 % interval", "a 95 % confidence interval for the metric (jackknife over the test patients)"),
     ("min-cell", "the fewest patients behind any count or statistic a site sends"),
 )
 
@@ -137,6 +137,16 @@ def warnings(run: RunResults) -> list[str]:
             if value.n < FEW_TEST_PATIENTS
         }
     )
+    silent = [
+        site
+        for site in run.sites
+        if site not in {s for m in run.metrics.values() for e in m.values() for s in e.per_site}
+    ]
+    if silent and run.metrics:
+        found.append(
+            f"{', '.join(silent)} reported no test metric (fewer than min-cell test patients, events or patients "
+            "without the event: disclosure control), so no model was measured on its patients."
+        )
     if small:
         found.append(
             f"{', '.join(small)} evaluated on fewer than {FEW_TEST_PATIENTS} test patients: read the pooled figures."
@@ -162,9 +172,10 @@ def summary_section(run: RunResults) -> str:
         if best is not None:
             name, block = best
             parts.append(
-                f"<p>Best single modality, {h.escaped(name)}: {h.escaped(_with_interval(block))}. It is picked "
-                "here by its test figure, so it is an optimistic reference, and it is measured on the patients "
-                "holding that modality; overlapping intervals mean the data cannot tell the two apart.</p>"
+                f"<p>Best single modality, {h.escaped(name)}: {h.escaped(_with_interval(block))}, on {block.n} "
+                f"test patients holding that modality. It is picked here by its test figure (an optimistic "
+                f"reference) and rests on other patients than the {entry.n} above, so the two figures are not a "
+                "paired comparison: the table below compares them site by site, on the same patients.</p>"
             )
         sites = len(entry.per_site)
         parts.append(
@@ -229,9 +240,11 @@ CURVE_FIGURES = {"survival": _survival_figure, "roc": _roc_figure}
 
 CURVE_NOTES = {
     "survival": (
-        "Each site split its test patients at its own median predicted risk and sent, per time interval, how many "
-        "of each group were at risk and had the event, only while at least min-cell patients were at risk; the "
-        "counts of every site are summed here. Events and censorings are counted at the end of their interval "
+        "Each site split its test patients at its own median predicted risk (higher: above that median) and sent, "
+        "per time interval, how many of each group were at risk and had the event, only while at least min-cell "
+        "patients were at risk (a blank cell: the group's curve stops there); the counts of every site are summed "
+        "here. The time points derive from the run's survival bins (event-weighted means of the sites' rounded "
+        "quantiles). Events and censorings are counted at the end of their interval "
         "(a Kaplan-Meier estimate on grouped times; scikit-survival). Curves that separate widely mean the "
         "model ranks patients usefully; the c-index above is the measure."
     ),
