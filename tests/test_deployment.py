@@ -359,7 +359,7 @@ def test_secure_federation_survives_a_site_killed_mid_fuse(tmp_path, consortium)
                 str(out),
                 "--set",
                 *FAST,
-                "fuse-rounds=2",
+                "fuse-rounds=1",
                 f"min-sites={len(ALL_SITES)}",
                 "min-responses=1",
                 "allow-partial=true",  # without it the run is recorded incomplete (test_federation)
