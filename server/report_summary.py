@@ -174,8 +174,8 @@ def summary_section(run: RunResults) -> str:
             parts.append(
                 f"<p>Best single modality, {h.escaped(name)}: {h.escaped(_with_interval(block))}, on {block.n} "
                 f"test patients holding that modality. It is picked here by its test figure (an optimistic "
-                f"reference) and rests on other patients than the {entry.n} above, so the two figures are not a "
-                "paired comparison: the table below compares them site by site, on the same patients.</p>"
+                f"reference) and rests on another set of test patients ({block.n} against {entry.n}), so the two "
+                "figures are not a paired comparison: the table below compares them site by site.</p>"
             )
         sites = len(entry.per_site)
         parts.append(
