@@ -125,7 +125,6 @@ def warnings(run: RunResults) -> list[str]:
             f"No site could report a validation loss for {', '.join(unvalidated)} (under min-cell validation patients, "
             "events or others at every site): those rounds were kept by rule, not chosen on validation."
         )
-    found += [f"{name} rounds were cut short, {r.cut_short}." for name, r in run.rounds.items() if r.cut_short]
     rounds_note = few_validation_rounds(run)
     found += [rounds_note.removeprefix("note: ").capitalize() + "."] if rounds_note else []
     small = sorted(

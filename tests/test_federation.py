@@ -467,7 +467,7 @@ def test_a_run_that_loses_too_many_sites_mid_fuse_keeps_the_rounds_it_finished(t
     assert any("fuse rounds cut short" in line and "keeping round 0" in line for line in logged)
     assert "fuse" in results["metrics"] and (tmp_path / "packages" / "fused.pb").exists()
     report = (tmp_path / "report.html").read_text()
-    assert "fuse rounds were cut short, round 1: phase fuse: only 1 of 2 sites answered" in report
+    assert "Missing from this run: fuse rounds cut short, round 1: phase fuse: only 1 of 2 sites answered" in report
 
 
 def test_a_site_with_invalid_data_reports_file_and_column_and_sends_nothing(tmp_path):
