@@ -41,6 +41,19 @@ def few_validation_rounds(results: RunResults) -> str | None:
     )
 
 
+def sites_with_few_test_patients(results: RunResults) -> list[str]:
+    """The sites that evaluated some model on fewer than ``FEW_TEST_PATIENTS`` test patients."""
+    return sorted(
+        {
+            site
+            for models in results.metrics.values()
+            for entry in models.values()
+            for site, value in entry.per_site.items()
+            if value.n < FEW_TEST_PATIENTS
+        }
+    )
+
+
 def federation_table(results: RunResults) -> str:
     """Per phase and model: sample-weighted mean metric over sites, with each site's value; then
     the refused packages and failed sites."""
@@ -57,15 +70,7 @@ def federation_table(results: RunResults) -> str:
                 for site, v in entry.per_site.items()
             )
             lines.append(f"{phase:<8} {model:<18} {shown:>20} {pooled:>32}  {entry.n:<3} {per_site}")
-    small = sorted(
-        {
-            site
-            for models in results.metrics.values()
-            for e in models.values()
-            for site, v in e.per_site.items()
-            if v.n < FEW_TEST_PATIENTS
-        }
-    )
+    small = sites_with_few_test_patients(results)
     if small:
         lines.append(
             f"note: {', '.join(small)} evaluated on fewer than {FEW_TEST_PATIENTS} test patients: their own figures "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedlego.common.outcome_curves import GROUPS, kaplan_meier, roc_points
-from fedlego.console import FEW_TEST_PATIENTS, few_validation_rounds
+from fedlego.console import FEW_TEST_PATIENTS, few_validation_rounds, sites_with_few_test_patients
 from fedlego.server import report_html as h
 from fedlego.server.results import ModelMetrics, RunResults
 
@@ -127,15 +127,7 @@ def warnings(run: RunResults) -> list[str]:
         )
     rounds_note = few_validation_rounds(run)
     found += [rounds_note.removeprefix("note: ").capitalize() + "."] if rounds_note else []
-    small = sorted(
-        {
-            site
-            for models in run.metrics.values()
-            for entry in models.values()
-            for site, value in entry.per_site.items()
-            if value.n < FEW_TEST_PATIENTS
-        }
-    )
+    small = sites_with_few_test_patients(run)
     silent = [
         site
         for site in run.sites
