@@ -83,8 +83,9 @@ def _fedlego(args: list[str], home: Path, timeout: float = 240) -> subprocess.Co
 class Deployment:
     """A consortium folder, site folders, and the processes of one scenario."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, settings: list[str] = SETTINGS, site_options: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.settings, self.site_options = settings, site_options
         self.certs, self.sites, self.logs = root / "certs", root / "sites", root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -139,13 +140,15 @@ class Deployment:
                 f"site-{name}",
                 ["site", "--superlink", f"127.0.0.1:{self.port}", "--data", str(self.sites / name),
                  "--keys", str(self.certs / "sites" / name), "--home", str(home), "--threads", "1",
-                 "--audit-dir", str(self.root / "heads" / name)],
+                 "--audit-dir", str(self.root / "heads" / name), *self.site_options],
                 home,
             )  # fmt: skip
 
     def start_run(self, out: Path, attempt: int = 0) -> subprocess.Popen:
         args = ["run", "--superlink", f"127.0.0.1:{self.port}", "--certs", str(self.certs), "--out", str(out)]
-        return self._start(f"run-{attempt}", [*args, "--set", *SETTINGS, "--timeout", "900"], self.root / "run-home")
+        return self._start(
+            f"run-{attempt}", [*args, "--set", *self.settings, "--timeout", "900"], self.root / "run-home"
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL a process group (no clean-up, as a crash or the OOM killer)."""
@@ -176,9 +179,9 @@ class Deployment:
 
 
 @contextmanager
-def deployment(root: Path) -> Iterator[Deployment]:
+def deployment(root: Path, settings: list[str] = SETTINGS, site_options: tuple[str, ...] = ()) -> Iterator[Deployment]:
     """A prepared, started deployment (SuperLink and sites); everything stopped after."""
-    deployed = Deployment(root)
+    deployed = Deployment(root, settings, site_options)
     deployed.prepare()
     try:
         deployed.start_superlink()

@@ -491,6 +491,13 @@ def _add_deployment(subparsers: argparse._SubParsersAction) -> None:
         "sites sharing one machine should split its cores between them",
     )
     p.add_argument(
+        "--no-warm-worker",
+        dest="warm_worker",
+        action="store_false",
+        help="run each message in a fresh ClientApp process that imports PyTorch and fedlego anew (Flower's "
+        "default, a few seconds slower per message) instead of a child forked from this site's warm worker",
+    )
+    p.add_argument(
         "--keys",
         type=Path,
         metavar="KEY_DIR",

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedlego.client.worker import site_worker
 from fedlego.common.config import RunConfig, flat_fields
 from fedlego.launcher import (
     CONNECTION,
@@ -406,6 +407,7 @@ def serve_site(
     audit_dir: Path | None = None,
     schema: Path | None = None,
     min_cell: int | None = None,
+    warm_worker: bool = True,
 ) -> int:
     """``fedlego site``: validate the site folder (against the consortium ``schema`` when given),
     then run the hospital's SuperNode in the foreground, training with ``threads`` CPU threads
@@ -413,7 +415,8 @@ def serve_site(
     :func:`default_audit_dir`). A SuperNode that ends by itself (a SuperLink restarted and no longer
     knowing this node, or, with ``site_certs``, one that has not registered this site's key yet) is
     started again, until ``SITE_RETRIES`` ends in a row each within ``SITE_STABLE_SECONDS`` of
-    starting."""
+    starting. With ``warm_worker`` its messages run in children forked from a worker that has
+    PyTorch and fedlego imported (``client.worker``), not in processes that import them anew."""
     data = validate_site_folder(data_dir, schema)
     audit_dir = writable_folder(audit_dir or default_audit_dir(data.name), "--audit-dir")
     counts = {role: len(ids) for role, ids in data.roles.items()}
@@ -443,34 +446,41 @@ def serve_site(
     with tempfile.TemporaryDirectory(prefix="fedlego-site-") as temporary:
         flwr_home = Path(home).resolve() if home is not None else Path(temporary)
         flwr_home.mkdir(parents=True, exist_ok=True)
-        quick_ends = 0
-        while True:
-            environment = {
-                **quiet_environment(flwr_home),
-                "OMP_NUM_THREADS": str(threads),
-                "MKL_NUM_THREADS": str(threads),
-            }
-            started = time.monotonic()
-            code = _foreground(command, environment)
-            if code == INTERRUPTED_EXIT:  # stopped by Ctrl-C or SIGTERM: a wanted end
-                return code
-            quick_ends = quick_ends + 1 if time.monotonic() - started < SITE_STABLE_SECONDS else 1
-            if code == NODE_REFUSED:
-                reason = (
-                    f"fedlego site: the SuperLink refused or could not be reached (flower-supernode exit code "
-                    f"{code}); is this site's node-auth.pub registered at the SuperLink?"
-                )
-            else:  # e.g. the SuperLink restarted and no longer knows this node: connect anew
-                reason = f"fedlego site: the SuperNode ended by itself (exit code {code}; the SuperLink restarted?)"
-            if quick_ends >= SITE_RETRIES or (code == NODE_REFUSED and site_certs is None):
-                print(f"{reason} Giving up after {quick_ends} attempts.", file=sys.stderr, flush=True)
-                return code
-            print(
-                f"{reason} Reconnecting in {SITE_RETRY_SECONDS:.0f} s ({quick_ends}/{SITE_RETRIES}).",
-                file=sys.stderr,
-                flush=True,
+        environment = {
+            **quiet_environment(flwr_home),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+        with site_worker(environment, warm_worker) as reach_worker:
+            return _supernode_until_stopped(command, {**environment, **reach_worker}, site_certs is not None)
+
+
+def _supernode_until_stopped(command: list[str], environment: Mapping[str, str], secure: bool) -> int:
+    """Run the SuperNode in the foreground, starting it again when it ends by itself (see
+    :func:`serve_site`); its exit code once stopped or given up."""
+    quick_ends = 0
+    while True:
+        started = time.monotonic()
+        code = _foreground(command, environment)
+        if code == INTERRUPTED_EXIT:  # stopped by Ctrl-C or SIGTERM: a wanted end
+            return code
+        quick_ends = quick_ends + 1 if time.monotonic() - started < SITE_STABLE_SECONDS else 1
+        if code == NODE_REFUSED:
+            reason = (
+                f"fedlego site: the SuperLink refused or could not be reached (flower-supernode exit code "
+                f"{code}); is this site's node-auth.pub registered at the SuperLink?"
             )
-            time.sleep(SITE_RETRY_SECONDS)
+        else:  # e.g. the SuperLink restarted and no longer knows this node: connect anew
+            reason = f"fedlego site: the SuperNode ended by itself (exit code {code}; the SuperLink restarted?)"
+        if quick_ends >= SITE_RETRIES or (code == NODE_REFUSED and not secure):
+            print(f"{reason} Giving up after {quick_ends} attempts.", file=sys.stderr, flush=True)
+            return code
+        print(
+            f"{reason} Reconnecting in {SITE_RETRY_SECONDS:.0f} s ({quick_ends}/{SITE_RETRIES}).",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(SITE_RETRY_SECONDS)
 
 
 # --------------------------------------------------------------------------- background (tests, demos)
@@ -697,6 +707,7 @@ def cmd_site(args: argparse.Namespace) -> int:
         args.audit_dir,
         args.schema,
         args.min_cell,
+        args.warm_worker,
     )
 
 
