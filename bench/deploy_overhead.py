@@ -59,6 +59,7 @@ def deployed(root: Path, index: int, warm: bool) -> tuple[dict, Path]:
     folder = root / f"deployed-{'warm' if warm else 'fresh'}-{index}"
     options = () if warm else ("--no-warm-worker",)
     with deployment(folder, SETTINGS, options) as parties:
+        parties.wait_for_sites()
         out = folder / "run"
         started = time.perf_counter()
         code = parties.start_run(out).wait(timeout=900)

@@ -83,7 +83,7 @@ def name_encoder(folders: list[Path], weights: Path, features: int, width: int, 
 
 
 def run_variant(folders: list[Path], settings: dict[str, Any]) -> dict[str, Any]:
-    from fedlego.client import handlers as app
+    from fedlego.client import app
 
     app._SITES.clear()  # the site folders changed between variants
     config = {"site-folders": ",".join(str(f) for f in folders), **settings}

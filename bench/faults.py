@@ -144,6 +144,11 @@ class Deployment:
                 home,
             )  # fmt: skip
 
+    def wait_for_sites(self, timeout: float = 180) -> None:
+        """Until every site's SuperNode has connected (as a consortium's sites are before a run)."""
+        logs = [self.logs / f"site-{name}.log" for name in SITES]
+        _wait_for(lambda: all("SuperNode ID" in _text(log) for log in logs), timeout, "every site to connect")
+
     def start_run(self, out: Path, attempt: int = 0) -> subprocess.Popen:
         args = ["run", "--superlink", f"127.0.0.1:{self.port}", "--certs", str(self.certs), "--out", str(out)]
         return self._start(

@@ -1,24 +1,31 @@
-"""A site's warm worker: PyTorch and fedlego imported once per ``fedlego site``, one forked child
-per message.
+"""A site's warm worker: Flower's ``flwr-clientapp`` run in a child forked from a process that has
+imported Flower, PyTorch and fedlego once, instead of a new process importing them per message.
 
-Flower runs every message to a deployed site in a fresh ClientApp process, which would import
-PyTorch, pandas and fedlego again: 2-3 s of CPU per message on a small machine, more when a
-machine's sites start theirs at once. ``fedlego site`` starts this worker next to its SuperNode
-and names its socket in ``FEDLEGO_SITE_WORKER``; the ClientApp process (``client.app``) then
-only forwards the message here (``forward``) and hands the reply back to Flower.
+Flower's SuperExec (started by the SuperNode) launches ``flwr-clientapp --token ...`` for every
+message to a site; the process imports Flower, PyTorch, pandas and fedlego before it can start:
+2-4 s of CPU per message on a small machine, more when a machine's sites start theirs at once.
+``fedlego site`` starts this worker next to its SuperNode and puts a launcher named
+``flwr-clientapp`` first on the SuperNode's PATH, in the worker's private folder. The launcher
+(plain Python, no imports beyond the standard library) hands its arguments to the worker over a
+Unix socket; the worker forks a child that runs Flower's own ``flwr-clientapp`` entry point with
+them (it pulls the message with the token, runs the fedlego ClientApp, pushes the reply), and the
+launcher exits with the child's exit code. When the worker cannot be reached the launcher runs
+Flower's ``flwr-clientapp`` itself.
 
 Isolation stays that of a fresh process: the worker holds imports and nothing else (it never
-reads data or handles a message itself), and each message runs in a child forked from it that
-exits once its reply is sent, or as soon as the ClientApp process waiting for it goes away (a run
-stopped by the coordinator). The socket lies in a folder only the site's user can open.
+reads data or handles a message itself); each message runs in its own child, which exits when
+done, or as soon as its launcher goes away (a task stopped by Flower). The folder holding the
+socket and the launcher is only the site's user's (0700).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pkgutil
+import shutil
 import signal
 import socket
 import struct
@@ -26,41 +33,66 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from flwr.app import Context, Message
-from flwr.common.serde import (
-    context_from_proto,
-    context_to_proto,
-    message_from_proto,
-    message_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
-from flwr.proto.message_pb2 import Context as ProtoContext
-from flwr.proto.message_pb2 import Message as ProtoMessage
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-
-WORKER_ENV = "FEDLEGO_SITE_WORKER"
-"""The environment variable naming the worker's socket for the site's ClientApp processes."""
 SOCKET_NAME = "worker.sock"
-HANDLERS = "fedlego.client.handlers:site_app"
-"""The ClientApp the worker runs: fedlego's handlers."""
+LAUNCHER_NAME = "flwr-clientapp"
+POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+"""Flower's SuperExec asks its SuperNode for a new message every second by default; a warm site
+starts a message in a fraction of that, so it asks five times a second (on loopback)."""
+READY_SECONDS = 120.0
+"""How long ``fedlego site`` waits for its worker's imports before connecting without it."""
 _LENGTH = struct.Struct(">Q")
-_REPLY, _ERROR = b"reply", b"error"
+_EXIT = struct.Struct(">q")
 _ACCEPT_SECONDS = 1.0
 """How often the worker looks up from waiting to see whether ``fedlego site`` is still there."""
 
+LAZY_IMPORTS = (
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "sksurv.exceptions",
+    "sksurv.metrics",
+    "sksurv.nonparametric",
+    "opacus",
+    "opacus.accountants",
+    "opacus.accountants.utils",
+    "pyarrow.pandas_compat",
+    "torch._dynamo",
+)
+"""Libraries fedlego imports only where it uses them (the CLI stays quick); the worker imports
+them up front, or every message would import them again (``tests/test_worker.py`` checks that a
+federation imports next to nothing after ``warm_up``)."""
 
-class WorkerUnavailable(RuntimeError):
-    """The worker's socket cannot be reached: nothing was sent, the message can run elsewhere."""
+LAUNCHER = '''#!{python} -S
+"""flwr-clientapp for `fedlego site`: hands its arguments to the site's warm worker
+(fedlego.client.worker); Flower's own flwr-clientapp when the worker cannot be reached."""
+import json
+import os
+import socket
+import struct
+import sys
 
-
-class SiteWorkerError(RuntimeError):
-    """The message failed in the worker's child (its handler raised, or the child died)."""
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    connection.connect({socket_path!r})
+except OSError as error:
+    print(f"fedlego: the site worker cannot be reached ({{error}}); running flwr-clientapp", file=sys.stderr)
+    os.execv({flower!r}, [{flower!r}, *sys.argv[1:]])
+request = json.dumps(sys.argv[1:]).encode()
+connection.sendall(struct.pack(">Q", len(request)) + request)
+status = b""
+while len(status) < 8:
+    chunk = connection.recv(8 - len(status))
+    if not chunk:
+        print("fedlego: the site worker's child ended without an exit code", file=sys.stderr)
+        sys.exit(1)
+    status += chunk
+sys.exit(struct.unpack(">q", status)[0])
+'''
 
 
 def send_frame(connection: socket.socket, data: bytes) -> None:
@@ -85,44 +117,40 @@ def receive_frame(connection: socket.socket) -> bytes:
     return _read_exactly(connection, size)
 
 
-# --------------------------------------------------------------------------- the ClientApp's side
+def warm_up() -> None:
+    """Import what running a message needs, once: Flower's ``flwr-clientapp``, every fedlego
+    module, the libraries in ``LAZY_IMPORTS`` and the installed encoder and modality-kind plugins
+    (installing or upgrading fedlego or a plugin therefore needs ``fedlego site`` restarted)."""
+    import fedlego
+    from fedlego.common.data.kinds import kind_names
+    from fedlego.common.encoders import load_plugins
+
+    importlib.import_module("flwr.supernode.cli.flwr_clientapp")
+    for module in pkgutil.walk_packages(fedlego.__path__, prefix="fedlego."):
+        if module.name.startswith(("fedlego.common", "fedlego.client")):
+            importlib.import_module(module.name)
+    for name in LAZY_IMPORTS:
+        with suppress(ImportError):
+            importlib.import_module(name)
+    load_plugins()
+    kind_names()
 
 
-def forward(socket_path: str, message: Message, context: Context) -> Message:
-    """Run ``message`` in the worker at ``socket_path``; ``context.state`` takes the child's.
+def run_clientapp(arguments: list[str]) -> int:
+    """Flower's ``flwr-clientapp`` entry point with ``arguments``, in this process; its exit code."""
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-    WorkerUnavailable when the worker cannot be reached (nothing was sent); SiteWorkerError when
-    the handler failed or the child died after the message was sent."""
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sys.argv = [LAUNCHER_NAME, *arguments]
     try:
-        connection.connect(socket_path)
-    except OSError as error:
-        connection.close()
-        raise WorkerUnavailable(f"the site worker at {socket_path} cannot be reached ({error})") from None
-    with connection:
-        send_frame(connection, message_to_proto(message).SerializeToString())
-        send_frame(connection, context_to_proto(context).SerializeToString())
-        try:
-            status = receive_frame(connection)
-            if status == _ERROR:
-                raise SiteWorkerError(receive_frame(connection).decode("utf-8", "replace"))
-            content = recorddict_from_proto(ProtoRecordDict.FromString(receive_frame(connection)))
-            state = recorddict_from_proto(ProtoRecordDict.FromString(receive_frame(connection)))
-        except EOFError:
-            raise SiteWorkerError(
-                "the site worker's process for this message ended without a reply (killed, or out of memory?); "
-                "its log is fedlego site's output"
-            ) from None
-    context.state = state
-    return Message(content=content, reply_to=message)
-
-
-# --------------------------------------------------------------------------- the worker's side
+        flwr_clientapp()
+    except SystemExit as end:
+        return end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    return 0
 
 
 def _exit_when_abandoned(connection: socket.socket) -> None:
-    """End this child once the ClientApp process waiting for it has gone (it sends nothing more, so
-    the connection reads empty only then)."""
+    """End this child once its launcher has gone (it sends nothing more, so the connection reads
+    empty only then)."""
 
     def watch() -> None:
         with suppress(OSError):
@@ -132,33 +160,20 @@ def _exit_when_abandoned(connection: socket.socket) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def handle(connection: socket.socket, site_app) -> int:
-    """The child's work: read one message and its context, run ``site_app`` on them, send back the
-    reply's content and the context's state (or the error); the exit code."""
-    message = message_from_proto(ProtoMessage.FromString(receive_frame(connection)))
-    context = context_from_proto(ProtoContext.FromString(receive_frame(connection)))
-    _exit_when_abandoned(connection)
-    try:
-        reply = site_app(message, context)
-    except Exception as error:  # the handler's failure is the reply, as in Flower's ClientApp process
-        traceback.print_exc()
-        send_frame(connection, _ERROR)
-        send_frame(connection, f"{type(error).__name__}: {error}".encode())
-        return 1
-    send_frame(connection, _REPLY)
-    send_frame(connection, recorddict_to_proto(reply.content).SerializeToString())
-    send_frame(connection, recorddict_to_proto(context.state).SerializeToString())
-    return 0
-
-
-def _child(connection: socket.socket, listener: socket.socket, site_app) -> None:
-    """In a forked child: handle one connection, then exit without running the worker's clean-up."""
+def _child(connection: socket.socket, listener: socket.socket, run: Callable[[list[str]], int]) -> None:
+    """In a forked child: run one launcher's request, send the exit code, exit (never returning
+    into the worker's loop or running its clean-up)."""
     code = 1
     try:
         listener.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        code = handle(connection, site_app)
-    except BaseException:  # a child never returns into the worker's loop
+        arguments = json.loads(receive_frame(connection))
+        if not (isinstance(arguments, list) and all(isinstance(a, str) for a in arguments)):
+            raise ValueError("the launcher sent no argument list")
+        _exit_when_abandoned(connection)
+        code = run(arguments)
+        connection.sendall(_EXIT.pack(code))
+    except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
@@ -176,56 +191,13 @@ def _reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-LAZY_IMPORTS = (
-    "sklearn.model_selection",
-    "sklearn.metrics",
-    "sksurv.exceptions",
-    "sksurv.metrics",
-    "sksurv.nonparametric",
-    "opacus",
-    "opacus.accountants",
-    "opacus.accountants.utils",
-    "pyarrow.pandas_compat",
-    "torch._dynamo",
-)
-"""Libraries fedlego imports only where it uses them (the CLI stays quick); the worker imports
-them up front, or every message would import them again (``tests/test_worker.py`` checks that a
-federation imports nothing more after ``warm_up``)."""
-
-
-def load_app(reference: str):
-    """The ClientApp at ``module:attribute``, imported."""
-    module, _, attribute = reference.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def warm_up(app_reference: str = HANDLERS):
-    """Import what handling messages needs, once: the ClientApp, every fedlego module, the
-    libraries in ``LAZY_IMPORTS`` and the installed encoder and modality-kind plugins (installing or
-    upgrading fedlego or a plugin therefore needs ``fedlego site`` restarted). Returns the app."""
-    import fedlego
-    from fedlego.common.data.kinds import kind_names
-    from fedlego.common.encoders import load_plugins
-
-    site_app = load_app(app_reference)
-    for module in pkgutil.walk_packages(fedlego.__path__, prefix="fedlego."):
-        if module.name.startswith(("fedlego.common", "fedlego.client")):
-            importlib.import_module(module.name)
-    for name in LAZY_IMPORTS:
-        with suppress(ImportError):
-            importlib.import_module(name)
-    load_plugins()
-    kind_names()
-    return site_app
-
-
-def serve(folder: Path, parent_pid: int, app_reference: str = HANDLERS) -> int:
+def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] = run_clientapp) -> int:
     """Listen on ``folder/worker.sock`` until the process ``parent_pid`` (``fedlego site``) ends or
-    this one is terminated; fork a child per connection to run the ClientApp ``app_reference``
-    (imported once, here). ``folder`` must exist with mode 0700."""
-    site_app = warm_up(app_reference)
+    this one is terminated; fork a child per launcher that runs ``run`` on its arguments.
+    ``folder`` must exist with mode 0700."""
     if folder.stat().st_mode & 0o077:
         raise SystemExit(f"fedlego site worker: {folder} must be private to its user (mode 0700)")
+    warm_up()
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -247,7 +219,7 @@ def serve(folder: Path, parent_pid: int, app_reference: str = HANDLERS) -> int:
             connection.settimeout(None)
             pid = os.fork()
             if pid == 0:
-                _child(connection, listener, site_app)
+                _child(connection, listener, run)
             connection.close()
             children.add(pid)
     finally:
@@ -259,21 +231,42 @@ def serve(folder: Path, parent_pid: int, app_reference: str = HANDLERS) -> int:
     return 0
 
 
+def write_launcher(folder: Path, flower_clientapp: str) -> Path:
+    """The ``flwr-clientapp`` launcher in ``folder/bin`` (for the worker's socket in ``folder``)."""
+    bin_folder = folder / "bin"
+    bin_folder.mkdir(mode=0o700, exist_ok=True)
+    launcher = bin_folder / LAUNCHER_NAME
+    launcher.write_text(
+        LAUNCHER.format(python=sys.executable, socket_path=str(folder / SOCKET_NAME), flower=flower_clientapp)
+    )
+    launcher.chmod(0o700)
+    return launcher
+
+
 @contextmanager
 def site_worker(
-    environment: Mapping[str, str], enabled: bool = True, app_reference: str = HANDLERS
+    environment: Mapping[str, str], enabled: bool = True, run: str | None = None
 ) -> Iterator[dict[str, str]]:
     """A warm worker for this process's site (``fedlego site``), stopped after: yields what the
-    SuperNode's environment needs to reach it (nothing when not ``enabled``)."""
+    SuperNode's environment needs to use it (nothing when not ``enabled``), once it is ready or
+    ``READY_SECONDS`` have passed. ``run`` (``module:function``) replaces Flower's
+    ``flwr-clientapp`` (tests)."""
     if not enabled:
         yield {}
         return
-    with tempfile.TemporaryDirectory(prefix="fedlego-worker-") as folder:  # mode 0700
-        command = [sys.executable, "-m", "fedlego.client.worker", "--folder", folder, "--parent-pid", str(os.getpid())]
-        command += ["--app", app_reference]
-        process = subprocess.Popen(command, env=dict(environment))
+    flower = shutil.which(LAUNCHER_NAME, path=environment.get("PATH")) or LAUNCHER_NAME
+    with tempfile.TemporaryDirectory(prefix="fedlego-worker-") as temporary:  # mode 0700
+        folder = Path(temporary)
+        launcher = write_launcher(folder, flower)
+        command = [sys.executable, "-m", "fedlego.client.worker", "--folder", str(folder)]
+        command += ["--run", run] if run else []
+        process = subprocess.Popen([*command, "--parent-pid", str(os.getpid())], env=dict(environment))
+        deadline = time.monotonic() + READY_SECONDS
+        while not (folder / SOCKET_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # messages before it is ready would each import everything anew
         try:
-            yield {WORKER_ENV: str(Path(folder) / SOCKET_NAME)}
+            path = f"{launcher.parent}{os.pathsep}{environment.get('PATH', '')}"
+            yield {"PATH": path, **POLL_ENV}
         finally:
             process.terminate()
             try:
@@ -288,9 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="private folder (0700) for the socket")
     parser.add_argument("--parent-pid", type=int, required=True, help="exit when this process has ended")
-    parser.add_argument("--app", default=HANDLERS, help=f"the ClientApp as module:attribute (default {HANDLERS})")
+    parser.add_argument("--run", help="module:function run per launcher instead of Flower's flwr-clientapp (tests)")
     args = parser.parse_args(argv)
-    return serve(args.folder, args.parent_pid, args.app)
+    if args.run is None:
+        return serve(args.folder, args.parent_pid)
+    module, _, function = args.run.partition(":")
+    return serve(args.folder, args.parent_pid, getattr(importlib.import_module(module), function))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedlego.certs import make_consortium
 from fedlego.cli import main
-from fedlego.client.handlers import received
+from fedlego.client.app import received
 from fedlego.common.audit_head import AuditHead, check_copy, copy_path, read_copy
 from fedlego.common.protocol import DescribeRequest, ProtocolError
 from fedlego.common.signing import generate_signing_key, load_public_key

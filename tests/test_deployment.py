@@ -401,6 +401,8 @@ def test_secure_federation_survives_a_site_killed_mid_fuse(tmp_path, consortium)
     # Everything else went through TLS, SuperNode authentication and signature checks.
     assert results["signatures"] == {"required": True, "models_signed": True}
     assert sorted(results["sites"]) == sorted(ALL_SITES) and results["refused"] == []
+    # Every message ran in a child of its site's warm worker: none had to start flwr-clientapp anew.
+    assert "site worker cannot be reached" not in details
     assert "root-certificates" in (out / ".flower" / "home" / "config.toml").read_text()
     for name in ("merged.pb", "fused.pb"):
         package = parse_model_package((out / "packages" / name).read_bytes(), name)

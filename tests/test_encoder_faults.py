@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedlego.cli import main
-from fedlego.client import handlers as client_app
+from fedlego.client import app as client_app
 from fedlego.common.config import RunConfig
 from fedlego.common.encoders import build_encoder, encoder_parameter_count, register_encoder
 from fedlego.inprocess import InProcessTransport

@@ -1,12 +1,14 @@
-"""A site's warm worker (``client.worker``): a federation through it equals one in process, every
-message runs in a fresh forked child (nothing carried over from earlier messages), the context's
-state travels back, and a failing, dying, abandoned or unreachable handler ends in a clear error."""
+"""A site's warm worker (``client.worker``): every launch runs in a fresh forked child (nothing
+carried over from earlier messages), the launcher exits with its exit code, an abandoned child
+ends, an unreachable worker falls back to Flower's own flwr-clientapp, the worker leaves with the
+process that started it, and after its warm-up a federation imports next to nothing.
+(``tests/test_deployment.py`` runs real sites through it.)"""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,185 +16,141 @@ import time
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.common.serde import context_to_proto, message_to_proto
 
-from fedlego.client.worker import (
-    SOCKET_NAME,
-    WORKER_ENV,
-    SiteWorkerError,
-    WorkerUnavailable,
-    forward,
-    send_frame,
-    site_worker,
-)
-from fedlego.common.protocol import DescribeRequest, MessageType
-from fedlego.inprocess import InProcessTransport
+from fedlego.client.worker import LAUNCHER_NAME, SOCKET_NAME, site_worker, write_launcher
 from fedlego.launcher import quiet_environment
-from tests.test_federation import SMALL, run
 
-PROBE_APP = """
+PROBE = '''
+import json
 import os
 import time
 
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.clientapp import ClientApp
-
-app = ClientApp()
 CALLS = []
 
 
-@app.query("probe")
-def probe(message, context):
+def run(arguments):
+    """Write what this child saw to arguments[0], then act on arguments[1]."""
     CALLS.append(1)
-    action = message.content["do"]["what"]
+    out, action = arguments
+    with open(out, "w") as handle:
+        json.dump({"pid": os.getpid(), "calls": len(CALLS)}, handle)
     if action == "raise":
         raise ValueError("bad value in column age")
     if action == "die":
-        os._exit(3)
+        os._exit(9)
     if action == "sleep":
-        open(os.environ["PROBE_MARK"], "w").write(str(os.getpid()))
         time.sleep(60)
-    seen = int(context.state["seen"]["count"]) + 1 if "seen" in context.state else 1
-    context.state["seen"] = ConfigRecord({"count": seen})
-    return Message(RecordDict({"probe": ConfigRecord({"pid": os.getpid(), "calls": len(CALLS)})}), reply_to=message)
-"""
+    return int(action)
+'''
 
 
-def _wait_for_socket(path: Path, timeout: float = 60) -> None:
+def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"no worker socket at {path} after {timeout:.0f} s"
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
         time.sleep(0.1)
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture(scope="module")
-def probe_worker(tmp_path_factory):
-    """A worker running the probe app; yields its socket path."""
-    folder = tmp_path_factory.mktemp("probe-app")
-    (folder / "probe_app.py").write_text(textwrap.dedent(PROBE_APP))
-    environment = {**quiet_environment(folder / "home"), "PYTHONPATH": str(folder), "PROBE_MARK": str(folder / "pid")}
-    with site_worker(environment, app_reference="probe_app:app") as reach:
-        path = Path(reach[WORKER_ENV])
-        _wait_for_socket(path)
-        yield path, folder / "pid"
+def worker(tmp_path_factory):
+    """A warm worker running the probe per launch; yields the SuperNode's environment for it."""
+    folder = tmp_path_factory.mktemp("probe")
+    (folder / "probe.py").write_text(textwrap.dedent(PROBE))
+    environment = {**quiet_environment(folder / "home"), "PYTHONPATH": str(folder)}
+    with site_worker(environment, run="probe:run") as additions:
+        yield {**environment, **additions}
 
 
-def _probe(what: str) -> tuple[Message, Context]:
-    message = Message(RecordDict({"do": ConfigRecord({"what": what})}), dst_node_id=7, message_type="query.probe")
-    return message, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+def _launch(environment: dict, *arguments: str, **options) -> subprocess.CompletedProcess:
+    """``flwr-clientapp ARGS`` as Flower's SuperExec starts it: found on the SuperNode's PATH."""
+    return subprocess.run(
+        [LAUNCHER_NAME, *arguments], env=environment, capture_output=True, text=True, timeout=60, **options
+    )
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Flower's runtime names the running task; these tests play the runtime."""
-    InProcessTransport({}, 0)
+def test_the_launcher_is_found_first_and_the_superexec_polls_quickly(worker):
+    launcher = Path(worker["PATH"].split(os.pathsep)[0]) / LAUNCHER_NAME
+    assert launcher.is_file() and launcher.stat().st_mode & 0o077 == 0
+    assert launcher.parent.parent.stat().st_mode & 0o077 == 0  # the socket's folder is the user's only
+    assert float(worker["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) < 1.0
 
 
-def test_each_message_runs_in_a_fresh_child_and_the_state_comes_back(probe_worker):
-    path, _ = probe_worker
-    message, context = _probe("ok")
-    first = forward(str(path), message, context)
-    second = forward(str(path), message, context)
-    pids = {int(first.content["probe"]["pid"]), int(second.content["probe"]["pid"])}
-    assert len(pids) == 2 and os.getpid() not in pids
-    assert first.content["probe"]["calls"] == second.content["probe"]["calls"] == 1  # no module state carried over
-    assert context.state["seen"]["count"] == 2  # the node's state does travel, as Flower keeps it
-    assert first.metadata.reply_to_message_id == message.metadata.message_id
+def test_each_launch_runs_in_a_fresh_child_with_its_exit_code(worker, tmp_path):
+    seen = []
+    for index, code in enumerate(("0", "3")):
+        out = tmp_path / f"{index}.json"
+        assert _launch(worker, str(out), code).returncode == int(code)
+        seen.append(json.loads(out.read_text()))
+    assert seen[0]["pid"] != seen[1]["pid"] and os.getpid() not in {s["pid"] for s in seen}
+    assert [s["calls"] for s in seen] == [1, 1]  # no module state carried over from the last message
 
 
-def test_a_failing_or_dying_handler_is_a_clear_error(probe_worker):
-    path, _ = probe_worker
-    with pytest.raises(SiteWorkerError, match="ValueError: bad value in column age"):
-        forward(str(path), *_probe("raise"))
-    with pytest.raises(SiteWorkerError, match="ended without a reply"):
-        forward(str(path), *_probe("die"))
-    assert forward(str(path), *_probe("ok")).content["probe"]["calls"] == 1  # the worker goes on
+def test_a_failing_or_dying_child_fails_its_launcher_only(worker, tmp_path):
+    raised = _launch(worker, str(tmp_path / "a.json"), "raise")
+    assert raised.returncode == 1
+    died = _launch(worker, str(tmp_path / "b.json"), "die")
+    assert died.returncode == 1 and "ended without an exit code" in died.stderr
+    assert _launch(worker, str(tmp_path / "c.json"), "0").returncode == 0  # the worker goes on
 
 
-def test_a_child_whose_clientapp_went_away_ends(probe_worker):
-    path, mark = probe_worker
-    mark.unlink(missing_ok=True)
-    message, context = _probe("sleep")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(str(path))
-        send_frame(connection, message_to_proto(message).SerializeToString())
-        send_frame(connection, context_to_proto(context).SerializeToString())
-        _wait_for_socket(mark, 30)
-        time.sleep(0.2)
-        child = int(mark.read_text())
-        assert _alive(child)
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "the abandoned child still runs"
-        time.sleep(0.1)
+def test_a_child_whose_launcher_went_away_ends(worker, tmp_path):
+    out = tmp_path / "sleep.json"
+    launcher = subprocess.Popen([LAUNCHER_NAME, str(out), "sleep"], env=worker)
+    _wait_for(out.exists, 30, "the child to start")
+    time.sleep(0.2)
+    child = json.loads(out.read_text())["pid"]
+    assert _alive(child)
+    launcher.kill()
+    launcher.wait()
+    _wait_for(lambda: not _alive(child), 10, "the abandoned child to end")
 
 
-def test_an_unreachable_worker_is_named_and_the_clientapp_runs_the_message_itself(tmp_path, monkeypatch):
-    missing = tmp_path / SOCKET_NAME
-    with pytest.raises(WorkerUnavailable, match=str(missing)):
-        forward(str(missing), *_probe("ok"))
-    monkeypatch.setenv(WORKER_ENV, str(missing))
-    transport = InProcessTransport({**SMALL}, 2)
-    replies = transport.exchange(MessageType.DESCRIBE.value, {1000: DescribeRequest().to_payload()}, timeout=30)
-    assert replies[1000].error is None and replies[1000].payload is not None
-
-
-def test_a_federation_through_the_worker_equals_one_in_process(tmp_path, monkeypatch):
-    in_process, _ = run(SMALL)
-    with site_worker(quiet_environment(tmp_path / "home")) as reach:
-        _wait_for_socket(Path(reach[WORKER_ENV]))
-        monkeypatch.setenv(WORKER_ENV, reach[WORKER_ENV])
-        through_worker, _ = run(SMALL)
-    assert through_worker["status"] == in_process["status"] == "completed"
-    assert through_worker["metrics"] == in_process["metrics"]
-    assert through_worker["failures"] == in_process["failures"] == []
+def test_without_the_worker_the_launcher_runs_flowers_own(tmp_path):
+    flower = tmp_path / "flower-clientapp"
+    flower.write_text(f'#!/bin/sh\necho flower got "$@" > {tmp_path / "ran"}\n')
+    flower.chmod(0o700)
+    folder = tmp_path / "worker"
+    folder.mkdir(mode=0o700)
+    launcher = write_launcher(folder, str(flower))  # no worker listens on folder/worker.sock
+    assert not (folder / SOCKET_NAME).exists()
+    result = subprocess.run([str(launcher), "--token", "abc"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "site worker cannot be reached" in result.stderr
+    assert (tmp_path / "ran").read_text().strip() == "flower got --token abc"
 
 
 def test_the_worker_leaves_with_the_process_that_started_it(tmp_path):
-    script = tmp_path / "starter.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, sys, time
-            from fedlego.client.worker import site_worker
-            from fedlego.launcher import quiet_environment
-            with site_worker(quiet_environment({str(tmp_path / "home")!r})) as reach:
-                print(reach["{WORKER_ENV}"], flush=True)
-                time.sleep(30)
-            """
-        )
+    script = textwrap.dedent(
+        f"""
+        import time
+        from fedlego.client.worker import site_worker
+        from fedlego.launcher import quiet_environment
+        with site_worker(quiet_environment({str(tmp_path / "home")!r})) as additions:
+            print(additions["PATH"].split(":")[0], flush=True)
+            time.sleep(60)
+        """
     )
-    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    path = Path(starter.stdout.readline().strip())
-    _wait_for_socket(path)
-    worker_pids = [pid for pid in _pids_mentioning(str(path.parent)) if pid != starter.pid]
-    assert worker_pids
+    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    socket_path = Path(starter.stdout.readline().strip()).parent / SOCKET_NAME
+    assert socket_path.exists()
+    workers = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(socket_path.parent).encode() in (entry / "cmdline").read_bytes():
+                workers.append(int(entry.name))
+        except OSError:
+            continue
+    assert workers
     starter.kill()  # no clean-up: the worker must notice by itself
     starter.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in worker_pids):
-        assert time.monotonic() < deadline, "the worker outlived the process that started it"
-        time.sleep(0.1)
+    _wait_for(lambda: not any(_alive(pid) for pid in workers), 10, "the worker to leave")
 
 
 def test_after_the_warm_up_a_federation_imports_next_to_nothing():
