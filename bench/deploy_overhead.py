@@ -35,11 +35,17 @@ SETTINGS = [f"min-sites={len(SITES)}", "wait-timeout=180", "phase-timeout=300"]
 VARIANTS = ("simulated", "deployed, warm worker", "deployed, fresh process per message")
 
 
-def _phases(out: Path) -> dict[str, float]:
+def _record(out: Path, seconds: float) -> dict:
+    """The command's wall time, each phase's seconds and the rounds of the round phases."""
     results = json.loads((out / "results.json").read_text())
     if results.get("status") != "completed":
         raise RuntimeError(f"{out}: run ended {results.get('status')!r}: {results.get('failures')}")
-    return {name: round(phase["seconds"], 2) for name, phase in results["phases"].items()}
+    rounds = {
+        name.replace("block:", "block-fedavg:"): len(series["validation_loss"])
+        for name, series in results["rounds"].items()
+    }
+    phases = {name: round(phase["seconds"], 2) for name, phase in results["phases"].items()}
+    return {"wall_seconds": round(seconds, 1), "phases": phases, "rounds": rounds}
 
 
 def simulated(root: Path, sites: Path, index: int) -> dict:
@@ -52,7 +58,7 @@ def simulated(root: Path, sites: Path, index: int) -> dict:
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    return {"wall_seconds": round(seconds, 1), "phases": _phases(out)}
+    return _record(out, seconds)
 
 
 def deployed(root: Path, index: int, warm: bool) -> tuple[dict, Path]:
@@ -66,7 +72,7 @@ def deployed(root: Path, index: int, warm: bool) -> tuple[dict, Path]:
         seconds = time.perf_counter() - started
         if code != 0:
             raise RuntimeError(f"fedlego run exited {code}: {(parties.logs / 'run-0.log').read_text()[-2000:]}")
-        record = {"wall_seconds": round(seconds, 1), "phases": _phases(out)}
+        record = _record(out, seconds)
     return record, parties.sites
 
 
@@ -79,6 +85,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         medians[variant] = {
             "wall_seconds": statistics.median(r["wall_seconds"] for r in records),
             "phases": {p: statistics.median(r["phases"].get(p, 0.0) for r in records) for p in phases},
+            "rounds": {p: statistics.median(r["rounds"][p] for r in records) for p in records[0]["rounds"]},
         }
     base = medians["simulated"]
     for variant in VARIANTS[1:]:
@@ -102,8 +109,12 @@ def write_page(record: dict, out: Path) -> None:
         header,
         "|---|" + "---:|" * len(VARIANTS),
     ]
+    def cell(variant: str, phase: str) -> str:
+        seconds, rounds = medians[variant]["phases"].get(phase, 0.0), medians[variant]["rounds"].get(phase)
+        return f"{seconds:.1f}" + (f" ({rounds:g} rounds)" if rounds else "")
+
     for phase in phases:
-        lines.append(f"| {phase} | " + " | ".join(f"{medians[v]['phases'].get(phase, 0):.1f}" for v in VARIANTS) + " |")
+        lines.append(f"| {phase} | " + " | ".join(cell(v, phase) for v in VARIANTS) + " |")
     walls = " | ".join(f"**{medians[v]['wall_seconds']:.1f}**" for v in VARIANTS)
     ratios = " | ".join(f"{medians[v]['ratio_to_simulated']:.2f}" for v in VARIANTS[1:])
     lines += [f"| **whole command** | {walls} |", f"| ratio to simulated | 1.00 | {ratios} |"]
@@ -111,7 +122,8 @@ def write_page(record: dict, out: Path) -> None:
         "",
         "What the deployed figures include that the simulated ones do not: TLS and node authentication on every "
         "message, package signatures, and Flower's polling (a SuperNode with no message waits 3 s before asking "
-        "again; the coordinator asks every 1 s). The whole command also counts start-up: `fedlego simulate` starts "
+        "again, not configurable in flwr 1.42; then it waits for the ClientApp's reply in 0.5 s steps; the "
+        "coordinator asks for replies every 0.25 s). Every round is one such exchange. The whole command also counts start-up: `fedlego simulate` starts "
         "a SuperLink and Ray; `fedlego run` submits to a SuperLink and sites already running.",
         "",
         "Every repeat's figures are in `deploy-overhead.json`.",

@@ -14,8 +14,9 @@ from fedlego.common.protocol import Payload, payload_bytes
 from fedlego.messages import from_records, to_records
 from fedlego.server.transport import Received, Reply, TransportClosed, Waiting
 
-POLL_SECONDS = 1.0
-"""How often the coordinator asks the SuperLink for replies."""
+POLL_SECONDS = 0.25
+"""How often the coordinator asks the SuperLink for replies: a reply waits half of it on average,
+once per exchange (a round), and each ask is one small request to the SuperLink."""
 REFUSED = (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN)
 """What the SuperLink answers once a run is stopped (its task token is revoked)."""
 
