@@ -109,6 +109,7 @@ def write_page(record: dict, out: Path) -> None:
         header,
         "|---|" + "---:|" * len(VARIANTS),
     ]
+
     def cell(variant: str, phase: str) -> str:
         seconds, rounds = medians[variant]["phases"].get(phase, 0.0), medians[variant]["rounds"].get(phase)
         return f"{seconds:.1f}" + (f" ({rounds:g} rounds)" if rounds else "")
@@ -123,8 +124,9 @@ def write_page(record: dict, out: Path) -> None:
         "What the deployed figures include that the simulated ones do not: TLS and node authentication on every "
         "message, package signatures, and Flower's polling (a SuperNode with no message waits 3 s before asking "
         "again, not configurable in flwr 1.42; then it waits for the ClientApp's reply in 0.5 s steps; the "
-        "coordinator asks for replies every 0.25 s). Every round is one such exchange. The whole command also counts start-up: `fedlego simulate` starts "
-        "a SuperLink and Ray; `fedlego run` submits to a SuperLink and sites already running.",
+        "coordinator asks for replies every 0.25 s). Every round is one such exchange. The whole command also "
+        "counts start-up: `fedlego simulate` starts a SuperLink and Ray; `fedlego run` submits to a SuperLink and "
+        "sites already running, and the SuperLink starts the ServerApp.",
         "",
         "Every repeat's figures are in `deploy-overhead.json`.",
         "",
