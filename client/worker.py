@@ -171,8 +171,14 @@ def _child(connection: socket.socket, listener: socket.socket, run: Callable[[li
         if not (isinstance(arguments, list) and all(isinstance(a, str) for a in arguments)):
             raise ValueError("the launcher sent no argument list")
         _exit_when_abandoned(connection)
+        started = time.monotonic()
         code = run(arguments)
         connection.sendall(_EXIT.pack(code))
+        print(
+            f"{time.strftime('%H:%M:%S')} fedlego site worker: a message ran in {time.monotonic() - started:.2f} s "
+            f"(exit code {code})",
+            file=sys.stderr,
+        )
     except BaseException:
         traceback.print_exc()
     finally:
@@ -191,13 +197,16 @@ def _reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] = run_clientapp) -> int:
+def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] | None = None) -> int:
     """Listen on ``folder/worker.sock`` until the process ``parent_pid`` (``fedlego site``) ends or
-    this one is terminated; fork a child per launcher that runs ``run`` on its arguments.
-    ``folder`` must exist with mode 0700."""
+    this one is terminated; fork a child per launcher that runs Flower's ``flwr-clientapp`` (after
+    ``warm_up``) or ``run`` (tests: no warm-up) on its arguments. ``folder`` must exist with mode
+    0700."""
     if folder.stat().st_mode & 0o077:
         raise SystemExit(f"fedlego site worker: {folder} must be private to its user (mode 0700)")
-    warm_up()
+    if run is None:
+        warm_up()
+        run = run_clientapp
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -281,12 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="private folder (0700) for the socket")
     parser.add_argument("--parent-pid", type=int, required=True, help="exit when this process has ended")
-    parser.add_argument("--run", help="module:function run per launcher instead of Flower's flwr-clientapp (tests)")
+    parser.add_argument(
+        "--run", help="module:function run per launcher instead of Flower's flwr-clientapp, without warm-up (tests)"
+    )
     args = parser.parse_args(argv)
-    if args.run is None:
-        return serve(args.folder, args.parent_pid)
-    module, _, function = args.run.partition(":")
-    return serve(args.folder, args.parent_pid, getattr(importlib.import_module(module), function))
+    run = None
+    if args.run is not None:
+        module, _, function = args.run.partition(":")
+        run = getattr(importlib.import_module(module), function)
+    return serve(args.folder, args.parent_pid, run)
 
 
 if __name__ == "__main__":

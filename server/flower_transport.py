@@ -70,8 +70,12 @@ class FlowerTransport:
                 reason = message.error.reason or f"error code {message.error.code}"
                 replies[node] = Reply(node, None, reason, sent.get(node, 0), 0)
             else:
-                payload = from_records(message.content)
-                replies[node] = Reply(node, payload, None, sent.get(node, 0), payload_bytes(payload))
+                try:
+                    payload = from_records(message.content)
+                except ValueError as error:  # ProtocolError: malformed tensors; a site's reply, not our crash
+                    replies[node] = Reply(node, None, f"malformed reply: {error}", sent.get(node, 0), 0)
+                else:
+                    replies[node] = Reply(node, payload, None, sent.get(node, 0), payload_bytes(payload))
             if received is not None:
                 received(replies[node])
 

@@ -132,7 +132,7 @@ def test_the_worker_leaves_with_the_process_that_started_it(tmp_path):
         import time
         from fedlego.client.worker import site_worker
         from fedlego.launcher import quiet_environment
-        with site_worker(quiet_environment({str(tmp_path / "home")!r})) as additions:
+        with site_worker(quiet_environment({str(tmp_path / "home")!r}), run="builtins:len") as additions:
             print(additions["PATH"].split(":")[0], flush=True)
             time.sleep(60)
         """
