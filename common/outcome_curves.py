@@ -7,11 +7,14 @@ What a person reading a report wants to see besides a c-index or an AUC:
   sends, per group and per time interval, the patients at risk at its start and the events in it:
   counts on a time grid derived from the run's (already released, rounded) survival cut points,
   and only while the interval's risk set holds at least ``min_cell`` patients (the curve of a
-  group stops there; its remaining patients count as censored). A group of fewer than ``min_cell``
+  group stops there; its remaining patients count as censored). No count it sends is between 1
+  and ``min_cell - 1``: events and censorings are held back to a later interval until each
+  reaches ``min_cell`` (``_group_counts``). A group of fewer than ``min_cell``
   patients is not sent. Scores, times and the median never leave the site.
 - **binary classification**: ROC counts: for each of a fixed set of probability thresholds, the
   positives and the negatives scored at or above it, sent only when the site holds at least
-  ``min_cell`` patients of each class.
+  ``min_cell`` patients of each class; from one threshold to the next the counts change by 0 or by
+  at least ``min_cell`` (smaller changes are held back to a lower threshold).
 
 The coordinator sums the counts over sites (``pool_curves``); ``kaplan_meier`` turns a pooled group
 into a curve with scikit-survival's estimator (events and censorings counted at the end of their
@@ -55,17 +58,33 @@ def survival_grid(cut_points: Sequence[float]) -> list[float]:
     return [round(g, 10) for g in grid]
 
 
+def _no_small_cell(count: int, min_cell: int) -> bool:
+    return count == 0 or releasable(count, min_cell)
+
+
 def _group_counts(time: np.ndarray, event: np.ndarray, grid: Sequence[float], min_cell: int) -> dict[str, list[int]]:
-    """At risk at each interval's start and events in it, while the risk set is releasable."""
-    at_risk, events, start = [], [], 0.0
+    """At risk at each interval's start and events in it, with no count between 1 and
+    ``min_cell - 1``: the events and censorings of an interval are held back, and reported with a
+    later interval's, each until it is 0 or at least ``min_cell`` (the risk set keeps them
+    meanwhile: the curve takes larger, later steps). Sent while the risk set holds at
+    least ``min_cell`` patients; what is still held back when it stops is never sent."""
+    at_risk, events = [], []
+    remaining = np.ones_like(time, dtype=bool)
+    risk_set, held_events, held_censored = int(remaining.sum()), 0, 0
     for end in grid:
-        risk_set = time > start if at_risk else np.ones_like(time, dtype=bool)
-        n = int(risk_set.sum())
-        if not releasable(n, min_cell):
+        if not releasable(risk_set, min_cell):
             break
-        at_risk.append(n)
-        events.append(int((risk_set & event & (time <= end)).sum()))
-        start = end
+        leaving = remaining & (time <= end)
+        remaining &= ~leaving
+        held_events += int((leaving & event).sum())
+        held_censored += int((leaving & ~event).sum())
+        at_risk.append(risk_set)
+        released_events = held_events if _no_small_cell(held_events, min_cell) else 0
+        released_censored = held_censored if _no_small_cell(held_censored, min_cell) else 0
+        events.append(released_events)
+        risk_set -= released_events + released_censored
+        held_events -= released_events
+        held_censored -= released_censored
     return {"at_risk": at_risk, "events": events}
 
 
@@ -87,17 +106,25 @@ def survival_curve_counts(
 
 
 def roc_counts(scores: np.ndarray, labels: np.ndarray, min_cell: int) -> Curve | None:
-    """Positives and negatives scored at or above each threshold (None: a class under min_cell)."""
+    """Positives and negatives scored at or above each threshold, changing by 0 or at least
+    ``min_cell`` between thresholds (None: a class under min_cell)."""
     scores, positive = np.asarray(scores, float), np.asarray(labels).astype(int) == 1
     if not (releasable(int(positive.sum()), min_cell) and releasable(int((~positive).sum()), min_cell)):
         return None
+    true_positives, false_positives, tp, fp = [], [], 0, 0
+    for threshold in reversed(ROC_THRESHOLDS):  # counts grow as the threshold falls
+        above_tp, above_fp = int((scores[positive] >= threshold).sum()), int((scores[~positive] >= threshold).sum())
+        tp = above_tp if _no_small_cell(above_tp - tp, min_cell) else tp  # else held back to a lower threshold
+        fp = above_fp if _no_small_cell(above_fp - fp, min_cell) else fp
+        true_positives.append(tp)
+        false_positives.append(fp)
     return {
         "kind": "roc",
         "thresholds": list(ROC_THRESHOLDS),
         "positives": int(positive.sum()),
         "negatives": int((~positive).sum()),
-        "true_positives": [int((scores[positive] >= t).sum()) for t in ROC_THRESHOLDS],
-        "false_positives": [int((scores[~positive] >= t).sum()) for t in ROC_THRESHOLDS],
+        "true_positives": true_positives[::-1],
+        "false_positives": false_positives[::-1],
     }
 
 

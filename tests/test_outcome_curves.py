@@ -5,6 +5,7 @@ a site passes or crashes the check."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -84,7 +85,7 @@ def test_pooling_sums_each_sites_counts_and_a_truncated_site_counts_as_censored(
 def test_pooled_roc_points_equal_the_rates_on_all_patients():
     rng = np.random.default_rng(3)
     sites = [(rng.random(n), rng.random(n) < 0.4) for n in (50, 80)]
-    pooled = pool_curves([roc_counts(s, y, min_cell=5) for s, y in sites])
+    pooled = pool_curves([roc_counts(s, y, min_cell=1) for s, y in sites])
     scores = np.concatenate([s for s, _ in sites])
     labels = np.concatenate([y for _, y in sites])
     fpr, tpr = roc_points(pooled)
@@ -92,6 +93,21 @@ def test_pooled_roc_points_equal_the_rates_on_all_patients():
         assert tpr[k + 1] == pytest.approx((scores[labels] >= threshold).mean())
         assert fpr[k + 1] == pytest.approx((scores[~labels] >= threshold).mean())
     assert roc_counts(np.ones(12), np.array([1] * 3 + [0] * 9), min_cell=5) is None  # 3 positives
+
+
+def test_roc_counts_change_by_no_small_cell_and_stay_close():
+    rng = np.random.default_rng(4)
+    labels = rng.random(300) < 0.4
+    scores = np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1)
+    curve = roc_counts(scores, labels, min_cell=10)
+    for key in ("true_positives", "false_positives"):
+        steps = [a - b for a, b in itertools.pairwise([*curve[key], 0])]  # by rising threshold, to none
+        assert all(s == 0 or s >= 10 for s in steps), curve[key]
+    assert curve_problem(curve) is None
+    fpr, tpr = roc_points(curve)
+    exact_fpr, exact_tpr = roc_points(roc_counts(scores, labels, min_cell=1))
+    assert np.max(np.abs(tpr - exact_tpr)) <= 10 / labels.sum() + 1e-9
+    assert np.max(np.abs(fpr - exact_fpr)) <= 10 / (~labels).sum() + 1e-9
 
 
 def test_the_task_picks_the_curve_and_multiclass_has_none():
@@ -183,3 +199,23 @@ def test_a_malformed_curve_in_an_evaluate_reply_costs_only_the_curve():
     back = EvaluateReply.from_payload(reply.to_payload())
     assert set(back.results) == {"merge", "fuse"} and back.curves == {"merge": json.loads(json.dumps(good))}
     assert back.errors["curve:fuse"].startswith("malformed outcome curve: 'grid'")
+
+
+def test_no_released_count_is_a_small_cell_and_the_curve_stays_close():
+    rng = np.random.default_rng(3)
+    n, min_cell = 400, 10
+    time, event = rng.exponential(300, n), rng.random(n) < 0.6
+    curve = survival_curve_counts(np.zeros(n), time, event, CUTS, min_cell=min_cell)
+    counts = curve["groups"]["lower predicted risk"]
+    at_risk, events = counts["at_risk"], counts["events"]
+    drops = [a - b for a, b in itertools.pairwise(at_risk)]
+    censored = [d - e for d, e in zip(drops, events, strict=False)]
+    for values in (events, drops, censored):
+        assert all(v == 0 or v >= min_cell for v in values), values
+    assert curve_problem(curve) is None
+    # the held-back counts move steps later, not the curve's level: close to the raw Kaplan-Meier
+    pooled = pool_curves([curve])
+    at, survival, _, _ = kaplan_meier(pooled["grid"], pooled["groups"]["lower predicted risk"])
+    raw_at, raw_survival = kaplan_meier_estimator(event, time)
+    raw_on_grid = np.interp(at[1:], raw_at, raw_survival)
+    assert np.max(np.abs(survival[1:] - raw_on_grid)) < 0.1
