@@ -403,6 +403,7 @@ def test_loopback_override_puts_every_service_on_distinct_loopback_ports(
         if name in site_services(compose):
             assert not args.insecure and args.keys == Path(option(compose["services"][name]["command"], "--keys"))
             assert args.superlink == f"127.0.0.1:{link.port}" and args.threads == 1, name
+            assert args.min_cell == parse(compose["services"][name]["command"]).min_cell, f"{name}: --min-cell"
             ports.append(args.port)
         else:
             assert not args.insecure and args.certs == Path(option(compose["services"][name]["command"], "--certs"))
@@ -412,6 +413,10 @@ def test_loopback_override_puts_every_service_on_distinct_loopback_ports(
     overrides = set_overrides(run.set)
     deploy._check_settings(overrides)
     assert int(overrides["min-sites"]) == len(site_services(compose))
+    # the same federation as compose.yaml's (only where it waits may differ): the settings drifted once
+    settings = set_overrides(parse(compose["services"]["submit"]["command"]).set)
+    same = {k: v for k, v in settings.items() if k != "wait-timeout"}
+    assert {k: v for k, v in overrides.items() if k != "wait-timeout"} == same, "compose.loopback.yaml's --set"
     assert "127.0.0.1" in deploy._server_names(deployment / "consortium"), "the sites dial 127.0.0.1"
 
 
