@@ -173,12 +173,13 @@ def _child(connection: socket.socket, listener: socket.socket, run: Callable[[li
         _exit_when_abandoned(connection)
         started = time.monotonic()
         code = run(arguments)
-        connection.sendall(_EXIT.pack(code))
-        print(
+        print(  # before the exit code: once the launcher has it, it leaves, and so does this child
             f"{time.strftime('%H:%M:%S')} fedlego site worker: a message ran in {time.monotonic() - started:.2f} s "
             f"(exit code {code})",
             file=sys.stderr,
+            flush=True,
         )
+        connection.sendall(_EXIT.pack(code))
     except BaseException:
         traceback.print_exc()
     finally:
