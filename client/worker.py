@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import pkgutil
+import shlex
 import shutil
 import signal
 import socket
@@ -67,8 +68,7 @@ LAZY_IMPORTS = (
 them up front, or every message would import them again (``tests/test_worker.py`` checks that a
 federation imports next to nothing after ``warm_up``)."""
 
-LAUNCHER = '''#!{python} -S
-"""flwr-clientapp for `fedlego site`: hands its arguments to the site's warm worker
+LAUNCHER = '''"""flwr-clientapp for `fedlego site`: hands its arguments to the site's warm worker
 (fedlego.client.worker); Flower's own flwr-clientapp when the worker cannot be reached."""
 import json
 import os
@@ -242,13 +242,14 @@ def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] | None 
 
 
 def write_launcher(folder: Path, flower_clientapp: str) -> Path:
-    """The ``flwr-clientapp`` launcher in ``folder/bin`` (for the worker's socket in ``folder``)."""
+    """The ``flwr-clientapp`` launcher in ``folder/bin`` (for the worker's socket in ``folder``): a
+    shell script running ``launcher.py`` with this Python (no shebang of a long or spaced path)."""
     bin_folder = folder / "bin"
     bin_folder.mkdir(mode=0o700, exist_ok=True)
+    script = folder / "launcher.py"
+    script.write_text(LAUNCHER.format(socket_path=str(folder / SOCKET_NAME), flower=flower_clientapp))
     launcher = bin_folder / LAUNCHER_NAME
-    launcher.write_text(
-        LAUNCHER.format(python=sys.executable, socket_path=str(folder / SOCKET_NAME), flower=flower_clientapp)
-    )
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(str(script))} "$@"\n')
     launcher.chmod(0o700)
     return launcher
 

@@ -116,7 +116,7 @@ def test_without_the_worker_the_launcher_runs_flowers_own(tmp_path):
     flower = tmp_path / "flower-clientapp"
     flower.write_text(f'#!/bin/sh\necho flower got "$@" > {tmp_path / "ran"}\n')
     flower.chmod(0o700)
-    folder = tmp_path / "worker"
+    folder = tmp_path / "a worker's folder"  # spaces and quotes in the path are fine
     folder.mkdir(mode=0o700)
     launcher = write_launcher(folder, str(flower))  # no worker listens on folder/worker.sock
     assert not (folder / SOCKET_NAME).exists()
