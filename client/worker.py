@@ -49,6 +49,7 @@ READY_SECONDS = 120.0
 """How long ``fedlego site`` waits for its worker's imports before connecting without it."""
 _LENGTH = struct.Struct(">Q")
 _EXIT = struct.Struct(">q")
+_ARGUMENTS_SECONDS = 30.0
 _ACCEPT_SECONDS = 1.0
 """How often the worker looks up from waiting to see whether ``fedlego site`` is still there."""
 
@@ -167,7 +168,9 @@ def _child(connection: socket.socket, listener: socket.socket, run: Callable[[li
     try:
         listener.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        connection.settimeout(_ARGUMENTS_SECONDS)  # a launcher sends its arguments at once
         arguments = json.loads(receive_frame(connection))
+        connection.settimeout(None)
         if not (isinstance(arguments, list) and all(isinstance(a, str) for a in arguments)):
             raise ValueError("the launcher sent no argument list")
         _exit_when_abandoned(connection)
