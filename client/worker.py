@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from fedlego.launcher import stop_process
+
 SOCKET_NAME = "worker.sock"
 LAUNCHER_NAME = "flwr-clientapp"
 POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
@@ -96,11 +98,6 @@ sys.exit(struct.unpack(">q", status)[0])
 '''
 
 
-def send_frame(connection: socket.socket, data: bytes) -> None:
-    """One length-prefixed frame."""
-    connection.sendall(_LENGTH.pack(len(data)) + data)
-
-
 def _read_exactly(connection: socket.socket, size: int) -> bytes:
     chunks, left = [], size
     while left:
@@ -113,7 +110,8 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes:
 
 
 def receive_frame(connection: socket.socket) -> bytes:
-    """One frame from ``send_frame``; EOFError when the other side closed before it was whole."""
+    """One length-prefixed frame (as the launcher sends its arguments); EOFError when the other
+    side closed before it was whole."""
     (size,) = _LENGTH.unpack(_read_exactly(connection, _LENGTH.size))
     return _read_exactly(connection, size)
 
@@ -282,12 +280,7 @@ def site_worker(
             path = f"{launcher.parent}{os.pathsep}{environment.get('PATH', '')}"
             yield {"PATH": path, **POLL_ENV}
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def main(argv: list[str] | None = None) -> int:

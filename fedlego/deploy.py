@@ -37,6 +37,7 @@ from fedlego.launcher import (
     free_port,
     prepare_run,
     quiet_environment,
+    stop_process,
     stream_run,
     superlink_command,
     tool,
@@ -250,13 +251,7 @@ def _foreground(
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def _server_names(certs: Path) -> list[str]:

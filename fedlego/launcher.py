@@ -203,6 +203,18 @@ def start_background(
         )
 
 
+def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop one process we started: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a process we started in its own session, with everything it spawned."""
     if process.poll() is not None:

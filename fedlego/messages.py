@@ -6,7 +6,8 @@ bytes value holding them all). Flower would carry an ArrayRecord as one object p
 with its chunk), each a request of its own between ServerApp, SuperLink, SuperNode and ClientApp:
 a fused model's ~70 tensors cost seconds per round deployed; packed they travel as one object.
 ``from_records`` checks the manifest against the bytes before building any tensor (a malformed
-one is a ``ProtocolError`` naming the field) and still reads an ArrayRecord ``arrays``.
+one is a ``ProtocolError`` naming the field). Parties of different fedlego versions never exchange
+payloads (the run refuses them first), so there is no older layout to read.
 """
 
 from __future__ import annotations
@@ -111,7 +112,5 @@ def from_records(content: RecordDict) -> Payload:
     arrays = None
     if TENSORS in content.config_records:
         arrays = unpack_tensors(content.config_records[TENSORS])
-    elif "arrays" in content.array_records:
-        arrays = {k: torch.as_tensor(v) for k, v in content.array_records["arrays"].to_torch_state_dict().items()}
     metrics = dict(content.metric_records["metrics"]) if "metrics" in content.metric_records else {}
     return Payload(config=config, arrays=arrays, metrics=metrics)
