@@ -165,9 +165,11 @@ def federated(cohort: str, sites: dict[str, list[str]], strategy: str, seed: int
     }
 
 
-def centralized(cohort: str, seed: int) -> dict[str, Any]:
+def centralized(cohort: str, seed: int) -> tuple[dict[str, Any], dict[str, float]]:
     """The same model trained on the pooled training patients (validation patients for early
-    stopping), scored on the same test patients."""
+    stopping), scored on the same test patients; and its risk score of each test patient."""
+    from dataclasses import replace
+
     from fedlego.common.centralized import train_fold
     from fedlego.common.data.scenarios import FoldSplit
     from fedlego.common.data.sitefolder import read_site_folder
@@ -176,42 +178,58 @@ def centralized(cohort: str, seed: int) -> dict[str, Any]:
 
     dataset, config = panel_dataset(cohort)
     roles = read_site_folder(panel_folder(cohort)).roles
-    config.seed = seed
+    config = replace(config, seed=seed)  # seeds initialisation, training and fuse, as a federation's seed
     fold = train_fold(dataset, config, FoldSplit(0, roles["train"], roles["validation"], roles["test"]), lambda _: None)
     model = fold.fused or fold.merged
     scores = scores_of(model, fold.test, fold.task)
     validation = scores_of(model, fold.paired_validation, fold.task)
-    return {
-        "test": c_index(list(fold.test.ids), dict(zip(fold.test.ids, scores, strict=True)), dataset.labels),
+    risk = dict(zip(fold.test.ids, scores, strict=True))
+    outcome = {
+        "test": c_index(list(fold.test.ids), risk, dataset.labels),
         "validation": c_index(
             list(fold.paired_validation.ids),
             dict(zip(fold.paired_validation.ids, validation, strict=True)),
             dataset.labels,
         ),
     }
+    return outcome, {str(k): float(v) for k, v in risk.items()}
 
 
-def partitions(cohort: str, seed: int) -> dict[str, dict[str, list[str]]]:
-    """The cohort's natural split (when it has one) and its Dirichlet split for ``seed``."""
+def partitions(cohort: str, split_seeds: tuple[int, ...]) -> dict[str, dict[str, list[str]]]:
+    """The cohort's natural split (when it has one) and one Dirichlet split per split seed: the
+    same splits for every training seed, so that the spread over seeds is the training's alone."""
     from fedlego_bench.panel import load_cohort
 
     table = load_cohort(cohort)
     table["pid"] = table["pid"].astype(str).map(lambda p: f"{cohort}-{p}")  # the ids export_cohort writes
-    splits = {"dirichlet": dirichlet_sites(table, seed)}
+    names = {s: "dirichlet" if len(split_seeds) == 1 else f"dirichlet-{s}" for s in split_seeds}
+    splits = {names[s]: dirichlet_sites(table, s) for s in split_seeds}
     if cohort in NATURAL:
         splits["natural"] = natural_sites(table, NATURAL[cohort])
     return splits
 
 
-def task(job: tuple[str, int, tuple[str, ...]]) -> dict[str, Any]:
-    """Every split and the given strategies of one cohort and seed, and the centralized reference."""
+def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...]]) -> dict[str, Any]:
+    """Every split and the given strategies of one cohort and seed, and the centralized reference
+    (its c-index on every site's test patients too, for the same spread over seeds)."""
     import torch
 
     torch.set_num_threads(1)  # one thread per job: --jobs 2 on 2 cores without oversubscription
-    cohort, seed, strategies = job
-    record: dict[str, Any] = {"cohort": cohort, "seed": seed, "centralized": centralized(cohort, seed), "splits": {}}
-    for split, sites in partitions(cohort, seed).items():
-        record["splits"][split] = {"sizes": {k: len(v) for k, v in sites.items()}, "strategies": {}}
+    cohort, seed, strategies, split_seeds = job
+    reference, risk = centralized(cohort, seed)
+    record: dict[str, Any] = {"cohort": cohort, "seed": seed, "centralized": reference, "splits": {}}
+    from fedlego.common.data.sitefolder import read_site_folder
+    from fedlego_bench.panel import panel_folder
+
+    labels = read_site_folder(panel_folder(cohort)).dataset.labels
+    for split, sites in partitions(cohort, split_seeds).items():
+        record["splits"][split] = {
+            "sizes": {k: len(v) for k, v in sites.items()},
+            "centralized_sites": {
+                name: c_index([i for i in ids if i in risk], risk, labels) for name, ids in sites.items()
+            },
+            "strategies": {},
+        }
         for strategy in strategies:
             with tempfile.TemporaryDirectory(prefix="fedlego-splits-") as folder:
                 outcome = federated(cohort, sites, strategy, seed, Path(folder))
@@ -226,6 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cohorts", nargs="+", default=sorted(NATURAL))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument(
+        "--split-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one Dirichlet split per split seed, the same for every training seed",
+    )
     parser.add_argument(
         "--append", action="store_true", help="add to NAME-records.jsonl (another seed range) instead of starting it"
     )
@@ -252,7 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         panel_folder(cohort)  # exported once, before the workers read it
     strategies = tuple(args.strategies)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    jobs = [(c, s, strategies) for s in seeds for c in args.cohorts]  # every cohort's first seed first
+    jobs = [
+        (c, s, strategies, tuple(args.split_seeds)) for s in seeds for c in args.cohorts
+    ]  # every cohort's first seed first
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / f"{args.name}-records.jsonl"  # each finished job at once: a cut-short run keeps its part

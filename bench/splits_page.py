@@ -34,9 +34,28 @@ def _mean_over_sites(outcome: dict[str, Any]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _sd(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan")
+
+
+def centralized_sd(summary: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """Per cohort and split, the sd over seeds of the centralized model's mean over the split's
+    sites of each site's test c-index (records that hold it: ``centralized_sites``)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for record in summary["records"]:
+        for split, entry in record["splits"].items():
+            if "centralized_sites" in entry:
+                values.setdefault((record["cohort"], split), []).append(
+                    _mean_over_sites({"sites": entry["centralized_sites"]})
+                )
+    return {key: _sd(v) for key, v in values.items()}
+
+
 def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per cohort, split and strategy, with the figures of the page."""
     table: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    central_sd = centralized_sd(summary)
     for record in summary["records"]:
         reference = record["centralized"]["test"]
         for split, entry in record["splits"].items():
@@ -55,7 +74,6 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 cell["loss"].append(float("nan") if loss is None else float(loss))
     out = []
     for (cohort, split, strategy), cell in table.items():
-        sites = [v for v in cell["sites"] if math.isfinite(v)]
         losses = [v for v in cell["loss"] if math.isfinite(v)]
         out.append(
             {
@@ -63,7 +81,8 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "split": split,
                 "strategy": strategy,
                 "difference": cell["diff"],
-                "sites_sd": float(np.std(sites, ddof=1)) if len(sites) > 1 else float("nan"),
+                "sites_sd": _sd(cell["sites"]),
+                "centralized_sites_sd": central_sd.get((cohort, split), float("nan")),
                 "validation_loss": float(np.mean(losses)) if losses else float("nan"),
                 "validation": cell["validation"],
                 "runs": len(cell["diff"]),
@@ -83,28 +102,32 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
         "",
         "Each panel cohort is cut into sites by a real covariate (`natural`: Flower Datasets'",
         "NaturalIdPartitioner) or by a Dirichlet skew of the outcome (`dirichlet`,",
-        "DirichletPartitioner, alpha 0.5, one draw per seed). Every site holds every modality of its",
+        f"DirichletPartitioner, alpha 0.5, {_draws(summary)}). Every site holds every modality of its",
         "patients. Federated models are scored on the union of the sites' test patients, the same",
         "patients as the centralized model trained on the pooled training patients; c-index from",
-        "scikit-survival. Differences are federated - centralized, mean over seeds [t 95 %].",
-        "`sites sd` is the sd over seeds of the mean over sites of each site's own test c-index.",
+        "scikit-survival. Differences are federated - centralized, paired by seed, mean over seeds",
+        "[t 95 %]. `sites sd` is the sd over seeds of the mean over sites of each site's own test",
+        "c-index (`centr.`: the centralized model's on the same sites' test patients).",
         "`val. loss` is the pooled validation loss of the kept model (what a default is chosen on;",
         "n/a: no site could report one under the disclosure threshold).",
         "",
-        "| cohort | split | strategy | federated - centralized | sites sd | val. loss | runs |",
-        "|---|---|---|---|---|---|---|",
+        "| cohort | split | strategy | federated - centralized | sites sd | centr. sites sd | val. loss | runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(table, key=lambda r: (r["cohort"], r["split"], strategies.index(r["strategy"]))):
         loss = f"{row['validation_loss']:.4f}" if math.isfinite(row["validation_loss"]) else "n/a"
-        sd = f"{row['sites_sd']:.3f}" if math.isfinite(row["sites_sd"]) else "n/a"
+        sd, central = (
+            f"{row[k]:.3f}" if math.isfinite(row[k]) else "n/a" for k in ("sites_sd", "centralized_sites_sd")
+        )
         lines.append(
             f"| {row['cohort']} | {row['split']} | {row['strategy']} | {_interval(row['difference'])} "
-            f"| {sd} | {loss} | {row['runs']} |"
+            f"| {sd} | {central} | {loss} | {row['runs']} |"
         )
     lines += ["", "## Over every cohort and split", ""]
     lines += [
-        "| strategy | validation c-index (mean) | federated - centralized (test) | runs |",
-        "|---|---|---|---|",
+        "| strategy | validation c-index (mean) | federated - centralized (test, every run) "
+        "| random-effects mean over cohort-splits | runs |",
+        "|---|---|---|---|---|",
     ]
     chosen, best = None, -math.inf
     for strategy in strategies:
@@ -113,10 +136,38 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
         mean_valid = float(np.mean(valid)) if valid else float("nan")
         if math.isfinite(mean_valid) and mean_valid > best:
             chosen, best = strategy, mean_valid
-        lines.append(f"| {strategy} | {mean_valid:.3f} | {_interval(values)} | {len(values)} |")
+        lines.append(
+            f"| {strategy} | {mean_valid:.3f} | {_interval(values)} "
+            f"| {_meta([r['difference'] for r in table if r['strategy'] == strategy])} | {len(values)} |"
+        )
     lines += ["", f"Highest mean c-index on the validation patients: **{chosen}**.", ""]
     lines += _against_first(summary, table, strategies)
     path.write_text("\n".join(lines))
+
+
+def _draws(summary: dict[str, Any]) -> str:
+    """How the Dirichlet splits were drawn: one per seed (records before the centralized spread
+    was recorded) or fixed draws shared by every seed."""
+    if all("centralized_sites" in e for r in summary["records"] for e in r["splits"].values()):
+        return "the same draw for every training seed"
+    return "one draw per seed"
+
+
+def _meta(per_split: list[list[float]]) -> str:
+    """DerSimonian-Laird random-effects mean of per cohort-split means (t 95 % intervals over seeds)."""
+    from fedlego_bench.meta import random_effects
+
+    estimates = []
+    for values in per_split:
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) > 1:
+            mean = float(np.mean(finite))
+            half = float(stats.t.ppf(0.975, len(finite) - 1) * np.std(finite, ddof=1) / math.sqrt(len(finite)))
+            estimates.append((mean, mean - half, mean + half))
+    pooled = random_effects(estimates)
+    if pooled is None:
+        return "n/a"
+    return f"{pooled['mean']:+.3f} [{pooled['low']:+.3f}, {pooled['high']:+.3f}] ({pooled['cohorts']} splits)"
 
 
 def _paired(summary: dict[str, Any], strategy: str, reference: str, key: str) -> list[float]:

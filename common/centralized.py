@@ -48,6 +48,10 @@ class CentralizedConfig:
     min_cell: int = DEFAULT_MIN_CELL
     """Disclosure threshold of the fitted preprocessing, as a site would apply it (``common.disclosure``)."""
 
+    def __post_init__(self) -> None:
+        for section in (self.model, self.training, self.fuse):  # one seed for everything, as RunConfig
+            section.seed = self.seed
+
     @classmethod
     def from_run(
         cls,

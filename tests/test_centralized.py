@@ -1,12 +1,21 @@
 """The centralized pipeline end to end on small synthetic data, and the CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from fedlego.cli import main
-from fedlego.common.centralized import CentralizedConfig, format_table, run_centralized, run_fold, summarise
+from fedlego.common.centralized import (
+    CentralizedConfig,
+    format_table,
+    run_centralized,
+    run_fold,
+    summarise,
+    train_fold,
+)
 from fedlego.common.config import FuseConfig, ModelConfig, TrainConfig
 from fedlego.common.data.scenarios import dataset_splits
 from fedlego.common.data.synthetic import SyntheticModality, make_synthetic
@@ -160,3 +169,19 @@ def test_blocks_carry_their_fitted_preprocessing(dataset):
     expected, _ = fitted["omics"].transform(dataset.modalities["omics"], split.test)
     actual, _ = rebuilt.transform(dataset.modalities["omics"], split.test)
     torch.testing.assert_close(actual["x"], expected["x"])
+
+
+def test_the_seed_reaches_initialisation_training_and_fuse(dataset):
+    """``seed`` seeds every section (as a federation's run config does): two seeds train
+    different blocks, and the same seed the same ones."""
+    assert {c.seed for c in (small_config(seed=3).model, small_config(seed=3).training, small_config(seed=3).fuse)} == {
+        3
+    }
+    split = dataset_splits(dataset, n_folds=1, seed=0)[0]
+    weights = {}
+    for seed in (0, 0, 1):
+        config = small_config(n_folds=1, training=TrainConfig(epochs=2, patience=2), fuse=FuseConfig(epochs=1))
+        fold = train_fold(dataset, replace(config, seed=seed), split, log=lambda _: None)
+        weights.setdefault(seed, []).append(next(iter(fold.blocks["omics"].state_dict().values())).clone())
+    assert torch.equal(weights[0][0], weights[0][1])
+    assert not torch.equal(weights[0][0], weights[1][0])

@@ -43,6 +43,7 @@ def test_the_page_reports_the_paired_difference_per_strategy(tmp_path):
         "splits": {
             "natural": {
                 "sizes": {},
+                "centralized_sites": {"a": 0.6, "b": 0.7},
                 "strategies": {
                     "fedavg": {"test": 0.68, "sites": {"a": 0.6, "b": 0.8}, "validation_loss": 1.2},
                     "fedyogi": {"error": "phase describe failed"},
@@ -50,13 +51,17 @@ def test_the_page_reports_the_paired_difference_per_strategy(tmp_path):
             }
         },
     }
+    other = {"natural": {**record["splits"]["natural"], "centralized_sites": {"a": 0.7, "b": 0.8}}}
     summary = {
-        "records": [record, {**record, "seed": 1, "centralized": {"test": 0.66}}],
+        "records": [record, {**record, "seed": 1, "centralized": {"test": 0.66}, "splits": other}],
         "strategies": {"fedavg": {}, "fedyogi": {}},
         "wall_seconds": 60,
     }
     (fedavg,) = [r for r in rows(summary) if r["strategy"] == "fedavg"]
     assert fedavg["difference"] == pytest.approx([-0.02, 0.02]) and fedavg["runs"] == 2
+    assert fedavg["sites_sd"] == 0 and fedavg["centralized_sites_sd"] == pytest.approx(0.1 / 2**0.5)
     write_splits_page(summary, tmp_path / "splits.md", "python bench/splits.py")
     page = (tmp_path / "splits.md").read_text()
-    assert "| c | natural | fedavg | +0.000 [" in page and "| fedyogi | nan | n/a | 0 |" in page
+    assert "| c | natural | fedavg | +0.000 [" in page and "| 0.000 | 0.071 | 1.2000 | 2 |" in page
+    assert "| fedyogi | nan | n/a | n/a | 0 |" in page and "(1 splits)" in page
+    assert "the same draw for every training seed" in page
