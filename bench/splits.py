@@ -31,26 +31,36 @@ from fedlego_bench.splits_page import write_splits_page
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Flower Datasets imports Hugging Face's hub: no outbound call
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-NATURAL = {"Pbc3": "fac_unit", "dataOvarian1": "fac_group", "whas500": "fac_year"}
-"""Cohort -> the covariate its sites are cut by (treatment unit, study group, admission period)."""
+NATURAL = {
+    "Pbc3": "fac_unit",
+    "dataOvarian1": "fac_group",
+    "whas500": "fac_year",
+    "actg": "fac_raceth",
+    "GBSG2": "fac_tgrade",
+}
+"""Cohort -> the covariate its sites are cut by (treatment unit, study group, admission period,
+the population a hospital serves (race/ethnicity), the tumour grade a referral centre sees)."""
 DIRICHLET_SITES = 5
 DIRICHLET_ALPHA = 0.5
 MIN_SITE = 30
 """Natural sites smaller than this join the next smallest (a hospital of a handful is no site)."""
 BUDGET = {"block-rounds": 10, "fuse-rounds": 10, "round-patience": 2}
 LAST = {"unvalidated-rounds": "last"}
+PATIENTS = {"site-weights": "patients"}
 STRATEGIES: dict[str, dict[str, Any]] = {
-    "fedavg (2+2 rounds)": {"unvalidated-rounds": "start"},
-    "fedavg (2+2 rounds), keep last": dict(LAST),
-    "fedavg": {**BUDGET, "unvalidated-rounds": "start"},
-    "fedavg, keep last": {**BUDGET, **LAST},
-    "fedprox, keep last": {**BUDGET, **LAST, "fuse-aggregation": "fedprox"},
-    "fedadam, keep last": {**BUDGET, **LAST, "server-optimizer": "fedadam"},
-    "fedyogi, keep last": {**BUDGET, **LAST, "server-optimizer": "fedyogi"},
-    "together, keep last": {**BUDGET, **LAST, "block-epochs": 5},
+    "fedavg (2+2 rounds)": {**PATIENTS, "unvalidated-rounds": "start"},
+    "fedavg (2+2 rounds), keep last": {**PATIENTS, **LAST},
+    "fedavg": {**PATIENTS, **BUDGET, "unvalidated-rounds": "start"},
+    "fedavg, keep last": {**PATIENTS, **BUDGET, **LAST},
+    "fedprox, keep last": {**PATIENTS, **BUDGET, **LAST, "fuse-aggregation": "fedprox"},
+    "fedadam, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedadam"},
+    "fedyogi, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedyogi"},
+    "together, keep last": {**PATIENTS, **BUDGET, **LAST, "block-epochs": 5},
     "events (2+2 rounds), keep last": {**LAST, "site-weights": "events"},
 }
-"""Strategy -> run-config changes; the first is the defaults before this benchmark. ``keep last``:
+"""Strategy -> run-config changes (each names every setting a default has since changed, so that
+a strategy means the same run whatever today's defaults); the first is the defaults before this
+benchmark. ``keep last``:
 when no site can report a validation loss, keep the last round instead of the start. ``together``:
 every site trains its block for one round's local epochs (5) from the shared initialisation before
 the rounds, instead of up to block-epochs alone (every site holds every modality here, so this is
