@@ -46,7 +46,7 @@ MIN_SITE = 30
 """Natural sites smaller than this join the next smallest (a hospital of a handful is no site)."""
 BUDGET = {"block-rounds": 10, "fuse-rounds": 10, "round-patience": 2}
 LAST = {"unvalidated-rounds": "last"}
-PATIENTS = {"site-weights": "patients"}
+PATIENTS = {"site-weights": "patients", "start-site": "patients"}
 STRATEGIES: dict[str, dict[str, Any]] = {
     "fedavg (2+2 rounds)": {**PATIENTS, "unvalidated-rounds": "start"},
     "fedavg (2+2 rounds), keep last": {**PATIENTS, **LAST},
@@ -56,7 +56,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fedadam, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedadam"},
     "fedyogi, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedyogi"},
     "together, keep last": {**PATIENTS, **BUDGET, **LAST, "block-epochs": 5},
-    "events (2+2 rounds), keep last": {**LAST, "site-weights": "events"},
+    "events (2+2 rounds), keep last": {**LAST, "site-weights": "events", "start-site": "events"},
+    "patients from events (2+2 rounds), keep last": {**LAST, "site-weights": "patients", "start-site": "events"},
 }
 """Strategy -> run-config changes (each names every setting a default has since changed, so that
 a strategy means the same run whatever today's defaults); the first is the defaults before this
@@ -65,7 +66,9 @@ when no site can report a validation loss, keep the last round instead of the st
 every site trains its block for one round's local epochs (5) from the shared initialisation before
 the rounds, instead of up to block-epochs alone (every site holds every modality here, so this is
 federated block training from the start). ``events``: sites weighed by their training events, and
-each modality's rounds start from the block of the site with the most (``site-weights``)."""
+each modality's rounds start from the block of the site with the most (``site-weights``,
+``start-site``). ``patients from events``: sites weighed by their training patients, the rounds
+started from the block of the site with the most training events."""
 
 
 def natural_sites(table, column: str) -> dict[str, list[str]]:
@@ -248,6 +251,23 @@ def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...]]) -> dict[str, An
     return record
 
 
+def merged_records(lines: list[str]) -> list[dict[str, Any]]:
+    """Records of one cohort and seed (from runs of other strategies, ``--append``) as one: each
+    split's strategies together, so that they are paired with each other. The centralized model of
+    a cohort and seed is the same in every run (seeded), kept from the first."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        first = merged.setdefault((record["cohort"], record["seed"]), record)
+        if first is record:
+            continue
+        for split, entry in record["splits"].items():
+            first["splits"].setdefault(split, entry)["strategies"].update(entry["strategies"])
+    return list(merged.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
@@ -273,8 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = shlex.join(["python", "bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render:
-        lines = (args.out / f"{args.name}-records.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
+        records = merged_records((args.out / f"{args.name}-records.jsonl").read_text().splitlines())
         done = {s for r in records for e in r["splits"].values() for s in e["strategies"]}
         chosen = {name: STRATEGIES[name] for name in args.strategies if name in done}
         summary = {"records": records, "strategies": chosen, "wall_seconds": float("nan")}
@@ -295,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     partial = args.out / f"{args.name}-records.jsonl"  # each finished job at once: a cut-short run keeps its part
     if not args.append:
         partial.write_text("")
-    records = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+    records = merged_records(partial.read_text().splitlines())
     with ProcessPoolExecutor(max(args.jobs, 1)) as pool:
         futures = {pool.submit(task, job): job for job in jobs}
         for future in as_completed(futures):  # written as each finishes; a failed job is named, not fatal
@@ -304,9 +323,9 @@ def main(argv: list[str] | None = None) -> None:
             except Exception as error:
                 print(f"{futures[future][:2]} failed: {type(error).__name__}: {error}", flush=True)
                 continue
-            records.append(record)
             with partial.open("a") as handle:
                 handle.write(json.dumps(record, default=float) + "\n")
+    records = merged_records(partial.read_text().splitlines())
     chosen = {name: STRATEGIES[name] for name in strategies}
     summary = {"records": records, "strategies": chosen, "wall_seconds": time.perf_counter() - start}
     (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from fedlego_bench.splits import DIRICHLET_SITES, MIN_SITE, dirichlet_sites, natural_sites
+from fedlego_bench.splits import DIRICHLET_SITES, MIN_SITE, dirichlet_sites, merged_records, natural_sites
 from fedlego_bench.splits_page import rows, write_splits_page
 
 
@@ -65,3 +67,13 @@ def test_the_page_reports_the_paired_difference_per_strategy(tmp_path):
     assert "| c | natural | fedavg | +0.000 [" in page and "| 0.000 | 0.071 | 1.2000 | 2 |" in page
     assert "| fedyogi | nan | n/a | n/a | 0 |" in page and "(1 splits)" in page
     assert "the same draw for every training seed" in page
+
+
+def test_records_of_one_cohort_and_seed_merge_so_strategies_pair():
+    first = {"cohort": "c", "seed": 0, "centralized": {"test": 0.7}, "splits": {"natural": {"strategies": {"a": {}}}}}
+    later = {"cohort": "c", "seed": 0, "centralized": {"test": 0.7}, "splits": {"natural": {"strategies": {"b": {}}}}}
+    other = {**first, "seed": 1}
+    merged = merged_records([json.dumps(r) for r in (first, later, other)] + [""])
+    assert [(r["cohort"], r["seed"]) for r in merged] == [("c", 0), ("c", 1)]
+    assert set(merged[0]["splits"]["natural"]["strategies"]) == {"a", "b"}
+    assert set(merged[1]["splits"]["natural"]["strategies"]) == {"a"}

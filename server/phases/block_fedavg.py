@@ -32,9 +32,9 @@ def chosen_block_name(modality: str) -> str:
 
 def ordered_candidates(federation: Federation, candidates: Candidates) -> Candidates:
     """A modality's checked blocks, the one its rounds start from (or the merge keeps) first: the
-    most training patients, or with ``site-weights = events`` the most training events the site
+    most training patients, or with ``start-site = events`` the most training events the site
     released (its patients break ties)."""
-    if federation.settings.rounds.site_weights != "events":
+    if federation.settings.rounds.start_site != "events":
         return candidates
     events = {d.site: d.n_train_events or 0 for d in federation.sites.values()}
     return sorted(candidates, key=lambda pair: (-events.get(pair[0].site, 0), -pair[0].n_samples, pair[0].site))
@@ -57,7 +57,7 @@ class BlockFedAvgPhase(Phase):
                 if len(candidates) > 1:
                     federation.log(
                         f"  {modality}: {len(candidates)} blocks and block-rounds=0: keeping "
-                        f"{candidates[0][0].site}'s (site-weights = {federation.settings.rounds.site_weights})"
+                        f"{candidates[0][0].site}'s (start-site = {federation.settings.rounds.start_site})"
                     )
         for modality, (package, _) in chosen.items():
             federation.recorder.save_package(chosen_block_name(modality), serialize(package))
