@@ -229,16 +229,18 @@ class RoundsConfig:
     update_norm_bound: float = 0.0
     """Scale each site's round update down to at most this many times the round's median update
     norm before combining (0: off)."""
-    site_weights: str = "events"
-    """What weighs a site in block FedAvg and fuse rounds: its training events (events;
-    classification: patients of the rarest class), released only from min-cell on (a site under it
-    weighs 0 unless every site is), or its training patients (patients). Chosen on validation
-    patients of the realistic-split benchmark (docs/benchmarks/splits-site-weights.md)."""
+    site_weights: str = "patients"
+    """What weighs a site in block FedAvg and fuse rounds: its training patients (patients: the
+    training loss is a mean over patients, so the rounds pursue the pooled loss) or its training
+    events (events; classification: patients of the rarest class), released only from min-cell on
+    (a site under it weighs 0 unless every site is). Chosen with ``start-site`` on validation
+    patients of the realistic-split benchmark (docs/benchmarks/splits-seeds.md)."""
     start_site: str = "events"
     """Which site's block (and its preprocessing) a modality's rounds start from when several sites
     hold it, and the merge keeps with block-rounds = 0: the site with the most training events
-    (events, as released: from min-cell on; its patients break ties) or the most training patients
-    (patients)."""
+    (events, as released: from min-cell on; its patients break ties; a large site with few events
+    has learned little about risk) or the most training patients (patients). Chosen with
+    ``site-weights`` (docs/benchmarks/splits-seeds.md)."""
     unvalidated_rounds: str = "last"
     """When no site can report a validation loss (all under the disclosure threshold), keep the
     last round's parameters (last) or those the rounds started from (start: the largest site's
