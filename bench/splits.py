@@ -208,34 +208,37 @@ def centralized(cohort: str, seed: int) -> tuple[dict[str, Any], dict[str, float
     return outcome, {str(k): float(v) for k, v in risk.items()}
 
 
-def partitions(cohort: str, split_seeds: tuple[int, ...]) -> dict[str, dict[str, list[str]]]:
+def partitions(
+    cohort: str, split_seeds: tuple[int, ...], kinds: tuple[str, ...] = ("natural", "dirichlet")
+) -> dict[str, dict[str, list[str]]]:
     """The cohort's natural split (when it has one) and one Dirichlet split per split seed: the
-    same splits for every training seed, so that the spread over seeds is the training's alone."""
+    same splits for every training seed, so that the spread over seeds is the training's alone.
+    ``kinds``: which of the two to make."""
     from fedlego_bench.panel import load_cohort
 
     table = load_cohort(cohort)
     table["pid"] = table["pid"].astype(str).map(lambda p: f"{cohort}-{p}")  # the ids export_cohort writes
     names = {s: "dirichlet" if len(split_seeds) == 1 else f"dirichlet-{s}" for s in split_seeds}
-    splits = {names[s]: dirichlet_sites(table, s) for s in split_seeds}
-    if cohort in NATURAL:
+    splits = {names[s]: dirichlet_sites(table, s) for s in split_seeds} if "dirichlet" in kinds else {}
+    if cohort in NATURAL and "natural" in kinds:
         splits["natural"] = natural_sites(table, NATURAL[cohort])
     return splits
 
 
-def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...]]) -> dict[str, Any]:
+def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...], tuple[str, ...]]) -> dict[str, Any]:
     """Every split and the given strategies of one cohort and seed, and the centralized reference
     (its c-index on every site's test patients too, for the same spread over seeds)."""
     import torch
 
     torch.set_num_threads(1)  # one thread per job: --jobs 2 on 2 cores without oversubscription
-    cohort, seed, strategies, split_seeds = job
+    cohort, seed, strategies, split_seeds, kinds = job
     reference, risk = centralized(cohort, seed)
     record: dict[str, Any] = {"cohort": cohort, "seed": seed, "centralized": reference, "splits": {}}
     from fedlego.common.data.sitefolder import read_site_folder
     from fedlego_bench.panel import panel_folder
 
     labels = read_site_folder(panel_folder(cohort)).dataset.labels
-    for split, sites in partitions(cohort, split_seeds).items():
+    for split, sites in partitions(cohort, split_seeds, kinds).items():
         record["splits"][split] = {
             "sizes": {k: len(v) for k, v in sites.items()},
             "centralized_sites": {
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[0],
         help="one Dirichlet split per split seed, the same for every training seed",
     )
+    parser.add_argument("--kinds", nargs="+", choices=["natural", "dirichlet"], default=["natural", "dirichlet"])
     parser.add_argument(
         "--append", action="store_true", help="add to NAME-records.jsonl (another seed range) instead of starting it"
     )
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     strategies = tuple(args.strategies)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [
-        (c, s, strategies, tuple(args.split_seeds)) for s in seeds for c in args.cohorts
+        (c, s, strategies, tuple(args.split_seeds), tuple(args.kinds)) for s in seeds for c in args.cohorts
     ]  # every cohort's first seed first
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
