@@ -16,6 +16,12 @@ Isolation stays that of a fresh process: the worker holds imports and nothing el
 reads data or handles a message itself); each message runs in its own child, which exits when
 done, or as soon as its launcher goes away (a task stopped by Flower). The folder holding the
 socket and the launcher is only the site's user's (0700).
+
+Code upgraded under a running site is not run stale: before each message the worker compares the
+installed versions of fedlego, Flower, PyTorch and the plugins, and the files of the fedlego and
+plugin modules it imported, with those of its warm-up; after a change it hands every message back
+to its launcher, which runs Flower's ``flwr-clientapp`` as a fresh process (the new code), and says
+once that ``fedlego site`` should be restarted to warm up again.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
+from fedlego.common.versions import PLUGIN_GROUPS
 from fedlego.launcher import stop_process
 
 SOCKET_NAME = "worker.sock"
@@ -54,6 +62,10 @@ _EXIT = struct.Struct(">q")
 _ARGUMENTS_SECONDS = 30.0
 _ACCEPT_SECONDS = 1.0
 """How often the worker looks up from waiting to see whether ``fedlego site`` is still there."""
+RUN_FRESH = -(2**63)
+"""The status the worker sends instead of an exit code when its code changed on disk: the
+launcher then runs Flower's ``flwr-clientapp`` itself."""
+WATCHED_DISTRIBUTIONS = ("fedlego", "flwr", "torch")
 
 LAZY_IMPORTS = (
     "sklearn.model_selection",
@@ -94,7 +106,10 @@ while len(status) < 8:
         print("fedlego: the site worker's child ended without an exit code", file=sys.stderr)
         sys.exit(1)
     status += chunk
-sys.exit(struct.unpack(">q", status)[0])
+code = struct.unpack(">q", status)[0]
+if code == {run_fresh}:  # the worker's code changed on disk since it started: a fresh process
+    os.execv({flower!r}, [{flower!r}, *sys.argv[1:]])
+sys.exit(code)
 '''
 
 
@@ -133,6 +148,50 @@ def warm_up() -> None:
             importlib.import_module(name)
     load_plugins()
     kind_names()
+
+
+def code_fingerprint(packages: frozenset[str]) -> dict[str, object]:
+    """Where the running code came from, as installed now: the versions of fedlego, Flower, PyTorch
+    and each plugin distribution, and the modification time of every loaded module file of
+    ``packages`` (top-level names; None for a file gone)."""
+    versions: dict[str, str | None] = {}
+    for name in WATCHED_DISTRIBUTIONS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    for group in PLUGIN_GROUPS:
+        for entry in entry_points(group=group):
+            versions[f"{group}:{entry.name}"] = entry.dist.version if entry.dist is not None else entry.value
+    files: dict[str, int | None] = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and getattr(module, "__name__", "").split(".")[0] in packages:
+            try:
+                files[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                files[path] = None
+    return {"versions": versions, "files": files}
+
+
+def code_changes(before: Mapping[str, Mapping], now: Mapping[str, Mapping]) -> list[str]:
+    """What differs between two ``code_fingerprint``s, in words (empty: nothing)."""
+    versions = [
+        f"{name} {before['versions'].get(name)} -> {now['versions'].get(name)}"
+        for name in sorted(set(before["versions"]) | set(now["versions"]))
+        if before["versions"].get(name) != now["versions"].get(name)
+    ]
+    files = [path for path, stamp in before["files"].items() if now["files"].get(path) != stamp]
+    return versions + ([f"{len(files)} module file(s) changed, e.g. {files[0]}"] if files else [])
+
+
+def watched_packages(run: Callable | None) -> frozenset[str]:
+    """fedlego, the plugins' top-level packages and the module of ``run`` (tests)."""
+    plugins = {
+        entry.value.split(":")[0].split(".")[0] for group in PLUGIN_GROUPS for entry in entry_points(group=group)
+    }
+    own = {run.__module__.split(".")[0]} if run is not None else set()
+    return frozenset({"fedlego", *plugins, *own})
 
 
 def run_clientapp(arguments: list[str]) -> int:
@@ -189,6 +248,16 @@ def _child(connection: socket.socket, listener: socket.socket, run: Callable[[li
         os._exit(code)
 
 
+def _hand_back(connection: socket.socket) -> None:
+    """Tell a launcher to run Flower's ``flwr-clientapp`` itself (after reading its arguments, so
+    that nothing it sent is left unread)."""
+    with suppress(OSError, ValueError):
+        connection.settimeout(_ARGUMENTS_SECONDS)
+        receive_frame(connection)
+        connection.sendall(_EXIT.pack(RUN_FRESH))
+    connection.close()
+
+
 def _reap(children: set[int]) -> None:
     for pid in list(children):
         try:
@@ -206,9 +275,11 @@ def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] | None 
     0700."""
     if folder.stat().st_mode & 0o077:
         raise SystemExit(f"fedlego site worker: {folder} must be private to its user (mode 0700)")
+    packages = watched_packages(run)
     if run is None:
         warm_up()
         run = run_clientapp
+    warmed, announced = code_fingerprint(packages), False
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -228,6 +299,19 @@ def serve(folder: Path, parent_pid: int, run: Callable[[list[str]], int] | None 
             except TimeoutError:
                 continue
             connection.settimeout(None)
+            changes = code_changes(warmed, code_fingerprint(packages))
+            if changes:
+                if not announced:
+                    print(
+                        "fedlego site worker: the code changed on disk since this site started "
+                        f"({'; '.join(changes)}): each message now runs in a fresh flwr-clientapp process; "
+                        "restart `fedlego site` to run warm again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    announced = True
+                _hand_back(connection)
+                continue
             pid = os.fork()
             if pid == 0:
                 _child(connection, listener, run)
@@ -248,7 +332,9 @@ def write_launcher(folder: Path, flower_clientapp: str) -> Path:
     bin_folder = folder / "bin"
     bin_folder.mkdir(mode=0o700, exist_ok=True)
     script = folder / "launcher.py"
-    script.write_text(LAUNCHER.format(socket_path=str(folder / SOCKET_NAME), flower=flower_clientapp))
+    script.write_text(
+        LAUNCHER.format(socket_path=str(folder / SOCKET_NAME), flower=flower_clientapp, run_fresh=RUN_FRESH)
+    )
     launcher = bin_folder / LAUNCHER_NAME
     launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(str(script))} "$@"\n')
     launcher.chmod(0o700)

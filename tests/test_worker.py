@@ -126,6 +126,28 @@ def test_without_the_worker_the_launcher_runs_flowers_own(tmp_path):
     assert (tmp_path / "ran").read_text().strip() == "flower got --token abc"
 
 
+def test_after_its_code_changed_on_disk_the_worker_hands_messages_to_fresh_processes(tmp_path):
+    """An upgrade under a running site: the next message runs as Flower's flwr-clientapp, a fresh
+    process with the new code, instead of in a child of the stale worker."""
+    (tmp_path / "probe.py").write_text(textwrap.dedent(PROBE))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / LAUNCHER_NAME).write_text(f'#!/bin/sh\necho fresh "$@" > {tmp_path / "fresh"}\n')
+    (fake / LAUNCHER_NAME).chmod(0o700)
+    environment = {**quiet_environment(tmp_path / "home"), "PYTHONPATH": str(tmp_path)}
+    environment["PATH"] = f"{fake}{os.pathsep}{environment['PATH']}"  # the "real" flwr-clientapp
+    with site_worker(environment, run="probe:run") as additions:
+        site = {**environment, **additions}
+        assert _launch(site, str(tmp_path / "warm.json"), "0").returncode == 0
+        assert (tmp_path / "warm.json").exists() and not (tmp_path / "fresh").exists()
+        stamp = (tmp_path / "probe.py").stat()
+        os.utime(tmp_path / "probe.py", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # "upgraded"
+        for _ in range(2):
+            assert _launch(site, str(tmp_path / "after.json"), "0").returncode == 0
+            assert not (tmp_path / "after.json").exists()
+            assert (tmp_path / "fresh").read_text().split() == ["fresh", str(tmp_path / "after.json"), "0"]
+
+
 def test_the_worker_leaves_with_the_process_that_started_it(tmp_path):
     script = textwrap.dedent(
         f"""
