@@ -211,6 +211,11 @@ def _add_schema(subparsers: argparse._SubParsersAction) -> None:
         help="unit of the survival times (default: what site.json's time_unit says, else days)",
     )
     p.add_argument("--min-cell", type=int, default=DEFAULT_MIN_CELL, help="fewest patients behind a category kept")
+    p.add_argument(
+        "--outcome",
+        metavar="TEXT",
+        help='what the event (survival) or positive class is, e.g. "death from any cause": every report names it',
+    )
     p.set_defaults(handler=_schema)
 
 
@@ -221,7 +226,9 @@ def _schema(args: argparse.Namespace) -> int:
     from fedlego.common.data.sitefolder import read_site_folder
 
     sites = [read_site_folder(f) for f in args.folders]
-    schemas = [schema_from_site(s, max(args.min_cell, s.min_cell or 1), args.time_unit) for s in sites]
+    schemas = [
+        schema_from_site(s, max(args.min_cell, s.min_cell or 1), args.time_unit, outcome=args.outcome) for s in sites
+    ]
     tasks = {s.task for s in schemas}
     if len(tasks) > 1:
         raise SystemExit(f"fedlego schema: the reference folders disagree on the task: {sorted(tasks)}")

@@ -145,6 +145,16 @@ def warnings(run: RunResults) -> list[str]:
     return found
 
 
+def _outcome_sentence(run: RunResults) -> str:
+    """What the event or outcome is (the consortium schema's words), or where to name it."""
+    if run.outcome:
+        return f"The {'event' if run.metric == 'c-index' else 'outcome'}: {run.outcome}."
+    return (
+        "What the event or outcome is, this run does not say: the sites' labels code it, and the consortium "
+        "schema can name it (`fedlego schema --outcome`)."
+    )
+
+
 def summary_section(run: RunResults) -> str:
     """What to use and how sure that is, what it rests on, and the warnings."""
     metric = run.metric or "metric"
@@ -173,6 +183,7 @@ def summary_section(run: RunResults) -> str:
             f"<p>It rests on {entry.n} test patients at {sites} site{'s' if sites != 1 else ''} "
             f"({entry.pairs} comparable pairs). {h.escaped(METRIC_MEANING.get(metric, metric).capitalize())}.</p>"
         )
+    parts.append(f"<p>{h.escaped(_outcome_sentence(run))}</p>")
     found = warnings(run)
     if found:
         items = "".join(f"<li>{h.escaped(w)}</li>" for w in found)

@@ -180,6 +180,8 @@ class RunResults:
     task: dict[str, Any] | None = None
     schema_sha256: str | None = None
     """The consortium schema every site checked its data against (``schema`` run-config key)."""
+    outcome: str | None = None
+    """What the event or positive class is, as the consortium schema says (``labels.outcome``)."""
     metric: str | None = None
     audit_head: str | None = None
     audit_signature: str | None = None

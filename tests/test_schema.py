@@ -128,6 +128,15 @@ def test_schema_from_reference_round_trips(tmp_path: Path, schema: ConsortiumSch
     assert modalities["wsi"] == {"kind": "bags", "features": 4}
 
 
+def test_the_outcome_description_travels_with_the_schema_and_changes_its_hash(
+    tmp_path: Path, reference: SiteData, schema: ConsortiumSchema
+) -> None:
+    named = schema_from_site(reference, min_cell=10, time_unit="days", outcome="death from any cause")
+    assert named.labels.outcome == "death from any cause" and schema.labels.outcome is None
+    assert ConsortiumSchema.read(named.write(tmp_path / "named.json")) == named
+    assert "outcome" not in schema.to_dict()["labels"] and schema_hash(named) != schema_hash(schema)
+
+
 def test_reference_site_checks_clean(reference: SiteData, schema: ConsortiumSchema) -> None:
     assert check_against_schema(reference, schema) == []
     other = check_against_schema(site_with(reference.path.parent, seed=1), schema)  # another sample
@@ -380,6 +389,10 @@ def _set(path: list[str], value: object) -> Callable[[dict], None]:
         (_set(["modalities", "wsi", "kind"], "video"), "modalities.wsi.kind"),
         (_set(["modalities", "wsi", "features"], True), "modalities.wsi.features"),
         (lambda raw: raw.pop("labels"), "labels"),
+        (_set(["labels", "outcome"], "death\nid 4711"), "labels.outcome"),
+        (_set(["labels", "outcome"], "x" * 121), "labels.outcome"),
+        (_set(["labels", "outcome"], ["death"]), "labels.outcome"),
+        (_set(["labels", "event"], "death"), "labels"),
     ],
 )
 def test_read_refuses_wrong_fields(

@@ -18,6 +18,7 @@ from fedlego.common.data.schema import ConsortiumSchema, schema_hash
 from fedlego.deploy import validate_site_folder
 from fedlego.inprocess import InProcessTransport
 from fedlego.server.orchestrator import Federation
+from fedlego.server.report_summary import summary_section
 
 from .test_disclosure import TINY, declare_dropped, hospital
 
@@ -28,7 +29,8 @@ def consortium(tmp_path_factory) -> dict[str, Path]:
     for name, seed in (("north", 3), ("south", 4)):
         hospital(root / name, name, 100, 35, seed)
         declare_dropped(root / name)
-    assert main(["schema", str(root / "north"), "--out", str(root / "schema.json")]) == 0
+    schema = ["schema", str(root / "north"), "--out", str(root / "schema.json"), "--outcome", "death from any cause"]
+    assert main(schema) == 0
     return {"north": root / "north", "south": root / "south", "schema": root / "schema.json", "root": root}
 
 
@@ -91,6 +93,8 @@ def test_the_coordinator_records_the_schema_and_refuses_a_site_that_checked_anot
     results = Federation(transport, RunConfig.from_flat(config), log=lambda _: None).run()
     assert results.status == "completed"
     assert results.schema_sha256 == schema_hash(ConsortiumSchema.read(consortium["schema"]))
+    assert results.outcome == "death from any cause"
+    assert "The event: death from any cause." in summary_section(results)  # the report names it
     assert list(results.sites) == ["north"]
     [failure] = [f for f in results.failures if f.site == "south"]
     assert failure.phase == "describe" and "consortium schema" in failure.reason

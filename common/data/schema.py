@@ -16,7 +16,8 @@ patients hold it at the checking site.
 JSON format (``version`` 1)::
 
     {"version": 1, "task": "survival", "min_cell": 10,
-     "labels": {"time_unit": "days", "time_range": [0.9, 4000]},   # classification: {"classes": [0, 1]}
+     "labels": {"time_unit": "days", "time_range": [0.9, 4000],   # classification: {"classes": [0, 1]}
+                "outcome": "death from any cause"},                  # optional, shown in every report
      "modalities": {
        "clinical": {"kind": "tabular", "columns": {
            "age": {"type": "numeric", "unit": "years", "range": [29, 87]},
@@ -61,7 +62,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -430,24 +431,48 @@ class LabelSpec:
     time_unit: str | None = None
     time_range: Range | None = None
     classes: tuple[int, ...] | None = None
+    outcome: str | None = None
+    """What the event (survival) or the positive class is, in the consortium's words ("death from
+    any cause"): written by the people who agree the schema, never taken from a site's data; every
+    report names it."""
 
     def to_dict(self) -> dict[str, Any]:
+        named = {"outcome": self.outcome} if self.outcome is not None else {}
         if self.classes is not None:
-            return {"classes": list(self.classes)}
-        return {"time_unit": self.time_unit, "time_range": _range_json(self.time_range)}
+            return {"classes": list(self.classes), **named}
+        return {"time_unit": self.time_unit, "time_range": _range_json(self.time_range), **named}
 
     @classmethod
     def from_dict(cls, raw: Any, where: str, task: str) -> LabelSpec:
-        """Validated: survival needs ``time_unit`` and ``time_range``, classification ``classes``."""
+        """Validated: survival needs ``time_unit`` and ``time_range``, classification ``classes``;
+        ``outcome`` is optional (one line of at most ``OUTCOME_CHARACTERS``)."""
         if task == "survival":
-            raw = _object(raw, where, ("time_unit", "time_range"))
+            raw = _object(raw, where, ("time_unit", "time_range"), ("outcome",))
             unit = _choice(raw["time_unit"], _at(where, "time_unit"), TIME_UNITS)
-            return cls(time_unit=unit, time_range=_range(raw["time_range"], _at(where, "time_range")))
-        raw = _object(raw, where, ("classes",))
+            return cls(
+                time_unit=unit,
+                time_range=_range(raw["time_range"], _at(where, "time_range")),
+                outcome=_outcome(raw.get("outcome"), _at(where, "outcome")),
+            )
+        raw = _object(raw, where, ("classes",), ("outcome",))
         classes = _unique_list(raw["classes"], _at(where, "classes"), lambda v, w: _integer(v, w, 0))
         if not classes or (task == "binary" and not set(classes) <= {0, 1}):
             raise _bad(_at(where, "classes"), "a non-empty list of classes (0 and 1 for binary)", raw["classes"])
-        return cls(classes=tuple(sorted(classes)))
+        return cls(classes=tuple(sorted(classes)), outcome=_outcome(raw.get("outcome"), _at(where, "outcome")))
+
+
+OUTCOME_CHARACTERS = 120
+"""Longest outcome description a schema may hold (a name, not a protocol)."""
+
+
+def _outcome(value: Any, where: str) -> str | None:
+    """A schema's outcome description: absent, or one non-empty line of at most ``OUTCOME_CHARACTERS``."""
+    if value is None:
+        return None
+    text = _text(value, where)
+    if len(text) > OUTCOME_CHARACTERS or not text.isprintable():
+        raise _bad(where, f"one line of at most {OUTCOME_CHARACTERS} printable characters", value)
+    return text.strip()
 
 
 def _survival_labels(labels: Labels, min_cell: int, time_unit: str) -> LabelSpec:
@@ -971,11 +996,13 @@ def schema_from_site(
     min_cell: int = DEFAULT_MIN_CELL,
     time_unit: str | None = None,
     units: Mapping[str, Mapping[str, str]] | None = None,
+    outcome: str | None = None,
 ) -> ConsortiumSchema:
     """The schema of a reference site: its task, modalities, column types, rounded ranges and
     the categories / variables held by at least ``min_cell`` of its patients. ``time_unit`` names
     the unit of its survival times (default: the site's own, else days); ``units`` (modality ->
-    column or variable -> unit) fills the optional units (empty otherwise)."""
+    column or variable -> unit) fills the optional units (empty otherwise); ``outcome`` describes
+    the event or positive class (``LabelSpec.outcome``)."""
     time_unit = time_unit or site.dataset.labels.time_unit or "days"
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {list(TIME_UNITS)}, got {time_unit!r}")
@@ -987,7 +1014,8 @@ def schema_from_site(
         name: spec_class(data.kind).from_data(data, min_cell, units.get(name, {}))
         for name, data in site.dataset.modalities.items()
     }
-    return ConsortiumSchema(labels.task, LABEL_SPECS[labels.task](labels, min_cell, time_unit), modalities, min_cell)
+    spec = replace(LABEL_SPECS[labels.task](labels, min_cell, time_unit), outcome=_outcome(outcome, "outcome"))
+    return ConsortiumSchema(labels.task, spec, modalities, min_cell)
 
 
 def schema_hash(schema: ConsortiumSchema) -> str:

@@ -69,5 +69,7 @@ class DescribePhase(Phase):
             return None
         from fedlego.common.data.schema import ConsortiumSchema, schema_hash
 
-        federation.results.schema_sha256 = schema_hash(ConsortiumSchema.read(path))
+        schema = ConsortiumSchema.read(path)
+        federation.results.schema_sha256 = schema_hash(schema)
+        federation.results.outcome = schema.labels.outcome
         return federation.results.schema_sha256
