@@ -1,7 +1,8 @@
 """A site's warm worker (``client.worker``): every launch runs in a fresh forked child (nothing
 carried over from earlier messages), the launcher exits with its exit code, an abandoned child
-ends, an unreachable worker falls back to Flower's own flwr-clientapp, the worker leaves with the
-process that started it, and after its warm-up a federation imports next to nothing.
+ends, an unreachable worker falls back to Flower's own flwr-clientapp, so does a worker whose code
+changed on disk, the worker leaves with the process that started it, and after its warm-up a
+federation imports next to nothing.
 (``tests/test_deployment.py`` runs real sites through it.)"""
 
 from __future__ import annotations
