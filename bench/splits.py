@@ -218,7 +218,7 @@ def partitions(
 
     table = load_cohort(cohort)
     table["pid"] = table["pid"].astype(str).map(lambda p: f"{cohort}-{p}")  # the ids export_cohort writes
-    names = {s: "dirichlet" if len(split_seeds) == 1 else f"dirichlet-{s}" for s in split_seeds}
+    names = {s: "dirichlet" if s == 0 else f"dirichlet-{s}" for s in split_seeds}  # one name per draw
     splits = {names[s]: dirichlet_sites(table, s) for s in split_seeds} if "dirichlet" in kinds else {}
     if cohort in NATURAL and "natural" in kinds:
         splits["natural"] = natural_sites(table, NATURAL[cohort])
@@ -254,10 +254,17 @@ def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...], tuple[str, ...]]
     return record
 
 
+def _protocol(record: dict[str, Any]) -> bool:
+    """Whether a record is of this protocol (fixed splits, the centralized spread recorded)."""
+    return all("centralized_sites" in entry for entry in record["splits"].values())
+
+
 def merged_records(lines: list[str]) -> list[dict[str, Any]]:
     """Records of one cohort and seed (from runs of other strategies, ``--append``) as one: each
     split's strategies together, so that they are paired with each other. The centralized model of
-    a cohort and seed is the same in every run (seeded), kept from the first."""
+    a cohort and seed is the same in every run (seeded), kept from the first. Records of the
+    earlier protocol (a Dirichlet draw per seed, an unseeded centralized model: no
+    ``centralized_sites``) are never merged with those of this one (ValueError)."""
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     for line in lines:
         if not line.strip():
@@ -266,6 +273,8 @@ def merged_records(lines: list[str]) -> list[dict[str, Any]]:
         first = merged.setdefault((record["cohort"], record["seed"]), record)
         if first is record:
             continue
+        if _protocol(first) != _protocol(record):
+            raise ValueError(f"{record['cohort']} seed {record['seed']}: records of two benchmark protocols")
         for split, entry in record["splits"].items():
             first["splits"].setdefault(split, entry)["strategies"].update(entry["strategies"])
     return list(merged.values())

@@ -154,20 +154,30 @@ def _draws(summary: dict[str, Any]) -> str:
 
 
 def _meta(per_split: list[list[float]]) -> str:
-    """DerSimonian-Laird random-effects mean of per cohort-split means (t 95 % intervals over seeds)."""
-    from fedlego_bench.meta import random_effects
+    """DerSimonian-Laird random-effects mean of per cohort-split means, each with its variance over
+    seeds (s^2 / n); a split whose seeds all gave the same difference (no variance) is counted apart."""
+    from fedlego_bench.meta import dersimonian_laird
 
-    estimates = []
+    means, variances, flat = [], [], 0
     for values in per_split:
         finite = [v for v in values if math.isfinite(v)]
-        if len(finite) > 1:
-            mean = float(np.mean(finite))
-            half = float(stats.t.ppf(0.975, len(finite) - 1) * np.std(finite, ddof=1) / math.sqrt(len(finite)))
-            estimates.append((mean, mean - half, mean + half))
-    pooled = random_effects(estimates)
-    if pooled is None:
+        if len(finite) < 2:
+            continue
+        variance = float(np.var(finite, ddof=1) / len(finite))
+        if variance > 0:
+            means.append(float(np.mean(finite)))
+            variances.append(variance)
+        else:
+            flat += 1
+    if not means:
         return "n/a"
-    return f"{pooled['mean']:+.3f} [{pooled['low']:+.3f}, {pooled['high']:+.3f}] ({pooled['cohorts']} splits)"
+    pooled = dersimonian_laird(means, variances)
+    left = f"; {flat} without spread left out" if flat else ""
+    count = pooled["cohorts"]
+    return (
+        f"{pooled['mean']:+.3f} [{pooled['low']:+.3f}, {pooled['high']:+.3f}] "
+        f"({count} split{'s' if count != 1 else ''}{left})"
+    )
 
 
 def _paired(summary: dict[str, Any], strategy: str, reference: str, key: str) -> list[float]:

@@ -251,7 +251,7 @@ def _child(connection: socket.socket, listener: socket.socket, run: Callable[[li
 def _hand_back(connection: socket.socket) -> None:
     """Tell a launcher to run Flower's ``flwr-clientapp`` itself (after reading its arguments, so
     that nothing it sent is left unread)."""
-    with suppress(OSError, ValueError):
+    with suppress(OSError, ValueError, EOFError):  # a launcher gone before its arguments: nothing to tell
         connection.settimeout(_ARGUMENTS_SECONDS)
         receive_frame(connection)
         connection.sendall(_EXIT.pack(RUN_FRESH))

@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,11 @@ class CentralizedConfig:
     """Disclosure threshold of the fitted preprocessing, as a site would apply it (``common.disclosure``)."""
 
     def __post_init__(self) -> None:
-        for section in (self.model, self.training, self.fuse):  # one seed for everything, as RunConfig
-            section.seed = self.seed
+        # one seed for everything, as RunConfig; copies, so that a config sharing these sections
+        # (dataclasses.replace) keeps its own seed
+        self.model = replace(self.model, seed=self.seed)
+        self.training = replace(self.training, seed=self.seed)
+        self.fuse = replace(self.fuse, seed=self.seed)
 
     @classmethod
     def from_run(

@@ -65,7 +65,7 @@ def test_the_page_reports_the_paired_difference_per_strategy(tmp_path):
     write_splits_page(summary, tmp_path / "splits.md", "python bench/splits.py")
     page = (tmp_path / "splits.md").read_text()
     assert "| c | natural | fedavg | +0.000 [" in page and "| 0.000 | 0.071 | 1.2000 | 2 |" in page
-    assert "| fedyogi | nan | n/a | n/a | 0 |" in page and "(1 splits)" in page
+    assert "| fedyogi | nan | n/a | n/a | 0 |" in page and "(1 split)" in page
     assert "the same draw for every training seed" in page
 
 
@@ -77,3 +77,6 @@ def test_records_of_one_cohort_and_seed_merge_so_strategies_pair():
     assert [(r["cohort"], r["seed"]) for r in merged] == [("c", 0), ("c", 1)]
     assert set(merged[0]["splits"]["natural"]["strategies"]) == {"a", "b"}
     assert set(merged[1]["splits"]["natural"]["strategies"]) == {"a"}
+    recorded = {**later, "splits": {"natural": {"strategies": {"b": {}}, "centralized_sites": {}}}}
+    with pytest.raises(ValueError, match="two benchmark protocols"):  # an old record with a new one
+        merged_records([json.dumps(first), json.dumps(recorded)])
