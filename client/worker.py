@@ -48,7 +48,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 from fedlego.common.versions import PLUGIN_GROUPS
-from fedlego.launcher import stop_process
+from fedlego.launcher import stop_process, tool
 
 SOCKET_NAME = "worker.sock"
 LAUNCHER_NAME = "flwr-clientapp"
@@ -91,12 +91,21 @@ import socket
 import struct
 import sys
 
+
+def run_flower():
+    try:
+        os.execv({flower!r}, [{flower!r}, *sys.argv[1:]])
+    except OSError as error:
+        print(f"fedlego: Flower's flwr-clientapp ({flower!r}) cannot be run: {{error}}", file=sys.stderr)
+        sys.exit(1)
+
+
 connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
     connection.connect({socket_path!r})
 except OSError as error:
     print(f"fedlego: the site worker cannot be reached ({{error}}); running flwr-clientapp", file=sys.stderr)
-    os.execv({flower!r}, [{flower!r}, *sys.argv[1:]])
+    run_flower()
 request = json.dumps(sys.argv[1:]).encode()
 connection.sendall(struct.pack(">Q", len(request)) + request)
 status = b""
@@ -108,7 +117,7 @@ while len(status) < 8:
     status += chunk
 code = struct.unpack(">q", status)[0]
 if code == {run_fresh}:  # the worker's code changed on disk since it started: a fresh process
-    os.execv({flower!r}, [{flower!r}, *sys.argv[1:]])
+    run_flower()
 sys.exit(code)
 '''
 
@@ -352,7 +361,7 @@ def site_worker(
     if not enabled:
         yield {}
         return
-    flower = shutil.which(LAUNCHER_NAME, path=environment.get("PATH")) or LAUNCHER_NAME
+    flower = shutil.which(LAUNCHER_NAME, path=environment.get("PATH")) or tool(LAUNCHER_NAME)
     with tempfile.TemporaryDirectory(prefix="fedlego-worker-") as temporary:  # mode 0700
         folder = Path(temporary)
         launcher = write_launcher(folder, flower)

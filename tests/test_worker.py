@@ -125,6 +125,10 @@ def test_without_the_worker_the_launcher_runs_flowers_own(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "site worker cannot be reached" in result.stderr
     assert (tmp_path / "ran").read_text().strip() == "flower got --token abc"
+    missing = write_launcher(tmp_path, str(tmp_path / "no-such-flwr-clientapp"))
+    result = subprocess.run([str(missing), "--token", "abc"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "flwr-clientapp" in result.stderr and "cannot be run" in result.stderr
+    assert "Traceback" not in result.stderr  # a clear line, not a crash
 
 
 def test_after_its_code_changed_on_disk_the_worker_hands_messages_to_fresh_processes(tmp_path):
