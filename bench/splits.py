@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedlego_bench.splits_page import write_splits_page
+from fedlego_bench.splits_page import fixed_splits, write_splits_page
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Flower Datasets imports Hugging Face's hub: no outbound call
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -254,11 +254,6 @@ def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...], tuple[str, ...]]
     return record
 
 
-def _protocol(record: dict[str, Any]) -> bool:
-    """Whether a record is of this protocol (fixed splits, the centralized spread recorded)."""
-    return all("centralized_sites" in entry for entry in record["splits"].values())
-
-
 def merged_records(lines: list[str]) -> list[dict[str, Any]]:
     """Records of one cohort and seed (from runs of other strategies, ``--append``) as one: each
     split's strategies together, so that they are paired with each other. The centralized model of
@@ -273,7 +268,7 @@ def merged_records(lines: list[str]) -> list[dict[str, Any]]:
         first = merged.setdefault((record["cohort"], record["seed"]), record)
         if first is record:
             continue
-        if _protocol(first) != _protocol(record):
+        if fixed_splits(first) != fixed_splits(record):
             raise ValueError(f"{record['cohort']} seed {record['seed']}: records of two benchmark protocols")
         for split, entry in record["splits"].items():
             first["splits"].setdefault(split, entry)["strategies"].update(entry["strategies"])
@@ -327,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     partial = args.out / f"{args.name}-records.jsonl"  # each finished job at once: a cut-short run keeps its part
     if not args.append:
         partial.write_text("")
-    records = merged_records(partial.read_text().splitlines())
+    merged_records(partial.read_text().splitlines())  # an --append file of another protocol: refused before the runs
     with ProcessPoolExecutor(max(args.jobs, 1)) as pool:
         futures = {pool.submit(task, job): job for job in jobs}
         for future in as_completed(futures):  # written as each finishes; a failed job is named, not fatal

@@ -145,10 +145,15 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
     path.write_text("\n".join(lines))
 
 
+def fixed_splits(record: dict[str, Any]) -> bool:
+    """Whether a record is of the fixed-split protocol (one Dirichlet draw for every seed, the
+    centralized spread recorded) rather than the earlier one (a draw per seed)."""
+    return all("centralized_sites" in entry for entry in record["splits"].values())
+
+
 def _draws(summary: dict[str, Any]) -> str:
-    """How the Dirichlet splits were drawn: one per seed (records before the centralized spread
-    was recorded) or fixed draws shared by every seed."""
-    if all("centralized_sites" in e for r in summary["records"] for e in r["splits"].values()):
+    """How the Dirichlet splits were drawn (``fixed_splits``)."""
+    if all(fixed_splits(record) for record in summary["records"]):
         return "the same draw for every training seed"
     return "one draw per seed"
 

@@ -47,7 +47,7 @@ from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
-from fedlego.common.versions import PLUGIN_GROUPS
+from fedlego.common.versions import PLUGIN_GROUPS, software_versions
 from fedlego.launcher import stop_process, tool
 
 SOCKET_NAME = "worker.sock"
@@ -169,9 +169,7 @@ def code_fingerprint(packages: frozenset[str]) -> dict[str, object]:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    for group in PLUGIN_GROUPS:
-        for entry in entry_points(group=group):
-            versions[f"{group}:{entry.name}"] = entry.dist.version if entry.dist is not None else entry.value
+    versions |= {f"plugin {name}": v for name, v in software_versions().items() if name != "fedlego"}
     files: dict[str, int | None] = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
