@@ -33,8 +33,11 @@ lint: setup
 docs: setup
 	$(VENV)/bin/mkdocs build --strict --quiet
 
+# Two pytest-xdist workers, one file each at a time: the deployment tests (mostly waiting on
+# Flower's polls) run beside the others. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: lint docs browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Headless Chromium for the report test (Debian's package; as root only, else the test is skipped
 # outside CI): tests/test_report.py renders report.html in it as a person would see it.

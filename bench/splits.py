@@ -46,7 +46,8 @@ MIN_SITE = 30
 """Natural sites smaller than this join the next smallest (a hospital of a handful is no site)."""
 BUDGET = {"block-rounds": 10, "fuse-rounds": 10, "round-patience": 2}
 LAST = {"unvalidated-rounds": "last"}
-PATIENTS = {"site-weights": "patients", "start-site": "patients"}
+PATIENTS = {"site-weights": "patients", "start-site": "patients", "shared-preprocessing": "start-site"}
+OWN = {"shared-preprocessing": "start-site"}
 STRATEGIES: dict[str, dict[str, Any]] = {
     "fedavg (2+2 rounds)": {**PATIENTS, "unvalidated-rounds": "start"},
     "fedavg (2+2 rounds), keep last": {**PATIENTS, **LAST},
@@ -56,8 +57,19 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fedadam, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedadam"},
     "fedyogi, keep last": {**PATIENTS, **BUDGET, **LAST, "server-optimizer": "fedyogi"},
     "together, keep last": {**PATIENTS, **BUDGET, **LAST, "block-epochs": 5},
-    "events (2+2 rounds), keep last": {**LAST, "site-weights": "events", "start-site": "events"},
-    "patients from events (2+2 rounds), keep last": {**LAST, "site-weights": "patients", "start-site": "events"},
+    "events (2+2 rounds), keep last": {**OWN, **LAST, "site-weights": "events", "start-site": "events"},
+    "patients from events (2+2 rounds), keep last": {
+        **OWN,
+        **LAST,
+        "site-weights": "patients",
+        "start-site": "events",
+    },
+    "pooled preprocessing, patients from events (2+2 rounds), keep last": {
+        **LAST,
+        "site-weights": "patients",
+        "start-site": "events",
+        "shared-preprocessing": "pooled",
+    },
 }
 """Strategy -> run-config changes (each names every setting a default has since changed, so that
 a strategy means the same run whatever today's defaults); the first is the defaults before this
@@ -68,7 +80,9 @@ the rounds, instead of up to block-epochs alone (every site holds every modality
 federated block training from the start). ``events``: sites weighed by their training events, and
 each modality's rounds start from the block of the site with the most (``site-weights``,
 ``start-site``). ``patients from events``: sites weighed by their training patients, the rounds
-started from the block of the site with the most training events."""
+started from the block of the site with the most training events. ``pooled preprocessing``: every
+site trains its block, and the rounds run, with the preprocessing pooled from all sites' released
+statistics (``shared-preprocessing = pooled``) instead of each site's own and then the start site's."""
 
 
 def natural_sites(table, column: str) -> dict[str, list[str]]:
@@ -298,10 +312,14 @@ def main(argv: list[str] | None = None) -> None:
         "--render", action="store_true", help="write the page from the jobs finished so far (NAME-records.jsonl)"
     )
     parser.add_argument("--name", default="splits", help="the page's name: NAME.md, NAME.json, NAME-records.jsonl")
+    parser.add_argument(
+        "--records", help="with --render: read RECORDS-records.jsonl (another page's runs) instead of NAME's"
+    )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render:
-        records = merged_records((args.out / f"{args.name}-records.jsonl").read_text().splitlines())
+        source = args.out / f"{args.records or args.name}-records.jsonl"
+        records = merged_records(source.read_text().splitlines())
         done = {s for r in records for e in r["splits"].values() for s in e["strategies"]}
         chosen = {name: STRATEGIES[name] for name in args.strategies if name in done}
         summary = {"records": records, "strategies": chosen, "wall_seconds": float("nan")}

@@ -131,9 +131,12 @@ def reply(message: Message, answer) -> Message:
 @app.query(MessageType.DESCRIBE.action)
 @data_errors_stay_home
 def describe(message: Message, context: Context) -> Message:
-    """What this site holds: modalities and counts, never patient data."""
-    DescribeRequest.from_payload(received(message, context))
-    return reply(message, DescribeReply(site_for(context).describe()))
+    """What this site holds: modalities and counts, never patient data; when asked, also the
+    preprocessing statistics its block packages would carry (to be pooled across sites)."""
+    request = DescribeRequest.from_payload(received(message, context))
+    site = site_for(context)
+    states = {} if request.preprocessing is None else site.released_preprocessing(request.preprocessing)[0]
+    return reply(message, DescribeReply(site.describe(), states))
 
 
 @app.train(MessageType.BLOCK.action)
@@ -143,7 +146,13 @@ def train_block(message: Message, context: Context) -> Message:
     request = BlockRequest.from_payload(received(message, context))
     site = site_for(context)
     results = site.train_blocks(
-        request.task, request.model, request.training, request.run_id, request.preprocessing, request.privacy
+        request.task,
+        request.model,
+        request.training,
+        request.run_id,
+        request.preprocessing,
+        request.privacy,
+        request.pooled,
     )
     key = signing_key_for(context)
     if key is not None:

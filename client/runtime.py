@@ -18,7 +18,7 @@ from fedlego.client.local_round import local_round, paired_rows
 from fedlego.common.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedlego.common.data.dataset import MultimodalDataset
 from fedlego.common.data.errors import SiteDataError
-from fedlego.common.data.preprocess import preprocessor_from_dict
+from fedlego.common.data.preprocess import Preprocessor, make_preprocessor, preprocessor_from_dict, state_problem
 from fedlego.common.data.sitefolder import SiteData
 from fedlego.common.data.tensors import TensorSet, fit_preprocessor, make_tensor_set, task_for
 from fedlego.common.disclosure import (
@@ -151,15 +151,25 @@ class SiteRuntime:
         """What this site would send before any training, for review before a run: its description
         and, per modality, the fitted preprocessing a block package carries (column and variable
         names, categories, medians, means, spreads) or why the modality stays home."""
+        states, reasons = self.released_preprocessing(preprocessing_options)
+        preprocessing = {**states, **{m: {"not sent": reason} for m, reason in reasons.items()}}
+        return {"min_cell": self.min_cell, "description": self.describe().to_dict(), "preprocessing": preprocessing}
+
+    def released_preprocessing(
+        self, preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Per modality, the fitted preprocessing state this site's block package would carry (the
+        run's options under the site's own, fitted on its training patients under disclosure
+        control), and, for the modalities that stay home, why."""
         options = {**(preprocessing_options or {}), **self.preprocessing}
-        preprocessing: dict[str, Any] = {}
+        states, reasons = {}, {}
         for modality in self.modalities():
             try:
                 state = fit_preprocessor(self.dataset, modality, self._ids("train"), options, self.min_cell)
-                preprocessing[modality] = state.to_dict()
+                states[modality] = state.to_dict()
             except ValueError as error:
-                preprocessing[modality] = {"not sent": str(error)}
-        return {"min_cell": self.min_cell, "description": self.describe().to_dict(), "preprocessing": preprocessing}
+                reasons[modality] = str(error)
+        return states, reasons
 
     def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
         """A role's patients transformed with the preprocessing stored in each block."""
@@ -177,21 +187,24 @@ class SiteRuntime:
         run_id: str,
         preprocessing_options: Mapping[str, Mapping[str, Any]] | None = None,
         privacy: PrivacyConfig | None = None,
+        pooled: Mapping[str, dict[str, Any]] | None = None,
     ) -> BlockResults:
         """One block per held modality, trained on the site's training patients holding it and
         early-stopped on its validation patients; returned as packages. With ``privacy``, DP-SGD;
         the spent budget goes into the manifest metrics (``dp_epsilon``, ``dp_delta``...). A block
         that cannot be built or trained (its encoder raises, returns a wrong shape or non-finite
         values, exceeds the parameter budget, its weights are missing) is reported in ``errors``
-        with the cause; the site's other blocks still come back."""
+        with the cause; the site's other blocks still come back. A modality in ``pooled`` uses that
+        preprocessing state (pooled from every site's) when it is valid, was fitted with the
+        options this site would use and transforms its data; else its own. Either way the site's
+        own fit decides, under disclosure control, whether the block may be trained at all."""
         options = {**(preprocessing_options or {}), **self.preprocessing}
         results = BlockResults()
         preprocessors = {}
         for modality in self.modalities():
-            try:
-                preprocessors[modality] = fit_preprocessor(
-                    self.dataset, modality, self._ids("train"), options, self.min_cell
-                )
+            try:  # fitted even with a pooled state: the same disclosure checks gate the block
+                own = fit_preprocessor(self.dataset, modality, self._ids("train"), options, self.min_cell)
+                preprocessors[modality] = self._usable_pooled(modality, (pooled or {}).get(modality), options) or own
             except ValueError as error:  # below the disclosure threshold, or no training patient
                 results.errors[modality] = f"site {self.name!r}: {outgoing_reason(error)}"
         train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
@@ -224,6 +237,32 @@ class SiteRuntime:
             metrics.update(privacy_metrics(report))
             results.packages[modality] = block_to_package(block, task, site=self.name, run_id=run_id, metrics=metrics)
         return results
+
+    def _usable_pooled(
+        self, modality: str, state: dict[str, Any] | None, options: Mapping[str, Mapping[str, Any]]
+    ) -> Preprocessor | None:
+        """The pooled preprocessing state of ``modality`` as a preprocessor if this site can use it,
+        else None (the site's log says why, and the site fits its own)."""
+        if state is None:
+            return None
+        data = self.dataset.modalities[modality]
+        wanted = make_preprocessor(data.kind, **dict(options.get(modality, {}))).state["options"]
+        problem = state_problem(state)
+        if problem is None and (state["kind"] != data.kind or state["options"] != wanted):
+            problem = f"it is a {state['kind']} state fitted with {state['options']}, this site's is {wanted}"
+        if problem is None:
+            try:
+                preprocessor = preprocessor_from_dict(state)
+                preprocessor.transform(data, self._ids("train", modality))
+                return preprocessor
+            except (SiteDataError, ValueError, KeyError) as error:
+                problem = str(error)
+        print(
+            f"fedlego site {self.name}: {modality}: not using the pooled preprocessing ({problem}); fitting its own",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
 
     def block_round(
         self, block: LegoBlock, task: Task, train_config: TrainConfig, proximal_mu: float = 0.0

@@ -241,6 +241,12 @@ class RoundsConfig:
     (events, as released: from min-cell on; its patients break ties; a large site with few events
     has learned little about risk) or the most training patients (patients). Chosen with
     ``site-weights`` (docs/benchmarks/splits-seeds.md)."""
+    shared_preprocessing: str = "start-site"
+    """The preprocessing of a modality several sites hold: pooled (each site sends at describe the
+    preprocessing statistics its block package would carry anyway; the coordinator pools them and
+    every site trains its block with the pooled one) or start-site (each site fits its own; the
+    rounds use the start site's). A kind without a pooling rule, or sites fitted with different
+    options, keep start-site."""
     unvalidated_rounds: str = "last"
     """When no site can report a validation loss (all under the disclosure threshold), keep the
     last round's parameters (last) or those the rounds started from (start: the largest site's
@@ -413,6 +419,7 @@ CHOICES = {
     "unvalidated-rounds": ("start", "last"),
     "site-weights": ("patients", "events"),
     "start-site": ("patients", "events"),
+    "shared-preprocessing": ("pooled", "start-site"),
     "task": ("survival", "binary"),
     "layout": ("modality-sites", "pooled"),
 }

@@ -146,35 +146,57 @@ class SiteDescription:
 
 @dataclass
 class DescribeRequest:
-    """Phase describe: tell what you hold."""
+    """Phase describe: tell what you hold. With ``preprocessing`` (the run's preprocessing options
+    per modality), also send the preprocessing each of your blocks would carry, fitted on your
+    training patients with them, so that the coordinator can pool them before blocks are trained."""
 
     message_type: ClassVar[MessageType] = MessageType.DESCRIBE
+    preprocessing: dict[str, dict[str, Any]] | None = None
 
     def to_payload(self) -> Payload:
-        return Payload(config=_versioned({}))
+        config = {} if self.preprocessing is None else {"preprocessing": json.dumps(self.preprocessing)}
+        return Payload(config=_versioned(config))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> DescribeRequest:
-        _field(payload, VERSION_KEY, "describe request")
-        return cls()
+        what = "describe request"
+        _field(payload, VERSION_KEY, what)
+        if "preprocessing" not in payload.config:
+            return cls()
+        return cls(_mapping_of_objects(_json(payload, "preprocessing", what), what, "preprocessing"))
 
 
 @dataclass
 class DescribeReply:
-    """A site's description."""
+    """A site's description and, when asked, the fitted preprocessing state per modality its block
+    packages would carry (modalities it cannot release are left out)."""
 
     description: SiteDescription
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_payload(self) -> Payload:
-        return Payload(config=_versioned({"description": json.dumps(self.description.to_dict())}))
+        config: dict[str, Any] = {"description": json.dumps(self.description.to_dict())}
+        if self.preprocessing:
+            config["preprocessing"] = json.dumps(self.preprocessing)
+        return Payload(config=_versioned(config))
 
     @classmethod
     def from_payload(cls, payload: Payload) -> DescribeReply:
-        values = _json(payload, "description", "describe reply")
+        what = "describe reply"
+        values = _json(payload, "description", what)
+        fitted = _json(payload, "preprocessing", what) if "preprocessing" in payload.config else {}
         try:
-            return cls(SiteDescription.from_dict(values))
+            description = SiteDescription.from_dict(values)
         except TypeError as error:
             raise ProtocolError(f"describe reply: malformed description ({error})") from error
+        return cls(description, _mapping_of_objects(fitted, what, "preprocessing"))
+
+
+def _mapping_of_objects(value: Any, what: str, key: str) -> dict[str, dict[str, Any]]:
+    """``value`` if it maps text to objects, else a ProtocolError naming the field."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+        raise ProtocolError(f"{what}: field {key!r} must map modalities to objects")
+    return value
 
 
 @dataclass
@@ -188,11 +210,16 @@ class BlockRequest:
     training: TrainConfig
     preprocessing: dict[str, dict[str, Any]]
     privacy: PrivacyConfig | None = None
+    pooled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality, a fitted preprocessing state pooled from the sites' (``shared-preprocessing =
+    pooled``): a site fits its own only for modalities not in here, or when the pooled state was
+    fitted with other options than its own or does not fit its data."""
 
     def to_payload(self) -> Payload:
         return Payload(
             config=_versioned(
                 {
+                    "pooled": json.dumps(self.pooled),
                     "task": json.dumps(self.task.to_dict()),
                     "run-id": self.run_id,
                     "model": json.dumps(asdict(self.model)),
@@ -214,6 +241,7 @@ class BlockRequest:
             training=_config(TrainConfig, payload, "training", what),
             preprocessing=_json(payload, "preprocessing", what),
             privacy=None if privacy is None else _config(PrivacyConfig, payload, "privacy", what),
+            pooled=_mapping_of_objects(_json(payload, "pooled", what), what, "pooled"),
         )
 
 

@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedlego.common.aggregation import ServerOptimizer, combine_states
 from fedlego.common.config import RunConfig
@@ -41,6 +42,8 @@ class Models:
     """Checked block packages per modality, largest cohort first (the block phase's)."""
     blocks: dict[str, LegoBlock] = field(default_factory=dict)
     block_packages: dict[str, BlockPackage] = field(default_factory=dict)
+    pooled_preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per modality held by several sites, the preprocessing pooled from theirs (describe phase)."""
     merged: ModelPackage | None = None
     fused: ModelPackage | None = None
 

@@ -157,9 +157,11 @@ def _forbidden(secrets: dict[str, list]) -> list[bytes]:
     return found
 
 
-def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, tmp_path, capsys):
+@pytest.mark.parametrize("shared", ["start-site", "pooled"])
+def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, tmp_path, capsys, shared):
     """A real simulated federation of the two hospitals (Flower's simulation engine, one process
-    per site): every file of the run folder is searched byte by byte."""
+    per site): every file of the run folder is searched byte by byte, with each site's own
+    preprocessing and with the one pooled from both sites' statistics."""
     import shutil
 
     a, b, secrets = hospitals
@@ -180,6 +182,7 @@ def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, t
             "0",
             "--set",
             *TINY,
+            f"shared-preprocessing={shared}",
             "--out",
             str(out),
         ]
@@ -189,6 +192,7 @@ def test_no_identifier_rare_value_or_exact_event_time_leaves_a_site(hospitals, t
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["config"]["min-cell"] == 10
+    assert (shared == "pooled") == ("preprocessing-pooled" in (out / "audit.jsonl").read_text())
     site_b = results["sites"]["hospital-b"]
     assert "n_train_events" not in site_b  # 5 events in 36 training patients: not sent
     files = [p for p in out.rglob("*") if p.is_file() and ".flower" not in p.parts]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -38,6 +39,7 @@ from fedlego.common.disclosure import DisclosureError, below_threshold, round_si
 from .dataset import ModalityData
 from .errors import SiteDataError
 from .kinds import kind_names, known_kind, modality_kind, unknown_kind_message
+from .pooling import by_name, pooled_moments, weighted_mean
 
 Tensors = dict[str, torch.Tensor]
 MIN_STD = 1e-12
@@ -151,6 +153,14 @@ class Preprocessor(ABC):
         positive spreads), or None. Checked before a state from another party is used."""
         return None
 
+    @classmethod
+    def pool(cls, fits: list[dict[str, Any]], weights: list[float], options: dict[str, Any]) -> dict[str, Any] | None:
+        """One fitted state from several sites' fitted states of this kind (``fits``, each valid,
+        fitted with ``options``), each site weighed by its training patients; None when they
+        cannot be pooled. The default: None (a kind without a pooling rule keeps the start site's
+        preprocessing)."""
+        return None
+
     @property
     def fitted(self) -> dict[str, Any]:
         """The fitted part of the state (raises if not fitted yet)."""
@@ -184,6 +194,32 @@ class TabularPreprocessor(Preprocessor):
     @classmethod
     def fit_problem(cls, fit: dict[str, Any]) -> str | None:
         return _tabular_fit_problem(fit)
+
+    @classmethod
+    def pool(cls, fits: list[dict[str, Any]], weights: list[float], options: dict[str, Any]) -> dict[str, Any] | None:
+        """Numeric columns: every site's, pooled means and spreads (a site without a column does
+        not count towards it), medians averaged with the same weights. Categories: every category
+        some site kept (held by min-cell of its patients), most widely held first, at most
+        ``max_categories``. None if a column is numeric at one site and categorical at another, or
+        log-transformed at one only."""
+        numeric = [fit["numeric"] for fit in fits]
+        names = list(dict.fromkeys(name for part in numeric for name in part["names"]))
+        logged: dict[str, bool] = {}
+        for part in numeric:
+            for name, log in zip(part["names"], part["log"], strict=True):
+                if logged.setdefault(name, log) != log:
+                    return None
+        categorical = _pooled_categories(fits, weights, options["max_categories"])
+        if {column["name"] for column in categorical} & set(names):
+            return None
+
+        def laid_out(key: str) -> list[list[float | None]]:
+            return by_name([part["names"] for part in numeric], [part[key] for part in numeric], names)
+
+        mean, std = pooled_moments(laid_out("mean"), laid_out("std"), weights)
+        pooled = {"names": names, "log": [logged[name] for name in names]}
+        pooled |= {"median": weighted_mean(laid_out("median"), weights), "mean": mean, "std": _std(std)}
+        return {"numeric": pooled, "categorical": categorical}
 
     def __init__(self, log_transform: bool | Sequence[str] = False, max_categories: int = 20):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
@@ -274,6 +310,19 @@ class TimeSeriesPreprocessor(Preprocessor):
     @classmethod
     def fit_problem(cls, fit: dict[str, Any]) -> str | None:
         return _timeseries_fit_problem(fit)
+
+    @classmethod
+    def pool(cls, fits: list[dict[str, Any]], weights: list[float], options: dict[str, Any]) -> dict[str, Any] | None:
+        """Every site's variables, with pooled means and spreads (weighed by patients: a site's
+        number of measurements does not travel)."""
+        variables = sorted({name for fit in fits for name in fit["variables"]})
+
+        def laid_out(key: str) -> list[list[float | None]]:
+            return by_name([fit["variables"] for fit in fits], [fit[key] for fit in fits], variables)
+
+        mean, std = pooled_moments(laid_out("mean"), laid_out("std"), weights)
+        logged = sorted({name for fit in fits for name in fit["log"]})
+        return {"variables": variables, "log": logged, "mean": mean, "std": _std(std)}
 
     def __init__(self, log_transform: bool | Sequence[str] = False, max_visits: int = DEFAULT_MAX_VISITS):
         log = log_transform if isinstance(log_transform, bool) else list(log_transform)
@@ -381,6 +430,15 @@ class ImagePreprocessor(Preprocessor):
     def fit_problem(cls, fit: dict[str, Any]) -> str | None:
         return _image_fit_problem(fit)
 
+    @classmethod
+    def pool(cls, fits: list[dict[str, Any]], weights: list[float], options: dict[str, Any]) -> dict[str, Any] | None:
+        """Pooled channel means and spreads (exact: every image has the same number of pixels);
+        None if the sites' images differ in shape."""
+        if len({tuple(fit["shape"]) for fit in fits}) != 1:
+            return None
+        mean, std = pooled_moments([fit["mean"] for fit in fits], [fit["std"] for fit in fits], weights)
+        return {"shape": list(fits[0]["shape"]), "mean": mean, "std": _std(std)}
+
     def _checked(self, data: ModalityData, ids: Sequence[str], shape: tuple[int, ...]) -> None:
         assert data.arrays is not None
         odd = [i for i in ids if i in data.arrays and _chw_shape(data.arrays[i]) != shape]
@@ -431,6 +489,15 @@ class BagPreprocessor(Preprocessor):
     def fit_problem(cls, fit: dict[str, Any]) -> str | None:
         return _bags_fit_problem(fit)
 
+    @classmethod
+    def pool(cls, fits: list[dict[str, Any]], weights: list[float], options: dict[str, Any]) -> dict[str, Any] | None:
+        """Pooled feature means and spreads (weighed by patients: a site's number of instances
+        does not travel); None if the sites' instances differ in width."""
+        if len({len(fit["mean"]) for fit in fits}) != 1:
+            return None
+        mean, std = pooled_moments([fit["mean"] for fit in fits], [fit["std"] for fit in fits], weights)
+        return {"mean": mean, "std": _std(std)}
+
     def _checked(self, data: ModalityData, ids: Sequence[str], width: int) -> None:
         assert data.arrays is not None
         odd = [i for i in ids if i in data.arrays and data.arrays[i].shape[1] != width]
@@ -476,6 +543,44 @@ class BagPreprocessor(Preprocessor):
                 x[k, : len(bag)] = (bag - mean) / std
                 mask[k, : len(bag)] = 1.0
         return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask)}, present
+
+
+def _pooled_categories(fits: list[dict[str, Any]], weights: list[float], most: int) -> list[dict[str, Any]]:
+    """Per categorical column (in order of first appearance), the categories the sites kept,
+    ranked by the patients of the sites keeping them, then by first appearance; at most ``most``."""
+    scores: dict[str, dict[str, float]] = {}
+    for fit, weight in zip(fits, weights, strict=True):
+        for column in fit["categorical"]:
+            held = scores.setdefault(column["name"], {})
+            for category in column["categories"]:
+                held[category] = held.get(category, 0.0) + weight
+    pooled = []
+    for name, held in scores.items():
+        first = {category: position for position, category in enumerate(held)}
+        ranked = sorted(held, key=lambda category: (-held[category], first[category]))
+        pooled.append({"name": name, "categories": ranked[:most]})
+    return pooled
+
+
+def pooled_state(states: Sequence[dict[str, Any]], weights: Sequence[float]) -> dict[str, Any] | None:
+    """One fitted preprocessing state from several sites' valid fitted states of one modality, each
+    weighed by its training patients (``weights``, positive), or None when they cannot be pooled:
+    fewer than two, different kinds or options, a kind without a pooling rule
+    (``Preprocessor.pool``), fits that do not fit together, or a result that breaks the kind's
+    schema. Pools only what the states hold, so it discloses nothing they do not."""
+    if len(states) < 2 or len(states) != len(weights) or min(weights) <= 0:
+        return None
+    kinds = {state["kind"] for state in states}
+    options = {json.dumps(state["options"], sort_keys=True) for state in states}
+    if len(kinds) != 1 or len(options) != 1:
+        return None
+    kind = kinds.pop()
+    fits = [state["fit"] for state in states]
+    fit = modality_kind(kind).preprocessor.pool(fits, list(weights), copy.deepcopy(states[0]["options"]))
+    if fit is None:
+        return None
+    state = {"kind": kind, "options": copy.deepcopy(states[0]["options"]), "fit": fit}
+    return state if state_problem(state) is None else None
 
 
 def make_preprocessor(kind: str, **options: Any) -> Preprocessor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedlego.common.data.presets import preprocessing_for
 from fedlego.common.packaging import PackageError, parse_block_package
@@ -30,6 +30,8 @@ class BlockUploads(PhaseState):
 
     answered: list[str] = field(default_factory=list)
     accepted: list[list[str]] = field(default_factory=list)
+    pooled: dict[str, dict[str, Any]] | None = None
+    """The pooled preprocessing the first attempt sent (a resumed run sends the same again)."""
 
 
 def upload_name(site: str, modality: str) -> str:
@@ -45,6 +47,10 @@ class BlocksPhase(Phase):
     def run(self, federation: Federation) -> None:
         federation.log("phase block")
         settings, task = federation.settings, federation.models.task
+        state = BlockUploads.load(federation.recorder, self.name)
+        if state.pooled is None:
+            state.pooled = federation.models.pooled_preprocessing
+            state.save(federation.recorder, self.name)
         request = BlockRequest(
             federation.run_id,
             task,
@@ -52,8 +58,8 @@ class BlocksPhase(Phase):
             settings.training,
             preprocessing_for(settings),
             settings.block_privacy(),
+            state.pooled,
         )
-        state = BlockUploads.load(federation.recorder, self.name)
         packages = [self._reload(federation, site, modality) for site, modality in state.accepted]
         nodes = [n for n, d in federation.sites.items() if d.modalities and d.site not in state.answered]
         if state.answered:

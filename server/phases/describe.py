@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fedlego.common.protocol import DescribeRequest
+from fedlego.common.data.preprocess import pooled_state, state_problem
+from fedlego.common.data.presets import preprocessing_for
+from fedlego.common.protocol import DescribeRequest, SiteDescription
 from fedlego.common.tasks import task_from_dict
 from fedlego.common.versions import software_versions, version_mismatch
 from fedlego.server.checks import agree_task
@@ -26,7 +28,10 @@ class DescribePhase(Phase):
         results = federation.results
         nodes = federation.wait_for_sites()
         federation.log("phase describe")
-        answered = federation.exchange("describe", {n: DescribeRequest() for n in nodes})
+        pooling = federation.settings.rounds.shared_preprocessing == "pooled"
+        request = DescribeRequest(preprocessing_for(federation.settings) if pooling else None)
+        answered = federation.exchange("describe", dict.fromkeys(nodes, request))
+        fitted: dict[str, list[tuple[SiteDescription, dict[str, Any]]]] = {}
         traffic = results.phase("describe").bytes
         schema = self._schema_sha256(federation)
         ours = software_versions()
@@ -44,7 +49,10 @@ class DescribePhase(Phase):
                 federation.log(f"  describe: {description.site} refused: {reason}")
                 continue
             federation.sites[node] = description
+            for modality, state in reply.preprocessing.items():
+                fitted.setdefault(modality, []).append((description, state))
             results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
+        federation.models.pooled_preprocessing = self._pooled(federation, fitted) if pooling else {}
         results.data = {d.site: d.data for d in federation.sites.values() if d.data is not None} or None
         if not federation.sites:
             reasons = "; ".join(f"{f.site}: {f.reason}" for f in results.failures if f.phase == "describe")
@@ -62,6 +70,40 @@ class DescribePhase(Phase):
         federation.models.task = task
 
     @staticmethod
+    def _pooled(
+        federation: Federation, fitted: dict[str, list[tuple[SiteDescription, dict[str, Any]]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Per modality that two or more accepted sites sent valid preprocessing statistics for,
+        the state pooled from them (each weighed by its released training patients, the largest
+        first); a state that is invalid, of another kind than described, or of a modality the site
+        did not describe is left out, and one that cannot be pooled leaves each site its own."""
+        pooled = {}
+        for modality, sent in sorted(fitted.items()):
+            usable = []
+            for description, state in sent:
+                problem = _unpoolable(description, modality, state)
+                if problem is None:
+                    patients = description.n_train[description.modalities.index(modality)]
+                    usable.append((patients, description.site, state))
+                else:
+                    federation.log(f"  describe: {description.site}/{modality}: statistics not pooled: {problem}")
+            if len(usable) < 2:
+                continue
+            usable.sort(key=lambda entry: (-entry[0], entry[1]))
+            state = pooled_state([entry[2] for entry in usable], [entry[0] for entry in usable])
+            sites = [entry[1] for entry in usable]
+            if state is None:
+                federation.log(
+                    f"  describe: {modality}: the preprocessing of {', '.join(sites)} cannot be pooled "
+                    "(other options or shapes, or a kind without a pooling rule): each site fits its own"
+                )
+                continue
+            pooled[modality] = state
+            federation.log(f"  describe: {modality}: preprocessing pooled from {len(sites)} sites")
+            federation.recorder.audit("preprocessing-pooled", modality=modality, sites=sites)
+        return pooled
+
+    @staticmethod
     def _schema_sha256(federation: Federation) -> str | None:
         """The SHA-256 of the run's consortium schema (``schema`` key), recorded in the results."""
         path = federation.settings.coordinator.schema
@@ -73,3 +115,16 @@ class DescribePhase(Phase):
         federation.results.schema_sha256 = schema_hash(schema)
         federation.results.outcome = schema.labels.outcome
         return federation.results.schema_sha256
+
+
+def _unpoolable(description: SiteDescription, modality: str, state: dict[str, Any]) -> str | None:
+    """Why a site's preprocessing state of ``modality`` cannot enter the pool, or None."""
+    if modality not in description.modalities:
+        return "the site did not describe this modality"
+    index = description.modalities.index(modality)
+    if description.n_train[index] <= 0:
+        return "the site released no training count for it"
+    problem = state_problem(state)
+    if problem is None and state["kind"] != description.kinds[index]:
+        problem = f"a {state['kind']} state for {description.kinds[index]} data"
+    return problem
