@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -268,6 +269,27 @@ def task(job: tuple[str, int, tuple[str, ...], tuple[int, ...], tuple[str, ...]]
     return record
 
 
+def changes(
+    records: list[dict[str, Any]], earlier: list[dict[str, Any]], strategies: list[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Per strategy, its test and validation c-index in ``records`` minus the same strategy's in
+    ``earlier``, one value per cohort, split and seed both hold."""
+    before = {(r["cohort"], r["seed"]): r for r in earlier}
+    out: dict[str, dict[str, list[float]]] = {s: {"test": [], "validation": []} for s in strategies}
+    for record in records:
+        old = before.get((record["cohort"], record["seed"]))
+        for split, entry in record["splits"].items() if old else ():
+            for strategy in strategies:
+                now, then = entry["strategies"].get(strategy), old["splits"].get(split, {}).get("strategies", {})
+                if now is None or strategy not in then:
+                    continue
+                for key in ("test", "validation"):
+                    change = float(now[key]) - float(then[strategy][key])
+                    if math.isfinite(change):
+                        out[strategy][key].append(change)
+    return out
+
+
 def merged_records(lines: list[str]) -> list[dict[str, Any]]:
     """Records of one cohort and seed (from runs of other strategies, ``--append``) as one: each
     split's strategies together, so that they are paired with each other. The centralized model of
@@ -315,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--records", help="with --render: read RECORDS-records.jsonl (another page's runs) instead of NAME's"
     )
+    parser.add_argument(
+        "--before",
+        help="with --render: also pair each strategy with its own runs in BEFORE-records.jsonl (the same "
+        "cohorts, splits and seeds run by earlier code)",
+    )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "bench/splits.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render:
@@ -323,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
         done = {s for r in records for e in r["splits"].values() for s in e["strategies"]}
         chosen = {name: STRATEGIES[name] for name in args.strategies if name in done}
         summary = {"records": records, "strategies": chosen, "wall_seconds": float("nan")}
+        if args.before:
+            earlier = merged_records((args.out / f"{args.before}-records.jsonl").read_text().splitlines())
+            summary["before"] = {"name": args.before, "differences": changes(records, earlier, list(chosen))}
         (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         write_splits_page(summary, args.out / f"{args.name}.md", command)
         return

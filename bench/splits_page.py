@@ -142,7 +142,25 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
         )
     lines += ["", f"Highest mean c-index on the validation patients: **{chosen}**.", ""]
     lines += _against_first(summary, table, strategies)
+    if "before" in summary:
+        lines += _against_before(summary["before"])
     path.write_text("\n".join(lines))
+
+
+def _against_before(before: dict[str, Any]) -> list[str]:
+    """Each strategy against its own runs by earlier code (``splits.changes``)."""
+    lines = [
+        f"## Against the same strategies in `{before['name']}-records.jsonl`",
+        "",
+        "Earlier code on the same cohorts, splits and seeds; now - then, paired by cohort, split and seed.",
+        "",
+        "| strategy | validation c-index change | test c-index change | pairs |",
+        "|---|---|---|---|",
+    ]
+    for strategy, change in before["differences"].items():
+        validation, test = _interval(change["validation"]), _interval(change["test"])
+        lines.append(f"| {strategy} | {validation} | {test} | {len(change['test'])} |")
+    return [*lines, ""]
 
 
 def fixed_splits(record: dict[str, Any]) -> bool:

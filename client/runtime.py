@@ -6,9 +6,10 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ class SiteRuntime:
     """Disclosure threshold (``common.disclosure``): fewest patients behind anything this site sends."""
     schema_sha256: str | None = None
     """The consortium schema this site's data passed (``check_schema``), reported in ``describe``."""
+    _own_fits: dict[tuple[str, str, int], dict[str, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_site_data(cls, data: SiteData, run_min_cell: int = DEFAULT_MIN_CELL) -> SiteRuntime:
@@ -172,12 +176,40 @@ class SiteRuntime:
         return states, reasons
 
     def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
-        """A role's patients transformed with the preprocessing stored in each block."""
+        """A role's patients transformed with the preprocessing stored in each block; for the
+        roles a round trains or validates on, what the site's own fit leaves out is withheld
+        (``trainable``)."""
         preprocessors = {}
         for modality, block in blocks.items():
             if modality in self.dataset.modalities and block.preprocessing:
                 preprocessors[modality] = preprocessor_from_dict(block.preprocessing)
-        return make_tensor_set(self.dataset, preprocessors, self._ids(role))
+        dataset = self.dataset if role == "test" else self.trainable(preprocessors)
+        return make_tensor_set(dataset, preprocessors, self._ids(role))
+
+    def trainable(self, shared: Mapping[str, Preprocessor]) -> MultimodalDataset:
+        """This site's data as it may train with preprocessing states from elsewhere (a round's
+        block, a pooled state): per modality, what the site's own fit with the same options (on its
+        training patients, at its min-cell) leaves out is withheld (``Preprocessor.withhold``), and
+        a modality its own rules keep entirely out is absent."""
+        modalities = dict(self.dataset.modalities)
+        for modality, preprocessor in shared.items():
+            data = modalities[modality]
+            try:
+                own = self._own_fit(modality, preprocessor.state["options"])
+            except (TypeError, ValueError):  # below its disclosure threshold (or odd options): nothing to train on
+                modalities[modality] = data.subset([])
+                continue
+            modalities[modality] = preprocessor.withhold(data, own)
+        return replace(self.dataset, modalities=modalities)
+
+    def _own_fit(self, modality: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The fitted state this site's own preprocessing of ``modality`` with ``options`` would
+        have (kept for the next round)."""
+        key = (modality, json.dumps(options, sort_keys=True, default=str), self.min_cell)
+        if key not in self._own_fits:
+            fitted = fit_preprocessor(self.dataset, modality, self._ids("train"), {modality: options}, self.min_cell)
+            self._own_fits[key] = fitted.fitted
+        return self._own_fits[key]
 
     def train_blocks(
         self,
@@ -207,8 +239,9 @@ class SiteRuntime:
                 preprocessors[modality] = self._usable_pooled(modality, (pooled or {}).get(modality), options) or own
             except ValueError as error:  # below the disclosure threshold, or no training patient
                 results.errors[modality] = f"site {self.name!r}: {outgoing_reason(error)}"
-        train = make_tensor_set(self.dataset, preprocessors, self._ids("train"))
-        validation = make_tensor_set(self.dataset, preprocessors, self._ids("validation"))
+        dataset = self.trainable({m: p for m, p in preprocessors.items() if (pooled or {}).get(m) == p.state})
+        train = make_tensor_set(dataset, preprocessors, self._ids("train"))
+        validation = make_tensor_set(dataset, preprocessors, self._ids("validation"))
         for modality in preprocessors:
             try:
                 block, report = train_block(
@@ -248,6 +281,8 @@ class SiteRuntime:
         data = self.dataset.modalities[modality]
         wanted = make_preprocessor(data.kind, **dict(options.get(modality, {}))).state["options"]
         problem = state_problem(state)
+        if problem is None and not isinstance(state.get("fit"), dict):
+            problem = "the state is not fitted"
         if problem is None and (state["kind"] != data.kind or state["options"] != wanted):
             problem = f"it is a {state['kind']} state fitted with {state['options']}, this site's is {wanted}"
         if problem is None:
@@ -255,8 +290,8 @@ class SiteRuntime:
                 preprocessor = preprocessor_from_dict(state)
                 preprocessor.transform(data, self._ids("train", modality))
                 return preprocessor
-            except (SiteDataError, ValueError, KeyError) as error:
-                problem = str(error)
+            except Exception as error:  # another party's state: whatever fails leaves the site its own
+                problem = f"{type(error).__name__}: {error}"
         print(
             f"fedlego site {self.name}: {modality}: not using the pooled preprocessing ({problem}); fitting its own",
             file=sys.stderr,

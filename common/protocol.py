@@ -138,6 +138,22 @@ class SiteDescription:
         """The description as JSON-ready values (absent survival fields left out)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def problem(self) -> str | None:
+        """Why the description's modality lists do not fit together (names and kinds as text,
+        counts as non-negative whole numbers, one of each per modality), or None."""
+        if not isinstance(self.site, str) or not isinstance(self.modalities, list):
+            return "'site' must be text and 'modalities' a list"
+        for key in ("modalities", "kinds", "n_train", "n_validation", "n_test"):
+            values = getattr(self, key)
+            whole = key.startswith("n_")
+            if not isinstance(values, list) or len(values) != len(self.modalities):
+                return f"{key!r} must be a list with one entry per modality"
+            if whole and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                return f"{key!r} must hold non-negative whole numbers"
+            if not whole and not all(isinstance(v, str) for v in values):
+                return f"{key!r} must hold text"
+        return None
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SiteDescription:
         """Inverse of ``to_dict``."""
@@ -189,6 +205,9 @@ class DescribeReply:
             description = SiteDescription.from_dict(values)
         except TypeError as error:
             raise ProtocolError(f"describe reply: malformed description ({error})") from error
+        problem = description.problem()
+        if problem is not None:
+            raise ProtocolError(f"describe reply: malformed description ({problem})")
         return cls(description, _mapping_of_objects(fitted, what, "preprocessing"))
 
 
@@ -241,7 +260,9 @@ class BlockRequest:
             training=_config(TrainConfig, payload, "training", what),
             preprocessing=_json(payload, "preprocessing", what),
             privacy=None if privacy is None else _config(PrivacyConfig, payload, "privacy", what),
-            pooled=_mapping_of_objects(_json(payload, "pooled", what), what, "pooled"),
+            pooled=_mapping_of_objects(_json(payload, "pooled", what), what, "pooled")
+            if "pooled" in payload.config
+            else {},
         )
 
 

@@ -44,6 +44,8 @@ class Models:
     block_packages: dict[str, BlockPackage] = field(default_factory=dict)
     pooled_preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per modality held by several sites, the preprocessing pooled from theirs (describe phase)."""
+    pooled_sites: dict[str, list[str]] = field(default_factory=dict)
+    """Per pooled modality, the sites whose statistics entered the pool."""
     merged: ModelPackage | None = None
     fused: ModelPackage | None = None
 

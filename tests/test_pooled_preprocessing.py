@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fedlego.client.simulated import simulated_site
 from fedlego.common.config import RunConfig
@@ -158,17 +159,19 @@ def test_the_statistics_travel_in_describe_and_are_checked():
     bad.config["preprocessing"] = json.dumps({"clinical": [1, 2]})
     with pytest.raises(ProtocolError, match="'preprocessing' must map modalities to objects"):
         DescribeReply.from_payload(Payload(config=bad.config))
-    assert _unpoolable(description, "clinical", state) is None
-    assert "did not describe" in _unpoolable(description, "labs", state)
+    assert _unpoolable(description, "clinical", state, {}) is None
+    assert "did not describe" in _unpoolable(description, "labs", state, {})
     series = {
         "kind": "timeseries",
         "options": {},
         "fit": {"variables": ["alb"], "log": [], "mean": [0.0], "std": [1.0]},
     }
-    assert "timeseries state for tabular" in _unpoolable(description, "clinical", series)
+    assert "timeseries state for tabular" in _unpoolable(description, "clinical", series, {})
     hostile = json.loads(json.dumps(state))
     hostile["fit"]["numeric"]["std"][0] = -1.0
-    assert "not positive" in _unpoolable(description, "clinical", hostile)
+    assert "not positive" in _unpoolable(description, "clinical", hostile, {})
+    assert "not fitted" in _unpoolable(description, "clinical", {**state, "fit": None}, {})
+    assert "other options" in _unpoolable(description, "clinical", state, {"log_transform": True})
 
 
 POOLED = {**SMALL, "sites-per-modality": 2, "paired-sites": 0, "fuse-rounds": 0, "shared-preprocessing": "pooled"}
@@ -220,3 +223,60 @@ def test_a_pooled_state_never_lets_a_site_train_a_block_its_own_disclosure_rules
     site.min_cell = len(site.roles["train"]) + 1  # more than all its training patients
     results = site.train_blocks(task, settings.model, settings.training, "run", pooled={modality: pooled})
     assert modality not in results.packages and "min-cell" in results.errors[modality]
+
+
+def test_a_shared_state_never_makes_a_site_train_on_what_its_own_fit_leaves_out():
+    ids = _ids(60)
+    table = pd.DataFrame(
+        {
+            "ward": ["A"] * 59 + ["Rare-ward"],  # one patient: folded by the site's own fit at min-cell 10
+            "lab": [1.0] * 5 + [np.nan] * 55,  # observed in 5 patients: left out by it
+            "age": RNG.normal(60, 10, 60),
+        },
+        index=ids,
+    )
+    data = ModalityData("clinical", "tabular", "clinical.csv", table=table)
+    own = make_preprocessor("tabular").fit(data, ids, min_cell=10)
+    shared = make_preprocessor("tabular").fit(data, ids, min_cell=1)  # another party's, naming both
+    assert "Rare-ward" in shared.fitted["categorical"][0]["categories"] and "lab" in shared.fitted["numeric"]["names"]
+    x, _ = shared.transform(shared.withhold(data, own.fitted), ids)
+    rare = shared.fitted["categorical"][0]["categories"].index("Rare-ward") + len(shared.fitted["numeric"]["names"])
+    lab = shared.fitted["numeric"]["names"].index("lab")
+    assert x["x"][:, rare].abs().sum() == 0  # nobody has the rare ward's column set
+    assert torch.unique(x["x"][:, lab]).numel() == 1  # the sparse lab is the shared median for everyone
+    plain, _ = shared.transform(data, ids)
+    assert plain["x"][59, rare] == 1  # without withholding the one patient would be its only source
+
+    long = pd.DataFrame(
+        [(i, 0, "alb", 4.0) for i in ids] + [(i, 0, "rare-lab", 1.0) for i in ids[:3]],
+        columns=["id", "time", "variable", "value"],
+    )
+    series = ModalityData("labs", "timeseries", "labs.csv", table=long)
+    own_series = make_preprocessor("timeseries").fit(series, ids, min_cell=10)
+    shared_series = make_preprocessor("timeseries").fit(series, ids, min_cell=1)
+    kept = shared_series.withhold(series, own_series.fitted)
+    assert set(kept.table["variable"]) == {"alb"}
+
+
+def test_a_round_trains_on_the_withheld_data_and_scores_the_test_patients_on_all_of_it():
+    settings = RunConfig.from_flat({**POOLED, "min-cell": 10})
+    site = simulated_site(settings, 0)
+    modality = site.modalities()[0]
+    data = site.dataset.modalities[modality]
+    shared = make_preprocessor(data.kind).fit(data, site.roles["train"], min_cell=1)
+    own = site._own_fit(modality, shared.state["options"])
+    assert site.trainable({modality: shared}).modalities[modality] is not data
+    withheld = shared.withhold(data, own)
+    assert site.trainable({modality: shared}).modalities[modality].table.equals(withheld.table)
+    site.min_cell = len(site.roles["train"]) + 1  # its own rules now keep the modality out entirely
+    assert site.trainable({modality: shared}).modalities[modality].patient_ids() == []
+
+
+def test_a_description_whose_lists_do_not_fit_together_is_refused():
+    description = SiteDescription("a", "survival", 0, ["clinical", "labs"], ["tabular"], [50, 40], [10, 5], [10, 5])
+    payload = DescribeReply(description).to_payload()
+    with pytest.raises(ProtocolError, match="'kinds' must be a list with one entry per modality"):
+        DescribeReply.from_payload(payload)
+    description.kinds, description.n_train = ["tabular", "timeseries"], [50, "forty"]
+    with pytest.raises(ProtocolError, match="'n_train' must hold non-negative whole numbers"):
+        DescribeReply.from_payload(DescribeReply(description).to_payload())

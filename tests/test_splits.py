@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedlego_bench.splits import DIRICHLET_SITES, MIN_SITE, dirichlet_sites, merged_records, natural_sites
+from fedlego_bench.splits import DIRICHLET_SITES, MIN_SITE, changes, dirichlet_sites, merged_records, natural_sites
 from fedlego_bench.splits_page import rows, write_splits_page
 
 
@@ -80,3 +80,16 @@ def test_records_of_one_cohort_and_seed_merge_so_strategies_pair():
     recorded = {**later, "splits": {"natural": {"strategies": {"b": {}}, "centralized_sites": {}}}}
     with pytest.raises(ValueError, match="two benchmark protocols"):  # an old record with a new one
         merged_records([json.dumps(first), json.dumps(recorded)])
+
+
+def test_a_strategy_is_paired_with_its_own_earlier_runs():
+    def record(seed: int, test: float, validation: float) -> dict:
+        run = {"test": test, "validation": validation}
+        return {"cohort": "c", "seed": seed, "splits": {"natural": {"strategies": {"s": run}}}}
+
+    now = [record(0, 0.70, 0.80), record(1, 0.72, 0.81), record(2, 0.60, 0.60)]
+    then = [record(0, 0.68, 0.80), record(1, 0.72, 0.79)]  # seed 2 never ran before: not paired
+    assert changes(now, then, ["s", "absent"]) == {
+        "s": {"test": pytest.approx([0.02, 0.0]), "validation": pytest.approx([0.0, 0.02])},
+        "absent": {"test": [], "validation": []},
+    }

@@ -161,6 +161,14 @@ class Preprocessor(ABC):
         preprocessing)."""
         return None
 
+    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
+        """``data`` without what the site's own fit (``own``: its fitted state, under its
+        disclosure control) leaves out, for training with this shared state: a site never trains
+        on a category, column or variable fewer than min-cell of its patients hold because another
+        party's state names it. The default: ``data`` unchanged (a kind whose fit keeps everything
+        once the modality itself passes the threshold)."""
+        return data
+
     @property
     def fitted(self) -> dict[str, Any]:
         """The fitted part of the state (raises if not fitted yet)."""
@@ -264,6 +272,23 @@ class TabularPreprocessor(Preprocessor):
         self.state["fit"] = {"numeric": numeric, "categorical": categorical}
         return self
 
+    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
+        """Numeric columns the site's own fit left out become missing (the shared median fills
+        them); categories it folded become missing (all zeros, like 'other')."""
+        assert data.table is not None
+        table = data.table.copy()
+        kept = set(own["numeric"]["names"])
+        for name in self.fitted["numeric"]["names"]:
+            if name in table.columns and name not in kept:
+                table[name] = np.nan
+        categories = {column["name"]: column["categories"] for column in own["categorical"]}
+        for column in self.fitted["categorical"]:
+            name = column["name"]
+            if name in table.columns:
+                text = table[name].map(str, na_action="ignore")
+                table[name] = table[name].where(text.isin(categories.get(name, [])))
+        return ModalityData(data.name, data.kind, data.source, table=table)
+
     @property
     def feature_dim(self) -> int:
         """Width F of ``x``."""
@@ -354,6 +379,12 @@ class TimeSeriesPreprocessor(Preprocessor):
             "std": _std(grouped.std(ddof=0).reindex(variables).to_numpy()),
         }
         return self
+
+    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
+        """Measurements of variables the site's own fit left out are dropped."""
+        assert data.table is not None
+        table = data.table[data.table["variable"].isin(own["variables"])]
+        return ModalityData(data.name, data.kind, data.source, table=table)
 
     @property
     def feature_dim(self) -> int:

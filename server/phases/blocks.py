@@ -48,8 +48,11 @@ class BlocksPhase(Phase):
         federation.log("phase block")
         settings, task = federation.settings, federation.models.task
         state = BlockUploads.load(federation.recorder, self.name)
-        if state.pooled is None:
+        if state.pooled is None:  # fixed once: a resumed run sends what the first attempt sent
             state.pooled = federation.models.pooled_preprocessing
+            for modality in sorted(state.pooled):
+                sites = federation.models.pooled_sites.get(modality, [])
+                federation.recorder.audit("preprocessing-pooled", modality=modality, sites=sites)
             state.save(federation.recorder, self.name)
         request = BlockRequest(
             federation.run_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fedlego.common.data.preprocess import pooled_state, state_problem
+from fedlego.common.data.preprocess import make_preprocessor, pooled_state, state_problem
 from fedlego.common.data.presets import preprocessing_for
 from fedlego.common.protocol import DescribeRequest, SiteDescription
 from fedlego.common.tasks import task_from_dict
@@ -52,7 +52,8 @@ class DescribePhase(Phase):
             for modality, state in reply.preprocessing.items():
                 fitted.setdefault(modality, []).append((description, state))
             results.sites[description.site] = {k: v for k, v in description.to_dict().items() if k != "cut_points"}
-        federation.models.pooled_preprocessing = self._pooled(federation, fitted) if pooling else {}
+        if pooling:
+            self._pooled(federation, fitted)
         results.data = {d.site: d.data for d in federation.sites.values() if d.data is not None} or None
         if not federation.sites:
             reasons = "; ".join(f"{f.site}: {f.reason}" for f in results.failures if f.phase == "describe")
@@ -70,18 +71,18 @@ class DescribePhase(Phase):
         federation.models.task = task
 
     @staticmethod
-    def _pooled(
-        federation: Federation, fitted: dict[str, list[tuple[SiteDescription, dict[str, Any]]]]
-    ) -> dict[str, dict[str, Any]]:
-        """Per modality that two or more accepted sites sent valid preprocessing statistics for,
-        the state pooled from them (each weighed by its released training patients, the largest
-        first); a state that is invalid, of another kind than described, or of a modality the site
-        did not describe is left out, and one that cannot be pooled leaves each site its own."""
-        pooled = {}
+    def _pooled(federation: Federation, fitted: dict[str, list[tuple[SiteDescription, dict[str, Any]]]]) -> None:
+        """Per modality that two or more accepted sites sent usable preprocessing statistics for
+        (``_unpoolable``), the state pooled from them, each weighed by its released training
+        patients, the largest first, into ``federation.models``; a state left out is logged, and a
+        modality whose states cannot be pooled leaves each site its own."""
+        options = preprocessing_for(federation.settings)
+        models = federation.models
+        models.pooled_preprocessing, models.pooled_sites = {}, {}
         for modality, sent in sorted(fitted.items()):
             usable = []
             for description, state in sent:
-                problem = _unpoolable(description, modality, state)
+                problem = _unpoolable(description, modality, state, options.get(modality, {}))
                 if problem is None:
                     patients = description.n_train[description.modalities.index(modality)]
                     usable.append((patients, description.site, state))
@@ -90,18 +91,21 @@ class DescribePhase(Phase):
             if len(usable) < 2:
                 continue
             usable.sort(key=lambda entry: (-entry[0], entry[1]))
-            state = pooled_state([entry[2] for entry in usable], [entry[0] for entry in usable])
             sites = [entry[1] for entry in usable]
+            try:
+                state = pooled_state([entry[2] for entry in usable], [entry[0] for entry in usable])
+            except (TypeError, ValueError, KeyError, IndexError) as error:  # states checked; kept as a last guard
+                state = None
+                federation.log(f"  describe: {modality}: pooling failed ({type(error).__name__}: {error})")
             if state is None:
                 federation.log(
                     f"  describe: {modality}: the preprocessing of {', '.join(sites)} cannot be pooled "
-                    "(other options or shapes, or a kind without a pooling rule): each site fits its own"
+                    "(other shapes, or a kind without a pooling rule): each site fits its own"
                 )
                 continue
-            pooled[modality] = state
+            models.pooled_preprocessing[modality] = state
+            models.pooled_sites[modality] = sites
             federation.log(f"  describe: {modality}: preprocessing pooled from {len(sites)} sites")
-            federation.recorder.audit("preprocessing-pooled", modality=modality, sites=sites)
-        return pooled
 
     @staticmethod
     def _schema_sha256(federation: Federation) -> str | None:
@@ -117,14 +121,28 @@ class DescribePhase(Phase):
         return federation.results.schema_sha256
 
 
-def _unpoolable(description: SiteDescription, modality: str, state: dict[str, Any]) -> str | None:
-    """Why a site's preprocessing state of ``modality`` cannot enter the pool, or None."""
+def _unpoolable(
+    description: SiteDescription, modality: str, state: dict[str, Any], options: dict[str, Any]
+) -> str | None:
+    """Why a site's preprocessing state of ``modality`` cannot enter the pool, or None: a modality
+    it did not describe or released no training count for, a state that breaks its kind's schema
+    or is unfitted, of another kind than described, or fitted with other options than the run's
+    ``options`` (a site.json override: that site trains with its own)."""
     if modality not in description.modalities:
         return "the site did not describe this modality"
     index = description.modalities.index(modality)
     if description.n_train[index] <= 0:
         return "the site released no training count for it"
     problem = state_problem(state)
+    if problem is None and not isinstance(state.get("fit"), dict):
+        problem = "the state is not fitted"
     if problem is None and state["kind"] != description.kinds[index]:
         problem = f"a {state['kind']} state for {description.kinds[index]} data"
+    if problem is None:
+        try:
+            wanted = make_preprocessor(state["kind"], **options).state["options"]
+        except (TypeError, ValueError) as error:
+            return f"the run's options do not fit its kind ({error})"
+        if state["options"] != wanted:
+            problem = f"fitted with other options ({state['options']}) than the run's ({wanted}): it keeps its own"
     return problem
