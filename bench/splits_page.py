@@ -141,7 +141,8 @@ def write_splits_page(summary: dict[str, Any], path: Path, command: str) -> None
             f"| {_meta([r['difference'] for r in table if r['strategy'] == strategy])} | {len(values)} |"
         )
     lines += ["", f"Highest mean c-index on the validation patients: **{chosen}**.", ""]
-    lines += _against_first(summary, table, strategies)
+    if len(strategies) > 1:
+        lines += _against_first(summary, table, strategies)
     if "before" in summary:
         lines += _against_before(summary["before"])
     path.write_text("\n".join(lines))
