@@ -6,7 +6,6 @@ Only aggregate figures, weights and packages leave these methods; never patient 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -70,9 +69,6 @@ class SiteRuntime:
     """Disclosure threshold (``common.disclosure``): fewest patients behind anything this site sends."""
     schema_sha256: str | None = None
     """The consortium schema this site's data passed (``check_schema``), reported in ``describe``."""
-    _own_fits: dict[tuple[str, str, int], dict[str, Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     @classmethod
     def from_site_data(cls, data: SiteData, run_min_cell: int = DEFAULT_MIN_CELL) -> SiteRuntime:
@@ -177,8 +173,8 @@ class SiteRuntime:
 
     def tensors_for(self, blocks: Mapping[str, LegoBlock], role: str) -> TensorSet:
         """A role's patients transformed with the preprocessing stored in each block; for the
-        roles a round trains or validates on, what the site's own fit leaves out is withheld
-        (``trainable``)."""
+        roles a round trains or validates on, what the site's disclosure control would not use is
+        withheld (``trainable``)."""
         preprocessors = {}
         for modality, block in blocks.items():
             if modality in self.dataset.modalities and block.preprocessing:
@@ -186,30 +182,20 @@ class SiteRuntime:
         dataset = self.dataset if role == "test" else self.trainable(preprocessors)
         return make_tensor_set(dataset, preprocessors, self._ids(role))
 
-    def trainable(self, shared: Mapping[str, Preprocessor]) -> MultimodalDataset:
-        """This site's data as it may train with preprocessing states from elsewhere (a round's
-        block, a pooled state): per modality, what the site's own fit with the same options (on its
-        training patients, at its min-cell) leaves out is withheld (``Preprocessor.withhold``), and
-        a modality its own rules keep entirely out is absent."""
+    def trainable(self, preprocessors: Mapping[str, Preprocessor]) -> MultimodalDataset:
+        """This site's data as it may train with these preprocessors (its own, a round's block, a
+        pooled state): per modality, what its disclosure control would not use is missing
+        (``Preprocessor.withhold`` over its training patients at its min-cell), and a modality
+        fewer than min-cell of its training patients hold is absent."""
         modalities = dict(self.dataset.modalities)
-        for modality, preprocessor in shared.items():
+        for modality, preprocessor in preprocessors.items():
+            holding = self._ids("train", modality)
             data = modalities[modality]
-            try:
-                own = self._own_fit(modality, preprocessor.state["options"])
-            except (TypeError, ValueError):  # below its disclosure threshold (or odd options): nothing to train on
+            if len(holding) < self.min_cell:
                 modalities[modality] = data.subset([])
-                continue
-            modalities[modality] = preprocessor.withhold(data, own)
+            else:
+                modalities[modality] = preprocessor.withhold(data, holding, self.min_cell)
         return replace(self.dataset, modalities=modalities)
-
-    def _own_fit(self, modality: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The fitted state this site's own preprocessing of ``modality`` with ``options`` would
-        have (kept for the next round)."""
-        key = (modality, json.dumps(options, sort_keys=True, default=str), self.min_cell)
-        if key not in self._own_fits:
-            fitted = fit_preprocessor(self.dataset, modality, self._ids("train"), {modality: options}, self.min_cell)
-            self._own_fits[key] = fitted.fitted
-        return self._own_fits[key]
 
     def train_blocks(
         self,
@@ -239,7 +225,7 @@ class SiteRuntime:
                 preprocessors[modality] = self._usable_pooled(modality, (pooled or {}).get(modality), options) or own
             except ValueError as error:  # below the disclosure threshold, or no training patient
                 results.errors[modality] = f"site {self.name!r}: {outgoing_reason(error)}"
-        dataset = self.trainable({m: p for m, p in preprocessors.items() if (pooled or {}).get(m) == p.state})
+        dataset = self.trainable(preprocessors)
         train = make_tensor_set(dataset, preprocessors, self._ids("train"))
         validation = make_tensor_set(dataset, preprocessors, self._ids("validation"))
         for modality in preprocessors:

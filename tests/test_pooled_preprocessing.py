@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from fedlego.client.simulated import simulated_site
 from fedlego.common.config import RunConfig
 from fedlego.common.data.dataset import ModalityData
+from fedlego.common.data.errors import SiteDataError
 from fedlego.common.data.pooling import pooled_moments
 from fedlego.common.data.preprocess import make_preprocessor, pooled_state
 from fedlego.common.data.tensors import task_for
@@ -225,48 +225,66 @@ def test_a_pooled_state_never_lets_a_site_train_a_block_its_own_disclosure_rules
     assert modality not in results.packages and "min-cell" in results.errors[modality]
 
 
-def test_a_shared_state_never_makes_a_site_train_on_what_its_own_fit_leaves_out():
+def test_a_site_never_trains_on_what_its_disclosure_control_would_not_use():
     ids = _ids(60)
     table = pd.DataFrame(
         {
-            "ward": ["A"] * 59 + ["Rare-ward"],  # one patient: folded by the site's own fit at min-cell 10
+            "ward": ["A"] * 45 + ["B"] * 14 + ["Rare-ward"],  # one patient: folded by the site's own fit
             "lab": [1.0] * 5 + [np.nan] * 55,  # observed in 5 patients: left out by it
+            "grade": [1] * 50 + [2] * 7 + [3] * 3,  # coded: grades 2 and 3 count as missing at min-cell 10
             "age": RNG.normal(60, 10, 60),
         },
         index=ids,
     )
     data = ModalityData("clinical", "tabular", "clinical.csv", table=table)
-    own = make_preprocessor("tabular").fit(data, ids, min_cell=10)
-    shared = make_preprocessor("tabular").fit(data, ids, min_cell=1)  # another party's, naming both
-    assert "Rare-ward" in shared.fitted["categorical"][0]["categories"] and "lab" in shared.fitted["numeric"]["names"]
-    x, _ = shared.transform(shared.withhold(data, own.fitted), ids)
-    rare = shared.fitted["categorical"][0]["categories"].index("Rare-ward") + len(shared.fitted["numeric"]["names"])
-    lab = shared.fitted["numeric"]["names"].index("lab")
+    shared = make_preprocessor("tabular", max_categories=1).fit(data, ids, min_cell=1)  # another party's state
+    shared.fitted["categorical"][0]["categories"] = ["A", "B", "Rare-ward"]
+    kept = shared.withhold(data, ids, 10).table
+    assert kept["ward"].isna().tolist() == [False] * 59 + [True]  # B is kept beyond the state's own cap
+    assert kept["lab"].isna().all() and kept["grade"].isna().sum() == 10 and kept["age"].notna().all()
+    x, _ = shared.transform(shared.withhold(data, ids, 10), ids)
+    rare = len(shared.fitted["numeric"]["names"]) + 2
     assert x["x"][:, rare].abs().sum() == 0  # nobody has the rare ward's column set
-    assert torch.unique(x["x"][:, lab]).numel() == 1  # the sparse lab is the shared median for everyone
     plain, _ = shared.transform(data, ids)
     assert plain["x"][59, rare] == 1  # without withholding the one patient would be its only source
+    assert shared.withhold(data, ids, 1) is data  # min-cell 1: nothing withheld
+    texts = ModalityData("clinical", "tabular", "c.csv", table=table.assign(age=["n/a", *table["age"][1:]]))
+    with pytest.raises(SiteDataError, match="not a number"):  # a data error stays one
+        shared.withhold(texts, ids, 10)
 
     long = pd.DataFrame(
         [(i, 0, "alb", 4.0) for i in ids] + [(i, 0, "rare-lab", 1.0) for i in ids[:3]],
         columns=["id", "time", "variable", "value"],
     )
     series = ModalityData("labs", "timeseries", "labs.csv", table=long)
-    own_series = make_preprocessor("timeseries").fit(series, ids, min_cell=10)
     shared_series = make_preprocessor("timeseries").fit(series, ids, min_cell=1)
-    kept = shared_series.withhold(series, own_series.fitted)
-    assert set(kept.table["variable"]) == {"alb"}
+    assert set(shared_series.withhold(series, ids, 10).table["variable"]) == {"alb"}
 
 
-def test_a_round_trains_on_the_withheld_data_and_scores_the_test_patients_on_all_of_it():
+def test_a_rare_code_becomes_unknown_whatever_vocabulary_the_state_holds():
+    from fedlego.common.data import kinds
+
+    if "codes" not in kinds.kind_names():
+        pytest.skip("the example kind plugin (plugins/fedlego-code-sequences) is not installed")
+    ids = _ids(20)
+    table = pd.DataFrame(
+        [(i, 0.0, "I10") for i in ids] + [(ids[0], 1.0, "B20")], columns=["id", "time", "code"]
+    )  # B20: one patient
+    data = ModalityData("dx", "codes", "dx.csv", table=table)
+    shared = kinds.modality_kind("codes").preprocessor().fit(data, ids, 1)
+    assert set(shared.fitted["codes"]) == {"I10", "B20"}
+    tensors, _ = shared.transform(shared.withhold(data, ids, 10), ids[:1])
+    plain, _ = shared.transform(data, ids[:1])
+    assert tensors["codes"].tolist() != plain["codes"].tolist() and tensors["codes"][0, -1] == 1  # unknown
+
+
+def test_every_round_and_block_trains_on_the_withheld_data_and_tests_on_all_of_it():
     settings = RunConfig.from_flat({**POOLED, "min-cell": 10})
     site = simulated_site(settings, 0)
     modality = site.modalities()[0]
     data = site.dataset.modalities[modality]
     shared = make_preprocessor(data.kind).fit(data, site.roles["train"], min_cell=1)
-    own = site._own_fit(modality, shared.state["options"])
-    assert site.trainable({modality: shared}).modalities[modality] is not data
-    withheld = shared.withhold(data, own)
+    withheld = shared.withhold(data, site._ids("train", modality), 10)
     assert site.trainable({modality: shared}).modalities[modality].table.equals(withheld.table)
     site.min_cell = len(site.roles["train"]) + 1  # its own rules now keep the modality out entirely
     assert site.trainable({modality: shared}).modalities[modality].patient_ids() == []

@@ -161,12 +161,12 @@ class Preprocessor(ABC):
         preprocessing)."""
         return None
 
-    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
-        """``data`` without what the site's own fit (``own``: its fitted state, under its
-        disclosure control) leaves out, for training with this shared state: a site never trains
-        on a category, column or variable fewer than min-cell of its patients hold because another
-        party's state names it. The default: ``data`` unchanged (a kind whose fit keeps everything
-        once the modality itself passes the threshold)."""
+    def withhold(self, data: ModalityData, train_ids: Sequence[str], min_cell: int) -> ModalityData:
+        """``data`` as a site may train on it with this state, its own or another party's: what the
+        site's disclosure control would not use (a value, category, column or variable held by
+        fewer than ``min_cell`` of its training patients ``train_ids``) is missing, so that no
+        weight is learned from a handful of its patients. The default: ``data`` unchanged (a kind
+        whose fit keeps everything once the modality itself passes the threshold)."""
         return data
 
     @property
@@ -272,21 +272,31 @@ class TabularPreprocessor(Preprocessor):
         self.state["fit"] = {"numeric": numeric, "categorical": categorical}
         return self
 
-    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
-        """Numeric columns the site's own fit left out become missing (the shared median fills
-        them); categories it folded become missing (all zeros, like 'other')."""
+    def withhold(self, data: ModalityData, train_ids: Sequence[str], min_cell: int) -> ModalityData:
+        """The fit's rules on the site's training patients: in a numeric column of few distinct
+        values a value held by fewer than ``min_cell`` of them is missing; a numeric column then
+        observed in fewer is missing throughout; a category held by fewer is missing (all zeros,
+        like 'other'). Missing numbers take the state's median. Text in a numeric column is the
+        data error ``transform`` raises, raised here too."""
         assert data.table is not None
+        if min_cell <= 1:
+            return data
         table = data.table.copy()
-        kept = set(own["numeric"]["names"])
-        for name in self.fitted["numeric"]["names"]:
-            if name in table.columns and name not in kept:
+        numeric = [name for name in self.fitted["numeric"]["names"] if name in table.columns]
+        _refuse_text_in_numbers(data.source, table[numeric])
+        training = table.loc[table.index.intersection(list(train_ids))]
+        for name in numeric:
+            counts = training[name].value_counts()
+            if len(counts) <= FEW_LEVELS:
+                table[name] = table[name].where(table[name].isin(counts.index[counts >= min_cell]))
+            if table.loc[training.index, name].notna().sum() < min_cell:
                 table[name] = np.nan
-        categories = {column["name"]: column["categories"] for column in own["categorical"]}
         for column in self.fitted["categorical"]:
             name = column["name"]
             if name in table.columns:
+                counts = training[name].dropna().map(str).value_counts()
                 text = table[name].map(str, na_action="ignore")
-                table[name] = table[name].where(text.isin(categories.get(name, [])))
+                table[name] = table[name].where(text.isin(counts.index[counts >= min_cell]))
         return ModalityData(data.name, data.kind, data.source, table=table)
 
     @property
@@ -380,11 +390,17 @@ class TimeSeriesPreprocessor(Preprocessor):
         }
         return self
 
-    def withhold(self, data: ModalityData, own: dict[str, Any]) -> ModalityData:
-        """Measurements of variables the site's own fit left out are dropped."""
+    def withhold(self, data: ModalityData, train_ids: Sequence[str], min_cell: int) -> ModalityData:
+        """Measurements of variables measured in fewer than ``min_cell`` training patients (among
+        the visits kept, as the fit counts them) are dropped."""
         assert data.table is not None
-        table = data.table[data.table["variable"].isin(own["variables"])]
-        return ModalityData(data.name, data.kind, data.source, table=table)
+        if min_cell <= 1:
+            return data
+        table = data.table
+        training = self._most_recent(table[table["id"].isin(set(train_ids))])
+        counts = training.groupby("variable")["id"].nunique()
+        kept = table[table["variable"].isin(counts.index[counts >= min_cell])]
+        return ModalityData(data.name, data.kind, data.source, table=kept)
 
     @property
     def feature_dim(self) -> int:

@@ -94,6 +94,18 @@ class CodePreprocessor(Preprocessor):
         self.state["fit"] = {"codes": [code for code, _ in common[: self.state["options"]["max_codes"]]]}
         return self
 
+    def withhold(self, data: ModalityData, train_ids: Sequence[str], min_cell: int) -> ModalityData:
+        """Codes held by fewer than ``min_cell`` training patients become unknown (as outside the
+        vocabulary), whatever vocabulary the state holds."""
+        assert data.table is not None
+        if min_cell <= 1:
+            return data
+        table = data.table
+        holders = table[table["id"].isin(set(train_ids))].groupby("code")["id"].nunique()
+        common = table["code"].isin(holders.index[holders >= min_cell])
+        kept = table.assign(code=table["code"].where(common, None))
+        return ModalityData(data.name, data.kind, data.source, table=kept)
+
     def transform(self, data: ModalityData, ids: Sequence[str]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         assert data.table is not None
         index = {code: FIRST_CODE + i for i, code in enumerate(self.fitted["codes"])}
